@@ -1,0 +1,31 @@
+"""aekit: train, evaluate, compare and use autoencoders of every classic family.
+
+    import aekit
+    ds = aekit.datasets.load("digits")
+    model = aekit.build("vae", dataset=ds, latent_dim=8)
+    result = aekit.fit(model, ds, aekit.TrainConfig(epochs=20), out_dir="runs/vae")
+    model = aekit.load("runs/vae")
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from . import datasets  # noqa: E402
+from .config import TrainConfig  # noqa: E402
+from .errors import AekitError, ConfigError, DataError, RunError, TrainingDiverged  # noqa: E402
+from .registry import MODELS, load  # noqa: E402
+from .registry import build as _build  # noqa: E402
+from .registry import build_for as _build_for  # noqa: E402
+from .trainer import FitResult, fit  # noqa: E402
+
+
+def build(name: str, dataset=None, **options):
+    """Build model ``name``; with ``dataset`` the input shape, likelihood and label count come from it."""
+    return _build_for(name, dataset, **options) if dataset is not None else _build(name, **options)
+
+
+__all__ = [
+    "__version__", "datasets", "build", "fit", "load", "TrainConfig", "FitResult", "MODELS",
+    "AekitError", "ConfigError", "DataError", "RunError", "TrainingDiverged",
+]

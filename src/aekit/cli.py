@@ -1,0 +1,308 @@
+"""Command line: a thin shell over the library. ``main(argv) -> exit status``.
+
+Model options are generated from the families' config dataclasses, so a new family's options appear
+here without touching this file. User mistakes print one line on stderr and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import typing
+from pathlib import Path
+
+from . import __version__, io, registry
+from .config import ModelConfig, TrainConfig
+from .errors import AekitError, ConfigError
+
+DATA_FIXED = {"input_shape", "num_classes"}  # model options that come from the dataset
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, no usage dump
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _add_config_options(p, classes, *, skip=(), defaults_none=True):
+    """Add one option per dataclass field of the given config classes (first definition wins)."""
+    seen = set()
+    group_by = {}
+    for cls in classes:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.name in seen or f.name in skip:
+                continue
+            seen.add(f.name)
+            group_by[f.name] = cls
+            kind = hints[f.name]
+            help_ = f.metadata.get("help", "")
+            if "choices" in f.metadata:
+                help_ += f" ({'|'.join(map(str, f.metadata['choices']))})"
+            if not defaults_none:
+                help_ += f" [default: {f.default}]"
+            kw = dict(default=argparse.SUPPRESS if defaults_none else f.default, help=help_, dest=f.name)
+            if kind is bool:
+                p.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, **kw)
+            else:
+                p.add_argument(_flag(f.name), metavar=f.name.upper(), **kw)
+    return group_by
+
+
+def _data_args(p, with_default=True):
+    p.add_argument("--dataset", default="digits" if with_default else None,
+                   help="built-in name (digits, fashion-mnist, mnist) or a path (.npy/.npz/.csv/.tsv/image folder)")
+    p.add_argument("--data-dir", help="folder holding the IDX files for fashion-mnist / mnist")
+    p.add_argument("--label-column", help="CSV/TSV: the column with labels")
+    p.add_argument("--features", help="CSV/TSV: comma-separated feature columns (default: all but the label)")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="share of the training data kept for validation")
+    p.add_argument("--limit", type=int, help="use only the first N samples of each split (quick tries)")
+
+
+def _load_data(args):
+    from . import datasets
+
+    feats = [f for f in args.features.split(",") if f] if args.features else None
+    return datasets.load(args.dataset, data_dir=args.data_dir, label_column=args.label_column,
+                         features=feats, val_fraction=args.val_fraction, seed=getattr(args, "seed", 0) or 0,
+                         limit=args.limit)
+
+
+def _run_data(run_dir, args):
+    """The dataset of a run, or the one named by --dataset (with the run's table statistics)."""
+    from . import datasets
+
+    cfg = io.run_config(run_dir)
+    spec = dict(cfg.get("data") or {})
+    if getattr(args, "dataset", None):
+        feats = [f for f in args.features.split(",") if f] if args.features else spec.get("features")
+        new = {"name_or_path": args.dataset, "data_dir": args.data_dir,
+               "label_column": args.label_column or spec.get("label_column"), "features": feats,
+               "stats": spec.get("stats"), "limit": args.limit}
+        return datasets.load(**{k: v for k, v in new.items() if v is not None})
+    if getattr(args, "limit", None):
+        spec["limit"] = args.limit
+    return datasets.load(**spec)
+
+
+def _default_out(model: str, dataset: str) -> Path:
+    stem = Path(dataset).stem if ("/" in dataset or "." in dataset) else dataset
+    base = Path("runs") / f"{model}-{stem}"
+    out, i = base, 2
+    while out.exists():
+        out, i = Path(f"{base}-{i}"), i + 1
+    return out
+
+
+def cmd_train(args, model_opts) -> int:
+    from . import metrics, trainer
+
+    tcfg_fields = TrainConfig.field_names()
+    if args.resume:
+        run = Path(args.resume)
+        cfg = io.run_config(run)
+        tdict = dict(cfg["train"])
+        for k in tcfg_fields:  # only the epoch budget may change on resume
+            if k in args.train_given:
+                if k != "epochs":
+                    raise ConfigError(f"--{k.replace('_', '-')} cannot change on --resume; only --epochs can")
+                tdict[k] = getattr(args, k)
+        if model_opts:
+            raise ConfigError(f"model options cannot change on --resume (got {', '.join(map(_flag, model_opts))})")
+        tcfg = TrainConfig.from_dict(tdict)
+        from . import datasets
+
+        ds = datasets.load(**cfg["data"])
+        model = registry.build(cfg["model"], **cfg["config"])
+        name, out = cfg["model"], run
+        result = trainer.fit(model, ds, tcfg, out_dir=out, resume=True, quiet=args.quiet or None, model_name=name)
+    else:
+        if not args.model:
+            raise ConfigError("name the model to train, e.g. `aekit train ae` (see `aekit models`)")
+        cls = registry.get(args.model)
+        valid = set(cls.Config.field_names())
+        wrong = [k for k in model_opts if k not in valid]
+        if wrong:
+            owners = {k: [n for n, c in registry.MODELS.items() if k in c.Config.field_names()] for k in wrong}
+            raise ConfigError("; ".join(
+                f"option {_flag(k)} does not apply to model {args.model} (it applies to: {', '.join(owners[k])})"
+                for k in wrong))
+        tcfg = TrainConfig.from_dict({k: getattr(args, k) for k in tcfg_fields})
+        ds = _load_data(args)
+        model = registry.build_for(args.model, ds, **model_opts)
+        name = args.model
+        out = Path(args.out) if args.out else _default_out(name, args.dataset)
+        if out.exists() and any(out.iterdir()):
+            raise ConfigError(f"{out} already exists and is not empty; choose another --out (nothing was overwritten)")
+        result = trainer.fit(model, ds, tcfg, out_dir=out, quiet=args.quiet or None, model_name=name)
+    test = metrics.reconstruction_metrics(result.model, ds, "test")
+    print(f"trained {name} on {ds.name}: {len(result.history)} epochs "
+          f"({result.stopped}), best epoch {result.best_epoch}, val loss {result.best_val_loss:.4f}")
+    print("test reconstruction: " + ", ".join(f"{k}={v:.4g}" for k, v in test.items()))
+    print(f"run saved in {out}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from . import metrics
+
+    model = registry.load(args.run)
+    ds = _run_data(args.run, args)
+    res = metrics.evaluate(model, ds, args.split)
+    if args.json:
+        print(json.dumps(res, indent=2))
+    else:
+        for k, v in res.items():
+            print(f"{k:32s} {v:.6g}" if isinstance(v, float) else f"{k:32s} {v}")
+    return 0
+
+
+def cmd_reconstruct(args) -> int:
+    import torch
+
+    from . import metrics, plots
+
+    model = registry.load(args.run)
+    ds = _run_data(args.run, args)
+    x, y = ds.split(args.split)
+    x, y = x[: args.n], (y[: args.n] if y is not None else None)
+    x_hat = metrics.reconstructions(model, x, y)
+    out = Path(args.out)
+    if ds.kind == "image":
+        if out.suffix.lower() != ".png":
+            raise ConfigError(f"--out {out}: image reconstructions are written as PNG; name a .png file")
+        plots.save(plots.reconstructions(x, x_hat), out)
+    else:
+        if out.suffix.lower() not in (".csv", ".tsv"):
+            raise ConfigError(f"--out {out}: table reconstructions are written as CSV; name a .csv file")
+        names = ds.feature_names or [f"f{i}" for i in range(ds.dim)]
+        rows = torch.cat([ds.to_user_units(x), ds.to_user_units(x_hat)], 1).tolist()
+        sep = "\t" if out.suffix.lower() == ".tsv" else ","
+        head = sep.join([f"input_{n}" for n in names] + [f"recon_{n}" for n in names])
+        io.atomic_write_text(out, head + "\n" + "".join(sep.join(f"{v:.6g}" for v in r) + "\n" for r in rows))
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_encode(args) -> int:
+    import numpy as np
+    import torch
+
+    from . import metrics
+
+    model = registry.load(args.run)
+    ds = _run_data(args.run, args)
+    parts = ["train", "val", "test"] if args.split == "all" else [args.split]
+    xs = [ds.split(p) for p in parts]
+    z = torch.cat([metrics.codes(model, x, y) for x, y in xs]).cpu().numpy()
+    out = Path(args.out)
+    buf = __import__("io").BytesIO()
+    if out.suffix == ".npz":
+        ys = [y for _, y in xs]
+        extra = {"y": torch.cat(ys).cpu().numpy()} if all(y is not None for y in ys) else {}
+        np.savez(buf, z=z, **extra)
+    elif out.suffix == ".npy":
+        np.save(buf, z)
+    else:
+        raise ConfigError(f"--out {out}: codes are written as .npy (codes only) or .npz (codes z and labels y)")
+    io.atomic_write_bytes(out, buf.getvalue())
+    print(f"wrote {z.shape[0]} codes of dimension {z.shape[1]} to {out}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    for name, cls in registry.MODELS.items():
+        doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
+        own = [f for f in cls.Config.field_names() if f not in ModelConfig.field_names()]
+        print(f"{name:6s} {doc}")
+        if own:
+            print(f"{'':6s} options: {', '.join(_flag(f) for f in own)}")
+    return 0
+
+
+def cmd_datasets(args) -> int:
+    from . import datasets
+
+    for d in datasets.available():
+        print(f"{d['name']:15s} {d['kind']:6s} {d['status']:10s} {d.get('detail', '')}")
+    print("also: any .npy/.npz array, .csv/.tsv table or folder of PNG/JPEG images, given as --dataset PATH")
+    return 0
+
+
+def build_parser():
+    p = _Parser(prog="aekit", description="Train, evaluate and use autoencoders.")
+    p.add_argument("--version", action="version", version=f"aekit {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train a model and save a run directory")
+    t.add_argument("model", nargs="?", help=f"one of: {', '.join(registry.MODELS)}")
+    _data_args(t)
+    t.add_argument("--out", help="run directory to create (default: runs/MODEL-DATASET)")
+    t.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    tg = t.add_argument_group("training options")
+    _add_config_options(tg, [TrainConfig], defaults_none=False)
+    mg = t.add_argument_group("model options (each applies to the families that define it)")
+    _add_config_options(mg, [ModelConfig] + [c.Config for c in registry.MODELS.values()], skip=DATA_FIXED)
+
+    def run_cmd(name, help_, extra=None):
+        c = sub.add_parser(name, help=help_)
+        c.add_argument("run", help="run directory written by `aekit train`")
+        _data_args(c, with_default=False)
+        c.add_argument("--split", default="test", choices=["train", "val", "test"])
+        if extra:
+            extra(c)
+        return c
+
+    run_cmd("eval", "evaluate a trained run on its test split",
+            lambda c: c.add_argument("--json", action="store_true", help="print JSON"))
+
+    def _recon(c):
+        c.add_argument("--out", required=True, help="PNG for images, CSV for tables")
+        c.add_argument("-n", type=int, default=16, help="how many inputs")
+    run_cmd("reconstruct", "save inputs above their reconstructions", _recon)
+
+    enc = run_cmd("encode", "save the codes of a dataset split", lambda c: c.add_argument(
+        "--out", required=True, help=".npy (codes) or .npz (codes z, labels y)"))
+    enc.set_defaults(split="test")
+    for a in enc._actions:
+        if a.dest == "split":
+            a.choices = ["train", "val", "test", "all"]
+
+    sub.add_parser("models", help="list the model families")
+    sub.add_parser("datasets", help="list the datasets available here")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        if args.command == "train":
+            model_names = set(ModelConfig.field_names()) | {
+                f for c in registry.MODELS.values() for f in c.Config.field_names()}
+            model_opts = {k: v for k, v in vars(args).items() if k in model_names}
+            given = {a.split("=")[0][2:].replace("-", "_") for a in argv if a.startswith("--")}
+            args.train_given = {k for k in TrainConfig.field_names() if k in given}
+            return cmd_train(args, model_opts)
+        return {"eval": cmd_eval, "reconstruct": cmd_reconstruct, "encode": cmd_encode,
+                "models": cmd_models, "datasets": cmd_datasets}[args.command](args)
+    except AekitError as e:
+        print(f"aekit {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("aekit: interrupted; a training run continues with `aekit train --resume RUN`", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,197 @@
+"""Configurations: frozen dataclasses of JSON types.
+
+A model is built from its config and nothing else (house rule 3). ``from_dict`` rejects unknown keys
+and lists the valid ones, so a typo in a JSON file or a CLI option never passes silently.
+Fields carry their help text in ``metadata["help"]``; the CLI turns every field into an option.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+
+ACTIVATIONS = ("relu", "tanh", "sigmoid", "linear", "leaky_relu", "elu")
+LIKELIHOODS = ("bernoulli", "gaussian")
+
+
+def opt(default, help: str, choices: tuple | None = None, **kw):
+    """A dataclass field with help text (and optional choices) for the CLI and error messages."""
+    md = {"help": help}
+    if choices is not None:
+        md["choices"] = choices
+    return field(default=default, metadata=md, **kw)
+
+
+class ConfigBase:
+    """Mixin: dict round-trip, validation helpers, unknown-key rejection."""
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, what: str | None = None):
+        if not isinstance(data, dict):
+            raise ConfigError(f"{what or cls.__name__}: expected a JSON object, got {type(data).__name__}")
+        valid = cls.field_names()
+        unknown = sorted(set(data) - set(valid))
+        if unknown:
+            raise ConfigError(
+                f"{what or cls.__name__}: unknown option(s) {', '.join(unknown)}; "
+                f"valid options are: {', '.join(valid)}"
+            )
+        hints = typing.get_type_hints(cls)
+        kwargs = {k: _coerce(k, v, hints[k], what or cls.__name__) for k, v in data.items()}
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = list(v) if isinstance(v, tuple) else v
+        return out
+
+    def replace(self, **changes):
+        return self.from_dict({**self.to_dict(), **changes})
+
+    def _check_choice(self, name: str, choices) -> None:
+        v = getattr(self, name)
+        if v not in choices:
+            raise ConfigError(
+                f"{type(self).__name__}: option {name}={v!r} is not valid; choose one of {', '.join(map(str, choices))}"
+            )
+
+    def _check_range(self, name: str, lo=None, hi=None, *, lo_open=False, hi_open=False) -> None:
+        v = getattr(self, name)
+        if v is None:
+            return
+        bad = (lo is not None and (v <= lo if lo_open else v < lo)) or (
+            hi is not None and (v >= hi if hi_open else v > hi)
+        )
+        if bad:
+            lo_s = "" if lo is None else f"{'>' if lo_open else '>='} {lo}"
+            hi_s = "" if hi is None else f"{'<' if hi_open else '<='} {hi}"
+            want = " and ".join(s for s in (lo_s, hi_s) if s)
+            raise ConfigError(f"{type(self).__name__}: option {name}={v!r} must be {want}")
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            if "choices" in f.metadata:
+                self._check_choice(f.name, f.metadata["choices"])
+        self.validate()
+
+    def validate(self) -> None:  # subclasses add checks
+        pass
+
+
+def _coerce(name: str, value: Any, hint: Any, what: str) -> Any:
+    """Turn a JSON value into the annotated field type (lists -> tuples), with a clear error."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    try:
+        if origin is tuple:
+            if isinstance(value, str):
+                text = value.replace(" ", "")
+                value = [] if text.lower() in ("", "none") else text.split(",")
+            if not isinstance(value, (list, tuple)):
+                raise TypeError
+            return tuple(_coerce(name, v, args[0], what) for v in value)
+        if hint is bool:
+            if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+                return value.lower() in ("true", "1", "yes")
+            if not isinstance(value, bool):
+                raise TypeError
+            return value
+        if hint is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise TypeError
+            return int(value)
+        if hint is float:
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)
+        if hint is str:
+            if not isinstance(value, str):
+                raise TypeError
+            return value
+    except (TypeError, ValueError):
+        tname = getattr(hint, "__name__", str(hint))
+        raise ConfigError(f"{what}: option {name} expects {tname}, got {value!r}") from None
+    return value
+
+
+@dataclass(frozen=True)
+class ModelConfig(ConfigBase):
+    """Options shared by every family. ``input_shape`` comes from the data."""
+
+    input_shape: tuple[int, ...] = opt((1, 8, 8), "sample shape (C,H,W) or (D,); set from the dataset")
+    latent_dim: int = opt(16, "size of the code z")
+    arch: str = opt("mlp", "network type", choices=("mlp", "conv"))
+    hidden: tuple[int, ...] | None = opt(
+        None, "MLP hidden sizes (e.g. 512,256; 'none' for a linear map) or conv channels per stride-2 layer "
+        "(default: 256 for mlp, 32,64 for conv)"
+    )
+    activation: str = opt("relu", "hidden-layer activation", choices=ACTIVATIONS)
+    likelihood: str = opt("bernoulli", "decoder likelihood p(x|z): bernoulli (data in [0,1]) or gaussian",
+                          choices=LIKELIHOODS)
+    sigma: float = opt(1.0, "Gaussian likelihood: fixed standard deviation (or initial value when learned)")
+    learn_sigma: str = opt("none", "Gaussian likelihood: learn sigma", choices=("none", "shared", "per_dim"))
+    num_classes: int = opt(0, "number of label classes (conditional and supervised models); set from the dataset")
+
+    def validate(self) -> None:
+        if self.hidden is None:  # resolved once, so the saved config is explicit
+            object.__setattr__(self, "hidden", (256,) if self.arch == "mlp" else (32, 64))
+        if not self.input_shape or any(int(s) < 1 for s in self.input_shape):
+            raise ConfigError(f"input_shape must be a non-empty tuple of positive sizes, got {self.input_shape}")
+        self._check_range("latent_dim", 1)
+        self._check_range("sigma", 0, lo_open=True)
+        self._check_range("num_classes", 0)
+        if any(h < 1 for h in self.hidden):
+            raise ConfigError(f"hidden sizes must be positive integers, got {','.join(map(str, self.hidden))}")
+        if self.arch == "conv":
+            if len(self.input_shape) != 3:
+                raise ConfigError(
+                    f"arch=conv needs image data of shape (C,H,W), got shape {self.input_shape}; "
+                    "use --arch mlp for tables"
+                )
+            if not self.hidden:
+                raise ConfigError("arch=conv needs at least one channel count in --hidden, e.g. --hidden 32,64")
+        if self.likelihood == "bernoulli" and self.learn_sigma != "none":
+            raise ConfigError("learn_sigma applies only to likelihood=gaussian; drop it or set --likelihood gaussian")
+
+
+@dataclass(frozen=True)
+class TrainConfig(ConfigBase):
+    """Options of the training loop (not of the model)."""
+
+    epochs: int = opt(20, "number of passes over the training split")
+    batch_size: int = opt(128, "minibatch size")
+    lr: float = opt(1e-3, "Adam learning rate")
+    weight_decay: float = opt(0.0, "Adam weight decay")
+    seed: int = opt(0, "seed of every random choice in training (a CPU run is reproducible)")
+    patience: int = opt(0, "early stopping: stop after this many epochs without validation improvement (0: off)")
+    lr_schedule: str = opt("constant", "learning-rate schedule", choices=("constant", "cosine"))
+    grad_clip: float = opt(0.0, "clip the gradient norm to this value (0: off)")
+    binarize: str = opt("none", "binarize [0,1] inputs: dynamic (fresh sample per batch) or static (one seeded sample)",
+                        choices=("none", "dynamic", "static"))
+    device: str = opt("cpu", "torch device, e.g. cpu or cuda")
+    compile: bool = opt(False, "wrap the model's update phases in torch.compile")
+    amp: str = opt("none", "mixed precision autocast", choices=("none", "bf16", "fp16"))
+
+    def validate(self) -> None:
+        self._check_range("epochs", 1)
+        self._check_range("batch_size", 1)
+        self._check_range("lr", 0, lo_open=True)
+        self._check_range("weight_decay", 0)
+        self._check_range("patience", 0)
+        self._check_range("grad_clip", 0)

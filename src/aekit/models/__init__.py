@@ -1,0 +1,1 @@
+"""One file per autoencoder family; see aekit.registry for the name -> (Config, Model) table."""

@@ -1,0 +1,94 @@
+"""The model contract every family follows (see DESIGN.md, "The model contract").
+
+A model owns its objective: ``forward(x, y)`` returns an ``Output`` whose ``loss`` the optimizer minimises
+(sum over data dimensions, mean over the batch, in nats) and whose ``terms`` are detached parts for logs.
+The trainer only ever calls ``param_groups()``, ``update_phases()``, ``set_progress()`` and ``forward``,
+so a family that needs several optimizers (the adversarial autoencoder) declares them here and never
+requires a change in the trainer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from ..config import ModelConfig
+from ..errors import ConfigError
+
+
+@dataclass
+class Output:
+    loss: Tensor  # scalar the optimizer minimises
+    terms: dict[str, Tensor] = field(default_factory=dict)  # detached named parts, scalars
+
+
+class Autoencoder(nn.Module):
+    """Base class. Subclasses set ``Config`` and implement encode / decode_params / forward."""
+
+    Config: type[ModelConfig] = ModelConfig
+    name: str = "autoencoder"
+    generative: bool = False  # has sample()
+    conditional: bool = False  # encode/decode need y
+    needs_labels: bool = False  # training needs class labels
+    probabilistic: bool = False  # has elbo() / log-likelihood estimates
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        if not isinstance(config, self.Config):
+            raise ConfigError(f"model {self.name} needs a {self.Config.__name__}, got {type(config).__name__}")
+        self.config = config
+
+    # --- the contract -------------------------------------------------------------------------
+    def encode(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """Deterministic code (the posterior mean for probabilistic families). (B, *shape) -> (B, K)."""
+        raise NotImplementedError
+
+    def decode_params(self, z: Tensor, y: Tensor | None = None) -> Tensor:
+        """Parameters of p(x|z): logits (Bernoulli) or means (Gaussian). (B, K) -> (B, *shape)."""
+        return self.decoder(z, self.condition(y))
+
+    def decode(self, z: Tensor, y: Tensor | None = None) -> Tensor:
+        """Mean of p(x|z). (B, K) -> (B, *shape)."""
+        return self.likelihood.mean(self.decode_params(z, y))
+
+    def reconstruct(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """decode(encode(x)): no noise, no corruption. (B, *shape) -> (B, *shape)."""
+        return self.decode(self.encode(x, y), y)
+
+    def forward(self, x: Tensor, y: Tensor | None = None) -> Output:
+        raise NotImplementedError
+
+    def sample(self, n: int, y: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
+        raise ConfigError(f"model {self.name} is not generative: it has no prior to sample from")
+
+    # --- what the trainer uses ----------------------------------------------------------------
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Named parameter groups, one optimizer each. Default: one group with every parameter."""
+        return {"model": [p for p in self.parameters() if p.requires_grad]}
+
+    def update_phases(self) -> list[tuple[str, Callable[[Tensor, Tensor | None], Output]]]:
+        """Per batch, in order: (group name, objective). Each phase steps only its group's optimizer."""
+        return [("model", self.forward)]
+
+    def set_progress(self, epoch: int, epochs: int) -> None:
+        """Called by the trainer before each epoch (0-based), e.g. for KL warm-up. Default: nothing."""
+
+    # --- helpers ------------------------------------------------------------------------------
+    def condition(self, y: Tensor | None) -> Tensor | None:
+        """The conditioning vector for the networks: None for unconditional models."""
+        return None
+
+    def recon_log_prob(self, x: Tensor, params: Tensor) -> Tensor:
+        """log p(x|z) in nats per example, (B,)."""
+        return self.likelihood.log_prob(x, params)
+
+    @property
+    def latent_dim(self) -> int:
+        return self.config.latent_dim
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device

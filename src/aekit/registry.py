@@ -1,0 +1,66 @@
+"""Model names -> model classes (each class carries its Config). One line per family."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import io
+from .errors import ConfigError, RunError
+from .models.ae import AE
+from .models.base import Autoencoder
+from .models.cae import CAE
+from .models.dae import DAE
+from .models.sae import SAE
+
+MODELS: dict[str, type[Autoencoder]] = {
+    "ae": AE,
+    "dae": DAE,
+    "sae": SAE,
+    "cae": CAE,
+}
+
+
+def get(name: str) -> type[Autoencoder]:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise ConfigError(f"unknown model {name!r}; available models: {', '.join(MODELS)}") from None
+
+
+def build(name: str, **options) -> Autoencoder:
+    """Build model ``name`` from its options (JSON types), e.g. build("ae", input_shape=(1, 8, 8))."""
+    cls = get(name)
+    return cls(cls.Config.from_dict(options, what=f"model {name}"))
+
+
+def data_options(name: str, dataset) -> dict:
+    """The options a dataset fixes: input shape, a likelihood that suits its values, label count."""
+    opts = {"input_shape": list(dataset.shape), "likelihood": "bernoulli" if dataset.kind == "image" else "gaussian"}
+    if "num_classes" in get(name).Config.field_names():
+        opts["num_classes"] = dataset.num_classes
+    return opts
+
+
+def build_for(name: str, dataset, **options) -> Autoencoder:
+    """Build model ``name`` for ``dataset``; explicit ``options`` win over what the data suggests."""
+    return build(name, **{**data_options(name, dataset), **options})
+
+
+def load(run_dir: str | Path, weights: str = "best") -> Autoencoder:
+    """Rebuild the model of a run directory exactly, with its best (or ``weights="last"``) weights."""
+    run_dir = Path(run_dir)
+    cfg = io.run_config(run_dir)
+    model = build(cfg["model"], **cfg["config"])
+    if weights == "best":
+        tensors, _ = io.load_tensors(run_dir / io.WEIGHTS)
+    elif weights == "last":
+        all_t, _ = io.load_tensors(run_dir / io.CHECKPOINT)
+        tensors = {k[6:]: v for k, v in all_t.items() if k.startswith("model/")}
+    else:
+        raise ConfigError(f"weights must be 'best' or 'last', got {weights!r}")
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as e:
+        raise RunError(f"{run_dir / io.WEIGHTS}: weights do not match the model in config.json ({e})") from None
+    model.eval()
+    return model

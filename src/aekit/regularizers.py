@@ -1,0 +1,84 @@
+"""Regularizers and divergences, each written once with its formula.
+
+Shapes: ``B`` batch, ``K`` latent units. Functions return per-example values (B,) unless noted.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .nets import Encoder
+
+
+def kl_normal_standard(mu: Tensor, logvar: Tensor) -> Tensor:
+    """KL( N(mu, diag exp(logvar)) || N(0, I) ) = 1/2 sum_k (mu_k^2 + sigma_k^2 - 1 - log sigma_k^2).
+
+    Kingma & Welling 2014, appendix B. mu, logvar: (B, K) -> (B,).
+    """
+    return 0.5 * (mu * mu + torch.exp(logvar) - 1.0 - logvar).sum(-1)
+
+
+def l1_activity(h: Tensor) -> Tensor:
+    """L1 activity penalty sum_k |h_k| of the code the decoder reads. h: (B, K) -> (B,)."""
+    return h.abs().sum(-1)
+
+
+def kl_sparsity(h: Tensor, rho: float, eps: float = 1e-6) -> Tensor:
+    """KL sparsity (Ng, "Sparse autoencoder" notes, 2011): sum_k KL(Bernoulli(rho) || Bernoulli(rho_hat_k)).
+
+    rho_hat_k = mean over the batch of h_k, the average activation of unit k (h in (0,1), a sigmoid code).
+    KL(rho || rho_hat) = rho log(rho / rho_hat) + (1 - rho) log((1 - rho) / (1 - rho_hat)).
+    h: (B, K) -> scalar (a property of the batch, not of one example).
+    """
+    rho_hat = h.mean(0).clamp(eps, 1 - eps)
+    return (rho * torch.log(rho / rho_hat) + (1 - rho) * torch.log((1 - rho) / (1 - rho_hat))).sum()
+
+
+def encoder_jacobian_sq_norm(encoder: Encoder, x: Tensor) -> tuple[Tensor, Tensor]:
+    """Code h = f(x) and the squared Frobenius norm ||J_f(x)||_F^2 = sum_{k,d} (dh_k/dx_d)^2, per example.
+
+    Contractive autoencoders (Rifai et al., ICML 2011). Exact for any encoder depth, differentiable,
+    and never one backward pass per latent unit:
+
+    * MLP encoder, J = diag(d_L) W_L ... diag(d_1) W_1 with d_l the activation derivatives:
+      - one layer: ||J||^2 = sum_k d_k^2 sum_i W_ki^2 (Rifai's closed form for a sigmoid encoder);
+      - two layers with a linear code: ||J||^2 = d_1^T [(W_1 W_1^T) o (W_2^T W_2)] d_1, one matrix shared
+        by the batch (o is the elementwise product);
+      - otherwise: A = diag(d_L) W_L ... diag(d_1), a (B, K, h_1) product taken from the small code side,
+        and ||J||^2 = sum (A G) o A with G = W_1 W_1^T (or ||A W_1||^2 when the input is narrower).
+    * conv encoder: the per-example Jacobian by torch.func (vmap of jacrev, batched vector-Jacobian
+      products), then its squared norm.
+
+    x: (B, *input_shape) -> (h (B, K), sq_norm (B,)).
+    """
+    if encoder.body is not None or encoder.cond_dim:
+        return _jacobian_sq_norm_func(encoder, x)
+    mlp = encoder.mlp
+    h, derivs = mlp.forward_with_derivatives(x.flatten(1))
+    weights = [layer.weight for layer in mlp.layers]
+    if len(weights) == 1:
+        return h, (derivs[0] ** 2) @ (weights[0] ** 2).sum(1)
+    if len(weights) == 2 and mlp.acts[-1] == "linear":
+        w1, w2 = weights
+        m = (w1 @ w1.t()) * (w2.t() @ w2)  # (h1, h1)
+        return h, ((derivs[0] @ m) * derivs[0]).sum(1)
+    a = derivs[-1].unsqueeze(-1) * weights[-1]  # (B, K, h_{L-1})
+    for w, d in zip(reversed(weights[1:-1]), reversed(derivs[1:-1])):
+        a = (a * d.unsqueeze(1)) @ w
+    a = a * derivs[0].unsqueeze(1)  # (B, K, h_1)
+    w1 = weights[0]
+    if w1.shape[0] <= w1.shape[1]:
+        return h, ((a @ (w1 @ w1.t())) * a).sum((1, 2))
+    return h, (a @ w1).pow(2).sum((1, 2))
+
+
+def _jacobian_sq_norm_func(encoder: Encoder, x: Tensor) -> tuple[Tensor, Tensor]:
+    from torch.func import jacrev, vmap
+
+    def f(xi):
+        out = encoder(xi.unsqueeze(0))[0]
+        return out, out
+
+    jac, h = vmap(jacrev(f, has_aux=True))(x)  # jac: (B, K, *input_shape)
+    return h, jac.pow(2).flatten(1).sum(1)
