@@ -20,9 +20,14 @@ from .registry import build_for as _build_for  # noqa: E402
 from .trainer import FitResult, fit  # noqa: E402
 
 
-def build(name: str, dataset=None, **options):
-    """Build model ``name``; with ``dataset`` the input shape, likelihood and label count come from it."""
-    return _build_for(name, dataset, **options) if dataset is not None else _build(name, **options)
+def build(name: str, dataset=None, seed: int | None = None, **options):
+    """Build model ``name``; with ``dataset`` the input shape, likelihood and label count come from it.
+
+    ``seed`` makes the initial weights reproducible without touching the global RNG.
+    """
+    if dataset is not None:
+        return _build_for(name, dataset, seed=seed, **options)
+    return _build(name, seed=seed, **options)
 
 
 __all__ = [

@@ -64,12 +64,12 @@ def _data_args(p, with_default=True):
     p.add_argument("--limit", type=int, help="use only the first N samples of each split (quick tries)")
 
 
-def _load_data(args):
+def _load_data(args, seed: int = 0):
     from . import datasets
 
     feats = [f for f in args.features.split(",") if f] if args.features else None
     return datasets.load(args.dataset, data_dir=args.data_dir, label_column=args.label_column,
-                         features=feats, val_fraction=args.val_fraction, seed=getattr(args, "seed", 0) or 0,
+                         features=feats, val_fraction=args.val_fraction, seed=seed,
                          limit=args.limit)
 
 
@@ -133,8 +133,8 @@ def cmd_train(args, model_opts) -> int:
                 f"option {_flag(k)} does not apply to model {args.model} (it applies to: {', '.join(owners[k])})"
                 for k in wrong))
         tcfg = TrainConfig.from_dict({k: getattr(args, k) for k in tcfg_fields})
-        ds = _load_data(args)
-        model = registry.build_for(args.model, ds, **model_opts)
+        ds = _load_data(args, tcfg.seed)
+        model = registry.build_for(args.model, ds, seed=tcfg.seed, **model_opts)
         name = args.model
         out = Path(args.out) if args.out else _default_out(name, args.dataset)
         if out.exists() and any(out.iterdir()):
@@ -149,16 +149,89 @@ def cmd_train(args, model_opts) -> int:
 
 
 def cmd_eval(args) -> int:
-    from . import metrics
-
     model = registry.load(args.run)
     ds = _run_data(args.run, args)
-    res = metrics.evaluate(model, ds, args.split)
+    res = _evaluate_with_likelihood(args, model, ds)
     if args.json:
         print(json.dumps(res, indent=2))
     else:
         for k, v in res.items():
             print(f"{k:32s} {v:.6g}" if isinstance(v, float) else f"{k:32s} {v}")
+    return 0
+
+
+EVAL_BINARIZE_SEED = 0  # the static binarization of the evaluated split for runs trained on binarized data
+
+
+def _evaluate_with_likelihood(args, model, ds) -> dict:
+    """metrics.evaluate with the eval options --iw-samples / --mc-samples (probabilistic models only).
+
+    A run trained on binarized data is evaluated for its likelihood on a static binarization of the split
+    (fixed seed EVAL_BINARIZE_SEED), the kind of data its Bernoulli likelihood was fitted to.
+    """
+    import inspect
+
+    from . import bounds, metrics
+
+    given = {k: getattr(args, k) for k in ("iw_samples", "mc_samples") if getattr(args, k) is not None}
+    if not model.probabilistic:
+        if given:
+            raise ConfigError(f"{', '.join(_flag(k) for k in given)} applies to probabilistic models "
+                              f"(with an ELBO, e.g. vae, iwae, cvae); model {model.name} has no likelihood")
+        return metrics.evaluate(model, ds, args.split)
+    for k, v in given.items():
+        if v < 1:
+            raise ConfigError(f"{_flag(k)} must be at least 1, got {v}")
+    binarize = (io.run_config(args.run).get("train") or {}).get("binarize", "none")
+    if binarize == "none":
+        return metrics.evaluate(model, ds, args.split, **given)
+    # metrics.evaluate has no binarization option: its likelihood (K = 1, cheap) is replaced below
+    res = metrics.evaluate(model, ds, args.split, iw_samples=1, mc_samples=1)
+    defaults = inspect.signature(metrics.evaluate).parameters
+    opts = {k: given.get(k, defaults[k].default) for k in ("iw_samples", "mc_samples")}
+    res.update(bounds.likelihood_metrics(model, ds, args.split, binarize_seed=EVAL_BINARIZE_SEED, **opts))
+    res["likelihood_data"] = (f"statically binarized {args.split} split (seed {EVAL_BINARIZE_SEED}), "
+                              f"as the run was trained with binarize={binarize}")
+    return res
+
+
+def cmd_sample(args) -> int:
+    import torch
+
+    from . import plots
+
+    model = registry.load(args.run)
+    if args.n < 1:
+        raise ConfigError(f"-n must be at least 1, got {args.n}")
+    out = Path(args.out)
+    image = len(model.config.input_shape) == 3
+    if image and out.suffix.lower() != ".png":
+        raise ConfigError(f"--out {out}: image samples are written as PNG; name a .png file")
+    if not image and out.suffix.lower() not in (".csv", ".tsv"):
+        raise ConfigError(f"--out {out}: table samples are written as CSV; name a .csv or .tsv file")
+    ds = None if image else _run_data(args.run, args)
+    label = args.label
+    if label is not None:
+        try:
+            label = int(label)
+        except ValueError:  # a class name
+            ds = ds or _run_data(args.run, args)
+            if not ds.class_names or label not in ds.class_names:
+                raise ConfigError(f"--label {label!r} is neither a class index nor a class name of dataset "
+                                  f"{ds.name!r} (classes: {', '.join(ds.class_names or []) or 'none'})") from None
+            label = ds.class_names.index(label)
+    gen = torch.Generator(device=model.device).manual_seed(args.seed)
+    with torch.no_grad():
+        x = model.sample(args.n, y=label, generator=gen)
+    if image:
+        plots.save(plots.image_grid(x, ncols=min(args.n, 8)), out)
+    else:
+        names = ds.feature_names or [f"f{i}" for i in range(ds.dim)]
+        sep = "\t" if out.suffix.lower() == ".tsv" else ","
+        rows = ds.to_user_units(x.cpu()).tolist()
+        body = "".join(sep.join(f"{v:.6g}" for v in r) + "\n" for r in rows)
+        io.atomic_write_text(out, sep.join(names) + "\n" + body)
+    print(f"wrote {args.n} samples{'' if label is None else f' of class {label}'} of {model.name} to {out}")
     return 0
 
 
@@ -259,8 +332,12 @@ def build_parser():
             extra(c)
         return c
 
-    run_cmd("eval", "evaluate a trained run on its test split",
-            lambda c: c.add_argument("--json", action="store_true", help="print JSON"))
+    def _eval(c):
+        c.add_argument("--json", action="store_true", help="print JSON")
+        c.add_argument("--iw-samples", type=int, help="probabilistic models: importance samples K of the "
+                       "test log-likelihood estimate (default: that of aekit.metrics.evaluate)")
+        c.add_argument("--mc-samples", type=int, help="probabilistic models: Monte-Carlo samples of the ELBO")
+    run_cmd("eval", "evaluate a trained run on its test split", _eval)
 
     def _recon(c):
         c.add_argument("--out", required=True, help="PNG for images, CSV for tables")
@@ -274,6 +351,13 @@ def build_parser():
         if a.dest == "split":
             a.choices = ["train", "val", "test", "all"]
 
+    smp = sub.add_parser("sample", help="draw samples from a generative model (PNG grid or CSV)")
+    smp.add_argument("run", help="run directory written by `aekit train`")
+    smp.add_argument("-n", type=int, default=64, help="how many samples")
+    smp.add_argument("--label", help="class index or name to sample (conditional / supervised models)")
+    smp.add_argument("--seed", type=int, default=0, help="seed of the prior samples")
+    smp.add_argument("--out", required=True, help="PNG for images, CSV/TSV for tables")
+
     sub.add_parser("models", help="list the model families")
     sub.add_parser("datasets", help="list the datasets available here")
     return p
@@ -282,7 +366,10 @@ def build_parser():
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error (2, one line already printed)
+        return int(e.code or 0)
     if args.command is None:
         parser.print_help()
         return 2
@@ -295,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
             args.train_given = {k for k in TrainConfig.field_names() if k in given}
             return cmd_train(args, model_opts)
         return {"eval": cmd_eval, "reconstruct": cmd_reconstruct, "encode": cmd_encode,
-                "models": cmd_models, "datasets": cmd_datasets}[args.command](args)
+                "sample": cmd_sample, "models": cmd_models, "datasets": cmd_datasets}[args.command](args)
     except AekitError as e:
         print(f"aekit {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -4,19 +4,29 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from . import io
 from .errors import ConfigError, RunError
+from .models.aae import AAE
 from .models.ae import AE
 from .models.base import Autoencoder
 from .models.cae import CAE
+from .models.cvae import CVAE
 from .models.dae import DAE
+from .models.iwae import IWAE
 from .models.sae import SAE
+from .models.vae import VAE
 
 MODELS: dict[str, type[Autoencoder]] = {
     "ae": AE,
     "dae": DAE,
     "sae": SAE,
     "cae": CAE,
+    "vae": VAE,
+    "iwae": IWAE,
+    "cvae": CVAE,
+    "aae": AAE,
 }
 
 
@@ -27,10 +37,19 @@ def get(name: str) -> type[Autoencoder]:
         raise ConfigError(f"unknown model {name!r}; available models: {', '.join(MODELS)}") from None
 
 
-def build(name: str, **options) -> Autoencoder:
-    """Build model ``name`` from its options (JSON types), e.g. build("ae", input_shape=(1, 8, 8))."""
+def build(name: str, seed: int | None = None, **options) -> Autoencoder:
+    """Build model ``name`` from its options (JSON types), e.g. build("ae", input_shape=(1, 8, 8)).
+
+    ``seed``: initialize the weights from this seed (the caller's global RNG is left untouched);
+    None draws them from torch's global RNG.
+    """
     cls = get(name)
-    return cls(cls.Config.from_dict(options, what=f"model {name}"))
+    config = cls.Config.from_dict(options, what=f"model {name}")
+    if seed is None:
+        return cls(config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return cls(config)
 
 
 def data_options(name: str, dataset) -> dict:
@@ -41,9 +60,9 @@ def data_options(name: str, dataset) -> dict:
     return opts
 
 
-def build_for(name: str, dataset, **options) -> Autoencoder:
+def build_for(name: str, dataset, seed: int | None = None, **options) -> Autoencoder:
     """Build model ``name`` for ``dataset``; explicit ``options`` win over what the data suggests."""
-    return build(name, **{**data_options(name, dataset), **options})
+    return build(name, seed=seed, **{**data_options(name, dataset), **options})
 
 
 def load(run_dir: str | Path, weights: str = "best") -> Autoencoder:

@@ -1,0 +1,169 @@
+"""The command line: every command works, and every user mistake exits 2 with one line on stderr."""
+
+import json
+
+import numpy as np
+import pytest
+from conftest import needs_fmnist
+
+from aekit import registry
+
+DETERMINISTIC = ["ae", "dae", "sae", "cae"]
+FAST = ["--epochs", "1", "--latent-dim", "4", "--quiet"]
+
+
+def one_line_error(code, out, err, *fragments):
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for f in fragments:
+        assert f in lines[0], (f, lines[0])
+
+
+@pytest.mark.parametrize("arch", ["mlp", "conv"])
+@pytest.mark.parametrize("name", DETERMINISTIC)
+def test_train_each_family_on_digits(cli, tmp_path, name, arch):
+    code, out, err = cli("train", name, "--arch", arch, *FAST, "--out", tmp_path / "r")
+    assert code == 0, err
+    assert "test reconstruction" in out and str(tmp_path / "r") in out
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    from aekit.cli import main
+
+    d = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["train", "sae", "--epochs", "2", "--latent-dim", "6", "--quiet", "--out", str(d)]) == 0
+    return d
+
+
+def test_eval_json(cli, run):
+    code, out, err = cli("eval", run, "--json")
+    assert code == 0, err
+    res = json.loads(out)
+    assert 0 < res["mse"] < 1 and res["psnr_db"] > 0
+
+
+def test_reconstruct_png(cli, run, tmp_path):
+    code, out, err = cli("reconstruct", run, "--out", tmp_path / "r.png", "-n", "8")
+    assert code == 0, err
+    assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_encode_npy_and_npz(cli, run, tmp_path, digits):
+    code, _, err = cli("encode", run, "--out", tmp_path / "z.npy")
+    assert code == 0, err
+    z = np.load(tmp_path / "z.npy")
+    assert z.shape == (digits.x_test.shape[0], 6)
+    code, _, err = cli("encode", run, "--split", "all", "--out", tmp_path / "z.npz")
+    assert code == 0, err
+    f = np.load(tmp_path / "z.npz")
+    n = sum(x.shape[0] for x in (digits.x_train, digits.x_val, digits.x_test))
+    assert f["z"].shape == (n, 6) and f["y"].shape == (n,)
+
+
+def test_models_and_datasets_listings(cli):
+    code, out, _ = cli("models")
+    assert code == 0 and all(name in out for name in registry.MODELS)
+    assert "--rho" in out and "--contraction" in out
+    code, out, _ = cli("datasets")
+    assert code == 0 and "digits" in out and "fashion-mnist" in out
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "reconstruct", "encode", "models", "datasets"])
+def test_every_command_has_help(cli, command):
+    code, out, _ = cli(command, "--help")
+    assert code == 0 and "usage:" in out
+
+
+def test_resume_extends_the_epoch_budget(cli, tmp_path):
+    code, _, err = cli("train", "ae", *FAST, "--out", tmp_path / "r")
+    assert code == 0, err
+    code, out, err = cli("train", "--resume", tmp_path / "r", "--epochs", "3", "--quiet")
+    assert code == 0, err
+    assert len((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_train_on_a_csv_table(cli, tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 5)) * [1, 10, 100, 0.1, 3] + [0, 5, -50, 1, 2]
+    rows = ["a,b,c,d,e,label"] + [",".join(f"{v:.5f}" for v in r) + f",{'xy'[i % 2]}" for i, r in enumerate(x)]
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    code, out, err = cli("train", "ae", "--dataset", tmp_path / "t.csv", "--label-column", "label", *FAST,
+                         "--out", tmp_path / "r")
+    assert code == 0, err
+    assert "rmse_user_units" in out
+    code, _, err = cli("reconstruct", tmp_path / "r", "--out", tmp_path / "rec.csv")
+    assert code == 0, err
+    head = (tmp_path / "rec.csv").read_text().splitlines()[0]
+    assert head.startswith("input_a,") and "recon_e" in head
+    code, _, err = cli("reconstruct", tmp_path / "r", "--out", tmp_path / "rec.png")
+    one_line_error(code, _, err, "CSV")
+
+
+# --- user mistakes: exit 2, one line, nothing overwritten ---------------------------------------------
+def test_unknown_model(cli):
+    one_line_error(*cli("train", "nope", *FAST), "unknown model 'nope'", "ae")
+
+
+def test_option_of_another_family(cli, tmp_path):
+    one_line_error(*cli("train", "ae", "--rho", "0.1", *FAST, "--out", tmp_path / "r"), "--rho", "sae")
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--noise-level", "-1"], "noise_level"),
+    (["--noise", "blur"], "noise"),
+    (["--epochs", "0"], "epochs"),
+    (["--lr", "abc"], "lr"),
+    (["--hidden", "64,x"], "hidden"),
+    (["--arch", "conv", "--dataset", "missing.csv"], "missing.csv"),
+])
+def test_bad_option_values(cli, tmp_path, args, fragment):
+    base = ["--epochs", "1", "--quiet"] if "--epochs" not in args else ["--quiet"]
+    one_line_error(*cli("train", "dae", *base, *args, "--out", tmp_path / "r"), fragment)
+
+
+def test_unknown_flag(cli):
+    one_line_error(*cli("train", "ae", "--no-such-flag"), "--no-such-flag")
+
+
+def test_out_dir_exists_is_not_overwritten(cli, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    one_line_error(*cli("train", "ae", *FAST, "--out", out), "already exists")
+    assert (out / "precious.txt").read_text() == "keep me" and len(list(out.iterdir())) == 1
+
+
+def test_missing_and_damaged_run_dirs(cli, tmp_path, run):
+    one_line_error(*cli("eval", tmp_path / "none"), "no such run directory")
+    (tmp_path / "empty").mkdir()
+    one_line_error(*cli("eval", tmp_path / "empty"), "not an aekit run directory")
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(run, bad)
+    (bad / "model.safetensors").write_bytes(b"garbage")
+    one_line_error(*cli("eval", bad), "model.safetensors")
+    (bad / "config.json").write_text("{not json")
+    one_line_error(*cli("eval", bad), "config.json")
+
+
+def test_encode_bad_suffix(cli, run, tmp_path):
+    one_line_error(*cli("encode", run, "--out", tmp_path / "z.txt"), ".npy")
+
+
+def test_resume_cannot_change_options(cli, run):
+    one_line_error(*cli("train", "--resume", run, "--lr", "0.5"), "--lr")
+
+
+@needs_fmnist
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["mlp", "conv"])
+@pytest.mark.parametrize("name", DETERMINISTIC)
+def test_train_each_family_on_fashion_mnist(cli, tmp_path, name, arch):
+    code, out, err = cli("train", name, "--dataset", "fashion-mnist", "--arch", arch, "--limit", "3000",
+                         *FAST, "--out", tmp_path / "r")
+    assert code == 0, err
+    assert "fashion-mnist" in out

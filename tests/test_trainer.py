@@ -1,0 +1,170 @@
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import aekit
+import aekit.cli
+from aekit import io, registry, trainer
+from aekit.config import TrainConfig
+from aekit.errors import ConfigError, RunError, TrainingDiverged
+from aekit.models.ae import AE
+
+
+def small(ds, name="ae", **kw):
+    return registry.build_for(name, ds, latent_dim=4, hidden=[16], seed=0, **kw)
+
+
+def weights(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def assert_same(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_same_seed_same_run_and_global_rng_untouched(digits):
+    state = torch.get_rng_state()
+    r1 = trainer.fit(small(digits, "dae"), digits, TrainConfig(epochs=2, seed=3), quiet=True)
+    assert torch.equal(torch.get_rng_state(), state)
+    r2 = trainer.fit(small(digits, "dae"), digits, TrainConfig(epochs=2, seed=3), quiet=True)
+    assert_same(weights(r1.model), weights(r2.model))
+    r3 = trainer.fit(small(digits, "dae"), digits, TrainConfig(epochs=2, seed=4), quiet=True)
+    assert not torch.equal(r3.model.encoder.mlp.layers[0].weight, r1.model.encoder.mlp.layers[0].weight)
+
+
+def test_run_directory_contents(digits, tmp_path):
+    out = tmp_path / "run"
+    res = trainer.fit(small(digits), digits, TrainConfig(epochs=3), out_dir=out, quiet=True)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["model"] == "ae" and cfg["config"]["latent_dim"] == 4 and cfg["data"]["name_or_path"] == "digits"
+    assert cfg["aekit_version"] == aekit.__version__
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 3 and json.loads(lines[0])["epoch"] == 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["epochs_run"] == 3 and summary["stopped"] == "completed"
+    best, _ = io.load_tensors(out / "model.safetensors")
+    assert_same(best, weights(res.model))  # the returned model carries the best weights
+    last = aekit.load(out, weights="last")
+    assert res.best_epoch == 3 or not torch.equal(last.encoder.mlp.layers[0].weight, res.model.encoder.mlp.layers[0].weight)
+    assert not list(out.glob(".*.tmp"))  # atomic writes leave no temporaries
+
+
+def test_resume_in_process_is_bit_identical(digits, tmp_path):
+    """Stop after 2 of 4 epochs (a budget of 2), resume to 4: same weights, history and checkpoint."""
+    name = "vae" if "vae" in registry.MODELS else "dae"  # a model with noise in its objective
+    cfg = TrainConfig(epochs=4, seed=1, binarize="dynamic")
+    a = trainer.fit(small(digits, name), digits, cfg, out_dir=tmp_path / "a", quiet=True)
+    trainer.fit(small(digits, name), digits, cfg.replace(epochs=2), out_dir=tmp_path / "b", quiet=True)
+    b = trainer.fit(small(digits, name), digits, cfg, out_dir=tmp_path / "b", resume=True, quiet=True)
+    assert_same(weights(a.model), weights(b.model))
+    assert [h["train"] for h in a.history] == [h["train"] for h in b.history]
+    assert_same(io.load_tensors(tmp_path / "a" / io.CHECKPOINT)[0], io.load_tensors(tmp_path / "b" / io.CHECKPOINT)[0])
+
+
+def test_kill_9_then_resume_ends_bit_identical(digits, tmp_path):
+    """A real interruption: the CLI is killed with SIGKILL mid-run, then resumed."""
+    args = ["train", "dae", "--epochs", "25", "--batch-size", "8", "--latent-dim", "4", "--hidden", "16",
+            "--seed", "5", "--quiet"]
+    ref = tmp_path / "ref"
+    assert aekit.cli.main(args + ["--out", str(ref)]) == 0
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "aekit.cli", *args, "--out", str(run)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        m = run / "metrics.jsonl"
+        if m.exists() and len(m.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = len((run / "metrics.jsonl").read_text().splitlines())
+    assert 3 <= done < 25, f"the run was not interrupted mid-way ({done} epochs)"
+    assert aekit.cli.main(["train", "--resume", str(run), "--quiet"]) == 0
+    for f in (io.WEIGHTS, io.CHECKPOINT):
+        assert_same(io.load_tensors(ref / f)[0], io.load_tensors(run / f)[0])
+    assert (ref / io.METRICS).read_text().count("\n") == (run / io.METRICS).read_text().count("\n") == 25
+
+
+class Exploding(AE):
+    """An AE whose loss turns NaN after a number of steps."""
+
+    name = "exploding"
+    after = 30
+
+    def forward(self, x, y=None):
+        out = super().forward(x, y)
+        if self.training:
+            self.steps = getattr(self, "steps", 0) + 1
+            if self.steps > self.after:
+                out.loss = out.loss * float("nan")
+        return out
+
+
+def test_nan_loss_stops_with_clear_message_and_keeps_last_good_weights(digits, tmp_path):
+    m = Exploding(registry.get("ae").Config.from_dict(registry.data_options("ae", digits) | {"latent_dim": 4}))
+    steps = math.ceil(digits.x_train.shape[0] / 128)
+    Exploding.after = 2 * steps + 3  # NaN in epoch 3
+    with pytest.raises(TrainingDiverged, match=r"NaN/Inf in epoch 3.*--lr"):
+        trainer.fit(m, digits, TrainConfig(epochs=5), out_dir=tmp_path / "r", quiet=True)
+    assert all(torch.isfinite(p).all() for p in m.parameters())
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["stopped"] == "diverged" and summary["epochs_run"] == 2
+    best, _ = io.load_tensors(tmp_path / "r" / io.WEIGHTS)
+    assert all(torch.isfinite(v).all() for v in best.values())
+
+
+def test_early_stopping(digits, monkeypatch):
+    vals = iter([5.0, 4.0, 4.5, 4.6, 4.7, 1.0])
+    real = trainer.evaluate_loss
+
+    def fake(*a, **k):
+        out = real(*a, **k)
+        out["loss"] = next(vals)
+        return out
+
+    monkeypatch.setattr(trainer, "evaluate_loss", fake)
+    res = trainer.fit(small(digits), digits, TrainConfig(epochs=6, patience=3), quiet=True)
+    assert res.stopped == "early_stopping" and len(res.history) == 5 and res.best_epoch == 2
+
+
+def test_resume_errors(digits, tmp_path):
+    with pytest.raises(RunError, match="nothing to resume"):
+        (tmp_path / "x").mkdir()
+        io.write_json(tmp_path / "x" / "config.json", {"model": "ae", "config": {}})
+        trainer.fit(small(digits), digits, TrainConfig(epochs=1), out_dir=tmp_path / "x", resume=True, quiet=True)
+    trainer.fit(small(digits), digits, TrainConfig(epochs=1), out_dir=tmp_path / "y", quiet=True)
+    with pytest.raises(RunError, match="training options"):
+        trainer.fit(small(digits), digits, TrainConfig(epochs=2, lr=0.1), out_dir=tmp_path / "y", resume=True,
+                    quiet=True)
+    with pytest.raises(RunError, match="config differs"):
+        trainer.fit(registry.build_for("ae", digits, latent_dim=5, hidden=[16]), digits, TrainConfig(epochs=2),
+                    out_dir=tmp_path / "y", resume=True, quiet=True)
+
+
+def test_shape_mismatch_is_a_clear_error(digits):
+    m = registry.build("ae", input_shape=[1, 28, 28])
+    with pytest.raises(ConfigError, match="shape"):
+        trainer.fit(m, digits, TrainConfig(epochs=1), quiet=True)
+
+
+def test_bf16_autocast_runs_on_cpu(digits):
+    """The accelerator's mixed-precision path, exercised under CPU autocast."""
+    res = trainer.fit(small(digits), digits, TrainConfig(epochs=2, amp="bf16"), quiet=True)
+    assert all(math.isfinite(v) for v in res.history[-1]["train"].values())
+    assert res.history[-1]["val"]["loss"] < res.history[0]["train"]["loss"]
+
+
+def test_grad_clip_and_weight_decay_run(digits):
+    res = trainer.fit(small(digits), digits, TrainConfig(epochs=1, grad_clip=1.0, weight_decay=1e-4), quiet=True)
+    assert len(res.history) == 1
