@@ -54,7 +54,8 @@ def test_run_directory_contents(digits, tmp_path):
     best, _ = io.load_tensors(out / "model.safetensors")
     assert_same(best, weights(res.model))  # the returned model carries the best weights
     last = aekit.load(out, weights="last")
-    assert res.best_epoch == 3 or not torch.equal(last.encoder.mlp.layers[0].weight, res.model.encoder.mlp.layers[0].weight)
+    w_last, w_best = last.encoder.mlp.layers[0].weight, res.model.encoder.mlp.layers[0].weight
+    assert res.best_epoch == 3 or not torch.equal(w_last, w_best)
     assert not list(out.glob(".*.tmp"))  # atomic writes leave no temporaries
 
 
