@@ -6,6 +6,7 @@ Shapes: ``B`` batch, ``K`` latent units. Functions return per-example values (B,
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .nets import Encoder
@@ -82,3 +83,24 @@ def _jacobian_sq_norm_func(encoder: Encoder, x: Tensor) -> tuple[Tensor, Tensor]
 
     jac, h = vmap(jacrev(f, has_aux=True))(x)  # jac: (B, K, *input_shape)
     return h, jac.pow(2).flatten(1).sum(1)
+
+
+def adversarial_discriminator_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+    """GAN discriminator loss from logits (Goodfellow et al., NeurIPS 2014), as in adversarial autoencoders
+    (Makhzani et al., ICLR workshop 2016): with D = sigmoid(logit),
+
+        L_D = -E_real log D(z) - E_fake log(1 - D(z)) = BCE(real, 1) + BCE(fake, 0).
+
+    real_logits (B,), fake_logits (B',) -> scalar (each expectation a batch mean; a property of the batch).
+    """
+    real = F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
+    fake = F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+    return real + fake
+
+
+def adversarial_generator_loss(fake_logits: Tensor) -> Tensor:
+    """Non-saturating generator loss -E_fake log D(z) = BCE(fake, 1) (Goodfellow et al. 2014, section 3).
+
+    fake_logits (B,) -> scalar (batch mean).
+    """
+    return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))

@@ -1,0 +1,270 @@
+"""Variational autoencoder (Kingma & Welling, ICLR 2014; Rezende et al., ICML 2014); base of iwae and cvae.
+
+q(z|x) = N(mu(x), diag exp(logvar(x))),  p(z) = N(0, I),  p(x|z) the decoder likelihood (likelihoods.py).
+
+    loss = -(1/L) sum_l log p(x|z_l) + beta_t * KL(q(z|x) || p(z)),   z_l = mu + exp(logvar / 2) * eps_l
+
+with the closed-form KL (regularizers.kl_normal_standard) and L = ``mc_samples`` samples decoded in one
+call of batch L*B. Options: ``beta`` (beta-VAE, Higgins et al. 2017), ``kl_warmup_epochs`` (beta_t =
+beta * min(1, epoch / kl_warmup_epochs), epoch counted from 0; Bowman et al. 2016, Sonderby et al. 2016),
+``free_bits`` (Kingma et al. 2016: the KL of each latent dimension, averaged over the batch, is replaced
+by max(KL_k, free_bits)). ``iw_samples`` K > 1 trains on the importance-weighted bound instead
+(bounds.iw_bound; Burda et al. 2016), averaged over the L Monte-Carlo repetitions.
+
+Annealing and free bits act in training mode only: in eval mode (validation, model selection) the loss is
+recon + beta * KL, so a warm-up does not make its early epochs look best.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..bounds import iw_bound, log_importance_weights
+from ..config import ModelConfig, opt
+from ..errors import ConfigError
+from ..likelihoods import build_likelihood
+from ..nets import Decoder, Encoder
+from ..regularizers import kl_normal_standard
+from .base import Autoencoder, Output
+
+# Rough budget (in float32 values) of activations per decoder call in log_likelihood / elbo evaluation.
+EVAL_BUDGET = 2**24
+
+
+@dataclass(frozen=True)
+class VAEConfig(ModelConfig):
+    beta: float = opt(1.0, "weight of the KL term (beta-VAE); 1 gives the ELBO")
+    kl_warmup_epochs: int = opt(0, "ramp the KL weight linearly from 0 to beta over this many epochs (0: off)")
+    free_bits: float = opt(0.0, "free bits: nats per latent dimension of batch-mean KL that are not penalized (0: off)")
+    mc_samples: int = opt(1, "Monte-Carlo samples z per example in the training objective")
+    iw_samples: int = opt(1, "importance samples K: K > 1 trains on the importance-weighted (IWAE) bound")
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("beta", "free_bits"):
+            if not math.isfinite(getattr(self, name)):
+                raise ConfigError(f"{type(self).__name__}: option {name} must be a finite number, "
+                                  f"got {getattr(self, name)}")
+        self._check_range("beta", 0)
+        self._check_range("kl_warmup_epochs", 0)
+        self._check_range("free_bits", 0)
+        self._check_range("mc_samples", 1)
+        self._check_range("iw_samples", 1)
+        if self.iw_samples > 1:
+            elbo_only = (("beta", 1.0), ("kl_warmup_epochs", 0), ("free_bits", 0.0))
+            changed = [f"{n}={getattr(self, n)}" for n, off in elbo_only if getattr(self, n) != off]
+            if changed:
+                raise ConfigError(
+                    f"{type(self).__name__}: {', '.join(changed)} changes the KL term of the ELBO, but iw_samples="
+                    f"{self.iw_samples} trains on the importance-weighted bound, which has no separate KL term; "
+                    "drop those options or use --iw-samples 1"
+                )
+
+
+def class_labels(n: int, y, num_classes: int, model: str, device) -> Tensor:
+    """Labels for sampling n examples: an int (all n alike), a list or a tensor of n ints -> (n,) int64.
+
+    Raises ConfigError for a missing y, floats, a wrong count or a label outside 0..num_classes-1.
+    """
+    if y is None:
+        raise ConfigError(
+            f"model {model} samples a given class: pass y (a class 0..{num_classes - 1}, or a list of {n} "
+            "classes), e.g. `aekit sample RUN --label 3`"
+        )
+    try:
+        t = torch.as_tensor(y, device=device)
+    except (TypeError, ValueError, RuntimeError):
+        raise ConfigError(f"model {model}: labels must be integers 0..{num_classes - 1}, got {y!r}") from None
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise ConfigError(f"model {model}: labels must be integers 0..{num_classes - 1}, got a {t.dtype} tensor")
+    if t.dim() == 0:
+        t = t.expand(n)
+    if t.dim() != 1 or t.shape[0] != n:
+        raise ConfigError(f"model {model}: expected one label or {n} labels for {n} samples, "
+                          f"got shape {tuple(t.shape)}")
+    if n and (int(t.min()) < 0 or int(t.max()) >= num_classes):
+        raise ConfigError(
+            f"model {model}: labels must lie in 0..{num_classes - 1} (the model has {num_classes} classes), "
+            f"got {int(t.min())}..{int(t.max())}"
+        )
+    return t.long()
+
+
+def check_count(n, model: str) -> int:
+    """n as a Python int (numpy and torch integers accepted); a ConfigError unless it is an integer >= 0."""
+    try:
+        count = -1 if isinstance(n, bool) else operator.index(n)
+    except TypeError:
+        count = -1
+    if count < 0:
+        raise ConfigError(f"model {model}: the number of samples must be a non-negative integer, got {n!r}")
+    return count
+
+
+class VAE(Autoencoder):
+    """Gaussian-encoder VAE with a standard normal prior; the networks come from nets.py."""
+
+    Config = VAEConfig
+    name = "vae"
+    diagnostics = ("active_units", "prior_mmd")
+    generative = True
+    probabilistic = True
+
+    def __init__(self, config: VAEConfig):
+        super().__init__(config)
+        c = self.cond_size()
+        self.encoder = Encoder(config, 2 * config.latent_dim, cond_dim=c)  # -> (mu, logvar)
+        self.decoder = Decoder(config, cond_dim=c)
+        self.likelihood = build_likelihood(config)
+        self.kl_weight = config.beta  # beta_t in training; set_progress ramps it during a warm-up
+
+    # --- conditioning hooks (cvae overrides them) -----------------------------------------------
+    def cond_size(self) -> int:
+        """Size of the condition vector the encoder and decoder read (0: unconditional)."""
+        return 0
+
+    def _sample_condition(self, n: int, y) -> Tensor | None:
+        """The decoder's condition for ``sample(n, y)``: (n, cond_size) or None."""
+        if y is not None:
+            raise ConfigError(
+                f"model {self.name} is unconditional: sample() takes no label (got y={y!r}); "
+                "drop --label, or train a cvae (or an aae with --supervised) to sample a given class"
+            )
+        return None
+
+    # --- trainer hook ---------------------------------------------------------------------------
+    def set_progress(self, epoch: int, epochs: int) -> None:
+        w = self.config.kl_warmup_epochs
+        self.kl_weight = self.config.beta * (min(1.0, epoch / w) if w else 1.0)
+
+    # --- encoder side ---------------------------------------------------------------------------
+    def posterior(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Parameters of q(z|x[, y]): mean and log-variance, each (B, K)."""
+        return self._posterior(x, self.condition(y))
+
+    def _posterior(self, x: Tensor, c: Tensor | None) -> tuple[Tensor, Tensor]:
+        mu, logvar = self.encoder(x, c).chunk(2, dim=-1)
+        return mu, logvar
+
+    def encode(self, x: Tensor, y: Tensor | None = None, sample: bool = False,
+               generator: torch.Generator | None = None) -> Tensor:
+        """Posterior mean (B, K); ``sample=True``: one draw z ~ q(z|x) instead."""
+        mu, logvar = self.posterior(x, y)
+        return self.reparameterize(mu, logvar, 1, generator)[0] if sample else mu
+
+    @staticmethod
+    def reparameterize(mu: Tensor, logvar: Tensor, n: int = 1, generator: torch.Generator | None = None) -> Tensor:
+        """n draws z = mu + exp(logvar / 2) * eps, eps ~ N(0, I): (B, K) -> (n, B, K), differentiable."""
+        eps = torch.randn((n, *mu.shape), generator=generator, device=mu.device, dtype=mu.dtype)
+        return mu + torch.exp(0.5 * logvar) * eps
+
+    def prior_sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """Codes from the prior N(0, I): (n, K)."""
+        n = check_count(n, self.name)
+        p = next(self.parameters())
+        return torch.randn((n, self.latent_dim), generator=generator, device=p.device, dtype=p.dtype)
+
+    # --- decoder side ---------------------------------------------------------------------------
+    def _log_px_z(self, x: Tensor, z: Tensor, c: Tensor | None) -> Tensor:
+        """log p(x|z) for S codes per example in one decoder call: x (B, *shape), z (S, B, K) -> (S, B)."""
+        s, b = z.shape[:2]
+        params = self.decoder(z.flatten(0, 1), None if c is None else c.repeat(s, 1))  # row s*B + b
+        xs = x.unsqueeze(0).expand(s, *x.shape).flatten(0, 1)
+        return self.recon_log_prob(xs, params).view(s, b)
+
+    @torch.no_grad()
+    def sample(self, n: int, y=None, generator: torch.Generator | None = None) -> Tensor:
+        """Means of p(x|z[, y]) for n codes z ~ p(z): (n, *shape), without autograd."""
+        c = self._sample_condition(check_count(n, self.name), y)
+        return self.likelihood.mean(self.decoder(self.prior_sample(n, generator), c))
+
+    # --- objectives and bounds ------------------------------------------------------------------
+    def forward(self, x: Tensor, y: Tensor | None = None) -> Output:
+        cfg = self.config
+        c = self.condition(y)
+        mu, logvar = self._posterior(x, c)
+        n_l, n_k = cfg.mc_samples, cfg.iw_samples
+        z = self.reparameterize(mu, logvar, n_l * n_k)  # (L*K, B, Kz)
+        log_px = self._log_px_z(x, z, c)  # (L*K, B)
+        kl_dims = kl_normal_standard(mu.unsqueeze(-1), logvar.unsqueeze(-1))  # (B, Kz): KL per latent dimension
+        recon = -log_px.mean(0)  # (B,)
+        kl = kl_dims.sum(-1)
+        terms = {"recon": recon.mean(), "kl": kl.mean(), "elbo": -(recon + kl).mean()}
+        if n_k > 1:
+            log_w = log_importance_weights(log_px, z, mu, logvar).view(n_l, n_k, -1)
+            bound = iw_bound(log_w, dim=1).mean(0)  # (B,)
+            terms["iw_bound"] = bound.mean()
+            loss = -terms["iw_bound"]
+        elif self.training:
+            kl_term = kl_dims.mean(0).clamp_min(cfg.free_bits).sum() if cfg.free_bits > 0 else terms["kl"]
+            loss = terms["recon"] + self.kl_weight * kl_term
+        else:
+            loss = terms["recon"] + cfg.beta * terms["kl"]
+        return Output(loss, {k: v.detach() for k, v in terms.items()})
+
+    def default_chunk_size(self) -> int:
+        """Decoder rows (example, sample pairs) per call in evaluation, from a rough activation budget."""
+        cfg = self.config
+        d = math.prod(cfg.input_shape)
+        if cfg.arch == "mlp":
+            per_row = 4 * d + sum(cfg.hidden)
+        else:  # stride-2 layer i has hidden[i] channels on (H*W) / 4^(i+1) positions
+            hw = math.prod(cfg.input_shape[1:])
+            per_row = 4 * d + sum(h * max(1, hw // 4 ** (i + 1)) for i, h in enumerate(cfg.hidden))
+        return max(1, EVAL_BUDGET // per_row)
+
+    def elbo(self, x: Tensor, y: Tensor | None = None, mc_samples: int = 1,
+             generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """ELBO = E_q log p(x|z) - KL(q||p), with ``mc_samples`` draws for the first term and the closed-form KL.
+
+        Returns per-example (B,) tensors: "elbo", "recon" (= -E_q log p(x|z)) and "kl", in nats.
+        The samples are decoded in chunks of at most default_chunk_size() rows.
+        """
+        if mc_samples < 1:
+            raise ConfigError(f"model {self.name}: mc_samples must be >= 1, got {mc_samples}")
+        c = self.condition(y)
+        mu, logvar = self._posterior(x, c)
+        step = max(1, self.default_chunk_size() // max(1, x.shape[0]))
+        total = 0.0
+        for j in range(0, mc_samples, step):
+            z = self.reparameterize(mu, logvar, min(step, mc_samples - j), generator)
+            total = total + self._log_px_z(x, z, c).sum(0)
+        recon = -total / mc_samples
+        kl = kl_normal_standard(mu, logvar)
+        return {"elbo": -(recon + kl), "recon": recon, "kl": kl}
+
+    @torch.no_grad()
+    def log_likelihood(self, x: Tensor, y: Tensor | None = None, k: int = 1000, chunk_size: int | None = None,
+                       generator: torch.Generator | None = None) -> Tensor:
+        """Importance-sampled estimate of log p(x[|y]): log (1/k) sum_j p(x, z_j) / q(z_j|x), z_j ~ q(z|x).
+
+        The K = k importance-weighted bound (bounds.iw_bound): a lower bound in expectation that tends to
+        log p(x) as k grows. The encoder runs once per example; the decoder sees at most ``chunk_size``
+        (example, sample) pairs per call (default: default_chunk_size()), so memory is bounded for any k.
+        x (B, *shape) -> (B,) in nats.
+        """
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ConfigError(f"model {self.name}: the number of importance samples k must be an integer >= 1, "
+                              f"got {k!r}")
+        rows = self.default_chunk_size() if chunk_size is None else chunk_size
+        if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+            raise ConfigError(f"model {self.name}: chunk_size must be a positive integer, got {chunk_size!r}")
+        c = self.condition(y)
+        mu, logvar = self._posterior(x, c)
+        per_block = max(1, rows // k)  # examples per block; a block holds log w of shape (k, per_block)
+        step = max(1, min(k, rows // per_block))  # samples per decoder call
+        out = []
+        for i in range(0, x.shape[0], per_block):
+            xi, mi, li = x[i : i + per_block], mu[i : i + per_block], logvar[i : i + per_block]
+            ci = None if c is None else c[i : i + per_block]
+            log_w = []
+            for j in range(0, k, step):
+                z = self.reparameterize(mi, li, min(step, k - j), generator)
+                log_w.append(log_importance_weights(self._log_px_z(xi, z, ci), z, mi, li))
+            out.append(iw_bound(torch.cat(log_w), dim=0))
+        return torch.cat(out) if out else x.new_zeros(0)

@@ -1,0 +1,188 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from aekit import registry, trainer
+from aekit.config import TrainConfig
+from aekit.errors import ConfigError
+from aekit.regularizers import adversarial_discriminator_loss, adversarial_generator_loss
+
+
+def tiny(ds, **opts):
+    return registry.build_for("aae", ds, **{"latent_dim": 4, "hidden": [32], "disc_hidden": [16], **opts})
+
+
+def test_adversarial_losses_match_their_formulas():
+    g = torch.Generator().manual_seed(0)
+    real, fake = torch.randn(7, generator=g, dtype=torch.float64), torch.randn(5, generator=g, dtype=torch.float64)
+    d_real, d_fake = torch.sigmoid(real), torch.sigmoid(fake)
+    expected = -torch.log(d_real).mean() - torch.log(1 - d_fake).mean()
+    torch.testing.assert_close(adversarial_discriminator_loss(real, fake), expected)
+    torch.testing.assert_close(adversarial_generator_loss(fake), -torch.log(d_fake).mean())
+    big = torch.tensor([200.0, -200.0])  # from logits: finite where sigmoid saturates
+    assert torch.isfinite(adversarial_discriminator_loss(big, big)) and torch.isfinite(adversarial_generator_loss(big))
+
+
+@pytest.mark.parametrize("opts", [{}, {"prior": "mixture", "supervised": True}])
+def test_each_phase_changes_only_its_group(digits, opts):
+    m = tiny(digits, **opts)
+    m.train()
+    x, y = digits.x_train[:32], digits.y_train[:32]
+    groups = m.param_groups()
+    assert set(groups) == {"autoencoder", "discriminator", "generator"}
+    ids = {g: {id(p) for p in ps} for g, ps in groups.items()}
+    assert ids["generator"] == {id(p) for p in m.encoder.parameters()}
+    assert ids["discriminator"] == {id(p) for p in m.discriminator.parameters()}
+    assert not ids["autoencoder"] & ids["discriminator"]
+    opts_ = {g: torch.optim.Adam(ps, lr=1e-2) for g, ps in groups.items()}
+    for group, objective in m.update_phases():  # as the trainer runs them
+        before = {n: p.detach().clone() for n, p in m.named_parameters()}
+        m.zero_grad(set_to_none=True)
+        objective(x, y).loss.backward()
+        opts_[group].step()
+        for n, p in m.named_parameters():
+            if id(p) in ids[group]:
+                assert not torch.equal(p, before[n]), (group, n)
+            else:
+                assert torch.equal(p, before[n]), (group, n)  # bit-identical
+
+
+def test_gradients_reach_every_parameter_across_phases(digits):
+    for opts in ({}, {"arch": "conv", "hidden": [8, 16]}, {"prior": "mixture", "supervised": True}):
+        m = tiny(digits, **opts)
+        x, y = digits.x_train[:64], digits.y_train[:64]
+        reached = set()
+        groups = m.param_groups()
+        for group, objective in m.update_phases():
+            m.zero_grad(set_to_none=True)
+            objective(x, y).loss.backward()
+            reached |= {id(p) for p in groups[group] if p.grad is not None and p.grad.abs().sum() > 0}
+        missing = [n for n, p in m.named_parameters() if id(p) not in reached]
+        assert not missing, (opts, missing)
+
+
+def test_mixture_prior_components(digits):
+    m = tiny(digits, prior="mixture", n_components=6, mixture_radius=3.0, mixture_std=0.2)
+    c = m.centers
+    assert c.shape == (6, 4)
+    torch.testing.assert_close(c[:, :2].norm(dim=1), torch.full((6,), 3.0))
+    assert torch.equal(c[:, 2:], torch.zeros(6, 2))
+    angles = torch.atan2(c[:, 1], c[:, 0])
+    torch.testing.assert_close(torch.remainder(angles.diff(), 2 * math.pi), torch.full((5,), 2 * math.pi / 6))
+    g = torch.Generator().manual_seed(0)
+    for k in range(6):
+        z = m.prior_sample(4000, k, generator=g)
+        torch.testing.assert_close(z.mean(0), c[k], atol=0.02, rtol=0)
+        torch.testing.assert_close(z.std(0), torch.full((4,), 0.2), atol=0.01, rtol=0)
+    z = m.prior_sample(6000, generator=g)  # uniform over components
+    nearest = torch.cdist(z, c).argmin(1)
+    counts = torch.bincount(nearest, minlength=6).float()
+    assert (counts - 1000).abs().max() < 150, counts
+    gauss = tiny(digits)
+    z = gauss.prior_sample(5000, generator=g)
+    assert z.mean(0).abs().max() < 0.05 and (z.std(0) - 1).abs().max() < 0.05
+    with pytest.raises(ConfigError, match="no components"):
+        gauss.prior_sample(3, 1)
+
+
+def test_supervised_sampling_respects_labels(digits):
+    m = tiny(digits, prior="mixture", supervised=True, mixture_std=0.3)
+    assert m.needs_labels and m.config.n_components == 10
+    assert m.discriminator.layers[0].in_features == 4 + 10  # the discriminator sees one-hot(y)
+    seen = []
+    m.decoder.register_forward_hook(lambda mod, inp, out: seen.append(inp[0]))
+    labels = torch.tensor([3, 3, 7, 0, 9, 1])
+    out = m.sample(6, labels, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (6, 1, 8, 8)
+    assert torch.equal(torch.cdist(seen[-1], m.centers).argmin(1), labels)
+    m.sample(50, 4)
+    assert (torch.cdist(seen[-1], m.centers).argmin(1) == 4).all()
+    with pytest.raises(ConfigError, match="pass y"):
+        m.sample(4)
+    with pytest.raises(ConfigError, match="0..9"):
+        m.sample(2, 10)
+    with pytest.raises(ConfigError, match="labels"):
+        m(digits.x_train[:4])  # the discriminator needs y
+
+
+def test_unsupervised_sampling_rejects_labels(digits):
+    m = tiny(digits, prior="mixture")
+    assert not m.needs_labels and m.generative and not m.probabilistic
+    assert m.sample(5, generator=torch.Generator().manual_seed(0)).shape == (5, 1, 8, 8)
+    with pytest.raises(ConfigError, match="without labels"):
+        m.sample(5, 2)
+
+
+@pytest.mark.parametrize("opts, match", [
+    ({"supervised": True}, "--prior mixture"),
+    ({"prior": "mixture", "supervised": True, "n_components": 4}, "one component per class"),
+    ({"prior": "mixture", "latent_dim": 1}, "latent_dim"),
+    ({"prior": "mixture", "mixture_std": 0.0}, "mixture_std"),
+    ({"prior": "swiss"}, "prior"),
+    ({"disc_hidden": [0]}, "disc_hidden"),
+])
+def test_bad_options(digits, opts, match):
+    with pytest.raises(ConfigError, match=match):
+        tiny(digits, **opts)
+
+
+def test_supervised_needs_labelled_data():
+    with pytest.raises(ConfigError, match="labels"):
+        registry.build("aae", input_shape=[1, 8, 8], prior="mixture", supervised=True)
+
+
+def test_validation_forward_reports_all_terms(digits):
+    m = tiny(digits, prior="mixture", supervised=True)
+    m.eval()
+    out = m(digits.x_val[:32], digits.y_val[:32])
+    assert set(out.terms) == {"recon", "disc", "gen"}
+    assert out.loss.requires_grad and all(not v.requires_grad for v in out.terms.values())
+    torch.testing.assert_close(out.loss, out.terms["recon"])
+
+
+def test_training_save_and_load(digits, tmp_path):
+    m = tiny(digits, latent_dim=2, hidden=[64], prior="mixture", supervised=True)
+    res = trainer.fit(m, digits, TrainConfig(epochs=8, batch_size=64, lr=1e-3, seed=0), out_dir=tmp_path / "r",
+                      quiet=True)
+    first, last = res.history[0], res.history[-1]
+    assert last["train"]["loss"] < first["train"]["loss"] - 1  # reconstruction
+    assert {"recon", "disc", "gen"} <= set(last["train"])  # every phase logged
+    loaded = registry.load(tmp_path / "r")
+    x = digits.x_test[:16]
+    assert torch.equal(loaded.encode(x), res.model.encode(x))
+    assert torch.equal(loaded.sample(4, 1, generator=torch.Generator().manual_seed(0)),
+                       res.model.sample(4, 1, generator=torch.Generator().manual_seed(0)))
+
+
+@pytest.mark.slow
+def test_supervised_codes_move_to_their_class_component(digits):
+    m = registry.build_for("aae", digits, seed=0, latent_dim=2, hidden=[64], prior="mixture", supervised=True)
+    res = trainer.fit(m, digits, TrainConfig(epochs=100, batch_size=64, seed=0), quiet=True)
+    with torch.no_grad():
+        z = res.model.encode(digits.x_test)
+    acc = (torch.cdist(z, res.model.centers).argmin(1) == digits.y_test).float().mean()
+    assert acc > 0.3, acc  # chance: 0.1
+
+
+def test_cli(cli, tmp_path):
+    run = tmp_path / "aae"
+    code, _, err = cli("train", "aae", "--prior", "mixture", "--supervised", "--epochs", "1", "--limit", "300",
+                       "--hidden", "16", "--latent-dim", "3", "--quiet", "--out", run)
+    assert code == 0, err
+    code, out, err = cli("sample", run, "-n", "5", "--label", "2", "--out", tmp_path / "s.png")
+    assert code == 0 and "class 2" in out, err
+    code, out, err = cli("eval", run)
+    assert code == 0, err
+    code, _, err = cli("eval", run, "--iw-samples", "10")
+    assert code == 2 and "probabilistic" in err and len(err.strip().splitlines()) == 1
+    code, _, err = cli("train", "aae", "--supervised", "--out", tmp_path / "bad")
+    assert code == 2 and "--prior mixture" in err and len(err.strip().splitlines()) == 1
+
+
+def test_one_hot_labels_reach_the_discriminator(digits):
+    m = tiny(digits, prior="mixture", supervised=True)
+    z, y = torch.randn(3, 4), torch.tensor([1, 2, 3])
+    manual = m.discriminator(torch.cat([z, F.one_hot(y, 10).float()], 1)).squeeze(-1)
+    torch.testing.assert_close(m._disc_logits(z, y), manual)
