@@ -51,8 +51,8 @@ def binarize_static(x: Tensor, seed: int) -> Tensor:
     return torch.bernoulli(x, generator=g)
 
 
-def _make_optimizer(params, cfg: TrainConfig, device: torch.device):
-    kw = dict(lr=cfg.lr, weight_decay=cfg.weight_decay)
+def _make_optimizer(params, cfg: TrainConfig, device: torch.device, lr: float):
+    kw = dict(lr=lr, weight_decay=cfg.weight_decay)
     try:  # fused kernels where this torch has them for the device, else foreach
         return torch.optim.Adam(params, fused=True, **kw)
     except (RuntimeError, TypeError):
@@ -123,7 +123,8 @@ def _fit(model, ds, cfg: TrainConfig, out: Path | None, resume: bool, quiet: boo
         x_val = binarize_static(x_val, cfg.seed + 2)  # a fixed validation set even for dynamic binarization
 
     groups = model.param_groups()
-    opts = {g: _make_optimizer(p, cfg, device) for g, p in groups.items()}
+    scales = {g: model.lr_scales().get(g, 1.0) for g in groups}  # e.g. a slower adversary
+    opts = {g: _make_optimizer(p, cfg, device, cfg.lr * scales[g]) for g, p in groups.items()}
     phases = model.update_phases()
     unknown = [g for g, _ in phases if g not in opts]
     if unknown:
@@ -181,9 +182,9 @@ def _fit(model, ds, cfg: TrainConfig, out: Path | None, resume: bool, quiet: boo
                 xb = torch.bernoulli(xb, generator=gen)
             if cfg.lr_schedule == "cosine":
                 lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * (epoch * steps_per_epoch + s) / total_steps))
-                for o in opts.values():
+                for g, o in opts.items():
                     for pg in o.param_groups:
-                        pg["lr"] = lr
+                        pg["lr"] = lr * scales[g]
             for i, (group, objective) in enumerate(phases):
                 model.zero_grad(set_to_none=True)  # no gradient leaks from one phase into the next
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):

@@ -28,8 +28,7 @@ from ..errors import ConfigError
 from ..likelihoods import build_likelihood
 from ..nets import MLP, Decoder, Encoder
 from ..regularizers import adversarial_discriminator_loss, adversarial_generator_loss
-from .base import Autoencoder, Output
-from .vae import check_count, class_labels
+from .base import Autoencoder, Output, check_count, class_labels
 
 
 @dataclass(frozen=True)
@@ -41,6 +40,7 @@ class AAEConfig(ModelConfig):
     supervised: bool = opt(False, "mixture prior: the label picks the component and the discriminator sees it")
     disc_hidden: tuple[int, ...] = opt((64, 64), "discriminator MLP hidden sizes (too strong a discriminator "
                                        "stalls the encoder)")
+    disc_lr_scale: float = opt(1.0, "learning rate of the discriminator and generator phases, as a multiple of --lr")
 
     def validate(self) -> None:
         super().validate()
@@ -57,6 +57,7 @@ class AAEConfig(ModelConfig):
                 raise ConfigError(f"AAEConfig: supervised=True needs one component per class: n_components="
                                   f"{self.n_components} but num_classes={self.num_classes}; drop --n-components")
         self._check_range("n_components", 1)
+        self._check_range("disc_lr_scale", 0, lo_open=True)
         self._check_range("mixture_radius", 0)
         self._check_range("mixture_std", 0, lo_open=True)
         if any(h < 1 for h in self.disc_hidden):
@@ -96,6 +97,9 @@ class AAE(Autoencoder):
 
     def encode(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         return self.encoder(x)
+
+    def lr_scales(self) -> dict[str, float]:
+        return {"discriminator": self.config.disc_lr_scale, "generator": self.config.disc_lr_scale}
 
     # --- the prior ------------------------------------------------------------------------------
     def _prior_codes(self, n: int, comp: Tensor | None, generator: torch.Generator | None) -> Tensor:

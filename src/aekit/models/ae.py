@@ -35,6 +35,7 @@ class AE(Autoencoder):
 
     Config = AEConfig
     name = "ae"
+    diagnostics = ("contraction",)
 
     def __init__(self, config: AEConfig):
         super().__init__(config)

@@ -9,6 +9,7 @@ requires a change in the trainer.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -34,6 +35,7 @@ class Autoencoder(nn.Module):
     conditional: bool = False  # encode/decode need y
     needs_labels: bool = False  # training needs class labels
     probabilistic: bool = False  # has elbo() / log-likelihood estimates
+    diagnostics: tuple[str, ...] = ()  # per-family diagnostics that apply (names in aekit.metrics.DIAGNOSTICS)
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -73,6 +75,10 @@ class Autoencoder(nn.Module):
         """Per batch, in order: (group name, objective). Each phase steps only its group's optimizer."""
         return [("model", self.forward)]
 
+    def lr_scales(self) -> dict[str, float]:
+        """Learning-rate multiplier per parameter group (default 1 for every group)."""
+        return {}
+
     def set_progress(self, epoch: int, epochs: int) -> None:
         """Called by the trainer before each epoch (0-based), e.g. for KL warm-up. Default: nothing."""
 
@@ -92,3 +98,43 @@ class Autoencoder(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+
+def class_labels(n: int, y, num_classes: int, model: str, device) -> Tensor:
+    """Labels for sampling n examples: an int (all n alike), a list or a tensor of n ints -> (n,) int64.
+
+    Raises ConfigError for a missing y, floats, a wrong count or a label outside 0..num_classes-1.
+    """
+    if y is None:
+        raise ConfigError(
+            f"model {model} samples a given class: pass y (a class 0..{num_classes - 1}, or a list of {n} "
+            "classes), e.g. `aekit sample RUN --label 3`"
+        )
+    try:
+        t = torch.as_tensor(y, device=device)
+    except (TypeError, ValueError, RuntimeError):
+        raise ConfigError(f"model {model}: labels must be integers 0..{num_classes - 1}, got {y!r}") from None
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise ConfigError(f"model {model}: labels must be integers 0..{num_classes - 1}, got a {t.dtype} tensor")
+    if t.dim() == 0:
+        t = t.expand(n)
+    if t.dim() != 1 or t.shape[0] != n:
+        raise ConfigError(f"model {model}: expected one label or {n} labels for {n} samples, "
+                          f"got shape {tuple(t.shape)}")
+    if n and (int(t.min()) < 0 or int(t.max()) >= num_classes):
+        raise ConfigError(
+            f"model {model}: labels must lie in 0..{num_classes - 1} (the model has {num_classes} classes), "
+            f"got {int(t.min())}..{int(t.max())}"
+        )
+    return t.long()
+
+
+def check_count(n, model: str) -> int:
+    """n as a Python int (numpy and torch integers accepted); a ConfigError unless it is an integer >= 0."""
+    try:
+        count = -1 if isinstance(n, bool) else operator.index(n)
+    except TypeError:
+        count = -1
+    if count < 0:
+        raise ConfigError(f"model {model}: the number of samples must be a non-negative integer, got {n!r}")
+    return count

@@ -28,6 +28,7 @@ class CAEConfig(AEConfig):
 class CAE(AE):
     Config = CAEConfig
     name = "cae"
+    diagnostics = ("contraction",)
 
     def encode_with_penalty(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         h, sq = encoder_jacobian_sq_norm(self.encoder, x)

@@ -15,7 +15,8 @@ from torch import Tensor
 
 from ..config import opt
 from ..errors import ConfigError
-from .vae import VAE, VAEConfig, class_labels
+from .base import class_labels
+from .vae import VAE, VAEConfig
 
 
 @dataclass(frozen=True)

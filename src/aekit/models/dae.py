@@ -47,6 +47,7 @@ def corrupt(x: Tensor, noise: str, level: float, salt: float = 1.0, pepper: floa
 class DAE(AE):
     Config = DAEConfig
     name = "dae"
+    diagnostics = ("denoising", "contraction")
 
     def corrupt(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         c = self.config

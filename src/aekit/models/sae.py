@@ -42,6 +42,7 @@ class SAEConfig(AEConfig):
 class SAE(AE):
     Config = SAEConfig
     name = "sae"
+    diagnostics = ("sparsity", "contraction")
 
     def encode_with_penalty(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         h = self.encode(x)

@@ -18,7 +18,6 @@ recon + beta * KL, so a warm-up does not make its early epochs look best.
 from __future__ import annotations
 
 import math
-import operator
 from dataclasses import dataclass
 
 import torch
@@ -30,7 +29,7 @@ from ..errors import ConfigError
 from ..likelihoods import build_likelihood
 from ..nets import Decoder, Encoder
 from ..regularizers import kl_normal_standard
-from .base import Autoencoder, Output
+from .base import Autoencoder, Output, check_count
 
 # Rough budget (in float32 values) of activations per decoder call in log_likelihood / elbo evaluation.
 EVAL_BUDGET = 2**24
@@ -64,46 +63,6 @@ class VAEConfig(ModelConfig):
                     f"{self.iw_samples} trains on the importance-weighted bound, which has no separate KL term; "
                     "drop those options or use --iw-samples 1"
                 )
-
-
-def class_labels(n: int, y, num_classes: int, model: str, device) -> Tensor:
-    """Labels for sampling n examples: an int (all n alike), a list or a tensor of n ints -> (n,) int64.
-
-    Raises ConfigError for a missing y, floats, a wrong count or a label outside 0..num_classes-1.
-    """
-    if y is None:
-        raise ConfigError(
-            f"model {model} samples a given class: pass y (a class 0..{num_classes - 1}, or a list of {n} "
-            "classes), e.g. `aekit sample RUN --label 3`"
-        )
-    try:
-        t = torch.as_tensor(y, device=device)
-    except (TypeError, ValueError, RuntimeError):
-        raise ConfigError(f"model {model}: labels must be integers 0..{num_classes - 1}, got {y!r}") from None
-    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-        raise ConfigError(f"model {model}: labels must be integers 0..{num_classes - 1}, got a {t.dtype} tensor")
-    if t.dim() == 0:
-        t = t.expand(n)
-    if t.dim() != 1 or t.shape[0] != n:
-        raise ConfigError(f"model {model}: expected one label or {n} labels for {n} samples, "
-                          f"got shape {tuple(t.shape)}")
-    if n and (int(t.min()) < 0 or int(t.max()) >= num_classes):
-        raise ConfigError(
-            f"model {model}: labels must lie in 0..{num_classes - 1} (the model has {num_classes} classes), "
-            f"got {int(t.min())}..{int(t.max())}"
-        )
-    return t.long()
-
-
-def check_count(n, model: str) -> int:
-    """n as a Python int (numpy and torch integers accepted); a ConfigError unless it is an integer >= 0."""
-    try:
-        count = -1 if isinstance(n, bool) else operator.index(n)
-    except TypeError:
-        count = -1
-    if count < 0:
-        raise ConfigError(f"model {model}: the number of samples must be a non-negative integer, got {n!r}")
-    return count
 
 
 class VAE(Autoencoder):
