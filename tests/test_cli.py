@@ -4,9 +4,9 @@ import json
 
 import numpy as np
 import pytest
-from conftest import needs_fmnist
 
 from aekit import registry
+from conftest import needs_fmnist
 
 DETERMINISTIC = ["ae", "dae", "sae", "cae"]
 FAST = ["--epochs", "1", "--latent-dim", "4", "--quiet"]

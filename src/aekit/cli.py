@@ -85,9 +85,9 @@ def _run_data(run_dir, args):
                "label_column": args.label_column or spec.get("label_column"), "features": feats,
                "stats": spec.get("stats"), "limit": args.limit}
         return datasets.load(**{k: v for k, v in new.items() if v is not None})
-    if getattr(args, "limit", None):
-        spec["limit"] = args.limit
-    return datasets.load(**spec)
+    from .report import dataset_from_spec
+
+    return dataset_from_spec(spec, limit=getattr(args, "limit", None))[0]
 
 
 def _default_out(model: str, dataset: str) -> Path:
@@ -114,10 +114,12 @@ def cmd_train(args, model_opts) -> int:
                 tdict[k] = getattr(args, k)
         if model_opts:
             raise ConfigError(f"model options cannot change on --resume (got {', '.join(map(_flag, model_opts))})")
+        if args.normal_class is not None:
+            raise ConfigError("--normal-class cannot change on --resume; the run keeps the data it was started with")
         tcfg = TrainConfig.from_dict(tdict)
-        from . import datasets
+        from .report import dataset_from_spec
 
-        ds = datasets.load(**cfg["data"])
+        ds = dataset_from_spec(cfg["data"])[0]
         model = registry.build(cfg["model"], **cfg["config"])
         name, out = cfg["model"], run
         result = trainer.fit(model, ds, tcfg, out_dir=out, resume=True, quiet=args.quiet or None, model_name=name)
@@ -134,6 +136,12 @@ def cmd_train(args, model_opts) -> int:
                 for k in wrong))
         tcfg = TrainConfig.from_dict({k: getattr(args, k) for k in tcfg_fields})
         ds = _load_data(args, tcfg.seed)
+        if args.normal_class is not None:  # one-class training; config.json's data spec records the class
+            from .metrics import class_index
+            from .report import with_normal_class
+
+            k = class_index(ds, args.normal_class)
+            ds = with_normal_class(ds.subset_class(k), k)
         model = registry.build_for(args.model, ds, seed=tcfg.seed, **model_opts)
         name = args.model
         out = Path(args.out) if args.out else _default_out(name, args.dataset)
@@ -152,12 +160,34 @@ def cmd_eval(args) -> int:
     model = registry.load(args.run)
     ds = _run_data(args.run, args)
     res = _evaluate_with_likelihood(args, model, ds)
+    res.update(_anomaly_eval(args, model, ds))
     if args.json:
         print(json.dumps(res, indent=2))
     else:
         for k, v in res.items():
             print(f"{k:32s} {v:.6g}" if isinstance(v, float) else f"{k:32s} {v}")
     return 0
+
+
+def _anomaly_eval(args, model, ds) -> dict:
+    """Anomaly metrics for --normal-class / --anomaly-data, or the normal class the run was trained on."""
+    from . import metrics
+
+    normal = args.normal_class
+    if normal is None and not args.dataset:
+        normal = (io.run_config(args.run).get("data") or {}).get("normal_class")
+    anomalies = None
+    if args.anomaly_data:
+        from . import datasets
+
+        spec = io.run_config(args.run).get("data") or {}
+        extra = datasets.load(args.anomaly_data, stats=spec.get("stats"),
+                              label_column=args.label_column or spec.get("label_column"),
+                              features=spec.get("features"), val_fraction=0.0, test_fraction=0.0)
+        anomalies = extra.x_train
+    if normal is None and anomalies is None:
+        return {}
+    return metrics.anomaly_evaluation(model, ds, args.split, normal_class=normal, anomalies=anomalies)
 
 
 EVAL_BINARIZE_SEED = 0  # the static binarization of the evaluated split for runs trained on binarized data
@@ -288,6 +318,59 @@ def cmd_encode(args) -> int:
     return 0
 
 
+def cmd_plot(args) -> int:
+    from . import plots
+
+    model = registry.load(args.run)
+    ds = _run_data(args.run, args)
+    out = Path(args.out) if args.out else Path(args.run) / "figures"
+    history = io.read_metrics(args.run)
+    written = plots.save_run_figures(model, ds, out, history, n=args.n, seed=args.seed, split=args.split)
+    for path, _ in written.values():
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from . import report
+
+    model = registry.load(args.run)
+    ds = _run_data(args.run, args)
+    normal = args.normal_class
+    if normal is None and not args.dataset:
+        normal = (io.run_config(args.run).get("data") or {}).get("normal_class")
+    path = report.write_report(args.run, args.out, model=model, dataset=ds, normal_class=normal,
+                               iw_samples=args.iw_samples, seed=args.seed, split=args.split)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from . import compare
+
+    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
+    if args.epochs < 1:
+        raise ConfigError(f"--epochs must be at least 1, got {args.epochs}")
+    if args.latent_dim is not None and args.latent_dim < 1:
+        raise ConfigError(f"--latent-dim must be at least 1, got {args.latent_dim}")
+    if args.threads < 1:
+        raise ConfigError(f"--threads must be at least 1, got {args.threads}")
+    import torch
+
+    torch.set_num_threads(args.threads)  # this process only; tiny models lose time to thread hand-offs
+    ds = _load_data(args, args.seed)
+    results = compare.compare(ds, args.out, models=models, epochs=args.epochs, latent_dim=args.latent_dim,
+                              overwrite=args.overwrite, seed=args.seed, iw_samples=args.iw_samples,
+                              log=lambda line: print(line, file=sys.stderr, flush=True))
+    failed = [r.model for r in results if r.status != "ok"]
+    out = Path(args.out)
+    print(f"comparison of {len(results)} models written to {out / 'comparison.html'} (and comparison.md)")
+    if failed:
+        print(f"failed: {', '.join(failed)} (their errors are in the comparison)", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_models(args) -> int:
     for name, cls in registry.MODELS.items():
         doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
@@ -315,6 +398,8 @@ def build_parser():
     t = sub.add_parser("train", help="train a model and save a run directory")
     t.add_argument("model", nargs="?", help=f"one of: {', '.join(registry.MODELS)}")
     _data_args(t)
+    t.add_argument("--normal-class", help="train on one class only (index or name; anomaly detection: "
+                   "the test split keeps every class, and `aekit eval` scores the others as anomalies)")
     t.add_argument("--out", help="run directory to create (default: runs/MODEL-DATASET)")
     t.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -337,7 +422,40 @@ def build_parser():
         c.add_argument("--iw-samples", type=int, help="probabilistic models: importance samples K of the "
                        "test log-likelihood estimate (default: that of aekit.metrics.evaluate)")
         c.add_argument("--mc-samples", type=int, help="probabilistic models: Monte-Carlo samples of the ELBO")
+        c.add_argument("--normal-class", help="anomaly detection: the normal class (index or name); the other "
+                       "classes of the split are the anomalies (default: the class the run was trained on)")
+        c.add_argument("--anomaly-data", metavar="PATH", help="anomaly detection: a file/folder of anomalous "
+                       "examples (all of them), scored against the split's examples as the normal ones")
     run_cmd("eval", "evaluate a trained run on its test split", _eval)
+
+    def _plot(c):
+        c.add_argument("--out", help="folder for the PNG figures (default: RUN/figures)")
+        c.add_argument("-n", type=int, default=10, help="images per row")
+        c.add_argument("--seed", type=int, default=0, help="seed of samples and corruption")
+    run_cmd("plot", "write every figure that applies to a run as PNG files", _plot)
+
+    def _report(c):
+        c.add_argument("--out", help="HTML file to write (default: RUN/report.html)")
+        c.add_argument("--iw-samples", type=int, default=100, help="probabilistic models: importance samples "
+                       "of the log-likelihood estimate")
+        c.add_argument("--normal-class", help="also report anomaly detection with this normal class")
+        c.add_argument("--seed", type=int, default=0, help="seed of samples, probes and estimates")
+    run_cmd("report", "write a self-contained HTML report of a run (config, metrics, curves, figures)", _report)
+
+    from .compare import DEFAULT_EPOCHS
+
+    cmp_ = sub.add_parser("compare", help="train several families with the same budget and compare them")
+    cmp_.add_argument("--models", help=f"comma-separated families (default: all: {','.join(registry.MODELS)})")
+    _data_args(cmp_)
+    cmp_.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help="epochs per family")
+    cmp_.add_argument("--latent-dim", type=int, help="code size for every family (default: each family's own)")
+    cmp_.add_argument("--seed", type=int, default=0, help="seed of data split, weights and training")
+    cmp_.add_argument("--iw-samples", type=int, default=100, help="importance samples of the log-likelihood")
+    cmp_.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest for small models "
+                      "and on a busy machine; raise it for large conv models on idle cores)")
+    cmp_.add_argument("--out", required=True, help="folder for the runs and comparison.md / comparison.html")
+    cmp_.add_argument("--overwrite", action="store_true",
+                      help="replace earlier runs of the compared models in a non-empty --out")
 
     def _recon(c):
         c.add_argument("--out", required=True, help="PNG for images, CSV for tables")
@@ -382,7 +500,8 @@ def main(argv: list[str] | None = None) -> int:
             args.train_given = {k for k in TrainConfig.field_names() if k in given}
             return cmd_train(args, model_opts)
         return {"eval": cmd_eval, "reconstruct": cmd_reconstruct, "encode": cmd_encode,
-                "sample": cmd_sample, "models": cmd_models, "datasets": cmd_datasets}[args.command](args)
+                "sample": cmd_sample, "models": cmd_models, "datasets": cmd_datasets,
+                "plot": cmd_plot, "report": cmd_report, "compare": cmd_compare}[args.command](args)
     except AekitError as e:
         print(f"aekit {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,227 @@
+"""HTML report of a run directory: one self-contained page.
+
+The page holds the run's configuration, how training ended, the table of every metric that applies
+(``metrics.evaluate``), the training curves and every figure that applies (``plots.run_figures``).
+Images are PNGs embedded as base64 data URIs and the CSS is inline: no external resource, no script,
+so the file can be mailed, archived or opened offline. Every piece of text is escaped (html.escape).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import math
+from pathlib import Path
+
+from . import io
+
+EVAL_BINARIZE_SEED = 0  # runs trained on binarized data: likelihoods on this static binarization
+
+CSS = """
+body{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;margin:24px auto;max-width:1150px;
+color:#1d232a;padding:0 16px;line-height:1.4}
+h1{font-size:1.6em;margin-bottom:.2em}h2{font-size:1.25em;margin-top:1.6em;border-bottom:1px solid #d0d7de;
+padding-bottom:.2em}h3{font-size:1.05em}
+.meta{color:#57606a;font-size:.9em}
+table{border-collapse:collapse;margin:.6em 0;font-size:.9em}
+th,td{border:1px solid #d0d7de;padding:4px 9px;text-align:left;vertical-align:top}
+th{background:#f3f5f7}td.num{text-align:right;font-variant-numeric:tabular-nums;font-family:ui-monospace,
+SFMono-Regular,Menlo,monospace}
+td.best{font-weight:bold;background:#e8f5e9}
+td.failed{color:#b42318}
+figure{margin:1em 0;display:inline-block;vertical-align:top}
+figure img{max-width:100%;height:auto;border:1px solid #eaeef2;background:#fff}
+figcaption{color:#57606a;font-size:.85em;max-width:1100px}
+.grid td img{max-width:520px;height:auto}
+code{background:#f3f5f7;padding:1px 4px;border-radius:3px}
+"""
+
+
+def esc(v) -> str:
+    """Text for HTML: str(v) with <, >, &, and quotes escaped."""
+    return html.escape(str(v), quote=True)
+
+
+def fmt(v) -> str:
+    """A number for a table: integers as they are, floats with 4 significant digits."""
+    if v is None:
+        return "–"
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        return f"{v:.4g}"
+    if isinstance(v, (list, tuple)):
+        return ", ".join(fmt(x) for x in v)
+    return str(v)
+
+
+def png_data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def img_tag(png: bytes, alt: str) -> str:
+    return f'<img src="{png_data_uri(png)}" alt="{esc(alt)}">'
+
+
+def figure_html(png: bytes, caption: str) -> str:
+    return f"<figure>{img_tag(png, caption)}<figcaption>{esc(caption)}</figcaption></figure>"
+
+
+def table_html(header: list[str], rows: list[list], num_cols: set[int] | None = None, classes=None) -> str:
+    """A table; cells are escaped (format numbers with ``fmt`` first). ``classes[r][c]``: extra CSS class."""
+    num_cols = num_cols or set()
+    out = ["<table><thead><tr>", *(f"<th>{esc(h)}</th>" for h in header), "</tr></thead><tbody>"]
+    for r, row in enumerate(rows):
+        out.append("<tr>")
+        for c, cell in enumerate(row):
+            cls = ["num"] if c in num_cols else []
+            if classes and classes[r][c]:
+                cls.append(classes[r][c])
+            attr = f' class="{" ".join(cls)}"' if cls else ""
+            out.append(f"<td{attr}>{esc(cell)}</td>")
+        out.append("</tr>")
+    out.append("</tbody></table>")
+    return "".join(out)
+
+
+def page(title: str, body: str) -> str:
+    """A complete HTML document with the inline stylesheet."""
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+        f"<title>{esc(title)}</title><style>{CSS}</style></head>\n<body>\n{body}\n</body></html>\n"
+    )
+
+
+def metrics_table(values: dict) -> str:
+    from .metrics import METRIC_INFO
+
+    rows = [[k, fmt(v), (METRIC_INFO.get(k) or ("", ""))[0]] for k, v in values.items()]
+    return table_html(["metric", "value", "meaning"], rows, num_cols={1})
+
+
+def _dict_table(d: dict | None) -> str:
+    if not d:
+        return "<p class=\"meta\">(none)</p>"
+    def short(v):
+        text = str(v) if isinstance(v, dict) else fmt(v)
+        return text if len(text) <= 300 else text[:300] + " …"
+
+    return table_html(["option", "value"], [[k, short(v)] for k, v in d.items()])
+
+
+# --------------------------------------------------------------------------------------------------
+# The data of a run
+
+
+def run_dataset(run_dir, *, limit: int | None = None):
+    """The dataset a run was trained on, from config.json's data spec: (Dataset, normal_class or None).
+
+    A run trained with ``--normal-class C`` carries ``"normal_class": C`` in its data spec beside the
+    keyword arguments of ``datasets.load``; the training and validation splits are then restricted to
+    class C again (``Dataset.subset_class``) and the test split keeps every class.
+    """
+    from .errors import RunError
+
+    cfg = io.run_config(run_dir)
+    spec = cfg.get("data")
+    if not spec:
+        raise RunError(f"{Path(run_dir) / io.CONFIG}: no data spec; give the data with --dataset")
+    return dataset_from_spec(spec, limit=limit)
+
+
+def dataset_from_spec(spec: dict, *, limit: int | None = None):
+    """(Dataset, normal_class or None) from a run's data spec (see ``run_dataset``)."""
+    from . import datasets
+
+    spec = dict(spec)
+    normal = spec.pop("normal_class", None)
+    if limit is not None:
+        spec["limit"] = limit
+    ds = datasets.load(**spec)
+    if normal is not None:
+        ds = with_normal_class(ds.subset_class(normal), normal)
+    return ds, normal
+
+
+def with_normal_class(ds, normal_class):
+    """``ds`` whose spec records ``normal_class`` (the spec of ``datasets.load`` has no such key)."""
+    import dataclasses
+
+    return dataclasses.replace(ds, spec={**ds.spec, "normal_class": normal_class})
+
+
+# --------------------------------------------------------------------------------------------------
+# The report
+
+
+def render(run_dir, *, model=None, dataset=None, values: dict | None = None, normal_class=None,
+           iw_samples: int = 100, seed: int = 0, split: str = "test",
+           figures: list[tuple[str, str, bytes]] | None = None) -> str:
+    """The HTML text of the report of ``run_dir``; loads what is not given.
+
+    ``values``: precomputed metrics (else ``metrics.evaluate``); ``figures``: precomputed
+    (name, caption, png bytes) (else ``plots.run_figures``).
+    """
+    from . import metrics, plots, registry
+
+    run_dir = Path(run_dir)
+    cfg = io.run_config(run_dir)
+    if model is None:
+        model = registry.load(run_dir)
+    if dataset is None:
+        dataset, normal_class = run_dataset(run_dir)
+    history = io.read_metrics(run_dir)
+    summary = io.read_json(run_dir / io.SUMMARY) if (run_dir / io.SUMMARY).exists() else {}
+    binarized = (cfg.get("train") or {}).get("binarize", "none") != "none"
+    if values is None:
+        values = metrics.evaluate(model, dataset, split, iw_samples=iw_samples, normal_class=normal_class, seed=seed,
+                                  binarize_seed=EVAL_BINARIZE_SEED if binarized else None)
+    if figures is None:
+        figures = [(name, cap, plots.to_png(fig)) for name, cap, fig in
+                   plots.run_figures(model, dataset, history, seed=seed, split=split)]
+
+    name = cfg.get("model", "?")
+    data_name = getattr(dataset, "name", "?")
+    title = f"aekit report: {name} on {data_name}"
+    now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    parts = [f"<h1>{esc(title)}</h1>",
+             f"<p class=\"meta\">run directory <code>{esc(run_dir)}</code> · aekit "
+             f"{esc(cfg.get('aekit_version', '?'))} · report written {esc(now)}</p>"]
+    ended = {
+        "epochs run": summary.get("epochs_run", len(history)),
+        "best epoch": summary.get("best_epoch"),
+        "best validation loss": summary.get("best_val_loss"),
+        "how it ended": summary.get("stopped"),
+        "seconds per epoch (median)": summary.get("seconds_per_epoch_median"),
+        "training seconds": summary.get("train_seconds"),
+    }
+    parts += ["<h2>Training</h2>", table_html(["", "value"], [[k, fmt(v)] for k, v in ended.items()], {1})]
+    extra = f" Normal class for anomaly detection: {esc(normal_class)}." if normal_class is not None else ""
+    if binarized and model.probabilistic:
+        extra += (f" The run was trained on binarized data: likelihoods are computed on a static binarization "
+                  f"of the split (seed {EVAL_BINARIZE_SEED}).")
+    parts += ["<h2>Metrics</h2>",
+              f"<p class=\"meta\">On the {esc(split)} split of {esc(data_name)} "
+              f"({int(dataset.split(split)[0].shape[0])} examples).{extra}</p>",
+              metrics_table(values)]
+    parts.append("<h2>Figures</h2>")
+    if figures:
+        parts += [f"<h3>{esc(n)}</h3>" + figure_html(png, cap) for n, cap, png in figures]
+    else:
+        parts.append("<p class=\"meta\">No figure applies.</p>")
+    parts += ["<h2>Configuration</h2>", "<h3>model</h3>", _dict_table({"family": name, **cfg.get("config", {})}),
+              "<h3>training</h3>", _dict_table(cfg.get("train")), "<h3>data</h3>", _dict_table(cfg.get("data"))]
+    return page(title, "\n".join(parts))
+
+
+def write_report(run_dir, out=None, **kw) -> Path:
+    """Write the report of ``run_dir`` to ``out`` (default run_dir/report.html); returns its path."""
+    out = Path(out) if out is not None else Path(run_dir) / "report.html"
+    io.atomic_write_text(out, render(run_dir, **kw))
+    return out
