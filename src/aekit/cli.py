@@ -85,9 +85,9 @@ def _run_data(run_dir, args):
                "label_column": args.label_column or spec.get("label_column"), "features": feats,
                "stats": spec.get("stats"), "limit": args.limit}
         return datasets.load(**{k: v for k, v in new.items() if v is not None})
-    from .report import dataset_from_spec
-
-    return dataset_from_spec(spec, limit=getattr(args, "limit", None))[0]
+    if getattr(args, "limit", None):
+        spec["limit"] = args.limit
+    return datasets.load(**spec)
 
 
 def _default_out(model: str, dataset: str) -> Path:
@@ -117,9 +117,9 @@ def cmd_train(args, model_opts) -> int:
         if args.normal_class is not None:
             raise ConfigError("--normal-class cannot change on --resume; the run keeps the data it was started with")
         tcfg = TrainConfig.from_dict(tdict)
-        from .report import dataset_from_spec
+        from . import datasets
 
-        ds = dataset_from_spec(cfg["data"])[0]
+        ds = datasets.load(**cfg["data"])
         model = registry.build(cfg["model"], **cfg["config"])
         name, out = cfg["model"], run
         result = trainer.fit(model, ds, tcfg, out_dir=out, resume=True, quiet=args.quiet or None, model_name=name)
@@ -137,11 +137,7 @@ def cmd_train(args, model_opts) -> int:
         tcfg = TrainConfig.from_dict({k: getattr(args, k) for k in tcfg_fields})
         ds = _load_data(args, tcfg.seed)
         if args.normal_class is not None:  # one-class training; config.json's data spec records the class
-            from .metrics import class_index
-            from .report import with_normal_class
-
-            k = class_index(ds, args.normal_class)
-            ds = with_normal_class(ds.subset_class(k), k)
+            ds = ds.subset_class(args.normal_class)
         model = registry.build_for(args.model, ds, seed=tcfg.seed, **model_opts)
         name = args.model
         out = Path(args.out) if args.out else _default_out(name, args.dataset)
@@ -190,18 +186,15 @@ def _anomaly_eval(args, model, ds) -> dict:
     return metrics.anomaly_evaluation(model, ds, args.split, normal_class=normal, anomalies=anomalies)
 
 
-EVAL_BINARIZE_SEED = 0  # the static binarization of the evaluated split for runs trained on binarized data
 
 
 def _evaluate_with_likelihood(args, model, ds) -> dict:
     """metrics.evaluate with the eval options --iw-samples / --mc-samples (probabilistic models only).
 
     A run trained on binarized data is evaluated for its likelihood on a static binarization of the split
-    (fixed seed EVAL_BINARIZE_SEED), the kind of data its Bernoulli likelihood was fitted to.
+    (fixed seed metrics.EVAL_BINARIZE_SEED), the kind of data its Bernoulli likelihood was fitted to.
     """
-    import inspect
-
-    from . import bounds, metrics
+    from . import metrics
 
     given = {k: getattr(args, k) for k in ("iw_samples", "mc_samples") if getattr(args, k) is not None}
     if not model.probabilistic:
@@ -213,15 +206,11 @@ def _evaluate_with_likelihood(args, model, ds) -> dict:
         if v < 1:
             raise ConfigError(f"{_flag(k)} must be at least 1, got {v}")
     binarize = (io.run_config(args.run).get("train") or {}).get("binarize", "none")
-    if binarize == "none":
-        return metrics.evaluate(model, ds, args.split, **given)
-    # metrics.evaluate has no binarization option: its likelihood (K = 1, cheap) is replaced below
-    res = metrics.evaluate(model, ds, args.split, iw_samples=1, mc_samples=1)
-    defaults = inspect.signature(metrics.evaluate).parameters
-    opts = {k: given.get(k, defaults[k].default) for k in ("iw_samples", "mc_samples")}
-    res.update(bounds.likelihood_metrics(model, ds, args.split, binarize_seed=EVAL_BINARIZE_SEED, **opts))
-    res["likelihood_data"] = (f"statically binarized {args.split} split (seed {EVAL_BINARIZE_SEED}), "
-                              f"as the run was trained with binarize={binarize}")
+    seed = None if binarize == "none" else metrics.EVAL_BINARIZE_SEED
+    res = metrics.evaluate(model, ds, args.split, binarize_seed=seed, **given)
+    if seed is not None:
+        res["likelihood_data"] = (f"statically binarized {args.split} split (seed {seed}), "
+                                  f"as the run was trained with binarize={binarize}")
     return res
 
 

@@ -131,7 +131,7 @@ class Dataset:
 
         This is the one-class (anomaly detection) setting: train on ``normal_class``, test on all.
         ``normal_class`` is a class index or a class name. Labels keep their original indices.
-        ``spec`` still describes the full source (record ``normal_class`` beside it).
+        ``spec`` records the class index, so ``load(**spec)`` rebuilds this subset.
         """
         if self.y_train is None or self.class_names is None:
             raise DataError(
@@ -164,6 +164,7 @@ class Dataset:
             self,
             x_train=self.x_train[keep_train], y_train=self.y_train[keep_train],
             x_val=self.x_val[keep_val], y_val=self.y_val[keep_val],
+            spec={**self.spec, "normal_class": k},
         )
 
     def __repr__(self) -> str:
@@ -189,6 +190,7 @@ def load(
     seed: int = 0,
     limit: int | None = None,
     stats: dict | None = None,
+    normal_class: int | str | None = None,
 ) -> Dataset:
     """Load a built-in dataset or a file/folder into a :class:`Dataset` (see the module docstring).
 
@@ -196,6 +198,7 @@ def load(
     CSV/TSV columns. ``val_fraction`` / ``test_fraction``: split sizes. ``seed``: the split
     permutation. ``limit``: keep the first ``limit`` samples of each source split after shuffling.
     ``stats``: ``{"mean": [...], "std": [...]}`` to standardize a table with given statistics.
+    ``normal_class``: keep only this class in train and val (one-class training; see subset_class).
     Raises DataError for unusable data and ConfigError for bad options.
     """
     val_fraction, test_fraction = _check_fractions(val_fraction, test_fraction)
@@ -235,8 +238,9 @@ def load(
         "limit": limit,
         "stats": None,
     }
-    return _assemble(src, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
-                     limit=limit, stats=stats, spec=spec)
+    ds = _assemble(src, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
+                   limit=limit, stats=stats, spec=spec)
+    return ds if normal_class is None else ds.subset_class(normal_class)
 
 
 def available() -> list[dict]:

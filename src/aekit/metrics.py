@@ -40,6 +40,8 @@ from .models.base import Autoencoder
 # Batched model calls
 
 
+EVAL_BINARIZE_SEED = 0  # runs trained on binarized data: likelihoods on this static binarization of the split
+
 def _batched(fn, tensors: list[Tensor | None], batch_size: int, device) -> list:
     n = tensors[0].shape[0]
     outs = []

@@ -16,8 +16,6 @@ from pathlib import Path
 
 from . import io
 
-EVAL_BINARIZE_SEED = 0  # runs trained on binarized data: likelihoods on this static binarization
-
 CSS = """
 body{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;margin:24px auto;max-width:1150px;
 color:#1d232a;padding:0 16px;line-height:1.4}
@@ -122,38 +120,18 @@ def _dict_table(d: dict | None) -> str:
 def run_dataset(run_dir, *, limit: int | None = None):
     """The dataset a run was trained on, from config.json's data spec: (Dataset, normal_class or None).
 
-    A run trained with ``--normal-class C`` carries ``"normal_class": C`` in its data spec beside the
-    keyword arguments of ``datasets.load``; the training and validation splits are then restricted to
-    class C again (``Dataset.subset_class``) and the test split keeps every class.
+    A run trained with ``--normal-class C`` carries ``"normal_class": C`` in its data spec (an argument
+    of ``datasets.load``), so training and validation are restricted to class C again.
     """
+    from . import datasets
     from .errors import RunError
 
-    cfg = io.run_config(run_dir)
-    spec = cfg.get("data")
+    spec = dict(io.run_config(run_dir).get("data") or {})
     if not spec:
         raise RunError(f"{Path(run_dir) / io.CONFIG}: no data spec; give the data with --dataset")
-    return dataset_from_spec(spec, limit=limit)
-
-
-def dataset_from_spec(spec: dict, *, limit: int | None = None):
-    """(Dataset, normal_class or None) from a run's data spec (see ``run_dataset``)."""
-    from . import datasets
-
-    spec = dict(spec)
-    normal = spec.pop("normal_class", None)
     if limit is not None:
         spec["limit"] = limit
-    ds = datasets.load(**spec)
-    if normal is not None:
-        ds = with_normal_class(ds.subset_class(normal), normal)
-    return ds, normal
-
-
-def with_normal_class(ds, normal_class):
-    """``ds`` whose spec records ``normal_class`` (the spec of ``datasets.load`` has no such key)."""
-    import dataclasses
-
-    return dataclasses.replace(ds, spec={**ds.spec, "normal_class": normal_class})
+    return datasets.load(**spec), spec.get("normal_class")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -175,13 +153,14 @@ def render(run_dir, *, model=None, dataset=None, values: dict | None = None, nor
     if model is None:
         model = registry.load(run_dir)
     if dataset is None:
-        dataset, normal_class = run_dataset(run_dir)
+        dataset, trained_on = run_dataset(run_dir)
+        normal_class = trained_on if normal_class is None else normal_class
     history = io.read_metrics(run_dir)
     summary = io.read_json(run_dir / io.SUMMARY) if (run_dir / io.SUMMARY).exists() else {}
     binarized = (cfg.get("train") or {}).get("binarize", "none") != "none"
     if values is None:
         values = metrics.evaluate(model, dataset, split, iw_samples=iw_samples, normal_class=normal_class, seed=seed,
-                                  binarize_seed=EVAL_BINARIZE_SEED if binarized else None)
+                                  binarize_seed=metrics.EVAL_BINARIZE_SEED if binarized else None)
     if figures is None:
         figures = [(name, cap, plots.to_png(fig)) for name, cap, fig in
                    plots.run_figures(model, dataset, history, seed=seed, split=split)]
@@ -205,7 +184,7 @@ def render(run_dir, *, model=None, dataset=None, values: dict | None = None, nor
     extra = f" Normal class for anomaly detection: {esc(normal_class)}." if normal_class is not None else ""
     if binarized and model.probabilistic:
         extra += (f" The run was trained on binarized data: likelihoods are computed on a static binarization "
-                  f"of the split (seed {EVAL_BINARIZE_SEED}).")
+                  f"of the split (seed {metrics.EVAL_BINARIZE_SEED}).")
     parts += ["<h2>Metrics</h2>",
               f"<p class=\"meta\">On the {esc(split)} split of {esc(data_name)} "
               f"({int(dataset.split(split)[0].shape[0])} examples).{extra}</p>",
