@@ -90,9 +90,10 @@ def _run_data(run_dir, args):
     return datasets.load(**spec)
 
 
-def _default_out(model: str, dataset: str) -> Path:
+def _default_out(model: str, dataset: str, with_dataset: bool = True) -> Path:
+    """runs/MODEL-DATASET (or runs/MODEL), with -2, -3, ... appended until the name is free."""
     stem = Path(dataset).stem if ("/" in dataset or "." in dataset) else dataset
-    base = Path("runs") / f"{model}-{stem}"
+    base = Path("runs") / (f"{model}-{stem}" if with_dataset else model)
     out, i = base, 2
     while out.exists():
         out, i = Path(f"{base}-{i}"), i + 1
@@ -348,6 +349,8 @@ def cmd_compare(args) -> int:
 
     torch.set_num_threads(args.threads)  # this process only; tiny models lose time to thread hand-offs
     ds = _load_data(args, args.seed)
+    if args.out is None:
+        args.out = str(_default_out("compare", args.dataset, with_dataset=False))
     results = compare.compare(ds, args.out, models=models, epochs=args.epochs, latent_dim=args.latent_dim,
                               overwrite=args.overwrite, seed=args.seed, iw_samples=args.iw_samples,
                               log=lambda line: print(line, file=sys.stderr, flush=True))
@@ -442,7 +445,8 @@ def build_parser():
     cmp_.add_argument("--iw-samples", type=int, default=100, help="importance samples of the log-likelihood")
     cmp_.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest for small models "
                       "and on a busy machine; raise it for large conv models on idle cores)")
-    cmp_.add_argument("--out", required=True, help="folder for the runs and comparison.md / comparison.html")
+    cmp_.add_argument("--out", help="folder for the runs and comparison.md / comparison.html "
+                      "(default: runs/compare, or runs/compare-2, ... if that exists)")
     cmp_.add_argument("--overwrite", action="store_true",
                       help="replace earlier runs of the compared models in a non-empty --out")
 
