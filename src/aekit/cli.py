@@ -103,6 +103,12 @@ def _default_out(model: str, dataset: str, with_dataset: bool = True) -> Path:
 def cmd_train(args, model_opts) -> int:
     from . import metrics, trainer
 
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"--threads must be at least 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     tcfg_fields = TrainConfig.field_names()
     if args.resume:
         run = Path(args.resume)
@@ -395,6 +401,8 @@ def build_parser():
     t.add_argument("--out", help="run directory to create (default: runs/MODEL-DATASET)")
     t.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; 1 is often fastest "
+                   "for small models or on a busy machine)")
     tg = t.add_argument_group("training options")
     _add_config_options(tg, [TrainConfig], defaults_none=False)
     mg = t.add_argument_group("model options (each applies to the families that define it)")
