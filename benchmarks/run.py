@@ -555,8 +555,9 @@ def write_results(results: dict, meta: dict, tasks: dict[str, Task]) -> None:
            f"OMP_WAIT_POLICY={meta.get('omp_wait_policy', '?')}, {THREADS} threads", ""]
     dates = {n: results[n].get("date") for n in order}
     if len(set(dates.values())) > 1:
-        md += ["Tasks from earlier runs: " + ", ".join(f"{n} ({d}, {results[n].get('mode')})" for n, d in dates.items()
-                                                        if d != meta["date"]), ""]
+        md += ["Tasks from earlier runs: " + ", ".join(
+            f"{n} ({d}, {results[n].get('mode')}, OMP_WAIT_POLICY={results[n].get('omp_wait_policy', '?')})"
+            for n, d in dates.items() if d != meta["date"]), ""]
     md += table_lines(results, order) + [""]
     md += ["## What each task measures", ""]
     for n in order:
@@ -618,32 +619,38 @@ def main(argv=None) -> int:
 
     date = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     mode = "quick" if args.quick else "full"
+    command = "python benchmarks/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    old = {}
+    if RESULTS_JSON.exists():  # tasks not run now keep their last results (shown with their date)
+        try:
+            old = json.loads(RESULTS_JSON.read_text()).get("tasks", {})
+        except (OSError, json.JSONDecodeError):
+            old = {}
     results = {}
     load_start = load_average()
     t_all = time.perf_counter()
+
+    def meta_now() -> dict:
+        return {"date": date, "command": command, "cpu": cpu_model(), "python": platform.python_version(),
+                "torch": torch.__version__, "peers": versions, "peers_text": peers_text or "-", "mode": mode,
+                "load_average": f"{load_start} at the start, {load_average()} at the end (1-minute, "
+                                f"{os.cpu_count()} CPUs)",
+                "omp_wait_policy": OMP_WAIT_POLICY}
+
     for n in names:
         t0 = time.perf_counter()
         print(f"== {n}: {tasks[n].title}", flush=True)
         res = run_task(tasks[n], pythons, skipped, args.repeats, args.wait_quiet)
-        res.update({"date": date, "mode": mode, "seconds": time.perf_counter() - t0})
+        res.update({"date": date, "mode": mode, "seconds": time.perf_counter() - t0,
+                    "omp_wait_policy": OMP_WAIT_POLICY})
         results[n] = res
-    meta = {"date": date, "command": "python benchmarks/run.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "cpu": cpu_model(), "python": platform.python_version(), "torch": torch.__version__,
-            "peers": versions, "peers_text": peers_text or "-", "mode": mode,
-            "load_average": f"{load_start} at the start, {load_average()} at the end (1-minute, {os.cpu_count()} CPUs)",
-            "omp_wait_policy": OMP_WAIT_POLICY}
+        if not args.no_write:  # after every task, so an interrupted run keeps what it measured
+            write_results({**old, **results}, meta_now(), tasks)
+    meta = meta_now()
     print(f"\n{meta['date']}  {meta['cpu']}  torch {meta['torch']}  ({mode}, "
           f"{time.perf_counter() - t_all:.0f} s; load average {meta['load_average']})\n")
     print("\n".join(table_lines(results, names)))
     if not args.no_write:
-        old = {}
-        if RESULTS_JSON.exists() and args.only:
-            try:
-                old = json.loads(RESULTS_JSON.read_text()).get("tasks", {})
-            except (OSError, json.JSONDecodeError):
-                old = {}
-        merged = {**old, **results}
-        write_results(merged, meta, tasks)
         print(f"\nwrote {RESULTS_MD.relative_to(HERE.parent)} and {RESULTS_JSON.relative_to(HERE.parent)}")
     return 0
 
