@@ -489,7 +489,7 @@ def ratio_text(d: dict) -> str:
 
 
 def table_lines(results: dict, tasks_order: list[str]) -> list[str]:
-    head = ["task", "figure", "aekit", "peer / reference", "ratio", "target", "status", "others' CPU"]
+    head = ["task", "figure", "aekit", "peer / reference", "ratio", "target", "status", "others' CPU, median (max)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name in tasks_order:
         res = results.get(name)
@@ -510,7 +510,8 @@ def table_lines(results: dict, tasks_order: list[str]) -> list[str]:
             a = spread(d["a_values"], d["fmt"]) if d["a_values"] else (
                 "failed" if d["a"] in res.get("failed", {}) else "-")
             a = a if d["a"] == "aekit" else f"{d['a']}: {a}"
-            noise = f"{median(d['others_cpu']):.0%}" if d.get("others_cpu") else "-"
+            oc = d.get("others_cpu") or []
+            noise = f"{median(oc):.0%} (max {max(oc):.0%})" if oc else "-"
             lines.append(f"| {name} | {d['label']} | {a} | {peer} | {ratio_text(d)} | {d['target']} | "
                          f"{d['status']} | {noise} |")
     return lines
@@ -610,7 +611,9 @@ def main(argv=None) -> int:
             skipped[peer] = why
             print(f"[setup] peer {peer} skipped: {why}", flush=True)
     versions = {}
-    for peer in sorted(needed):
+    for peer in sorted(PEERS):  # every installed peer, so RESULTS.md names the versions behind older rows too
+        if pythons.get(peer) is None and peer not in skipped and (VENVS / peer / ".bench-installed").exists():
+            pythons[peer] = VENVS / peer / "bin" / "python"
         if pythons.get(peer):
             v = peer_versions(pythons[peer])
             versions[peer] = {k: v[k] for k in v if k == "torch" or k in [r.split("==")[0] for r in PEERS[peer][0]]}
