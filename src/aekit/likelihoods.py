@@ -1,7 +1,9 @@
 """Decoder likelihoods p(x|z): log-probabilities in nats, summed over data dimensions.
 
 Every family reads its reconstruction term from here, so the Bernoulli/Gaussian choice is written once.
-Shapes: ``x`` and ``params`` are (B, *sample_shape); ``log_prob`` returns (B,).
+Shapes: ``x`` is (B, *sample_shape) and ``params`` (..., B, *sample_shape): leading dimensions of the
+parameters (S samples of z per example, as in importance sampling) broadcast against x, which is never
+copied S times. ``log_prob`` returns (..., B).
 """
 
 from __future__ import annotations
@@ -15,6 +17,11 @@ from torch import Tensor, nn
 from .config import ModelConfig
 
 LOG_2PI = math.log(2 * math.pi)
+
+
+def _sum_sample_dims(t: Tensor, x: Tensor) -> Tensor:
+    """Sum t (..., B, *sample_shape) over the sample dimensions of x (B, *sample_shape): -> (..., B)."""
+    return t.flatten(-(x.dim() - 1)).sum(-1) if x.dim() > 1 else t
 
 
 class Likelihood(nn.Module):
@@ -31,12 +38,20 @@ class Likelihood(nn.Module):
 class Bernoulli(Likelihood):
     """log p(x|z) = sum_d x_d log sigmoid(l_d) + (1 - x_d) log(1 - sigmoid(l_d)), from logits l.
 
-    Computed with ``binary_cross_entropy_with_logits`` (stable: never log of a probability). Valid for
-    any x in [0,1] (the continuous "Bernoulli" of grey images) and exact for binary x.
+    Stable from logits, never the log of a probability: ``binary_cross_entropy_with_logits`` when x and
+    the logits have one shape (training); with S logits per example (importance sampling, MC samples) the
+    same value as sum_d [x_d l_d - softplus(l_d)], one product with x per example instead of an S-fold copy
+    of x (1.5x faster for K=1000 here; benchmarks/hotpath.py). Valid for any x in [0,1] (the continuous
+    "Bernoulli" of grey images) and exact for binary x.
     """
 
     def log_prob(self, x: Tensor, params: Tensor) -> Tensor:
-        return -F.binary_cross_entropy_with_logits(params, x, reduction="none").flatten(1).sum(1)
+        if params.shape == x.shape:
+            return -_sum_sample_dims(F.binary_cross_entropy_with_logits(params, x, reduction="none"), x)
+        nd = x.dim() - 1
+        logits = params.flatten(-nd) if nd else params.unsqueeze(-1)  # (..., B, D)
+        xf = x.flatten(1) if nd else x.unsqueeze(-1)  # (B, D)
+        return (logits * xf).sum(-1) - F.softplus(logits).sum(-1)
 
     def mean(self, params: Tensor) -> Tensor:
         return torch.sigmoid(params)
@@ -63,7 +78,7 @@ class Gaussian(Likelihood):
     def log_prob(self, x: Tensor, params: Tensor) -> Tensor:
         z = (x - params) * torch.exp(-self.log_sigma)
         lp = -0.5 * z * z - self.log_sigma - 0.5 * LOG_2PI
-        return lp.flatten(1).sum(1)
+        return _sum_sample_dims(lp, x)
 
     def mean(self, params: Tensor) -> Tensor:
         return params

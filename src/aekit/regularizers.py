@@ -36,6 +36,28 @@ def kl_sparsity(h: Tensor, rho: float, eps: float = 1e-6) -> Tensor:
     return (rho * torch.log(rho / rho_hat) + (1 - rho) * torch.log((1 - rho) / (1 - rho_hat))).sum()
 
 
+class _Gram(torch.autograd.Function):
+    """G = W W^T with the one-matmul backward dL/dW = (dL/dG + dL/dG^T) W (autograd's mm backward takes two).
+
+    Exactly the same gradient; the CAE step is ~10% faster at hidden width 512 (benchmarks/hotpath.py cae).
+    """
+
+    @staticmethod
+    def forward(ctx, w: Tensor) -> Tensor:
+        ctx.save_for_backward(w)
+        return w @ w.t()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (w,) = ctx.saved_tensors
+        return (grad + grad.t()) @ w
+
+
+def gram(w: Tensor) -> Tensor:
+    """W W^T, differentiable (see _Gram)."""
+    return _Gram.apply(w)
+
+
 def encoder_jacobian_sq_norm(encoder: Encoder, x: Tensor) -> tuple[Tensor, Tensor]:
     """Code h = f(x) and the squared Frobenius norm ||J_f(x)||_F^2 = sum_{k,d} (dh_k/dx_d)^2, per example.
 
@@ -62,7 +84,7 @@ def encoder_jacobian_sq_norm(encoder: Encoder, x: Tensor) -> tuple[Tensor, Tenso
         return h, (derivs[0] ** 2) @ (weights[0] ** 2).sum(1)
     if len(weights) == 2 and mlp.acts[-1] == "linear":
         w1, w2 = weights
-        m = (w1 @ w1.t()) * (w2.t() @ w2)  # (h1, h1)
+        m = gram(w1) * (w2.t() @ w2)  # (h1, h1)
         return h, ((derivs[0] @ m) * derivs[0]).sum(1)
     a = derivs[-1].unsqueeze(-1) * weights[-1]  # (B, K, h_{L-1})
     for w, d in zip(reversed(weights[1:-1]), reversed(derivs[1:-1])):
@@ -70,8 +92,49 @@ def encoder_jacobian_sq_norm(encoder: Encoder, x: Tensor) -> tuple[Tensor, Tenso
     a = a * derivs[0].unsqueeze(1)  # (B, K, h_1)
     w1 = weights[0]
     if w1.shape[0] <= w1.shape[1]:
-        return h, ((a @ (w1 @ w1.t())) * a).sum((1, 2))
+        return h, ((a @ gram(w1)) * a).sum((1, 2))
     return h, (a @ w1).pow(2).sum((1, 2))
+
+
+def encoder_jacobian_sq_norm_estimate(encoder: Encoder, x: Tensor, projections: int = 4,
+                                      generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """Code h = f(x) and an unbiased random-projection estimate of ||J_f(x)||_F^2, per example.
+
+    For r ~ N(0, I), E ||J r||^2 = tr(J^T J E[r r^T]) = ||J||_F^2 (Hutchinson's trace estimator; used for
+    Jacobian regularization by Hoffman, Roberts & Yaida, 2019), averaged over ``projections`` draws. The
+    variance of one draw is 2 ||J^T J||_F^2 <= 2 ||J||_F^4.
+
+    * MLP encoders: input-side projections r ~ N(0, I_D) shared by the whole batch (each example's estimate
+      is still unbiased), J r = diag(d_L) W_L ... diag(d_1) (W_1 r): W_1 r is computed once per batch, so
+      the penalty costs a few small matmuls instead of the exact form's h_1 x h_1 x D Gram matrix.
+    * other encoders (conv): code-side projections u ~ N(0, I_K) per example, u^T J by
+      torch.autograd.grad with create_graph (one double backward over ``projections`` copies of x).
+
+    The exact norm (encoder_jacobian_sq_norm) is the default of CAEConfig.jacobian.
+    x: (B, *input_shape) -> (h (B, K), estimate (B,)).
+    """
+    if isinstance(projections, bool) or not isinstance(projections, int) or projections < 1:
+        raise ValueError(f"projections must be an integer >= 1, got {projections!r}")
+    if encoder.body is not None or encoder.cond_dim:
+        return _jacobian_sq_norm_projection_autograd(encoder, x, projections, generator)
+    mlp = encoder.mlp
+    h, derivs = mlp.forward_with_derivatives(x.flatten(1))
+    w1 = mlp.layers[0].weight
+    r = torch.randn((projections, w1.shape[1]), generator=generator, device=h.device, dtype=h.dtype)
+    v = (r @ w1.t()).unsqueeze(1) * derivs[0]  # (M, B, h_1): diag(d_1) W_1 r for every draw and example
+    for layer, d in zip(mlp.layers[1:], derivs[1:]):
+        v = (v @ layer.weight.t()) * d
+    return h, v.pow(2).sum(-1).mean(0)
+
+
+def _jacobian_sq_norm_projection_autograd(encoder, x, projections, generator):
+    b = x.shape[0]
+    xg = x.detach().repeat(projections, *([1] * (x.dim() - 1))).requires_grad_(True)  # draw m: rows m*B + b
+    with torch.enable_grad():
+        h_all = encoder(xg)
+        u = torch.randn(h_all.shape, generator=generator, device=h_all.device, dtype=h_all.dtype)
+        (g,) = torch.autograd.grad(h_all, xg, grad_outputs=u, create_graph=True)
+    return h_all[:b], g.pow(2).flatten(1).sum(1).view(projections, b).mean(0)
 
 
 def _jacobian_sq_norm_func(encoder: Encoder, x: Tensor) -> tuple[Tensor, Tensor]:
