@@ -24,6 +24,7 @@ Logs of every subprocess (its stderr) go to benchmarks/.cache/logs/.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import math
@@ -125,7 +126,7 @@ def peer_versions(py: Path) -> dict[str, str]:
 class Side:
     name: str  # "aekit", "pythae", "floor", ...
     env: str  # "aekit" or a peer name
-    argv: list[str]  # script and arguments, relative to benchmarks/
+    argv: list[str]  # script and arguments, relative to benchmarks/; "{round}" becomes the round index
     timeout: float = 3600.0
 
 
@@ -178,7 +179,9 @@ def build_tasks(quick: bool) -> dict[str, Task]:
             f"Adam lr 1e-3, {THREADS} threads. aekit: aekit.fit, the trainer's per-epoch seconds (training pass "
             f"only). pythae 0.1.2: VAE(reconstruction_loss='bce') with its default MLP of the same shape, "
             f"BaseTrainer.train_step timed. {ep_vae} epoch(s) per run; the figure of a run is its median epoch. "
-            "Test ELBO: single-sample ELBO (closed-form KL) averaged over the 10k test images after those epochs. "
+            "Test ELBO: single-sample ELBO (closed-form KL) averaged over the 10k test images after those epochs; "
+            "round i trains with seed i on every side, so the ELBO rows show the spread over seeds (the "
+            "seeds of two libraries give different initializations: compare medians, not pairs). "
             "Floor: the matmul FLOPs of one epoch (forward 2*in*out per layer and example = 1.655 MFLOP; backward "
             "counted as 2x forward: 3 x 1.655 MFLOP x 60000 = 297.9 GFLOP; the exact backward, without the input "
             "gradient of the first layer, gives 249.7 GFLOP) divided by the float32 rate of torch.mm measured "
@@ -186,10 +189,11 @@ def build_tasks(quick: bool) -> dict[str, Task]:
             "the whole training process (import, data loading, training, evaluation). Info rows: the same aekit "
             "run with TrainConfig(amp='bf16') (bfloat16 matmuls under autocast; not the same arithmetic, so no "
             "target applies).",
-            [Side("aekit", "aekit", aekit_side("train", "vae", "--epochs", ep_vae)),
-             Side("pythae", "pythae", peer_side("pythae_side.py", "vae", "--epochs", ep_vae)),
+            [Side("aekit", "aekit", aekit_side("train", "vae", "--epochs", ep_vae, "--seed", "{round}")),
+             Side("pythae", "pythae", peer_side("pythae_side.py", "vae", "--epochs", ep_vae, "--seed", "{round}")),
              Side("floor", "aekit", aekit_side("floor", "--net", "vae")),
-             Side("aekit-bf16", "aekit", aekit_side("train", "vae", "--epochs", ep_vae, "--amp", "bf16"))],
+             Side("aekit-bf16", "aekit", aekit_side("train", "vae", "--epochs", ep_vae, "--amp", "bf16",
+                                                   "--seed", "{round}"))],
             [Row("VAE epoch, s/epoch (ratio: pythae/aekit throughput)", "aekit", "seconds_per_epoch",
                  "pythae", "seconds_per_epoch", "b/a", ">= 2.2x", lambda r: r >= 2.2),
              Row("VAE test ELBO after the same epochs, nats (diff aekit-pythae)", "aekit", "test_elbo",
@@ -436,7 +440,8 @@ def run_task(task: Task, pythons: dict[str, Path | None], skipped: dict[str, str
         for s in active:  # alternation: A B (C) in every round, the rounds back to back
             if s.name in out["failed"]:
                 continue
-            res = run_side(s, pythons[s.env], f"{task.name}-{s.name}-{r + 1}", max_wait)
+            s_r = dataclasses.replace(s, argv=[a.replace("{round}", str(r)) for a in s.argv])  # e.g. seeds
+            res = run_side(s_r, pythons[s.env], f"{task.name}-{s.name}-{r + 1}", max_wait)
             if "error" in res:
                 out["failed"][s.name] = res["error"]
                 print(f"[{task.name}] round {r + 1} {s.name}: FAILED {res['error']}", flush=True)

@@ -65,14 +65,15 @@ class MLP(nn.Module):
             h = act(layer(h))
         return h
 
-    def forward_with_derivatives(self, h: Tensor) -> tuple[Tensor, list[Tensor]]:
+    def forward_with_derivatives(self, h: Tensor, first_pre: Tensor | None = None) -> tuple[Tensor, list[Tensor]]:
         """Output and, per layer, the activation derivative at that layer, each (B, width).
 
         The encoder Jacobian is then diag(d_L) W_L ... diag(d_1) W_1 (see regularizers.contractive).
+        ``first_pre``: the first layer's pre-activation, when the caller has computed it already.
         """
         derivs = []
-        for layer, act, name in zip(self.layers, self._act_modules, self.acts):
-            pre = layer(h)
+        for i, (layer, act, name) in enumerate(zip(self.layers, self._act_modules, self.acts)):
+            pre = first_pre if i == 0 and first_pre is not None else layer(h)
             derivs.append(activation_derivative(name, pre))
             h = act(pre)
         return h, derivs

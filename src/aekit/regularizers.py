@@ -118,10 +118,15 @@ def encoder_jacobian_sq_norm_estimate(encoder: Encoder, x: Tensor, projections: 
     if encoder.body is not None or encoder.cond_dim:
         return _jacobian_sq_norm_projection_autograd(encoder, x, projections, generator)
     mlp = encoder.mlp
-    h, derivs = mlp.forward_with_derivatives(x.flatten(1))
-    w1 = mlp.layers[0].weight
-    r = torch.randn((projections, w1.shape[1]), generator=generator, device=h.device, dtype=h.dtype)
-    v = (r @ w1.t()).unsqueeze(1) * derivs[0]  # (M, B, h_1): diag(d_1) W_1 r for every draw and example
+    xf = x.flatten(1)
+    first = mlp.layers[0]
+    r = torch.randn((projections, xf.shape[1]), generator=generator, device=xf.device, dtype=xf.dtype)
+    # W_1 r rides along with the batch through the first layer: one matmul, and one weight gradient
+    # instead of two (the bias added to the r rows is taken off again, so it gets no gradient from them).
+    pre = first(torch.cat([xf, r]))
+    h, derivs = mlp.forward_with_derivatives(xf, first_pre=pre[: xf.shape[0]])
+    w1r = pre[xf.shape[0]:] - first.bias if first.bias is not None else pre[xf.shape[0]:]
+    v = w1r.unsqueeze(1) * derivs[0]  # (M, B, h_1): diag(d_1) W_1 r for every draw and example
     for layer, d in zip(mlp.layers[1:], derivs[1:]):
         v = (v @ layer.weight.t()) * d
     return h, v.pow(2).sum(-1).mean(0)
