@@ -76,3 +76,19 @@ def test_vae_log_likelihood_equals_an_independent_reference(likelihood):
         log_w = log_px + Normal(0.0, 1.0).log_prob(z).sum(-1) - Normal(mu, torch.exp(0.5 * logvar)).log_prob(z).sum(-1)
         ref = torch.logsumexp(log_w, 0) - math.log(k)
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-4)
+
+
+def test_bernoulli_sample_has_the_right_law():
+    from aekit.likelihoods import bernoulli_sample
+
+    p = torch.tensor([0.0, 1.0, 0.1, 0.5, 0.9, 1 / 255, 254 / 255])
+    g = torch.Generator().manual_seed(0)
+    draws = bernoulli_sample(p.expand(200_000, 7).contiguous(), g)
+    assert set(draws.unique().tolist()) <= {0.0, 1.0} and draws.dtype == p.dtype
+    freq = draws.mean(0)
+    assert freq[0] == 0 and freq[1] == 1
+    # binomial standard error at n=200k is <= 0.0012; allow 5 of them
+    assert (freq - p).abs().max() < 0.006
+    a = bernoulli_sample(p, torch.Generator().manual_seed(3))
+    b = bernoulli_sample(p, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)

@@ -25,6 +25,7 @@ from torch import Tensor
 from . import io
 from .config import TrainConfig
 from .errors import ConfigError, RunError, TrainingDiverged
+from .likelihoods import bernoulli_sample
 from .models.base import Autoencoder
 
 CHECK_EVERY = 100  # steps between finiteness checks (one host sync each)
@@ -46,7 +47,10 @@ class FitResult:
 
 
 def binarize_static(x: Tensor, seed: int) -> Tensor:
-    """One fixed Bernoulli sample of x in [0,1] (static binarization), reproducible from ``seed``."""
+    """One fixed Bernoulli sample of x in [0,1] (static binarization), reproducible from ``seed``.
+
+    torch.bernoulli, not likelihoods.bernoulli_sample: a one-off cost, and the fixed binarized sets (e.g.
+    the Exemplar-VAE test set in benchmarks/) stay the ones earlier results were measured on."""
     g = torch.Generator(device=x.device).manual_seed(seed)
     return torch.bernoulli(x, generator=g)
 
@@ -179,7 +183,7 @@ def _fit(model, ds, cfg: TrainConfig, out: Path | None, resume: bool, quiet: boo
             xb = x_train[idx]
             yb = y_train[idx] if y_train is not None else None
             if cfg.binarize == "dynamic":
-                xb = torch.bernoulli(xb, generator=gen)
+                xb = bernoulli_sample(xb, gen)
             if cfg.lr_schedule == "cosine":
                 lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * (epoch * steps_per_epoch + s) / total_steps))
                 for g, o in opts.items():
