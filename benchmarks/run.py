@@ -44,6 +44,7 @@ CACHE = HERE / ".cache"
 LOGS = CACHE / "logs"
 RESULTS_JSON = HERE / "results.json"
 RESULTS_MD = HERE / "RESULTS.md"
+HISTORY = HERE / "history.jsonl"  # one line per target row and full run: the run-to-run table of RESULTS.md
 RESULT_PREFIX = "BENCH_RESULT "
 TORCH_PIN = "torch==2.13.0"
 THREADS = 2
@@ -557,6 +558,64 @@ def cpu_model() -> str:
     return f"{model} (family {fam} model {mod}), {os.cpu_count()} logical CPUs"
 
 
+def code_version() -> str:
+    """The aekit code measured: the git commit, with "+changes" when the working tree differs from it."""
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "../src"], cwd=HERE, capture_output=True,
+                               text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+    return (rev or "?") + ("+changes" if dirty else "")
+
+
+def append_history(task: str, res: dict) -> None:
+    """Record the medians of every row with a target (full runs only) in benchmarks/history.jsonl."""
+    if res.get("mode") != "full" or "rows" not in res:
+        return
+    with open(HISTORY, "a") as f:
+        for d in res["rows"]:
+            if not d["target"]:
+                continue
+            rec = {"date": res["date"], "code": code_version(), "task": task, "label": d["label"],
+                   "target": d["target"], "status": d["status"], "rounds": len(d["ratios"]) or len(d["a_values"]),
+                   "ratio": median(d["ratios"]) if d["ratios"] else None,
+                   "a": median(d["a_values"]) if d["a_values"] else None, "ratio_kind": d["ratio_kind"]}
+            f.write(json.dumps(rec, sort_keys=True) + "\n")
+
+
+def history_lines() -> list[str]:
+    """The run-to-run table: every recorded full run of every target row, and the median over runs."""
+    if not HISTORY.exists():
+        return []
+    rows: dict[tuple[str, str], list[dict]] = {}
+    for ln in HISTORY.read_text().splitlines():
+        if ln.strip():
+            r = json.loads(ln)
+            rows.setdefault((r["task"], r["label"]), []).append(r)
+    out = ["## Run to run", "",
+           "This machine is shared and its speed drifts by up to 1.5x between minutes, so one run's medians "
+           "can flip a status. Every full run of a row with a target is recorded in benchmarks/history.jsonl; "
+           "the last column is the median over all recorded runs. [code]: the aekit commit measured (runs "
+           "before a change to the measured code path are not comparable to runs after it).", "",
+           "| task | figure | target | runs: date [code], median (status) | median over runs |",
+           "|---|---|---|---|---|"]
+    for (task, label), recs in rows.items():
+        def fig(r):
+            v = r["ratio"] if r["ratio"] is not None else r["a"]
+            if v is None:
+                return "-"
+            return f"{v:+.2f}" if r["ratio_kind"] == "a-b" else (f"{v:.2f}x" if r["ratio"] is not None else f"{v:.3g}")
+        runs = "; ".join(f"{r['date']} [{r.get('code', '?')}]: {fig(r)} ({r['status'] or '-'})" for r in recs)
+        vals = [r["ratio"] if r["ratio"] is not None else r["a"] for r in recs]
+        vals = [v for v in vals if v is not None]
+        over = fig({**recs[-1], "ratio": median(vals) if recs[-1]["ratio"] is not None and vals else None,
+                    "a": median(vals) if vals else None})
+        out.append(f"| {task} | {label} | {recs[-1]['target']} | {runs} | {over} |")
+    return out + [""]
+
+
 def write_results(results: dict, meta: dict, tasks: dict[str, Task]) -> None:
     RESULTS_JSON.write_text(json.dumps({"meta": meta, "tasks": results}, indent=1, sort_keys=True) + "\n")
     order = [n for n in tasks if n in results]
@@ -576,6 +635,7 @@ def write_results(results: dict, meta: dict, tasks: dict[str, Task]) -> None:
             f"{n} ({d}, {results[n].get('mode')}, OMP_WAIT_POLICY={results[n].get('omp_wait_policy', '?')})"
             for n, d in dates.items() if d != meta["date"]), ""]
     md += table_lines(results, order) + [""]
+    md += history_lines()
     md += ["## What each task measures", ""]
     for n in order:
         md += [f"**{n}** — {results[n]['title']}. {results[n]['measures']}", ""]
@@ -664,6 +724,7 @@ def main(argv=None) -> int:
                     "omp_wait_policy": OMP_WAIT_POLICY})
         results[n] = res
         if not args.no_write:  # after every task, so an interrupted run keeps what it measured
+            append_history(n, res)
             write_results({**old, **results}, meta_now(), tasks)
     meta = meta_now()
     print(f"\n{meta['date']}  {meta['cpu']}  torch {meta['torch']}  ({mode}, "
