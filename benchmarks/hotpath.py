@@ -1,20 +1,23 @@
-"""Measure proposed changes to aekit's hot paths against the code as it is, without editing src/.
+"""Measure aekit's hot-path choices against the code they replaced (or a proposed alternative), in-process.
 
-    python benchmarks/hotpath.py [bernoulli|cae|trainer|all] [--rounds 7]
+    python benchmarks/hotpath.py [bernoulli|cae|binarize|trainer|all] [--rounds 7]
 
-Each proposal is a drop-in variant applied by monkeypatching inside this process; the current code and the
-variant run in alternation (A B A B ...), in chunks of a few hundred milliseconds, with 2 threads, and the
-table gives medians and the [min..max] spread of the per-round ratio. The variants:
+Each comparison swaps one implementation by monkeypatching inside this process; the variants run in
+alternation (A B A B ...), in chunks of a few hundred milliseconds, with 2 threads, and the table gives
+medians and the [min..max] spread of the per-round ratio. The source comments that quote a speed-up point
+here. The comparisons:
 
-bernoulli  likelihoods.Bernoulli.log_prob as  sum_d x_d l_d - softplus(l_d)  (one fused softplus pass and
-           one dot product per example, broadcasting x against (S, B, D) logits), and VAE._log_px_z passing
-           the logits as (S, B, D) instead of expanding x into an S-fold copy. Measured on a VAE training step
-           (784-512-16, batch 128) and on VAE.log_likelihood with K=1000; the latter also with 1000
-           decoder rows per call (EVAL_BUDGET 2**22 instead of 2**24: the logits of a call stay in cache).
-cae        regularizers.encoder_jacobian_sq_norm (two-layer case) with the Gram matrix W1 W1^T as a custom
-           autograd function whose backward is one matmul (G + G^T) W1 instead of autograd's two. Measured
-           on a CAE training step, next to the plain AE step of the same net; also with the Gram products in
-           bfloat16 (an approximation, for an opt-in option).
+bernoulli  likelihoods.Bernoulli.log_prob with S logits per example (sum_d x_d l_d - softplus(l_d),
+           broadcasting x against (S, B, D) logits) against the earlier BCE-with-logits on an S-fold copy
+           of x; measured on VAE.log_likelihood with K=1000, also at the earlier decoder chunk of
+           EVAL_BUDGET = 2**24 values (now 2**22: a call's activations stay in cache), and on a training
+           step (where the same-shape BCE path is kept).
+cae        regularizers.gram (W1 W1^T with a one-matmul backward) against plain autograd (two matmuls),
+           on a CAE training step next to the plain AE step of the same net; also the opt-in
+           random-projection penalty (CAEConfig.jacobian="projection") and a bfloat16 Gram matrix (an
+           approximation, not offered as an option).
+binarize   likelihoods.bernoulli_sample (u < p) against torch.bernoulli for dynamic binarization, alone
+           and inside a training step of the Exemplar-VAE net (784-300-300-40, batch 100).
 trainer    one epoch of aekit.fit against a bare loop (slice, forward, backward, fused Adam) over the same
            model and data: what the trainer adds per step; and aekit.fit with denormals flushed to zero.
 """
@@ -63,46 +66,45 @@ def show(title: str, times: dict[str, list[float]], base: str, unit_per_chunk: f
 # Bernoulli log-likelihood without BCE-with-logits on an expanded copy of x
 
 
-def bernoulli_log_prob_new(self, x, params):
-    """log p(x|l) = sum_d [x_d l_d - softplus(l_d)]; x (B, *shape), params (..., B, *shape) -> (..., B)."""
-    nd = x.dim() - 1
-    lg = params.flatten(-nd) if nd > 1 else params
-    xf = x.flatten(1) if nd > 1 else x
-    return torch.einsum("...bd,bd->...b", lg, xf) - F.softplus(lg).sum(-1)
+def bernoulli_log_prob_old(self, x, params):
+    """The earlier Bernoulli.log_prob: BCE with logits on tensors of one shape, (B, *shape) -> (B,)."""
+    return -F.binary_cross_entropy_with_logits(params, x, reduction="none").flatten(1).sum(1)
 
 
-def log_px_z_new(self, x, z, c):
+def log_px_z_old(self, x, z, c):
+    """The earlier VAE._log_px_z: x expanded into an S-fold copy, one BCE over (S*B, D)."""
     s, b = z.shape[:2]
-    params = self.decoder(z.flatten(0, 1), None if c is None else c.repeat(s, 1))  # row s*B + b
-    return self.likelihood.log_prob(x, params.view(s, b, *x.shape[1:]))
+    params = self.decoder(z.flatten(0, 1), None if c is None else c.repeat(s, 1))
+    xs = x.unsqueeze(0).expand(s, *x.shape).flatten(0, 1)
+    return bernoulli_log_prob_old(None, xs, params).view(s, b)
 
 
 def bench_bernoulli(rounds: int) -> None:
     import aekit
     from aekit.likelihoods import Bernoulli
+    from aekit.models import vae as vae_mod
     from aekit.models.vae import VAE
 
     data = fashion_mnist()
     x = data["x_train"][:128 * 40]
-    old_lp, old_pxz = Bernoulli.log_prob, VAE._log_px_z
+    cur_lp, cur_pxz, cur_budget = Bernoulli.log_prob, VAE._log_px_z, vae_mod.EVAL_BUDGET
 
-    def use(new: bool):
-        Bernoulli.log_prob = bernoulli_log_prob_new if new else old_lp
-        VAE._log_px_z = log_px_z_new if new else old_pxz
+    def use(old: bool, budget: int | None = None):
+        Bernoulli.log_prob = bernoulli_log_prob_old if old else cur_lp
+        VAE._log_px_z = log_px_z_old if old else cur_pxz
+        vae_mod.EVAL_BUDGET = budget or cur_budget
 
-    # correctness: the same numbers
     m = aekit.build("vae", input_shape=[1, 28, 28], likelihood="bernoulli", hidden=[512], latent_dim=16)
     xt = data["x_test"][:8]
     with torch.no_grad():
-        use(False)
-        a = m.log_likelihood(xt, k=100, generator=torch.Generator().manual_seed(0))
         use(True)
+        a = m.log_likelihood(xt, k=100, generator=torch.Generator().manual_seed(0))
+        use(False)
         b = m.log_likelihood(xt, k=100, generator=torch.Generator().manual_seed(0))
-    print(f"log_likelihood, current vs proposed, max abs difference over 8 images: {(a - b).abs().max():.2e} nats")
+    print(f"log_likelihood, earlier vs current code, max abs difference over 8 images: {(a - b).abs().max():.2e} nats")
 
-    def train_chunk(new: bool, steps: int = 40):
-        use(new)
-        torch.manual_seed(0)
+    def train_chunk(old: bool, steps: int = 40):
+        use(old)
         opt = torch.optim.Adam(m.parameters(), lr=1e-3, fused=True)
         for s in range(steps):
             m.zero_grad(set_to_none=True)
@@ -110,23 +112,20 @@ def bench_bernoulli(rounds: int) -> None:
             opt.step()
 
     m.train()
-    t = alternate({"current": False, "proposed": True}, rounds, train_chunk)
-    show("VAE training step (784-512-16, batch 128)", t, "current", 40, "step")
+    t = alternate({"current": False, "earlier": True}, rounds, train_chunk)
+    show("VAE training step (784-512-16, batch 128): the same-shape path, unchanged", t, "earlier", 40, "step")
 
     m.eval()
     xi = data["x_test"][:64]
 
     def ll_chunk(v):
-        new, rows = v
-        use(new)
-        m.log_likelihood(xi, k=1000, chunk_size=rows, generator=torch.Generator().manual_seed(0))
+        old, budget = v
+        use(old, budget)
+        m.log_likelihood(xi, k=1000, generator=torch.Generator().manual_seed(0))
 
-    default_rows = m.default_chunk_size()
-    t = alternate({f"current ({default_rows} rows/call)": (False, None), "current, 1000 rows/call": (False, 1000),
-                   f"proposed ({default_rows} rows/call)": (True, None), "proposed, 1000 rows/call": (True, 1000)},
-                  rounds, ll_chunk)
-    show("VAE.log_likelihood, K=1000 (rows/call: decoder rows per call, today EVAL_BUDGET // (4*784 + 512))",
-         t, f"current ({default_rows} rows/call)", 64, "image")
+    t = alternate({"earlier code, EVAL_BUDGET 2**24": (True, 2**24), "current code, EVAL_BUDGET 2**24": (False, 2**24),
+                   "current code, EVAL_BUDGET 2**22": (False, 2**22)}, rounds, ll_chunk)
+    show("VAE.log_likelihood, K=1000", t, "earlier code, EVAL_BUDGET 2**24", 64, "image")
     use(False)
 
 
@@ -134,93 +133,95 @@ def bench_bernoulli(rounds: int) -> None:
 # CAE: the Gram matrix with a one-matmul backward
 
 
-class _Gram(torch.autograd.Function):
-    """G = W W^T with backward dW = (dG + dG^T) W: one matmul where autograd's mm backward does two."""
-
-    @staticmethod
-    def forward(ctx, w):
-        ctx.save_for_backward(w)
-        return w @ w.t()
-
-    @staticmethod
-    def backward(ctx, g):
-        (w,) = ctx.saved_tensors
-        return (g + g.t()) @ w
+def gram_autograd(w):
+    """The earlier form: W W^T through autograd (its backward takes two matmuls)."""
+    return w @ w.t()
 
 
-class _GramBF16(torch.autograd.Function):
-    """The same in bfloat16 matmuls (float32 accumulation; AVX512-BF16 runs them ~2x faster here): an
-    approximation of the penalty to ~0.2%, for an opt-in option, not a default."""
-
-    @staticmethod
-    def forward(ctx, w):
-        ctx.save_for_backward(w)
-        wb = w.bfloat16()
-        return (wb @ wb.t()).float()
-
-    @staticmethod
-    def backward(ctx, g):
-        (w,) = ctx.saved_tensors
-        return ((g + g.t()).bfloat16() @ w.bfloat16()).float()
-
-
-def _jac_two_layer(encoder, x, gram):
-    mlp = encoder.mlp
-    h, derivs = mlp.forward_with_derivatives(x.flatten(1))
-    w1, w2 = (layer.weight for layer in mlp.layers)
-    m = gram.apply(w1) * (w2.t() @ w2)
-    return h, ((derivs[0] @ m) * derivs[0]).sum(1)
-
-
-def jac_two_layer_new(encoder, x):
-    return _jac_two_layer(encoder, x, _Gram)
-
-
-def jac_two_layer_bf16(encoder, x):
-    return _jac_two_layer(encoder, x, _GramBF16)
+def gram_bf16(w):
+    """W W^T in bfloat16 matmuls (float32 result), an approximation of the penalty to ~0.2%; autograd
+    backward, also in bfloat16. AVX512-BF16 runs these ~2x faster here. Not offered as an option."""
+    wb = w.bfloat16()
+    return (wb @ wb.t()).float()
 
 
 def bench_cae(rounds: int) -> None:
     import aekit
     from aekit import regularizers
-    from aekit.models import cae as cae_mod
 
     data = fashion_mnist()
     x = data["x_train"][:128 * 30]
-    old = cae_mod.encoder_jacobian_sq_norm
+    cur = regularizers.gram
     kw = dict(input_shape=[1, 28, 28], likelihood="bernoulli", hidden=[512], latent_dim=16)
     ae = aekit.build("ae", **kw)
     cae = aekit.build("cae", **kw)
+    proj = aekit.build("cae", jacobian="projection", **kw)
     cae.load_state_dict(ae.state_dict())
+    proj.load_state_dict(ae.state_dict())
 
     xb = x[:128]
-    cae_mod.encoder_jacobian_sq_norm = jac_two_layer_new
-    h1, s1 = jac_two_layer_new(cae.encoder, xb)
-    g1 = torch.autograd.grad(s1.mean(), [p for p in cae.encoder.parameters()], allow_unused=True)
-    h0, s0 = regularizers.encoder_jacobian_sq_norm(cae.encoder, xb)
-    g0 = torch.autograd.grad(s0.mean(), [p for p in cae.encoder.parameters()], allow_unused=True)
+    grads = []
+    for fn in (cur, gram_autograd):
+        regularizers.gram = fn
+        _, sq = regularizers.encoder_jacobian_sq_norm(cae.encoder, xb)
+        grads.append(torch.autograd.grad(sq.mean(), [p for p in cae.encoder.parameters()], allow_unused=True))
+    regularizers.gram = cur
     diff = max((a - b).abs().max().item() / (b.abs().max().item() + 1e-30)
-               for a, b in zip(g1, g0) if a is not None and b is not None)
-    print(f"CAE penalty gradient, proposed vs current: max relative difference {diff:.1e}")
+               for a, b in zip(*grads) if a is not None and b is not None)
+    print(f"CAE penalty gradient, current vs earlier Gram: max relative difference {diff:.1e}")
 
     def chunk(v, steps: int = 30):
         model, fn = v
-        if fn is not None:
-            cae_mod.encoder_jacobian_sq_norm = fn
+        regularizers.gram = fn
         opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
         for s in range(steps):
             model.zero_grad(set_to_none=True)
             model(x[s * 128 : (s + 1) * 128]).loss.backward()
             opt.step()
 
-    t = alternate({"ae": (ae, None), "cae current": (cae, old), "cae proposed": (cae, jac_two_layer_new),
-                   "cae proposed, bf16 Gram": (cae, jac_two_layer_bf16)}, rounds, chunk)
-    cae_mod.encoder_jacobian_sq_norm = old
-    show("AE / CAE training step (784-512-16, batch 128); ratio column = ae time / variant time", t, "ae", 30,
-         "step")
-    for k in ("cae current", "cae proposed", "cae proposed, bf16 Gram"):
-        r = [b / a for a, b in zip(t["ae"], t[k])]
-        print(f"  {k}: CAE step / AE step = {median(r):.2f}x [{min(r):.2f}..{max(r):.2f}]")
+    t = alternate({"ae": (ae, cur), "cae, earlier Gram (autograd)": (cae, gram_autograd), "cae, current": (cae, cur),
+                   "cae, bf16 Gram": (cae, gram_bf16), "cae, jacobian=projection": (proj, cur)}, rounds, chunk)
+    regularizers.gram = cur
+    show("AE / CAE training step (784-512-16, batch 128)", t, "ae", 30, "step")
+    for k in t:
+        if k != "ae":
+            r = [b / a for a, b in zip(t["ae"], t[k])]
+            print(f"  {k}: CAE step / AE step = {median(r):.2f}x [{min(r):.2f}..{max(r):.2f}]")
+
+
+# --------------------------------------------------------------------------------------------------
+# Dynamic binarization
+
+
+def bench_binarize(rounds: int) -> None:
+    import aekit
+    from aekit.likelihoods import bernoulli_sample
+
+    data = fashion_mnist()
+    x = data["x_train"][:100 * 50]
+    g = torch.Generator().manual_seed(0)
+    fns = {"torch.bernoulli": lambda xb: torch.bernoulli(xb, generator=g),
+           "bernoulli_sample (u < p)": lambda xb: bernoulli_sample(xb, g)}
+
+    def alone(fn, n: int = 50):
+        for s in range(n):
+            fn(x[s * 100 : (s + 1) * 100])
+
+    t = alternate(fns, rounds, alone)
+    show("binarizing a batch of 100 Fashion-MNIST images", t, "torch.bernoulli", 50, "batch")
+
+    m = aekit.build("vae", input_shape=[1, 28, 28], hidden=[300, 300], latent_dim=40)
+    opt = torch.optim.Adam(m.parameters(), lr=1e-3, fused=True)
+
+    def step(fn, n: int = 50):
+        for s in range(n):
+            m.zero_grad(set_to_none=True)
+            m(fn(x[s * 100 : (s + 1) * 100])).loss.backward()
+            opt.step()
+
+    t = alternate(fns, rounds, step)
+    show("Exemplar-VAE training step (784-300-300-40, batch 100) with dynamic binarization", t,
+         "torch.bernoulli", 50, "step")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -270,10 +271,11 @@ def bench_trainer(rounds: int) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("what", nargs="?", default="all", choices=("all", "bernoulli", "cae", "trainer"))
+    p.add_argument("what", nargs="?", default="all", choices=("all", "bernoulli", "cae", "binarize", "trainer"))
     p.add_argument("--rounds", type=int, default=7)
     args = p.parse_args()
-    for name, fn in (("bernoulli", bench_bernoulli), ("cae", bench_cae), ("trainer", bench_trainer)):
+    for name, fn in (("bernoulli", bench_bernoulli), ("cae", bench_cae), ("binarize", bench_binarize),
+                     ("trainer", bench_trainer)):
         if args.what in ("all", name):
             fn(args.rounds)
 

@@ -167,3 +167,14 @@ def test_train_each_family_on_fashion_mnist(cli, tmp_path, name, arch):
                          *FAST, "--out", tmp_path / "r")
     assert code == 0, err
     assert "fashion-mnist" in out
+
+
+@pytest.mark.parametrize("arch", ["mlp", "conv"])
+def test_train_cae_with_the_projection_penalty(cli, tmp_path, arch):
+    code, out, err = cli("train", "cae", "--arch", arch, "--jacobian", "projection", "--jacobian-projections", "2",
+                         *FAST, "--out", tmp_path / "r")
+    assert code == 0, err
+    cfg = json.loads((tmp_path / "r" / "config.json").read_text())["config"]
+    assert cfg["jacobian"] == "projection" and cfg["jacobian_projections"] == 2
+    code, out, err = cli("train", "cae", "--jacobian-projections", "0", *FAST, "--out", tmp_path / "bad")
+    one_line_error(code, out, err, "jacobian_projections")

@@ -32,7 +32,8 @@ from ..regularizers import kl_normal_standard
 from .base import Autoencoder, Output, check_count
 
 # Rough budget (in float32 values) of activations per decoder call in log_likelihood / elbo evaluation:
-# 2**22 (16 MiB) keeps a call's activations in cache; 2**24 measured 1.47x slower (benchmarks/hotpath.py).
+# 2**22 (16 MiB) keeps a call's activations in cache; 2**24 measured 1.25x slower for K=1000
+# (benchmarks/hotpath.py bernoulli).
 EVAL_BUDGET = 2**22
 
 
