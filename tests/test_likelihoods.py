@@ -92,3 +92,15 @@ def test_bernoulli_sample_has_the_right_law():
     a = bernoulli_sample(p, torch.Generator().manual_seed(3))
     b = bernoulli_sample(p, torch.Generator().manual_seed(3))
     assert torch.equal(a, b)
+
+
+def test_bernoulli_broadcast_under_bf16_autocast_sums_in_float32():
+    """Under CPU autocast the decoder emits bfloat16 logits; the log-likelihood must still be summed in
+    float32 (a bfloat16 sum of 784 terms near 250 nats would be off by ~1 nat)."""
+    x = (torch.rand(4, 784) > 0.5).float()
+    logits = (4 * torch.randn(3, 4, 784)).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = Bernoulli().log_prob(x, logits)
+    assert got.dtype == torch.float32
+    ref = TorchBernoulli(logits=logits.double()).log_prob(x.double()).sum(-1)
+    torch.testing.assert_close(got.double(), ref, rtol=0, atol=1e-3)

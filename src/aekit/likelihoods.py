@@ -58,6 +58,7 @@ class Bernoulli(Likelihood):
         if params.shape == x.shape:
             return -_sum_sample_dims(F.binary_cross_entropy_with_logits(params, x, reduction="none"), x)
         nd = x.dim() - 1
+        params = params.to(torch.promote_types(params.dtype, x.dtype))  # bf16 logits (autocast): sum in fp32
         logits = params.flatten(-nd) if nd else params.unsqueeze(-1)  # (..., B, D)
         xf = x.flatten(1) if nd else x.unsqueeze(-1)  # (B, D)
         return (logits * xf).sum(-1) - F.softplus(logits).sum(-1)
