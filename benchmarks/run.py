@@ -166,6 +166,17 @@ def peer_side(script: str, *args) -> list[str]:
     return [f"peers/{script}", *map(str, args)]
 
 
+def autoencoders_epoch_task(family: str, title: str, measures: str, epochs: int, quick: bool) -> Task:
+    """A training epoch of ``family`` against the `autoencoders` package's, with the >= 1.3x target."""
+    return Task(
+        family, title, measures,
+        [Side("aekit", "aekit", aekit_side("train", family, "--epochs", epochs)),
+         Side("autoencoders", "autoencoders", peer_side("autoencoders_side.py", family, "--epochs", epochs))],
+        [Row(f"{family.upper()} epoch, s/epoch (ratio autoencoders/aekit)", "aekit", "seconds_per_epoch",
+             "autoencoders", "seconds_per_epoch", "b/a", ">= 1.3x", lambda r: r >= 1.3)],
+        repeats=3 if quick else 5)
+
+
 def build_tasks(quick: bool) -> dict[str, Task]:
     q = quick
     ep_vae = 1 if q else 3
@@ -266,26 +277,16 @@ def build_tasks(quick: bool) -> dict[str, Task]:
              Row("test reconstruction loss (nats): projection vs exact penalty (diff proj-exact)",
                  "aekit-proj", "test_recon", "aekit", "test_recon", "a-b", fmt="{:.2f}")],
             repeats=3),
-        Task(
+        autoencoders_epoch_task(
             "dae", "Denoising AE epoch (vs autoencoders)",
             "One epoch, MLP 784-512-16, batch 128, Adam 1e-3, Gaussian corruption std 0.3 on both sides. "
             "aekit: DAE through aekit.fit (Bernoulli likelihood from logits, the default for images); "
-            "autoencoders 0.6.8: DenoisingAutoencoderModel (MSE) through AETrainer.train_epoch.",
-            [Side("aekit", "aekit", aekit_side("train", "dae", "--epochs", ep_ae)),
-             Side("autoencoders", "autoencoders", peer_side("autoencoders_side.py", "dae", "--epochs", ep_ae))],
-            [Row("DAE epoch, s/epoch (ratio autoencoders/aekit)", "aekit", "seconds_per_epoch", "autoencoders",
-                 "seconds_per_epoch", "b/a", ">= 1.3x", lambda r: r >= 1.3)],
-            repeats=3 if q else 5),
-        Task(
+            "autoencoders 0.6.8: DenoisingAutoencoderModel (MSE) through AETrainer.train_epoch.", ep_ae, q),
+        autoencoders_epoch_task(
             "sae", "Sparse AE epoch (vs autoencoders)",
             "One epoch, MLP 784-512-16 (linear code), batch 128, Adam 1e-3, L1 activity penalty 1e-3 on the "
             "code on both sides. aekit: SAE through aekit.fit; autoencoders 0.6.8: SparseAutoencoderModel "
-            "through AETrainer.train_epoch.",
-            [Side("aekit", "aekit", aekit_side("train", "sae", "--epochs", ep_ae)),
-             Side("autoencoders", "autoencoders", peer_side("autoencoders_side.py", "sae", "--epochs", ep_ae))],
-            [Row("SAE epoch, s/epoch (ratio autoencoders/aekit)", "aekit", "seconds_per_epoch", "autoencoders",
-                 "seconds_per_epoch", "b/a", ">= 1.3x", lambda r: r >= 1.3)],
-            repeats=3 if q else 5),
+            "through AETrainer.train_epoch.", ep_ae, q),
         Task(
             "anomaly", "One-class anomaly detection, Fashion-MNIST class 0 normal (vs pyod AutoEncoder)",
             "Fit on the 6000 training images of class 0 (T-shirt/top), score the 10k test images, AUROC with "
@@ -585,6 +586,16 @@ def append_history(task: str, res: dict) -> None:
             f.write(json.dumps(rec, sort_keys=True) + "\n")
 
 
+def _history_value(rec: dict) -> float:
+    """The figure a history record is judged on: its median ratio, or its aekit figure when it has none."""
+    return rec["ratio"] if rec.get("ratio") is not None else rec["a"]
+
+
+def _history_figure(rec: dict, kind: str) -> str:
+    v = rec["value"] if "value" in rec else _history_value(rec)
+    return {"a-b": f"{v:+.2f}", "": f"{v:.3g}"}.get(kind, f"{v:.2f}x")
+
+
 def history_lines() -> list[str]:
     """The run-to-run table: every recorded full run of every target row, and the median over runs."""
     if not HISTORY.exists():
@@ -602,17 +613,11 @@ def history_lines() -> list[str]:
            "| task | figure | target | runs: date [code], median (status) | median over runs |",
            "|---|---|---|---|---|"]
     for (task, label), recs in rows.items():
-        def fig(r):
-            v = r["ratio"] if r["ratio"] is not None else r["a"]
-            if v is None:
-                return "-"
-            return f"{v:+.2f}" if r["ratio_kind"] == "a-b" else (f"{v:.2f}x" if r["ratio"] is not None else f"{v:.3g}")
-        runs = "; ".join(f"{r['date']} [{r.get('code', '?')}]: {fig(r)} ({r['status'] or '-'})" for r in recs)
-        vals = [r["ratio"] if r["ratio"] is not None else r["a"] for r in recs]
-        vals = [v for v in vals if v is not None]
-        over = fig({**recs[-1], "ratio": median(vals) if recs[-1]["ratio"] is not None and vals else None,
-                    "a": median(vals) if vals else None})
-        out.append(f"| {task} | {label} | {recs[-1]['target']} | {runs} | {over} |")
+        kind = recs[-1]["ratio_kind"]
+        runs = "; ".join(f"{r['date']} [{r.get('code', '?')}]: {_history_figure(r, kind)} ({r['status'] or '-'})"
+                         for r in recs)
+        out.append(f"| {task} | {label} | {recs[-1]['target']} | {runs} | "
+                   f"{_history_figure({'value': median([_history_value(r) for r in recs])}, kind)} |")
     return out + [""]
 
 

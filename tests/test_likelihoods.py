@@ -104,3 +104,12 @@ def test_bernoulli_broadcast_under_bf16_autocast_sums_in_float32():
     assert got.dtype == torch.float32
     ref = TorchBernoulli(logits=logits.double()).log_prob(x.double()).sum(-1)
     torch.testing.assert_close(got.double(), ref, rtol=0, atol=1e-3)
+
+
+def test_bernoulli_single_sample_with_a_leading_dimension_uses_the_same_values():
+    x = (torch.rand(5, 1, 4, 4) > 0.5).float()
+    logits = torch.randn(5, 1, 4, 4)
+    lik = Bernoulli()
+    got = lik.log_prob(x, logits.unsqueeze(0))
+    assert got.shape == (1, 5)
+    torch.testing.assert_close(got[0], lik.log_prob(x, logits))

@@ -55,8 +55,10 @@ class Bernoulli(Likelihood):
     """
 
     def log_prob(self, x: Tensor, params: Tensor) -> Tensor:
-        if params.shape == x.shape:
-            return -_sum_sample_dims(F.binary_cross_entropy_with_logits(params, x, reduction="none"), x)
+        lead = params.shape[: params.dim() - x.dim()]
+        if math.prod(lead) == 1:  # one set of logits per example (training): the fused BCE kernel
+            bce = F.binary_cross_entropy_with_logits(params.reshape(x.shape), x, reduction="none")
+            return -_sum_sample_dims(bce, x).view(*lead, -1)
         nd = x.dim() - 1
         params = params.to(torch.promote_types(params.dtype, x.dtype))  # bf16 logits (autocast): sum in fp32
         logits = params.flatten(-nd) if nd else params.unsqueeze(-1)  # (..., B, D)

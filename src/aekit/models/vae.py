@@ -135,8 +135,6 @@ class VAE(Autoencoder):
         """log p(x|z) for S codes per example in one decoder call: x (B, *shape), z (S, B, K) -> (S, B)."""
         s, b = z.shape[:2]
         params = self.decoder(z.flatten(0, 1), None if c is None else c.repeat(s, 1))  # row s*B + b
-        if s == 1:  # training with one sample: the likelihood's same-shape path
-            return self.recon_log_prob(x, params).unsqueeze(0)
         return self.recon_log_prob(x, params.view(s, b, *params.shape[1:]))  # x broadcasts over s
 
     @torch.no_grad()
