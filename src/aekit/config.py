@@ -96,7 +96,13 @@ def _coerce(name: str, value: Any, hint: Any, what: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        hint = next(a for a in args if a is not type(None))
+        kinds = [a for a in args if a is not type(None)]
+        if len(kinds) > 1:  # e.g. int | str: a value of one of the types stays as it is (no conversion)
+            if any(type(value) is k for k in kinds):
+                return value
+            tnames = " or ".join(getattr(k, "__name__", str(k)) for k in kinds)
+            raise ConfigError(f"{what}: option {name} expects {tnames}, got {value!r}")
+        hint = kinds[0]
         origin, args = typing.get_origin(hint), typing.get_args(hint)
     try:
         if origin is tuple:
