@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import json
 import sys
 import typing
 from pathlib import Path
 
-from . import __version__, io, registry
+from . import __version__, files, registry
 from .config import ModelConfig, TrainConfig
 from .errors import AekitError, ConfigError
 
@@ -77,7 +78,7 @@ def _run_data(run_dir, args):
     """The dataset of a run, or the one named by --dataset (with the run's table statistics)."""
     from . import datasets
 
-    cfg = io.run_config(run_dir)
+    cfg = files.run_config(run_dir)
     spec = dict(cfg.get("data") or {})
     if getattr(args, "dataset", None):
         feats = [f for f in args.features.split(",") if f] if args.features else spec.get("features")
@@ -112,7 +113,7 @@ def cmd_train(args, model_opts) -> int:
     tcfg_fields = TrainConfig.field_names()
     if args.resume:
         run = Path(args.resume)
-        cfg = io.run_config(run)
+        cfg = files.run_config(run)
         tdict = dict(cfg["train"])
         for k in tcfg_fields:  # only the epoch budget may change on resume
             if k in args.train_given:
@@ -178,12 +179,12 @@ def _anomaly_eval(args, model, ds) -> dict:
 
     normal = args.normal_class
     if normal is None and not args.dataset:
-        normal = (io.run_config(args.run).get("data") or {}).get("normal_class")
+        normal = (files.run_config(args.run).get("data") or {}).get("normal_class")
     anomalies = None
     if args.anomaly_data:
         from . import datasets
 
-        spec = io.run_config(args.run).get("data") or {}
+        spec = files.run_config(args.run).get("data") or {}
         extra = datasets.load(args.anomaly_data, stats=spec.get("stats"),
                               label_column=args.label_column or spec.get("label_column"),
                               features=spec.get("features"), val_fraction=0.0, test_fraction=0.0)
@@ -212,7 +213,7 @@ def _evaluate_with_likelihood(args, model, ds) -> dict:
     for k, v in given.items():
         if v < 1:
             raise ConfigError(f"{_flag(k)} must be at least 1, got {v}")
-    binarize = (io.run_config(args.run).get("train") or {}).get("binarize", "none")
+    binarize = (files.run_config(args.run).get("train") or {}).get("binarize", "none")
     seed = None if binarize == "none" else metrics.EVAL_BINARIZE_SEED
     res = metrics.evaluate(model, ds, args.split, binarize_seed=seed, **given)
     if seed is not None:
@@ -256,7 +257,7 @@ def cmd_sample(args) -> int:
         sep = "\t" if out.suffix.lower() == ".tsv" else ","
         rows = ds.to_user_units(x.cpu()).tolist()
         body = "".join(sep.join(f"{v:.6g}" for v in r) + "\n" for r in rows)
-        io.atomic_write_text(out, sep.join(names) + "\n" + body)
+        files.atomic_write_text(out, sep.join(names) + "\n" + body)
     print(f"wrote {args.n} samples{'' if label is None else f' of class {label}'} of {model.name} to {out}")
     return 0
 
@@ -283,7 +284,7 @@ def cmd_reconstruct(args) -> int:
         rows = torch.cat([ds.to_user_units(x), ds.to_user_units(x_hat)], 1).tolist()
         sep = "\t" if out.suffix.lower() == ".tsv" else ","
         head = sep.join([f"input_{n}" for n in names] + [f"recon_{n}" for n in names])
-        io.atomic_write_text(out, head + "\n" + "".join(sep.join(f"{v:.6g}" for v in r) + "\n" for r in rows))
+        files.atomic_write_text(out, head + "\n" + "".join(sep.join(f"{v:.6g}" for v in r) + "\n" for r in rows))
     print(f"wrote {out}")
     return 0
 
@@ -300,7 +301,7 @@ def cmd_encode(args) -> int:
     xs = [ds.split(p) for p in parts]
     z = torch.cat([metrics.codes(model, x, y) for x, y in xs]).cpu().numpy()
     out = Path(args.out)
-    buf = __import__("io").BytesIO()
+    buf = io.BytesIO()
     if out.suffix == ".npz":
         ys = [y for _, y in xs]
         extra = {"y": torch.cat(ys).cpu().numpy()} if all(y is not None for y in ys) else {}
@@ -309,7 +310,7 @@ def cmd_encode(args) -> int:
         np.save(buf, z)
     else:
         raise ConfigError(f"--out {out}: codes are written as .npy (codes only) or .npz (codes z and labels y)")
-    io.atomic_write_bytes(out, buf.getvalue())
+    files.atomic_write_bytes(out, buf.getvalue())
     print(f"wrote {z.shape[0]} codes of dimension {z.shape[1]} to {out}")
     return 0
 
@@ -320,7 +321,7 @@ def cmd_plot(args) -> int:
     model = registry.load(args.run)
     ds = _run_data(args.run, args)
     out = Path(args.out) if args.out else Path(args.run) / "figures"
-    history = io.read_metrics(args.run)
+    history = files.read_metrics(args.run)
     written = plots.save_run_figures(model, ds, out, history, n=args.n, seed=args.seed, split=args.split)
     for path, _ in written.values():
         print(f"wrote {path}")
@@ -334,7 +335,7 @@ def cmd_report(args) -> int:
     ds = _run_data(args.run, args)
     normal = args.normal_class
     if normal is None and not args.dataset:
-        normal = (io.run_config(args.run).get("data") or {}).get("normal_class")
+        normal = (files.run_config(args.run).get("data") or {}).get("normal_class")
     path = report.write_report(args.run, args.out, model=model, dataset=ds, normal_class=normal,
                                iw_samples=args.iw_samples, seed=args.seed, split=args.split)
     print(f"wrote {path}")

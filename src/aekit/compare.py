@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
-from . import io
+from . import files
 
 # Epochs per family when none are given. `aekit compare` on digits with every registered family (8) and
 # one torch thread took 27 s in all (training, evaluation, figures, reports) on 2 CPU cores that other jobs
@@ -62,7 +62,7 @@ def check_out_dir(out: Path, models: list[str], overwrite: bool) -> None:
                           "--overwrite to replace the runs of the compared models in it (nothing was changed)")
     for m in models:
         d = out / m
-        if d.exists() and (not d.is_dir() or (any(d.iterdir()) and not (d / io.CONFIG).exists())):
+        if d.exists() and (not d.is_dir() or (any(d.iterdir()) and not (d / files.CONFIG).exists())):
             raise ConfigError(f"--overwrite: {d} exists but is not an aekit run directory; it is left alone and "
                               "nothing was changed; choose another --out")
 
@@ -139,7 +139,7 @@ def _run_family(name, dataset, out: Path, tcfg, latent_dim, iw_samples, seed) ->
         for fname, cap, fig in plots.run_figures(res.model, dataset, res.history, seed=seed):
             png = plots.to_png(fig)
             rel = f"{name}/figures/{fname}.png"
-            io.atomic_write_bytes(out / rel, png)
+            files.atomic_write_bytes(out / rel, png)
             figs.append((fname, cap, png))
             r.figures[fname] = (rel, cap, png)
         report.write_report(run_dir, model=res.model, dataset=dataset, values=r.metrics, figures=figs)
@@ -230,7 +230,7 @@ def write_comparison(out: Path, results: list[FamilyResult], dataset, tcfg, late
     described = [k for k, _ in rows if k in METRIC_INFO]
     if described:
         md += ["## Metrics", ""] + [f"- `{k}`: {METRIC_INFO[k][0]}" for k in described]
-    io.atomic_write_text(out / "comparison.md", "\n".join(md) + "\n")
+    files.atomic_write_text(out / "comparison.md", "\n".join(md) + "\n")
 
     # HTML
     classes, cells = [], []
@@ -266,6 +266,6 @@ def write_comparison(out: Path, results: list[FamilyResult], dataset, tcfg, late
     if described:
         body += ["<h2>What the metrics mean</h2>",
                  table_html(["metric", "meaning", "better"], [[k, *METRIC_INFO[k]] for k in described])]
-    io.atomic_write_text(out / "comparison.html", page("aekit comparison", "\n".join(body)))
-    io.write_json(out / "comparison.json", {"dataset": dataset.name, "train": tcfg.to_dict(), "latent_dim": latent_dim,
-                                            "results": [r.to_json() for r in results]})
+    files.atomic_write_text(out / "comparison.html", page("aekit comparison", "\n".join(body)))
+    files.write_json(out / "comparison.json", {"dataset": dataset.name, "train": tcfg.to_dict(),
+                                               "latent_dim": latent_dim, "results": [r.to_json() for r in results]})

@@ -334,6 +334,6 @@ def to_png(fig, dpi: int = 100) -> bytes:
 
 def save(fig, path) -> None:
     """Save a figure to PNG atomically and close it."""
-    from .io import atomic_write_bytes
+    from .files import atomic_write_bytes
 
     atomic_write_bytes(path, to_png(fig))

@@ -14,7 +14,7 @@ import html
 import math
 from pathlib import Path
 
-from . import io
+from . import files
 
 CSS = """
 body{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;margin:24px auto;max-width:1150px;
@@ -126,9 +126,9 @@ def run_dataset(run_dir, *, limit: int | None = None):
     from . import datasets
     from .errors import RunError
 
-    spec = dict(io.run_config(run_dir).get("data") or {})
+    spec = dict(files.run_config(run_dir).get("data") or {})
     if not spec:
-        raise RunError(f"{Path(run_dir) / io.CONFIG}: no data spec; give the data with --dataset")
+        raise RunError(f"{Path(run_dir) / files.CONFIG}: no data spec; give the data with --dataset")
     if limit is not None:
         spec["limit"] = limit
     return datasets.load(**spec), spec.get("normal_class")
@@ -149,14 +149,14 @@ def render(run_dir, *, model=None, dataset=None, values: dict | None = None, nor
     from . import metrics, plots, registry
 
     run_dir = Path(run_dir)
-    cfg = io.run_config(run_dir)
+    cfg = files.run_config(run_dir)
     if model is None:
         model = registry.load(run_dir)
     if dataset is None:
         dataset, trained_on = run_dataset(run_dir)
         normal_class = trained_on if normal_class is None else normal_class
-    history = io.read_metrics(run_dir)
-    summary = io.read_json(run_dir / io.SUMMARY) if (run_dir / io.SUMMARY).exists() else {}
+    history = files.read_metrics(run_dir)
+    summary = files.read_json(run_dir / files.SUMMARY) if (run_dir / files.SUMMARY).exists() else {}
     binarized = (cfg.get("train") or {}).get("binarize", "none") != "none"
     if values is None:
         values = metrics.evaluate(model, dataset, split, iw_samples=iw_samples, normal_class=normal_class, seed=seed,
@@ -202,5 +202,5 @@ def render(run_dir, *, model=None, dataset=None, values: dict | None = None, nor
 def write_report(run_dir, out=None, **kw) -> Path:
     """Write the report of ``run_dir`` to ``out`` (default run_dir/report.html); returns its path."""
     out = Path(out) if out is not None else Path(run_dir) / "report.html"
-    io.atomic_write_text(out, render(run_dir, **kw))
+    files.atomic_write_text(out, render(run_dir, **kw))
     return out

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from . import io
+from . import files
 from .config import TrainConfig
 from .errors import ConfigError, RunError, TrainingDiverged
 from .likelihoods import bernoulli_sample
@@ -159,7 +159,7 @@ def _fit(model, ds, cfg: TrainConfig, out: Path | None, resume: bool, quiet: boo
                 out, model, opts, gen, meta
             )
         else:
-            io.write_json(out / io.CONFIG, meta)
+            files.write_json(out / files.CONFIG, meta)
     elif resume:
         raise ConfigError("resume needs the run directory (out_dir)")
 
@@ -215,8 +215,8 @@ def _fit(model, ds, cfg: TrainConfig, out: Path | None, resume: bool, quiet: boo
         if not all(math.isfinite(v) for v in train.values()):
             model.load_state_dict(last_good)
             if out is not None:
-                io.save_tensors(out / io.WEIGHTS, best_state)
-                io.write_json(out / io.SUMMARY, _summary(history, best_epoch, best_val, "diverged"))
+                files.save_tensors(out / files.WEIGHTS, best_state)
+                files.write_json(out / files.SUMMARY, _summary(history, best_epoch, best_val, "diverged"))
             if bar is not None:
                 bar.close()
             raise TrainingDiverged(
@@ -236,9 +236,9 @@ def _fit(model, ds, cfg: TrainConfig, out: Path | None, resume: bool, quiet: boo
                 stopped = "early_stopping"
         last_good = _state_copy(model)
         if out is not None:
-            io.write_metrics(out, history)
+            files.write_metrics(out, history)
             if best_epoch == epoch + 1:
-                io.save_tensors(out / io.WEIGHTS, best_state)
+                files.save_tensors(out / files.WEIGHTS, best_state)
             _save_checkpoint(out, model, opts, gen, history, best_val, best_epoch, bad_epochs, best_state)
     if bar is not None:
         bar.close()
@@ -246,7 +246,7 @@ def _fit(model, ds, cfg: TrainConfig, out: Path | None, resume: bool, quiet: boo
     model.load_state_dict(best_state)
     model.eval()
     if out is not None:
-        io.write_json(out / io.SUMMARY, _summary(history, best_epoch, best_val, stopped))
+        files.write_json(out / files.SUMMARY, _summary(history, best_epoch, best_val, stopped))
     return FitResult(model, history, best_epoch, best_val, stopped, str(out) if out else None)
 
 
@@ -289,7 +289,7 @@ def _save_checkpoint(out, model, opts, gen, history, best_val, best_epoch, bad_e
     tensors.update({f"best/{k}": v for k, v in best_state.items()})
     opt_meta = {}
     for g, o in opts.items():
-        t, m = io.optimizer_to_tensors(f"opt/{g}", o.state_dict())
+        t, m = files.optimizer_to_tensors(f"opt/{g}", o.state_dict())
         tensors.update(t)
         opt_meta[g] = m
     tensors["rng/torch"] = torch.get_rng_state()
@@ -298,30 +298,30 @@ def _save_checkpoint(out, model, opts, gen, history, best_val, best_epoch, bad_e
         tensors["rng/cuda"] = torch.cuda.get_rng_state(gen.device)
     meta = {"epoch": len(history), "history": history, "best_val": best_val if math.isfinite(best_val) else None,
             "best_epoch": best_epoch, "bad_epochs": bad_epochs, "optimizers": opt_meta}
-    io.save_tensors(out / io.CHECKPOINT, tensors, meta)
+    files.save_tensors(out / files.CHECKPOINT, tensors, meta)
 
 
 def _load_checkpoint(out: Path, model, opts, gen, meta_now: dict):
-    path = out / io.CHECKPOINT
+    path = out / files.CHECKPOINT
     if not path.exists():
-        raise RunError(f"{out}: nothing to resume (no {io.CHECKPOINT}; the run never finished an epoch)")
-    saved = io.run_config(out)
+        raise RunError(f"{out}: nothing to resume (no {files.CHECKPOINT}; the run never finished an epoch)")
+    saved = files.run_config(out)
     for key in ("model", "config", "data"):
         if saved.get(key) != meta_now.get(key):
             raise RunError(f"{out}: cannot resume: the {key} differs from the one the run was started with")
     changed = {k for k in meta_now["train"] if k != "epochs" and saved["train"].get(k) != meta_now["train"][k]}
     if changed:
         raise RunError(f"{out}: cannot resume with different training options ({', '.join(sorted(changed))})")
-    tensors, meta = io.load_tensors(path)
+    tensors, meta = files.load_tensors(path)
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
     best_state = {k[5:]: v.to(model.device) for k, v in tensors.items() if k.startswith("best/")}
     for g, o in opts.items():
-        o.load_state_dict(io.optimizer_from_tensors(f"opt/{g}", tensors, meta["optimizers"][g]))
+        o.load_state_dict(files.optimizer_from_tensors(f"opt/{g}", tensors, meta["optimizers"][g]))
     torch.set_rng_state(tensors["rng/torch"])
     gen.set_state(tensors["rng/gen"])
     if "rng/cuda" in tensors:
         torch.cuda.set_rng_state(tensors["rng/cuda"], gen.device)
     if saved["train"] != meta_now["train"]:  # a new epoch budget
-        io.write_json(out / io.CONFIG, meta_now)
+        files.write_json(out / files.CONFIG, meta_now)
     best_val = meta["best_val"] if meta["best_val"] is not None else math.inf
     return meta["epoch"], meta["history"], best_val, meta["best_epoch"], meta["bad_epochs"], best_state

@@ -1,4 +1,5 @@
-"""Run-directory reading and writing: JSON + safetensors, atomic writes, nothing ever unpickled.
+"""Run-directory files: JSON + safetensors, atomic writes, nothing ever unpickled (named so as not to shadow
+the standard library's io).
 
 A run directory holds:
   config.json              {"aekit_version", "model", "config", "train", "data"}
