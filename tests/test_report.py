@@ -6,7 +6,7 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 
-from aekit import io, report
+from aekit import files, report
 
 
 class _Collect(HTMLParser):
@@ -93,7 +93,7 @@ def test_plot_command_writes_every_figure(runs, cli, tmp_path):
 
 def test_normal_class_run_and_anomaly_eval(runs, cli, digits):
     run = runs / "ae3"
-    spec = io.run_config(run)["data"]
+    spec = files.run_config(run)["data"]
     assert spec["normal_class"] == 3
     ds, normal = report.run_dataset(run)
     assert normal == 3 and set(ds.y_train.tolist()) == {3} and len(set(ds.y_test.tolist())) == 10
@@ -127,8 +127,8 @@ def test_resume_keeps_the_normal_class(runs, cli, tmp_path):
     shutil.copytree(runs / "ae3", run)
     code, out, err = cli("train", "--resume", run, "--epochs", "3", "--quiet")
     assert code == 0, err
-    assert io.run_config(run)["data"]["normal_class"] == 3
-    assert len(io.read_metrics(run)) == 3
+    assert files.run_config(run)["data"]["normal_class"] == 3
+    assert len(files.read_metrics(run)) == 3
     code, out, err = cli("train", "--resume", run, "--epochs", "4", "--normal-class", "2")
     assert code == 2 and "cannot change on --resume" in err
 

@@ -11,7 +11,7 @@ import torch
 
 import aekit
 import aekit.cli
-from aekit import io, registry, trainer
+from aekit import files, registry, trainer
 from aekit.config import TrainConfig
 from aekit.errors import ConfigError, RunError, TrainingDiverged
 from aekit.models.ae import AE
@@ -51,7 +51,7 @@ def test_run_directory_contents(digits, tmp_path):
     assert len(lines) == 3 and json.loads(lines[0])["epoch"] == 1
     summary = json.loads((out / "summary.json").read_text())
     assert summary["epochs_run"] == 3 and summary["stopped"] == "completed"
-    best, _ = io.load_tensors(out / "model.safetensors")
+    best, _ = files.load_tensors(out / "model.safetensors")
     assert_same(best, weights(res.model))  # the returned model carries the best weights
     last = aekit.load(out, weights="last")
     w_last, w_best = last.encoder.mlp.layers[0].weight, res.model.encoder.mlp.layers[0].weight
@@ -68,7 +68,8 @@ def test_resume_in_process_is_bit_identical(digits, tmp_path):
     b = trainer.fit(small(digits, name), digits, cfg, out_dir=tmp_path / "b", resume=True, quiet=True)
     assert_same(weights(a.model), weights(b.model))
     assert [h["train"] for h in a.history] == [h["train"] for h in b.history]
-    assert_same(io.load_tensors(tmp_path / "a" / io.CHECKPOINT)[0], io.load_tensors(tmp_path / "b" / io.CHECKPOINT)[0])
+    ckpt = [files.load_tensors(tmp_path / r / files.CHECKPOINT)[0] for r in ("a", "b")]
+    assert_same(*ckpt)
 
 
 def test_kill_9_then_resume_ends_bit_identical(digits, tmp_path):
@@ -92,9 +93,9 @@ def test_kill_9_then_resume_ends_bit_identical(digits, tmp_path):
     done = len((run / "metrics.jsonl").read_text().splitlines())
     assert 3 <= done < 25, f"the run was not interrupted mid-way ({done} epochs)"
     assert aekit.cli.main(["train", "--resume", str(run), "--quiet"]) == 0
-    for f in (io.WEIGHTS, io.CHECKPOINT):
-        assert_same(io.load_tensors(ref / f)[0], io.load_tensors(run / f)[0])
-    assert (ref / io.METRICS).read_text().count("\n") == (run / io.METRICS).read_text().count("\n") == 25
+    for f in (files.WEIGHTS, files.CHECKPOINT):
+        assert_same(files.load_tensors(ref / f)[0], files.load_tensors(run / f)[0])
+    assert (ref / files.METRICS).read_text().count("\n") == (run / files.METRICS).read_text().count("\n") == 25
 
 
 class Exploding(AE):
@@ -121,7 +122,7 @@ def test_nan_loss_stops_with_clear_message_and_keeps_last_good_weights(digits, t
     assert all(torch.isfinite(p).all() for p in m.parameters())
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert summary["stopped"] == "diverged" and summary["epochs_run"] == 2
-    best, _ = io.load_tensors(tmp_path / "r" / io.WEIGHTS)
+    best, _ = files.load_tensors(tmp_path / "r" / files.WEIGHTS)
     assert all(torch.isfinite(v).all() for v in best.values())
 
 
@@ -142,7 +143,7 @@ def test_early_stopping(digits, monkeypatch):
 def test_resume_errors(digits, tmp_path):
     with pytest.raises(RunError, match="nothing to resume"):
         (tmp_path / "x").mkdir()
-        io.write_json(tmp_path / "x" / "config.json", {"model": "ae", "config": {}})
+        files.write_json(tmp_path / "x" / "config.json", {"model": "ae", "config": {}})
         trainer.fit(small(digits), digits, TrainConfig(epochs=1), out_dir=tmp_path / "x", resume=True, quiet=True)
     trainer.fit(small(digits), digits, TrainConfig(epochs=1), out_dir=tmp_path / "y", quiet=True)
     with pytest.raises(RunError, match="training options"):
