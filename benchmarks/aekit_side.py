@@ -59,7 +59,7 @@ def cmd_train(args) -> None:
     secs = [h["seconds"] for h in res.history]
     out = {"seconds_per_epoch": median(secs), "epoch_seconds": secs, "n_train": int(ds.x_train.shape[0]),
            "train_loss": res.history[-1]["train"]["loss"]}
-    if model.probabilistic:
+    if model.capabilities.probabilistic:
         model.eval()
         g = torch.Generator().manual_seed(args.seed + 100)
         with torch.no_grad():

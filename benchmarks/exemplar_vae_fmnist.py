@@ -155,7 +155,7 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(HERE))
     from run import cpu_model  # the same machine description as the benchmark table
 
-    from aekit.trainer import binarize_static
+    from aekit.likelihoods import binarize_static
 
     budgets = [float(m) for m in str(args.minutes).split(",") if m.strip()]
     ds = load_data()

@@ -1,6 +1,8 @@
 """aekit.bounds: Gaussian log densities and the importance-weighted bound against independent references."""
 
+import ast
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -82,3 +84,16 @@ def test_likelihood_metrics_bad_options(digits):
         likelihood_metrics(m, digits, "val", mc_samples=0)
     with pytest.raises(ConfigError, match="iw-samples"):
         likelihood_metrics(m, digits, "val", iw_samples=-1)
+
+
+@pytest.mark.parametrize("module", ["bounds", "likelihoods", "regularizers", "nets", "posterior", "config",
+                                    "reference"])
+def test_the_math_modules_import_nothing_above_them(module):
+    """The layers run one way: the math modules never import the trainer, metrics, models or the CLI."""
+    import aekit
+
+    tree = ast.parse((Path(aekit.__file__).parent / f"{module}.py").read_text())
+    imported = {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    above = {"trainer", "metrics", "models", "cli", "registry", "plots", "report", "compare", "run", "reference"}
+    assert not {m.split(".")[0] for m in imported} & above, imported

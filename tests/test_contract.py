@@ -1,12 +1,17 @@
 """One contract test over every registered family (the check_estimator idea)."""
 
+import ast
+import dataclasses
+import re
+from pathlib import Path
+
 import pytest
 import torch
 
 import aekit
-from aekit import registry, trainer
-from aekit.config import TrainConfig
-from aekit.models.base import Output
+from aekit import metrics, registry, trainer
+from aekit.config import ModelConfig, TrainConfig
+from aekit.models.base import Capabilities, Output
 
 FAMILIES = list(registry.MODELS)
 ARCHS = ["mlp", "conv"]
@@ -42,9 +47,70 @@ def test_shapes_and_finite_loss(name, arch, digits):
         assert float(xr.min()) >= 0 and float(xr.max()) <= 1
     m.eval()
     torch.testing.assert_close(m.reconstruct(x, y), m.reconstruct(x, y))  # deterministic
-    if m.generative:
-        s = m.sample(5, y[:5] if m.needs_labels else None, generator=torch.Generator().manual_seed(0))
+    if m.capabilities.generative:
+        s = m.sample(5, y[:5] if m.capabilities.needs_labels else None, generator=torch.Generator().manual_seed(0))
         assert s.shape == (5, *digits.shape)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_capabilities_are_one_record(name, digits):
+    m = tiny(name, digits, "mlp")
+    caps = m.capabilities
+    assert isinstance(caps, Capabilities) and isinstance(type(m).capabilities, Capabilities)
+    assert caps.uses_labels == (caps.conditional or caps.needs_labels)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        caps.generative = not caps.generative
+    for old in ("generative", "probabilistic", "conditional", "needs_labels", "diagnostics"):
+        assert not hasattr(m, old), old  # the flags live in m.capabilities only
+    for diagnostic in caps.diagnostics:  # each is the family's own or a shared one of aekit.metrics
+        assert callable(metrics.diagnostic_function(m, diagnostic)), diagnostic
+    if caps.probabilistic:
+        assert callable(m.elbo) and callable(m.log_likelihood)
+
+
+def test_capabilities_that_depend_on_the_config(digits):
+    plain = tiny("aae", digits, "mlp")
+    sup = registry.build_for("aae", digits, latent_dim=4, hidden=[32], prior="mixture", supervised=True)
+    assert not plain.capabilities.needs_labels and "conditional_accuracy" not in plain.capabilities.diagnostics
+    assert sup.capabilities.needs_labels and sup.capabilities.uses_labels and not sup.capabilities.conditional
+    assert "conditional_accuracy" in sup.capabilities.diagnostics
+    assert type(sup).capabilities == plain.capabilities  # the class-level record is not changed by an instance
+
+
+SRC = Path(aekit.__file__).parent
+FAMILY_FIELDS = {f.name for cls in registry.MODELS.values() for f in dataclasses.fields(cls.Config)} - {
+    f.name for f in dataclasses.fields(ModelConfig)}
+
+
+def _runtime_imports(tree):
+    """Modules a file imports when it runs (imports under ``if TYPE_CHECKING:`` do not run)."""
+    skip = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+            for n in ast.walk(node)}
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.ImportFrom):  # from .. import metrics: the names are the modules
+            yield from ([node.module] if node.module else [a.name for a in node.names])
+        elif isinstance(node, ast.Import):
+            yield from (a.name for a in node.names)
+
+
+@pytest.mark.parametrize("path", sorted((SRC / "models").glob("*.py")), ids=lambda p: p.name)
+def test_models_import_nothing_above_them(path):
+    """The layers run one way: the families never import the trainer, metrics, plots, the registry or the CLI."""
+    above = {"trainer", "metrics", "plots", "report", "compare", "cli", "registry", "run", "datasets", "reference"}
+    imported = {m.lstrip(".").split(".")[0] for m in _runtime_imports(ast.parse(path.read_text()))}
+    assert not imported & above, (path.name, imported & above)
+
+
+@pytest.mark.parametrize("path", sorted(SRC.glob("*.py")), ids=lambda p: p.name)
+def test_no_module_outside_the_families_names_their_internals(path):
+    """Only a family's own file may touch its corruption, its networks' insides or its own options."""
+    text = path.read_text()
+    assert not re.search(r"\.corrupt\(", text), path.name
+    assert not re.search(r"\bmodel\.(encoder|decoder|discriminator)\b", text), path.name
+    used = set(re.findall(r"\.config\.(\w+)", text))
+    assert not used & FAMILY_FIELDS, (path.name, used & FAMILY_FIELDS)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from aekit import datasets
-from aekit.datasets import Dataset, available, load
+from aekit.datasets import DataConfig, Dataset, available, load
 from aekit.errors import ConfigError, DataError
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -98,8 +98,15 @@ def assert_same(a: Dataset, b: Dataset):
 
 
 def roundtrip(ds: Dataset) -> Dataset:
-    """load(**spec) after a JSON round trip, as a run directory would store it."""
-    return load(**json.loads(json.dumps(ds.spec)))
+    """load(spec) after a JSON round trip of spec.to_dict(), as a run directory would store it.
+
+    The spec survives the trip unchanged and the rebuilt dataset has the same spec.
+    """
+    cfg = DataConfig.from_dict(json.loads(json.dumps(ds.spec.to_dict())))
+    assert isinstance(ds.spec, DataConfig) and cfg == ds.spec
+    rebuilt = load(cfg)
+    assert rebuilt.spec == ds.spec
+    return rebuilt
 
 
 def snapshot(path: Path):
@@ -157,7 +164,7 @@ def test_digits_fractions_and_limit():
 
 def test_spec_round_trip_digits(digits):
     spec = digits.spec
-    assert spec["name_or_path"] == "digits" and spec["seed"] == 0 and spec["stats"] is None
+    assert spec.name_or_path == "digits" and spec.seed == 0 and spec.stats is None
     assert_same(digits, roundtrip(digits))
     limited = load("digits", limit=50, seed=7, val_fraction=0.2)
     assert_same(limited, roundtrip(limited))
@@ -201,7 +208,7 @@ def test_idx_reader_on_synthetic_files(tmp_path, gz, style):
     lookup = {r.tobytes(): int(lab) for r, lab in zip(ref.reshape(30, -1).numpy(), y_tr, strict=True)}
     assert [lookup[r.tobytes()] for r in ds.x_train.reshape(24, -1).numpy()] == ds.y_train.tolist()
     assert_same(ds, roundtrip(ds))
-    assert ds.spec["data_dir"] == str((tmp_path / "idx").resolve())
+    assert ds.spec.data_dir == str((tmp_path / "idx").resolve())
     mn = load("mnist", data_dir=tmp_path / "idx")
     assert mn.name == "mnist" and mn.class_names == [str(k) for k in range(10)]
 
@@ -227,7 +234,7 @@ def test_idx_round_trip_property(tmp_path, kind, dims, gz, seed):
     shape = dims if kind == "images" else dims[:1]
     arr = np.random.default_rng(seed).integers(0, 256, shape).astype(np.uint8)
     path = write_idx(tmp_path / "f.idx", arr, gz=gz)
-    out = datasets._read_idx(path, kind)
+    out = datasets.idx._read_idx(path, kind)
     assert out.dtype == np.uint8 and out.shape == arr.shape and np.array_equal(out, arr)
 
 
@@ -237,7 +244,7 @@ def test_fashion_mnist_system_copy_with_limit():
     assert (ds.name, ds.shape, ds.num_classes) == ("fashion-mnist", (1, 28, 28), 10)
     assert (len(ds.x_train), len(ds.x_val), len(ds.x_test)) == (54, 6, 60)
     assert ds.x_train.dtype == torch.float32 and 0 <= float(ds.x_train.min()) <= float(ds.x_train.max()) <= 1
-    assert ds.class_names[9] == "Ankle boot" and ds.spec["data_dir"] is None
+    assert ds.class_names[9] == "Ankle boot" and ds.spec.data_dir is None
     assert_same(ds, roundtrip(ds))
     assert any(d["name"] == "fashion-mnist" and d["status"] == "available" for d in available())
 
@@ -289,7 +296,7 @@ def test_idx_bad_files(tmp_path):
 
 
 def test_available_reports_sources(monkeypatch, tmp_path):
-    monkeypatch.setattr(datasets, "FASHION_MNIST_DIR", str(tmp_path))
+    monkeypatch.setattr(datasets.idx, "FASHION_MNIST_DIR", str(tmp_path))
     got = {d["name"]: d for d in available()}
     assert list(got) == ["digits", "fashion-mnist", "mnist"]
     assert all(set(d) == {"name", "kind", "status", "detail"} for d in got.values())
@@ -313,7 +320,7 @@ def test_npy_table_and_npz_with_labels(tmp_path):
     assert torch.allclose(ds.x_train.mean(0), torch.zeros(4), atol=1e-5)
     assert torch.allclose(ds.x_train.std(0, unbiased=False), torch.ones(4), atol=1e-5)
     assert_same(ds, roundtrip(ds))
-    assert ds.spec["name_or_path"] == str(tmp_path / "t.npy") and len(ds.spec["stats"]["mean"]) == 4
+    assert ds.spec.name_or_path == str(tmp_path / "t.npy") and len(ds.spec.stats["mean"]) == 4
 
     y = np.array(["b", "a", "c", "a", "b"] * 10)
     np.savez(tmp_path / "l.npz", x=x, y=y)
@@ -353,7 +360,7 @@ def test_npy_image_layouts(tmp_path):
     assert load(tmp_path / "rgba2.npy").shape == (4, 6, 6)
     # images ignore stats, tables need matching ones
     img = load(tmp_path / "hw.npy", stats={"mean": [0.0], "std": [1.0]})
-    assert img.mean is None and img.spec["stats"] is None
+    assert img.mean is None and img.spec.stats is None
 
     np.save(tmp_path / "big.npy", rng.random((20, 7, 7)) * 255)
     with pytest.raises(DataError, match=r"big\.npy: image values must lie in \[0, 1\].*divide.*255.*2-D"):
@@ -422,7 +429,7 @@ def test_csv_with_string_labels_standardized_by_train_split(tmp_path):
     want = sorted((tuple(np.round(r, 4)), s) for r, s in zip(x, lab, strict=True))
     assert got == want
     assert_same(ds, roundtrip(ds))
-    assert ds.spec["label_column"] == "label" and ds.spec["stats"]["std"] == ds.std.tolist()
+    assert ds.spec.label_column == "label" and ds.spec.stats["std"] == ds.std.tolist()
 
 
 def test_tsv_txt_features_and_numeric_label_order(tmp_path):
@@ -456,8 +463,8 @@ def test_csv_fast_and_csv_module_paths_agree(tmp_path, data, quote):
     text = "a,b,c\n" + "".join(",".join(f"{q}{v!r}{q}" for v in row) + "\n" for row in data)
     path = write_text(tmp_path / "h.csv", text)
     x = load(path, val_fraction=0, test_fraction=0)
-    fast = datasets._parse_table_fast(text, ",", 3, [0, 1, 2], None)
-    slow = datasets._parse_table_slow(path, text, ",", ["a", "b", "c"], ["a", "b", "c"], [0, 1, 2], None)
+    fast = datasets.tables._parse_table_fast(text, ",", 3, [0, 1, 2], None)
+    slow = datasets.tables._parse_table_slow(path, text, ",", ["a", "b", "c"], ["a", "b", "c"], [0, 1, 2], None)
     assert np.array_equal(slow[0], np.array(data, dtype=np.float64))
     if not quote:
         assert np.array_equal(fast[0], slow[0])
@@ -740,3 +747,127 @@ def test_error_messages_name_the_file_and_a_fix(tmp_path):
             load(write_text(tmp_path / name, text))
         msg = str(info.value)
         assert name in msg and advice.search(msg), msg
+
+
+# --------------------------------------------------------------------------------------------------
+# DataConfig: the options of load as a config, and Dataset.spec
+
+RUNS_V0_1_0 = Path(__file__).parent / "fixtures" / "runs_v0_1_0"
+
+
+def test_data_config_fields_defaults_and_cli_metadata():
+    fields = {f.name: f for f in dataclasses.fields(DataConfig)}
+    assert list(fields) == ["name_or_path", "data_dir", "label_column", "features", "val_fraction", "test_fraction",
+                            "seed", "limit", "stats", "normal_class"]
+    cfg = DataConfig()
+    assert cfg.to_dict() == {"name_or_path": "digits", "data_dir": None, "label_column": None, "features": None,
+                             "val_fraction": 0.1, "test_fraction": 0.2, "seed": 0, "limit": None, "stats": None,
+                             "normal_class": None}
+    assert fields["name_or_path"].metadata["flag"] == "dataset" and fields["seed"].metadata["flag"] == "split-seed"
+    assert fields["stats"].metadata["cli"] is False
+    assert all(f.metadata["help"] for f in fields.values())
+    assert all("cli" not in f.metadata for k, f in fields.items() if k != "stats")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.seed = 3
+
+
+def test_data_config_json_round_trip_rebuilds_identical_tensors(tmp_path, digits):
+    text = json.dumps(digits.spec.to_dict())
+    cfg = DataConfig.from_dict(json.loads(text))
+    assert cfg == digits.spec and json.loads(text)["features"] is None
+    assert_same(digits, load(cfg))
+
+    csv_text, _, _ = csv_table(n=40)
+    path = write_text(tmp_path / "t.csv", csv_text)
+    table = load(path, label_column="label", features=["c", "a"], seed=4, limit=30)
+    spec = table.spec
+    assert spec.features == ("c", "a") and spec.limit == 30 and spec.name_or_path == str(path)
+    assert spec.stats == {"mean": table.mean.tolist(), "std": table.std.tolist()}
+    saved = json.loads(json.dumps(spec.to_dict()))
+    assert saved["features"] == ["c", "a"] and saved["stats"]["std"] == table.std.tolist()
+    again = load(DataConfig.from_dict(saved))
+    assert_same(table, again)
+    assert again.spec == spec
+
+
+@pytest.mark.parametrize("run", sorted(p.name for p in RUNS_V0_1_0.iterdir() if (p / "config.json").is_file()))
+def test_data_config_reads_the_data_of_aekit_0_1_0_runs(run):
+    data = json.loads((RUNS_V0_1_0 / run / "config.json").read_text())["data"]
+    cfg = DataConfig.from_dict(data)
+    assert cfg.to_dict() == {"normal_class": None, **data}  # every saved key, unchanged
+    if "normal_class" in data:
+        assert type(cfg.normal_class) is int and cfg.normal_class == data["normal_class"]
+    ds, old = load(cfg), load(**data)
+    assert_same(ds, old)
+    assert [len(ds.split(s)[0]) for s in ("train", "val", "test")] == [len(old.split(s)[0]) for s in
+                                                                       ("train", "val", "test")]
+    assert ds.spec == old.spec == cfg
+    if cfg.normal_class is not None:
+        assert set(ds.y_train.tolist()) == set(ds.y_val.tolist()) == {cfg.normal_class}
+        assert len(ds.x_test) == round(cfg.limit * cfg.test_fraction)
+
+
+def test_load_a_config_with_options_replacing_its_fields(digits):
+    small = load(digits.spec, limit=50)
+    assert_same(small, load("digits", limit=50))
+    assert small.spec == digits.spec.replace(limit=50) and digits.spec.limit is None
+    cfg = DataConfig(seed=2, val_fraction=0.2)
+    assert_same(load(cfg, limit=40, test_fraction=0.0), load("digits", seed=2, val_fraction=0.2, limit=40,
+                                                             test_fraction=0.0))
+    # options are checked as for a name: no string conversion, the same messages
+    with pytest.raises(ConfigError, match="seed: expected an integer"):
+        load(cfg, seed="3")
+    with pytest.raises(ConfigError, match="limit: expected an integer >= 1, got 0"):
+        load(cfg, limit=0)
+    with pytest.raises(TypeError, match="unknown option.*lmit.*valid options are: data_dir"):
+        load(cfg, lmit=5)
+    with pytest.raises(TypeError, match="unknown option.*lmit"):
+        load("digits", lmit=5)
+
+
+def test_data_config_replace_composes_and_checks():
+    cfg = DataConfig().replace(limit=50).replace(seed=3, name_or_path="fashion-mnist")
+    assert cfg == DataConfig(name_or_path="fashion-mnist", limit=50, seed=3)
+    assert DataConfig().replace(limit=50) != DataConfig()
+    # replace and from_dict read JSON and command-line text
+    text = DataConfig().replace(val_fraction="0.25", features="b,a", limit="7", normal_class="cat")
+    assert (text.val_fraction, text.features, text.limit, text.normal_class) == (0.25, ("b", "a"), 7, "cat")
+    assert DataConfig.from_dict({"normal_class": 2}).normal_class == 2
+    assert DataConfig(name_or_path=Path("x") / "t.csv", features=["a"]).to_dict()["name_or_path"] == "x/t.csv"
+    assert DataConfig(features=["a", "b"]).features == ("a", "b")
+    with pytest.raises(ConfigError, match="DataConfig: unknown option.*lmit.*valid options are: name_or_path"):
+        DataConfig().replace(lmit=5)
+    with pytest.raises(ConfigError, match="DataConfig: option seed expects int, got 1.5"):
+        DataConfig.from_dict({"seed": 1.5})
+    # validate holds load's option checks, with their messages
+    with pytest.raises(ConfigError, match=r"val_fraction: expected a number in \[0, 1\)"):
+        DataConfig(val_fraction=1.0)
+    with pytest.raises(ConfigError, match="val_fraction \\+ test_fraction must be below 1"):
+        DataConfig().replace(val_fraction=0.5, test_fraction=0.5)
+    with pytest.raises(ConfigError, match="limit: expected an integer >= 1, got 0"):
+        DataConfig(limit=0)
+    with pytest.raises(ConfigError, match="features: column\\(s\\) listed twice: a"):
+        DataConfig(features=("a", "a"))
+    with pytest.raises(ConfigError, match="features: the list of feature columns is empty"):
+        DataConfig.from_dict({"features": []})
+    with pytest.raises(ConfigError, match="label_column: expected a column name"):
+        DataConfig(label_column=3)
+    with pytest.raises(ConfigError, match="dataset: expected a built-in name or a path, got ''"):
+        DataConfig(name_or_path="")
+    with pytest.raises(ConfigError, match="dataset: expected a built-in name or a path, got None"):
+        load(None)
+
+
+def test_spec_records_the_normal_class_index(tmp_path, digits):
+    one = load("digits", normal_class="3", limit=400)
+    assert one.spec.normal_class == 3 and set(one.y_train.tolist()) == {3}
+    assert_same(one, roundtrip(one))
+    sub = digits.subset_class(5)
+    assert sub.spec == digits.spec.replace(normal_class=5) and digits.spec.normal_class is None
+    assert_same(sub, roundtrip(sub))
+    for cls, value in (("cat", 10), ("dog", 200)):
+        for i in range(5):
+            write_png(tmp_path / cls / f"{i}.png", value=value)
+    dogs = load(tmp_path, normal_class="dog", val_fraction=0.2, test_fraction=0.2)
+    assert dogs.spec.normal_class == 1 and set(dogs.y_train.tolist()) == {1}
+    assert_same(dogs, roundtrip(dogs))

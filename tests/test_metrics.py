@@ -9,8 +9,9 @@ import pytest
 import torch
 
 import aekit
-from aekit import metrics, registry
+from aekit import metrics, reference, registry
 from aekit.errors import ConfigError, DataError
+from aekit.models.base import Capabilities
 
 # --------------------------------------------------------------------------------------------------
 # Tiny trained models of every family, shared by the module (2 epochs on digits)
@@ -19,6 +20,11 @@ FAMILY_OPTS = {
     "ae": {}, "dae": {}, "sae": {}, "cae": {}, "vae": {}, "iwae": {}, "cvae": {}, "aae": {},
     "aae_supervised": {"prior": "mixture", "supervised": True},
 }
+
+
+def diagnose(model, name, ds, seed=0):
+    """One diagnostic of a model, as evaluate() dispatches it."""
+    return metrics.diagnostic_function(model, name)(model, metrics.DiagnosticData(model, ds, "test", seed))
 
 
 @pytest.fixture(scope="module")
@@ -235,7 +241,7 @@ def test_contraction_against_autograd_jacobian(digits):
     cae = aekit.build("cae", dataset=digits, seed=0, hidden=[], code_activation="sigmoid", latent_dim=6)
     x = digits.x_test[:20]
     small = dataclasses.replace(digits, x_test=x, y_test=digits.y_test[:20])
-    res = metrics.contraction_metrics(cae, small)
+    res = diagnose(cae, "contraction", small)
     norms, derivs = [], []
     for xi in x:
         jac = torch.autograd.functional.jacobian(lambda v: cae.encode(v.unsqueeze(0))[0], xi)
@@ -248,28 +254,34 @@ def test_contraction_against_autograd_jacobian(digits):
 
 def test_contraction_relu_saturation_is_off_units(trained, digits):
     sae = trained["sae"]  # relu code
-    res = metrics.contraction_metrics(sae, digits)
+    res = diagnose(sae, "contraction", digits)
     h = metrics.codes(sae, digits.x_test)
     assert res["contraction_saturated_fraction"] == pytest.approx((h <= 0).float().mean().item())
 
 
 def test_denoising_gain_by_hand_and_reproducible(trained, digits):
     dae = trained["dae"]
-    res = metrics.denoising_metrics(dae, digits, seed=3)
+    res = diagnose(dae, "denoising", digits, seed=3)
     x = digits.x_test
     noisy = dae.corrupt(x, generator=torch.Generator().manual_seed(3))
     den = metrics.reconstructions(dae, noisy)
     assert res["denoise_psnr_gain_db"] == pytest.approx(metrics.psnr(x, den) - metrics.psnr(x, noisy), abs=1e-5)
     assert res["denoise_psnr_noisy_db"] == pytest.approx(metrics.psnr(x, noisy), abs=1e-5)
-    assert metrics.denoising_metrics(dae, digits, seed=3) == res
+    assert diagnose(dae, "denoising", digits, seed=3) == res
+    assert res.items() <= metrics.diagnostic_metrics(dae, digits, seed=3).items()  # what evaluate() reports
+
+
+def test_sparsity_diagnostic_reports_the_kl_target(trained, digits):
+    res = diagnose(trained["sae"], "sparsity", digits)  # l1: no target
+    assert res == metrics.sparsity_stats(metrics.codes(trained["sae"], digits.x_test))
+    kl = aekit.build("sae", dataset=digits, seed=0, latent_dim=4, hidden=[32], sparsity="kl", rho=0.1)
+    assert diagnose(kl, "sparsity", digits)["sparsity_target_rho"] == 0.1
 
 
 class _FakeConditional(torch.nn.Module):
     """sample(n, y) returns real test images of class y (or of class 0 when ``ignore_y``)."""
 
-    conditional = needs_labels = True
-    generative = True
-    probabilistic = False
+    capabilities = Capabilities(generative=True, conditional=True, needs_labels=True)
     name = "fake"
 
     def __init__(self, ds, ignore_y=False):
@@ -296,9 +308,58 @@ def test_conditional_accuracy_with_real_images(digits):
     assert good["cond_gen_accuracy"] > 0.9
     bad = metrics.conditional_accuracy_metrics(_FakeConditional(digits, ignore_y=True), digits, per_class=20)
     assert bad["cond_gen_accuracy"] < 0.2  # only the class-0 row is right
-    clf1, _ = metrics.reference_classifier(digits)
-    clf2, _ = metrics.reference_classifier(digits)
+    clf1, _ = reference.reference_classifier(digits)
+    clf2, _ = reference.reference_classifier(digits)
     assert clf1 is clf2  # cached per dataset
+
+
+class _SpecObject:
+    """A data spec in the shape of datasets.DataConfig: an object with to_dict()."""
+
+    def __init__(self, d):
+        self.d = d
+
+    def to_dict(self):
+        return dict(self.d)
+
+
+def test_reference_classifier_cache_is_bounded_and_keyed_by_contents(digits, monkeypatch):
+    monkeypatch.setattr(reference, "_CACHE", type(reference._CACHE)())
+    spec = digits.spec.to_dict() if hasattr(digits.spec, "to_dict") else dict(digits.spec)
+    variants = [dataclasses.replace(digits, spec={**spec, "seed": s}) for s in range(reference.CACHE_SIZE + 1)]
+    first = reference.reference_classifier(variants[0], steps=2)
+    assert reference.reference_classifier(variants[0], steps=2) is first
+    for ds in variants[1:]:
+        reference.reference_classifier(ds, steps=2)
+    assert len(reference._CACHE) == reference.CACHE_SIZE  # the least recently used one went
+    assert reference.reference_classifier(variants[0], steps=2) is not first
+    # a spec object with to_dict() keys like the same dict; the normalization statistics do not count
+    as_object = dataclasses.replace(digits, spec=_SpecObject({**spec, "stats": {"mean": [1.0]}}))
+    assert reference.dataset_key(as_object) == reference.dataset_key(dataclasses.replace(digits, spec=spec))
+    assert reference.dataset_key(variants[0]) != reference.dataset_key(variants[1])
+
+
+def test_reference_classifier_is_the_same_as_before(digits):
+    """The classifier moved out of metrics unchanged: same seed, same loop, same weights and accuracy."""
+    clf, acc = reference.reference_classifier(digits, seed=0, steps=5)
+    x, y = digits.split("train")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        ref = torch.nn.Sequential(torch.nn.Linear(x[0].numel(), 256), torch.nn.ReLU(),
+                                  torch.nn.Linear(256, digits.num_classes))
+    g = torch.Generator().manual_seed(0)
+    opt = torch.optim.Adam(ref.parameters(), lr=1e-3, weight_decay=1e-4)
+    xf = x.flatten(1).float()
+    for _ in range(5):
+        b = torch.randint(0, x.shape[0], (128,), generator=g)
+        loss = torch.nn.functional.cross_entropy(ref(xf[b]), y[b])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    for a, b in zip(clf.parameters(), ref.parameters()):
+        assert torch.equal(a, b)
+    xt, yt = digits.split("test")
+    assert acc == (ref(xt.flatten(1)).argmax(1) == yt).float().mean().item()
 
 
 def test_conditional_accuracy_empty_for_unlabelled_models(trained, digits):
@@ -340,7 +401,7 @@ def test_evaluate_dispatch(trained, digits, key):
         else:
             assert not keys & set(res), (diag, set(res))
     likelihood = {"elbo_nats", "iw_log_likelihood_nats"}
-    assert (likelihood <= set(res)) == bool(m.probabilistic)
+    assert (likelihood <= set(res)) == m.capabilities.probabilistic
     assert all(isinstance(v, (int, float)) and math.isfinite(v) for v in res.values()), res
 
 
@@ -355,14 +416,29 @@ def test_evaluate_is_reproducible_and_keeps_global_rng(trained, digits):
 
 def test_unknown_diagnostic_is_a_clear_error(trained, digits, monkeypatch):
     m = trained["ae"]
-    monkeypatch.setattr(m, "diagnostics", ("nonsense",), raising=False)
+    monkeypatch.setattr(m, "capabilities", dataclasses.replace(m.capabilities, diagnostics=("nonsense",)))
     with pytest.raises(ConfigError, match="nonsense.*known diagnostics"):
         metrics.diagnostic_metrics(m, digits)
 
 
-def test_every_declared_diagnostic_is_known():
+def test_every_declared_diagnostic_is_known(trained):
+    shared = set(metrics.SHARED_DIAGNOSTICS)
     for name, cls in registry.MODELS.items():
-        assert set(cls.diagnostics) <= set(metrics.DIAGNOSTICS), name
+        assert set(cls.capabilities.diagnostics) <= set(cls.diagnostic_functions) | shared, name
+    for key, m in trained.items():  # the capabilities an instance gets from its config, too
+        assert set(m.capabilities.diagnostics) <= set(m.diagnostic_functions) | shared, key
+
+
+def test_iw_samples_zero_skips_the_estimate_everywhere(trained, digits):
+    """One rule for the number of importance samples: 0 skips the log-likelihood estimate, negative is an error."""
+    m = trained["vae"]
+    res = metrics.likelihood_metrics(m, digits, iw_samples=0)
+    assert "elbo_nats" in res and "iw_log_likelihood_nats" not in res
+    assert "iw_log_likelihood_nats" not in metrics.evaluate(m, digits, iw_samples=0, representation=False)
+    with pytest.raises(ConfigError, match="iw-samples"):
+        metrics.likelihood_metrics(m, digits, iw_samples=-1)
+    with pytest.raises(ConfigError, match="mc-samples"):
+        metrics.likelihood_metrics(m, digits, mc_samples=0)
 
 
 def test_table_dataset_metrics(tmp_path):

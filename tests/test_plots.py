@@ -1,6 +1,9 @@
 """Figures: which apply to which model and data, and that each one draws something."""
 
 import io
+import os
+import subprocess
+import sys
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -48,7 +51,7 @@ def test_figures_that_apply(fitted, digits, name):
         assert caption
         colours, ink = _png_stats(plots.to_png(fig))
         assert colours > 16 and ink > 0.02, (fname, colours, ink)
-    assert not plt.get_fignums()  # to_png closed every figure
+    assert not plt.get_fignums()  # no figure was registered with pyplot
 
 
 def test_denoising_figure_has_three_rows(fitted, digits):
@@ -57,19 +60,30 @@ def test_denoising_figure_has_three_rows(fitted, digits):
     caption, fig = figs["reconstructions"]
     assert "noisy" in caption
     img = fig.axes[0].images[0].get_array()
-    plt.close(fig)
     assert img.shape[0] > 3 * 8 and img.shape[0] < 4 * 8  # three rows of 8-pixel images with thin gaps
+    assert [t.get_text() for t in fig.axes[0].texts] == ["clean", "noisy", "denoised"]
     m, _ = fitted["ae"]
     fig = dict((n, f) for n, _, f in plots.run_figures(m, digits))["reconstructions"]
     assert fig.axes[0].images[0].get_array().shape[0] < 3 * 8
-    plt.close("all")
+
+
+def test_denoising_figure_rows_are_the_models_own(fitted, digits):
+    """The noisy row is the model's corruption with the seeded generator, the last row its reconstruction."""
+    m, _ = fitted["dae"]
+    x = digits.x_test[:4]
+    caption, rows = m.reconstruction_rows(x, generator=torch.Generator().manual_seed(5))
+    noisy = m.corrupt(x, generator=torch.Generator().manual_seed(5))
+    assert "noisy" in caption and list(rows) == ["clean", "noisy", "denoised"]
+    assert torch.equal(rows["noisy"], noisy) and torch.equal(rows["clean"], x)
+    m.eval()
+    with torch.no_grad():
+        assert torch.equal(rows["denoised"], m.reconstruct(noisy))
 
 
 def test_class_samples_rows_are_classes(fitted, digits):
     m, _ = fitted["cvae"]
     fig = dict((n, f) for n, _, f in plots.run_figures(m, digits))["class_samples"]
     labels = [t.get_text() for t in fig.axes[0].texts]
-    plt.close("all")
     assert labels == digits.class_names
 
 
@@ -89,7 +103,6 @@ def test_tables_keep_scatter_and_curves(tmp_path):
     m = aekit.build("vae", dataset=ds, seed=0, latent_dim=2, hidden=[16])
     r = aekit.fit(m, ds, aekit.TrainConfig(epochs=2), quiet=True)
     names = [n for n, _, f in plots.run_figures(m, ds, r.history)]
-    plt.close("all")
     assert names == ["curves", "latent"]
 
 
@@ -110,7 +123,6 @@ def test_training_curves_train_and_val_terms():
     assert titles == ["loss", "recon", "disc"]
     lines = {ax.get_title(): len(ax.get_lines()) for ax in fig.axes if ax.get_title()}
     assert lines == {"loss": 2, "recon": 2, "disc": 1}
-    plt.close(fig)
 
 
 def test_mosaic_layout():
@@ -119,3 +131,26 @@ def test_mosaic_layout():
     assert m.shape == (2 * 3 + 1, 2 * 4 + 1)
     assert (m[1:3, 1:4] == 0).all() and (m[1:3, 5:8] == 0.5).all() and (m[4:6, 1:4] == 0.5).all()
     assert (m[4:6, 5:8] == 1).all() and (m[0] == 1).all()  # the missing tile and the border are white
+
+
+def test_figures_are_not_registered_with_pyplot(fitted, digits):
+    """Making every figure (without saving or closing any) leaves pyplot's figure list empty."""
+    before = plt.get_fignums()
+    for name in EXPECTED:
+        m, hist = fitted[name]
+        figs = list(plots.run_figures(m, digits, hist))
+        assert figs
+    figs += [plots.latent_scatter(torch.randn(20, 3)), plots.image_grid(digits.x_test[:5]),
+             plots.reconstructions(digits.x_test[:3], digits.x_test[:3])]
+    assert plt.get_fignums() == before == []
+
+
+@pytest.mark.parametrize("backend", ["svg", "pdf"])
+def test_importing_plots_keeps_the_callers_backend(backend):
+    code = ("import matplotlib, aekit.plots, torch; "
+            "png = aekit.plots.to_png(aekit.plots.image_grid(torch.rand(4, 1, 8, 8))); "
+            "print(matplotlib.get_backend(), png[:4] == b'\\x89PNG')")
+    env = {**os.environ, "MPLBACKEND": backend}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [backend, "True"]

@@ -6,7 +6,8 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 
-from aekit import files, report
+from aekit import report
+from aekit.run import Run
 
 
 class _Collect(HTMLParser):
@@ -93,9 +94,9 @@ def test_plot_command_writes_every_figure(runs, cli, tmp_path):
 
 def test_normal_class_run_and_anomaly_eval(runs, cli, digits):
     run = runs / "ae3"
-    spec = files.run_config(run)["data"]
-    assert spec["normal_class"] == 3
-    ds, normal = report.run_dataset(run)
+    opened = Run.open(run)
+    assert opened.data.normal_class == 3
+    ds, normal = opened.dataset(), opened.evaluation_options().normal_class
     assert normal == 3 and set(ds.y_train.tolist()) == {3} and len(set(ds.y_test.tolist())) == 10
     code, out, err = cli("eval", run, "--json")
     assert code == 0, err
@@ -127,8 +128,8 @@ def test_resume_keeps_the_normal_class(runs, cli, tmp_path):
     shutil.copytree(runs / "ae3", run)
     code, out, err = cli("train", "--resume", run, "--epochs", "3", "--quiet")
     assert code == 0, err
-    assert files.run_config(run)["data"]["normal_class"] == 3
-    assert len(files.read_metrics(run)) == 3
+    assert Run.open(run).data.normal_class == 3
+    assert len(Run.open(run).history) == 3
     code, out, err = cli("train", "--resume", run, "--epochs", "4", "--normal-class", "2")
     assert code == 2 and "cannot change on --resume" in err
 

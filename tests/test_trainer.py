@@ -12,9 +12,11 @@ import torch
 import aekit
 import aekit.cli
 from aekit import files, registry, trainer
+from aekit import run as run_files
 from aekit.config import TrainConfig
 from aekit.errors import ConfigError, RunError, TrainingDiverged
 from aekit.models.ae import AE
+from aekit.run import Run
 
 
 def small(ds, name="ae", **kw):
@@ -68,7 +70,7 @@ def test_resume_in_process_is_bit_identical(digits, tmp_path):
     b = trainer.fit(small(digits, name), digits, cfg, out_dir=tmp_path / "b", resume=True, quiet=True)
     assert_same(weights(a.model), weights(b.model))
     assert [h["train"] for h in a.history] == [h["train"] for h in b.history]
-    ckpt = [files.load_tensors(tmp_path / r / files.CHECKPOINT)[0] for r in ("a", "b")]
+    ckpt = [files.load_tensors(tmp_path / r / run_files.CHECKPOINT)[0] for r in ("a", "b")]
     assert_same(*ckpt)
 
 
@@ -93,9 +95,9 @@ def test_kill_9_then_resume_ends_bit_identical(digits, tmp_path):
     done = len((run / "metrics.jsonl").read_text().splitlines())
     assert 3 <= done < 25, f"the run was not interrupted mid-way ({done} epochs)"
     assert aekit.cli.main(["train", "--resume", str(run), "--quiet"]) == 0
-    for f in (files.WEIGHTS, files.CHECKPOINT):
+    for f in (run_files.WEIGHTS, run_files.CHECKPOINT):
         assert_same(files.load_tensors(ref / f)[0], files.load_tensors(run / f)[0])
-    assert (ref / files.METRICS).read_text().count("\n") == (run / files.METRICS).read_text().count("\n") == 25
+    assert (ref / run_files.METRICS).read_text().count("\n") == (run / run_files.METRICS).read_text().count("\n") == 25
 
 
 class Exploding(AE):
@@ -122,7 +124,7 @@ def test_nan_loss_stops_with_clear_message_and_keeps_last_good_weights(digits, t
     assert all(torch.isfinite(p).all() for p in m.parameters())
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert summary["stopped"] == "diverged" and summary["epochs_run"] == 2
-    best, _ = files.load_tensors(tmp_path / "r" / files.WEIGHTS)
+    best, _ = files.load_tensors(tmp_path / "r" / run_files.WEIGHTS)
     assert all(torch.isfinite(v).all() for v in best.values())
 
 
@@ -142,9 +144,9 @@ def test_early_stopping(digits, monkeypatch):
 
 def test_resume_errors(digits, tmp_path):
     with pytest.raises(RunError, match="nothing to resume"):
-        (tmp_path / "x").mkdir()
-        files.write_json(tmp_path / "x" / "config.json", {"model": "ae", "config": {}})
-        trainer.fit(small(digits), digits, TrainConfig(epochs=1), out_dir=tmp_path / "x", resume=True, quiet=True)
+        m = small(digits)
+        Run.create(tmp_path / "x", "ae", m.config, TrainConfig(epochs=1), digits.spec)  # no epoch finished
+        trainer.fit(m, digits, TrainConfig(epochs=1), out_dir=tmp_path / "x", resume=True, quiet=True)
     trainer.fit(small(digits), digits, TrainConfig(epochs=1), out_dir=tmp_path / "y", quiet=True)
     with pytest.raises(RunError, match="training options"):
         trainer.fit(small(digits), digits, TrainConfig(epochs=2, lr=0.1), out_dir=tmp_path / "y", resume=True,

@@ -4,19 +4,23 @@
     ds = aekit.datasets.load("digits")
     model = aekit.build("vae", dataset=ds, latent_dim=8)
     result = aekit.fit(model, ds, aekit.TrainConfig(epochs=20), out_dir="runs/vae")
-    model = aekit.load("runs/vae")
+    model = aekit.load("runs/vae")                 # = aekit.Run.open("runs/vae").model()
+    print(aekit.evaluate(model, ds))
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from . import datasets  # noqa: E402
+from . import datasets, metrics  # noqa: E402
 from .config import TrainConfig  # noqa: E402
+from .datasets import DataConfig  # noqa: E402
 from .errors import AekitError, ConfigError, DataError, RunError, TrainingDiverged  # noqa: E402
+from .metrics import evaluate  # noqa: E402
 from .registry import MODELS, load  # noqa: E402
 from .registry import build as _build  # noqa: E402
 from .registry import build_for as _build_for  # noqa: E402
+from .run import Run  # noqa: E402
 from .trainer import FitResult, fit  # noqa: E402
 
 
@@ -31,6 +35,7 @@ def build(name: str, dataset=None, seed: int | None = None, **options):
 
 
 __all__ = [
-    "__version__", "datasets", "build", "fit", "load", "TrainConfig", "FitResult", "MODELS",
+    "__version__", "datasets", "metrics", "build", "fit", "load", "evaluate", "Run", "TrainConfig", "DataConfig",
+    "FitResult", "MODELS",
     "AekitError", "ConfigError", "DataError", "RunError", "TrainingDiverged",
 ]

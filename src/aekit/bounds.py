@@ -24,7 +24,8 @@ import math
 import torch
 from torch import Tensor
 
-from .likelihoods import LOG_2PI, bits_per_dim
+from .errors import ConfigError
+from .likelihoods import LOG_2PI, binarize_static, bits_per_dim
 
 
 def gaussian_log_density(z: Tensor, mu: Tensor | None = None, logvar: Tensor | None = None) -> Tensor:
@@ -63,14 +64,13 @@ def likelihood_metrics(model, dataset, split: str = "test", iw_samples: int = 10
     Per example, averaged over the split, in nats and in bits per data dimension (of the negative values):
     ``elbo_nats`` (recon + KL with ``mc_samples`` reconstruction samples and the closed-form KL),
     ``iw_log_likelihood_nats`` (the K = ``iw_samples`` bound; 0 skips it). ``binarize_seed``: evaluate on
-    the static binarization trainer.binarize_static(x, binarize_seed), as for a model trained on binary
+    the static binarization likelihoods.binarize_static(x, binarize_seed), as for a model trained on binary
     data (None: x as it is). All sampling uses a generator seeded with ``seed``: the numbers are
     reproducible.
-    The model needs ``elbo`` and ``log_likelihood`` (``probabilistic = True``).
+    The model needs ``elbo`` and ``log_likelihood`` (``capabilities.probabilistic``).
+    The sample counts are checked here and only here (metrics.likelihood_metrics and evaluate pass them on):
+    ``mc_samples`` >= 1, ``iw_samples`` >= 0.
     """
-    from .errors import ConfigError
-    from .trainer import binarize_static
-
     if int(mc_samples) < 1:
         raise ConfigError(f"--mc-samples must be >= 1 (Monte-Carlo samples of the ELBO), got {mc_samples}")
     if int(iw_samples) < 0:

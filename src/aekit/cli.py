@@ -16,9 +16,12 @@ from pathlib import Path
 
 from . import __version__, files, registry
 from .config import ModelConfig, TrainConfig
+from .datasets import DataConfig
 from .errors import AekitError, ConfigError
+from .run import Run
 
 DATA_FIXED = {"input_shape", "num_classes"}  # model options that come from the dataset
+DATA_PREFIX = "data__"  # argparse dest of DataConfig options (train's --seed and the data's --split-seed differ)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -30,65 +33,56 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _add_config_options(p, classes, *, skip=(), defaults_none=True):
-    """Add one option per dataclass field of the given config classes (first definition wins)."""
+def _add_config_options(p, classes, *, skip=(), show_defaults=False, prefix=""):
+    """One option per dataclass field of the given config classes (first definition wins), from its metadata:
+    help, choices, ``flag`` (the option's name when it is not the field's) and ``cli`` (False: no option).
+
+    Every option defaults to argparse.SUPPRESS, so the parsed namespace holds exactly what the user gave
+    (``_given``), however argparse matched it (``--epoch`` for ``--epochs`` included)."""
     seen = set()
-    group_by = {}
     for cls in classes:
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
-            if f.name in seen or f.name in skip:
+            if f.name in seen or f.name in skip or not f.metadata.get("cli", True):
                 continue
             seen.add(f.name)
-            group_by[f.name] = cls
-            kind = hints[f.name]
             help_ = f.metadata.get("help", "")
             if "choices" in f.metadata:
                 help_ += f" ({'|'.join(map(str, f.metadata['choices']))})"
-            if not defaults_none:
+            if show_defaults:
                 help_ += f" [default: {f.default}]"
-            kw = dict(default=argparse.SUPPRESS if defaults_none else f.default, help=help_, dest=f.name)
-            if kind is bool:
-                p.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, **kw)
+            flag = _flag(f.metadata.get("flag", f.name))
+            kw = dict(default=argparse.SUPPRESS, help=help_, dest=prefix + f.name)
+            if hints[f.name] is bool:
+                p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
             else:
-                p.add_argument(_flag(f.name), metavar=f.name.upper(), **kw)
-    return group_by
+                p.add_argument(flag, metavar=f.metadata.get("flag", f.name).upper().replace("-", "_"), **kw)
 
 
-def _data_args(p, with_default=True):
-    p.add_argument("--dataset", default="digits" if with_default else None,
-                   help="built-in name (digits, fashion-mnist, mnist) or a path (.npy/.npz/.csv/.tsv/image folder)")
-    p.add_argument("--data-dir", help="folder holding the IDX files for fashion-mnist / mnist")
-    p.add_argument("--label-column", help="CSV/TSV: the column with labels")
-    p.add_argument("--features", help="CSV/TSV: comma-separated feature columns (default: all but the label)")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="share of the training data kept for validation")
-    p.add_argument("--limit", type=int, help="use only the first N samples of each split (quick tries)")
+def _option_flag(cls, name: str) -> str:
+    """The command-line flag of field ``name`` of config class ``cls``."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return _flag(f.metadata.get("flag", name))
 
 
-def _load_data(args, seed: int = 0):
-    from . import datasets
-
-    feats = [f for f in args.features.split(",") if f] if args.features else None
-    return datasets.load(args.dataset, data_dir=args.data_dir, label_column=args.label_column,
-                         features=feats, val_fraction=args.val_fraction, seed=seed,
-                         limit=args.limit)
+def _given(args, cls, prefix: str = "") -> dict:
+    """The options of config class ``cls`` the user gave on the command line (field name -> raw value)."""
+    return {f.name: getattr(args, prefix + f.name) for f in dataclasses.fields(cls) if hasattr(args, prefix + f.name)}
 
 
-def _run_data(run_dir, args):
-    """The dataset of a run, or the one named by --dataset (with the run's table statistics)."""
-    from . import datasets
+def _data_args(p, *, skip=()):
+    g = p.add_argument_group("data options")
+    _add_config_options(g, [DataConfig], skip=skip, prefix=DATA_PREFIX)
 
-    cfg = files.run_config(run_dir)
-    spec = dict(cfg.get("data") or {})
-    if getattr(args, "dataset", None):
-        feats = [f for f in args.features.split(",") if f] if args.features else spec.get("features")
-        new = {"name_or_path": args.dataset, "data_dir": args.data_dir,
-               "label_column": args.label_column or spec.get("label_column"), "features": feats,
-               "stats": spec.get("stats"), "limit": args.limit}
-        return datasets.load(**{k: v for k, v in new.items() if v is not None})
-    if getattr(args, "limit", None):
-        spec["limit"] = args.limit
-    return datasets.load(**spec)
+
+def _set_threads(threads: int | None) -> None:
+    if threads is None:
+        return
+    if threads < 1:
+        raise ConfigError(f"--threads must be at least 1, got {threads}")
+    import torch
+
+    torch.set_num_threads(threads)  # this process only; tiny models lose time to thread hand-offs
 
 
 def _default_out(model: str, dataset: str, with_dataset: bool = True) -> Path:
@@ -101,35 +95,37 @@ def _default_out(model: str, dataset: str, with_dataset: bool = True) -> Path:
     return out
 
 
-def cmd_train(args, model_opts) -> int:
-    from . import metrics, trainer
+def _open(args):
+    """The run named on the command line, its model, its dataset (or the one --dataset names, with the run's
+    table statistics) and its evaluation options."""
+    run = Run.open(args.run)
+    overrides = _given(args, DataConfig, DATA_PREFIX)
+    ds = run.dataset(**overrides)
+    return run, run.model(), ds, run.evaluation_options(other_data="name_or_path" in overrides)
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ConfigError(f"--threads must be at least 1, got {args.threads}")
-        import torch
 
-        torch.set_num_threads(args.threads)
-    tcfg_fields = TrainConfig.field_names()
+def cmd_train(args) -> int:
+    from . import datasets, metrics, trainer
+
+    _set_threads(args.threads)
+    train_opts = _given(args, TrainConfig)
+    data_opts = _given(args, DataConfig, DATA_PREFIX)
+    model_names = set(ModelConfig.field_names()) | {f for c in registry.MODELS.values() for f in c.Config.field_names()}
+    model_opts = {k: v for k, v in vars(args).items() if k in model_names}
     if args.resume:
-        run = Path(args.resume)
-        cfg = files.run_config(run)
-        tdict = dict(cfg["train"])
-        for k in tcfg_fields:  # only the epoch budget may change on resume
-            if k in args.train_given:
-                if k != "epochs":
-                    raise ConfigError(f"--{k.replace('_', '-')} cannot change on --resume; only --epochs can")
-                tdict[k] = getattr(args, k)
+        run = Run.open(args.resume)
+        for k in train_opts:  # only the epoch budget may change on resume
+            if k != "epochs":
+                raise ConfigError(f"{_flag(k)} cannot change on --resume; only --epochs can")
         if model_opts:
             raise ConfigError(f"model options cannot change on --resume (got {', '.join(map(_flag, model_opts))})")
-        if args.normal_class is not None:
-            raise ConfigError("--normal-class cannot change on --resume; the run keeps the data it was started with")
-        tcfg = TrainConfig.from_dict(tdict)
-        from . import datasets
-
-        ds = datasets.load(**cfg["data"])
-        model = registry.build(cfg["model"], **cfg["config"])
-        name, out = cfg["model"], run
+        if data_opts:
+            flags = ", ".join(_option_flag(DataConfig, k) for k in data_opts)
+            raise ConfigError(f"{flags} cannot change on --resume; the run keeps the data it was started with")
+        tcfg = run.train.replace(**train_opts)
+        ds = run.dataset()
+        model = registry.get(run.model_name)(run.model_config)
+        name, out = run.model_name, run.path
         result = trainer.fit(model, ds, tcfg, out_dir=out, resume=True, quiet=args.quiet or None, model_name=name)
     else:
         if not args.model:
@@ -142,15 +138,14 @@ def cmd_train(args, model_opts) -> int:
             raise ConfigError("; ".join(
                 f"option {_flag(k)} does not apply to model {args.model} (it applies to: {', '.join(owners[k])})"
                 for k in wrong))
-        tcfg = TrainConfig.from_dict({k: getattr(args, k) for k in tcfg_fields})
-        ds = _load_data(args, tcfg.seed)
-        if args.normal_class is not None:  # one-class training; config.json's data spec records the class
-            ds = ds.subset_class(args.normal_class)
+        tcfg = TrainConfig.from_dict(train_opts)
+        dcfg = DataConfig.from_dict(data_opts, what="data")
+        out = Path(args.out) if args.out else _default_out(args.model, dcfg.name_or_path)
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):  # before the data is read (Run.create checks too)
+            raise ConfigError(f"{out} already exists and is not empty; choose another --out (nothing was overwritten)")
+        ds = datasets.load(dcfg)
         model = registry.build_for(args.model, ds, seed=tcfg.seed, **model_opts)
         name = args.model
-        out = Path(args.out) if args.out else _default_out(name, args.dataset)
-        if out.exists() and any(out.iterdir()):
-            raise ConfigError(f"{out} already exists and is not empty; choose another --out (nothing was overwritten)")
         result = trainer.fit(model, ds, tcfg, out_dir=out, quiet=args.quiet or None, model_name=name)
     test = metrics.reconstruction_metrics(result.model, ds, "test")
     print(f"trained {name} on {ds.name}: {len(result.history)} epochs "
@@ -161,10 +156,9 @@ def cmd_train(args, model_opts) -> int:
 
 
 def cmd_eval(args) -> int:
-    model = registry.load(args.run)
-    ds = _run_data(args.run, args)
-    res = _evaluate_with_likelihood(args, model, ds)
-    res.update(_anomaly_eval(args, model, ds))
+    run, model, ds, opts = _open(args)
+    res = _evaluate_with_likelihood(args, model, ds, opts)
+    res.update(_anomaly_eval(args, run, model, ds, opts))
     if args.json:
         print(json.dumps(res, indent=2))
     else:
@@ -173,52 +167,37 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def _anomaly_eval(args, model, ds) -> dict:
+def _anomaly_eval(args, run, model, ds, opts) -> dict:
     """Anomaly metrics for --normal-class / --anomaly-data, or the normal class the run was trained on."""
     from . import metrics
 
-    normal = args.normal_class
-    if normal is None and not args.dataset:
-        normal = (files.run_config(args.run).get("data") or {}).get("normal_class")
+    normal = args.normal_class if args.normal_class is not None else opts.normal_class
     anomalies = None
     if args.anomaly_data:
-        from . import datasets
-
-        spec = files.run_config(args.run).get("data") or {}
-        extra = datasets.load(args.anomaly_data, stats=spec.get("stats"),
-                              label_column=args.label_column or spec.get("label_column"),
-                              features=spec.get("features"), val_fraction=0.0, test_fraction=0.0)
+        extra = run.dataset(name_or_path=args.anomaly_data, label_column=getattr(args, DATA_PREFIX + "label_column",
+                                                                                   None),
+                            val_fraction=0.0, test_fraction=0.0)
         anomalies = extra.x_train
     if normal is None and anomalies is None:
         return {}
     return metrics.anomaly_evaluation(model, ds, args.split, normal_class=normal, anomalies=anomalies)
 
 
-
-
-def _evaluate_with_likelihood(args, model, ds) -> dict:
-    """metrics.evaluate with the eval options --iw-samples / --mc-samples (probabilistic models only).
-
-    A run trained on binarized data is evaluated for its likelihood on a static binarization of the split
-    (fixed seed metrics.EVAL_BINARIZE_SEED), the kind of data its Bernoulli likelihood was fitted to.
-    """
+def _evaluate_with_likelihood(args, model, ds, opts) -> dict:
+    """metrics.evaluate with the eval options --iw-samples / --mc-samples (probabilistic models only), on
+    the data the run's evaluation options name (a static binarization for runs trained on binary data)."""
     from . import metrics
 
     given = {k: getattr(args, k) for k in ("iw_samples", "mc_samples") if getattr(args, k) is not None}
-    if not model.probabilistic:
+    if not model.capabilities.probabilistic:
         if given:
             raise ConfigError(f"{', '.join(_flag(k) for k in given)} applies to probabilistic models "
                               f"(with an ELBO, e.g. vae, iwae, cvae); model {model.name} has no likelihood")
         return metrics.evaluate(model, ds, args.split)
-    for k, v in given.items():
-        if v < 1:
-            raise ConfigError(f"{_flag(k)} must be at least 1, got {v}")
-    binarize = (files.run_config(args.run).get("train") or {}).get("binarize", "none")
-    seed = None if binarize == "none" else metrics.EVAL_BINARIZE_SEED
-    res = metrics.evaluate(model, ds, args.split, binarize_seed=seed, **given)
-    if seed is not None:
-        res["likelihood_data"] = (f"statically binarized {args.split} split (seed {seed}), "
-                                  f"as the run was trained with binarize={binarize}")
+    res = metrics.evaluate(model, ds, args.split, binarize_seed=opts.binarize_seed, **given)
+    note = opts.likelihood_note(args.split)
+    if note:
+        res["likelihood_data"] = note
     return res
 
 
@@ -227,7 +206,8 @@ def cmd_sample(args) -> int:
 
     from . import plots
 
-    model = registry.load(args.run)
+    run = Run.open(args.run)
+    model = run.model()
     if args.n < 1:
         raise ConfigError(f"-n must be at least 1, got {args.n}")
     out = Path(args.out)
@@ -236,13 +216,13 @@ def cmd_sample(args) -> int:
         raise ConfigError(f"--out {out}: image samples are written as PNG; name a .png file")
     if not image and out.suffix.lower() not in (".csv", ".tsv"):
         raise ConfigError(f"--out {out}: table samples are written as CSV; name a .csv or .tsv file")
-    ds = None if image else _run_data(args.run, args)
+    ds = None if image else run.dataset()
     label = args.label
     if label is not None:
         try:
             label = int(label)
         except ValueError:  # a class name
-            ds = ds or _run_data(args.run, args)
+            ds = ds or run.dataset()
             if not ds.class_names or label not in ds.class_names:
                 raise ConfigError(f"--label {label!r} is neither a class index nor a class name of dataset "
                                   f"{ds.name!r} (classes: {', '.join(ds.class_names or []) or 'none'})") from None
@@ -267,8 +247,7 @@ def cmd_reconstruct(args) -> int:
 
     from . import metrics, plots
 
-    model = registry.load(args.run)
-    ds = _run_data(args.run, args)
+    _, model, ds, _ = _open(args)
     x, y = ds.split(args.split)
     x, y = x[: args.n], (y[: args.n] if y is not None else None)
     x_hat = metrics.reconstructions(model, x, y)
@@ -295,8 +274,7 @@ def cmd_encode(args) -> int:
 
     from . import metrics
 
-    model = registry.load(args.run)
-    ds = _run_data(args.run, args)
+    _, model, ds, _ = _open(args)
     parts = ["train", "val", "test"] if args.split == "all" else [args.split]
     xs = [ds.split(p) for p in parts]
     z = torch.cat([metrics.codes(model, x, y) for x, y in xs]).cpu().numpy()
@@ -318,10 +296,9 @@ def cmd_encode(args) -> int:
 def cmd_plot(args) -> int:
     from . import plots
 
-    model = registry.load(args.run)
-    ds = _run_data(args.run, args)
-    out = Path(args.out) if args.out else Path(args.run) / "figures"
-    history = files.read_metrics(args.run)
+    run, model, ds, _ = _open(args)
+    out = Path(args.out) if args.out else run.path / "figures"
+    history = run.history
     written = plots.save_run_figures(model, ds, out, history, n=args.n, seed=args.seed, split=args.split)
     for path, _ in written.values():
         print(f"wrote {path}")
@@ -331,12 +308,9 @@ def cmd_plot(args) -> int:
 def cmd_report(args) -> int:
     from . import report
 
-    model = registry.load(args.run)
-    ds = _run_data(args.run, args)
-    normal = args.normal_class
-    if normal is None and not args.dataset:
-        normal = (files.run_config(args.run).get("data") or {}).get("normal_class")
-    path = report.write_report(args.run, args.out, model=model, dataset=ds, normal_class=normal,
+    run, model, ds, opts = _open(args)
+    normal = args.normal_class if args.normal_class is not None else opts.normal_class
+    path = report.write_report(run, args.out, model=model, dataset=ds, normal_class=normal,
                                iw_samples=args.iw_samples, seed=args.seed, split=args.split)
     print(f"wrote {path}")
     return 0
@@ -350,14 +324,12 @@ def cmd_compare(args) -> int:
         raise ConfigError(f"--epochs must be at least 1, got {args.epochs}")
     if args.latent_dim is not None and args.latent_dim < 1:
         raise ConfigError(f"--latent-dim must be at least 1, got {args.latent_dim}")
-    if args.threads < 1:
-        raise ConfigError(f"--threads must be at least 1, got {args.threads}")
-    import torch
+    _set_threads(args.threads)
+    from . import datasets
 
-    torch.set_num_threads(args.threads)  # this process only; tiny models lose time to thread hand-offs
-    ds = _load_data(args, args.seed)
+    ds = datasets.load(DataConfig.from_dict({"seed": args.seed, **_given(args, DataConfig, DATA_PREFIX)}, what="data"))
     if args.out is None:
-        args.out = str(_default_out("compare", args.dataset, with_dataset=False))
+        args.out = str(_default_out("compare", "", with_dataset=False))
     results = compare.compare(ds, args.out, models=models, epochs=args.epochs, latent_dim=args.latent_dim,
                               overwrite=args.overwrite, seed=args.seed, iw_samples=args.iw_samples,
                               log=lambda line: print(line, file=sys.stderr, flush=True))
@@ -397,22 +369,20 @@ def build_parser():
     t = sub.add_parser("train", help="train a model and save a run directory")
     t.add_argument("model", nargs="?", help=f"one of: {', '.join(registry.MODELS)}")
     _data_args(t)
-    t.add_argument("--normal-class", help="train on one class only (index or name; anomaly detection: "
-                   "the test split keeps every class, and `aekit eval` scores the others as anomalies)")
     t.add_argument("--out", help="run directory to create (default: runs/MODEL-DATASET)")
     t.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; 1 is often fastest "
                    "for small models or on a busy machine)")
     tg = t.add_argument_group("training options")
-    _add_config_options(tg, [TrainConfig], defaults_none=False)
+    _add_config_options(tg, [TrainConfig], show_defaults=True)
     mg = t.add_argument_group("model options (each applies to the families that define it)")
     _add_config_options(mg, [ModelConfig] + [c.Config for c in registry.MODELS.values()], skip=DATA_FIXED)
 
     def run_cmd(name, help_, extra=None):
         c = sub.add_parser(name, help=help_)
         c.add_argument("run", help="run directory written by `aekit train`")
-        _data_args(c, with_default=False)
+        _data_args(c, skip=("normal_class",))  # the run's data by default; eval's --normal-class differs
         c.add_argument("--split", default="test", choices=["train", "val", "test"])
         if extra:
             extra(c)
@@ -447,7 +417,7 @@ def build_parser():
 
     cmp_ = sub.add_parser("compare", help="train several families with the same budget and compare them")
     cmp_.add_argument("--models", help=f"comma-separated families (default: all: {','.join(registry.MODELS)})")
-    _data_args(cmp_)
+    _data_args(cmp_, skip=("normal_class",))
     cmp_.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help="epochs per family")
     cmp_.add_argument("--latent-dim", type=int, help="code size for every family (default: each family's own)")
     cmp_.add_argument("--seed", type=int, default=0, help="seed of data split, weights and training")
@@ -494,14 +464,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        if args.command == "train":
-            model_names = set(ModelConfig.field_names()) | {
-                f for c in registry.MODELS.values() for f in c.Config.field_names()}
-            model_opts = {k: v for k, v in vars(args).items() if k in model_names}
-            given = {a.split("=")[0][2:].replace("-", "_") for a in argv if a.startswith("--")}
-            args.train_given = {k for k in TrainConfig.field_names() if k in given}
-            return cmd_train(args, model_opts)
-        return {"eval": cmd_eval, "reconstruct": cmd_reconstruct, "encode": cmd_encode,
+        return {"train": cmd_train, "eval": cmd_eval, "reconstruct": cmd_reconstruct, "encode": cmd_encode,
                 "sample": cmd_sample, "models": cmd_models, "datasets": cmd_datasets,
                 "plot": cmd_plot, "report": cmd_report, "compare": cmd_compare}[args.command](args)
     except AekitError as e:

@@ -18,6 +18,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from . import files
+from .run import CONFIG
 
 # Epochs per family when none are given. `aekit compare` on digits with every registered family (8) and
 # one torch thread took 27 s in all (training, evaluation, figures, reports) on 2 CPU cores that other jobs
@@ -62,7 +63,7 @@ def check_out_dir(out: Path, models: list[str], overwrite: bool) -> None:
                           "--overwrite to replace the runs of the compared models in it (nothing was changed)")
     for m in models:
         d = out / m
-        if d.exists() and (not d.is_dir() or (any(d.iterdir()) and not (d / files.CONFIG).exists())):
+        if d.exists() and (not d.is_dir() or (any(d.iterdir()) and not (d / CONFIG).exists())):
             raise ConfigError(f"--overwrite: {d} exists but is not an aekit run directory; it is left alone and "
                               "nothing was changed; choose another --out")
 
@@ -127,7 +128,7 @@ def _run_family(name, dataset, out: Path, tcfg, latent_dim, iw_samples, seed) ->
     try:
         opts = {} if latent_dim is None else {"latent_dim": latent_dim}
         model = registry.build_for(name, dataset, seed=tcfg.seed, **opts)
-        r.uses_labels = bool(model.conditional or model.needs_labels)
+        r.uses_labels = model.capabilities.uses_labels
         res = trainer.fit(model, dataset, tcfg, out_dir=run_dir, quiet=True, model_name=name)
         r.epochs_run = len(res.history)
         r.seconds_per_epoch = res.seconds_per_epoch
@@ -142,7 +143,7 @@ def _run_family(name, dataset, out: Path, tcfg, latent_dim, iw_samples, seed) ->
             files.atomic_write_bytes(out / rel, png)
             figs.append((fname, cap, png))
             r.figures[fname] = (rel, cap, png)
-        report.write_report(run_dir, model=res.model, dataset=dataset, values=r.metrics, figures=figs)
+        report.write_report(res.run, model=res.model, dataset=dataset, values=r.metrics, figures=figs)
     except Exception as e:  # noqa: BLE001 - a failing family is reported, the others go on
         r.status = "failed"
         last = traceback.extract_tb(e.__traceback__)[-1] if e.__traceback__ else None

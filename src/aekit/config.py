@@ -3,6 +3,13 @@
 A model is built from its config and nothing else (house rule 3). ``from_dict`` rejects unknown keys
 and lists the valid ones, so a typo in a JSON file or a CLI option never passes silently.
 Fields carry their help text in ``metadata["help"]``; the CLI turns every field into an option.
+
+A config keeps its values as given, automatic ones included ("auto", None, 0 where an option's help
+says so), so ``replace`` composes: ``ModelConfig().replace(arch="conv") == ModelConfig(arch="conv")``.
+``resolved()`` returns the config with those values made explicit; each class resolves its own fields
+and calls ``super().resolved()`` first, so resolutions compose through inheritance. ``validate()``
+checks the resolved values (construction runs it on ``resolved()``), and a model stores its resolved
+config, so a saved config names every value and rebuilds the very same model.
 """
 
 from __future__ import annotations
@@ -19,11 +26,19 @@ ACTIVATIONS = ("relu", "tanh", "sigmoid", "linear", "leaky_relu", "elu")
 LIKELIHOODS = ("bernoulli", "gaussian")
 
 
-def opt(default, help: str, choices: tuple | None = None, **kw):
-    """A dataclass field with help text (and optional choices) for the CLI and error messages."""
+def opt(default, help: str, choices: tuple | None = None, flag: str | None = None, cli: bool = True, **kw):
+    """A dataclass field with help text (and optional choices) for the CLI and error messages.
+
+    ``flag``: the CLI option's name when it is not the field's (``metadata["flag"]``); ``cli=False``:
+    the field has no CLI option (``metadata["cli"] = False``), e.g. values set from the data.
+    """
     md = {"help": help}
     if choices is not None:
         md["choices"] = choices
+    if flag is not None:
+        md["flag"] = flag
+    if not cli:
+        md["cli"] = False
     return field(default=default, metadata=md, **kw)
 
 
@@ -83,10 +98,20 @@ class ConfigBase:
         for f in dataclasses.fields(self):
             if "choices" in f.metadata:
                 self._check_choice(f.name, f.metadata["choices"])
-        self.validate()
+        # An unresolved config is checked through its resolved copy, whose construction validates it.
+        if self.resolved() is self:
+            self.validate()
 
-    def validate(self) -> None:  # subclasses add checks
-        pass
+    def resolved(self):
+        """This config with its automatic values made explicit; ``self`` when there are none (idempotent).
+
+        Subclasses that have automatic values override it: ``c = super().resolved()``, then
+        ``c = dataclasses.replace(c, field=value)`` for each of their own fields still automatic in c.
+        """
+        return self
+
+    def validate(self) -> None:
+        """Check the (resolved) values; raise ConfigError saying what to change. Subclasses add checks."""
 
 
 def _coerce(name: str, value: Any, hint: Any, what: str) -> Any:
@@ -154,9 +179,13 @@ class ModelConfig(ConfigBase):
     learn_sigma: str = opt("none", "Gaussian likelihood: learn sigma", choices=("none", "shared", "per_dim"))
     num_classes: int = opt(0, "number of label classes (conditional and supervised models); set from the dataset")
 
+    def resolved(self):
+        c = super().resolved()
+        if c.hidden is None:
+            c = dataclasses.replace(c, hidden=(256,) if c.arch == "mlp" else (32, 64))
+        return c
+
     def validate(self) -> None:
-        if self.hidden is None:  # resolved once, so the saved config is explicit
-            object.__setattr__(self, "hidden", (256,) if self.arch == "mlp" else (32, 64))
         if not self.input_shape or any(int(s) < 1 for s in self.input_shape):
             raise ConfigError(f"input_shape must be a non-empty tuple of positive sizes, got {self.input_shape}")
         self._check_range("latent_dim", 1)

@@ -1,12 +1,8 @@
-"""Run-directory files: JSON + safetensors, atomic writes, nothing ever unpickled (named so as not to shadow
-the standard library's io).
+"""File primitives: atomic writes, JSON, safetensors with JSON metadata, optimizer states as tensors.
 
-A run directory holds:
-  config.json              {"aekit_version", "model", "config", "train", "data"}
-  model.safetensors        the best weights (lowest validation loss)
-  checkpoint.safetensors   last weights, optimizer and RNG states, history (JSON in the metadata)
-  metrics.jsonl            one JSON object per epoch
-  summary.json             how the run ended
+Nothing here is ever unpickled. The layout of a run directory is run.py's (``Run``), which writes through
+these functions; figures, reports and exported codes use the atomic writes too. (Named ``files`` so as not
+to shadow the standard library's ``io``.)
 """
 
 from __future__ import annotations
@@ -23,10 +19,6 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from .errors import RunError
-
-CONFIG, WEIGHTS, CHECKPOINT, METRICS, SUMMARY = (
-    "config.json", "model.safetensors", "checkpoint.safetensors", "metrics.jsonl", "summary.json",
-)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -56,12 +48,22 @@ def write_json(path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def read_json(path) -> Any:
+def read_text(path) -> str:
+    """A UTF-8 text file, or a RunError that names it (missing, unreadable, not text)."""
     path = Path(path)
     try:
-        return json.loads(path.read_text())
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise RunError(f"{path}: file not found") from None
+    except UnicodeDecodeError:
+        raise RunError(f"{path}: not UTF-8 text; the run directory may be damaged") from None
+    except OSError as e:
+        raise RunError(f"{path}: cannot read the file ({e.strerror or e})") from None
+
+
+def read_json(path) -> Any:
+    try:
+        return json.loads(read_text(path))
     except json.JSONDecodeError as e:
         raise RunError(f"{path}: not valid JSON ({e}); the run directory may be damaged") from None
 
@@ -88,31 +90,6 @@ def load_tensors(path) -> tuple[dict[str, torch.Tensor], dict | None]:
         raise RunError(f"{path}: not a readable safetensors file ({e}); the run may have been damaged") from None
     md = header.get("__metadata__") or {}
     return tensors, (json.loads(md["json"]) if "json" in md else None)
-
-
-def run_config(run_dir) -> dict:
-    """config.json of a run directory, with a clear error when it is not one."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise RunError(f"{run_dir}: no such run directory (train one with `aekit train MODEL --out {run_dir}`)")
-    if not (run_dir / CONFIG).exists():
-        raise RunError(f"{run_dir}: not an aekit run directory (no {CONFIG} in it)")
-    cfg = read_json(run_dir / CONFIG)
-    for key in ("model", "config"):
-        if key not in cfg:
-            raise RunError(f"{run_dir / CONFIG}: missing key {key!r}; the file is not an aekit run config")
-    return cfg
-
-
-def read_metrics(run_dir) -> list[dict]:
-    path = Path(run_dir) / METRICS
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def write_metrics(run_dir, history: list[dict]) -> None:
-    atomic_write_text(Path(run_dir) / METRICS, "".join(json.dumps(h) + "\n" for h in history))
 
 
 def optimizer_to_tensors(prefix: str, state: dict) -> tuple[dict[str, torch.Tensor], dict]:

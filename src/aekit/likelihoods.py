@@ -4,6 +4,9 @@ Every family reads its reconstruction term from here, so the Bernoulli/Gaussian 
 Shapes: ``x`` is (B, *sample_shape) and ``params`` (..., B, *sample_shape): leading dimensions of the
 parameters (S samples of z per example, as in importance sampling) broadcast against x, which is never
 copied S times. ``log_prob`` returns (..., B).
+
+Binarization of [0,1] data lives here too: ``bernoulli_sample`` (dynamic, every training step) and
+``binarize_static`` (one seeded sample: static training data and the likelihood evaluation of such runs).
 """
 
 from __future__ import annotations
@@ -27,6 +30,15 @@ def bernoulli_sample(p: Tensor, generator: torch.Generator | None = None) -> Ten
     return (u < p).to(p.dtype)
 
 
+def binarize_static(x: Tensor, seed: int) -> Tensor:
+    """One fixed Bernoulli sample of x in [0,1] (static binarization), reproducible from ``seed``.
+
+    torch.bernoulli, not bernoulli_sample: a one-off cost, and the fixed binarized sets (e.g. the
+    Exemplar-VAE test set in benchmarks/) stay the ones earlier results were measured on."""
+    g = torch.Generator(device=x.device).manual_seed(seed)
+    return torch.bernoulli(x, generator=g)
+
+
 def _sum_sample_dims(t: Tensor, x: Tensor) -> Tensor:
     """Sum t (..., B, *sample_shape) over the sample dimensions of x (B, *sample_shape): -> (..., B)."""
     return t.flatten(-(x.dim() - 1)).sum(-1) if x.dim() > 1 else t
@@ -37,9 +49,6 @@ class Likelihood(nn.Module):
         raise NotImplementedError
 
     def mean(self, params: Tensor) -> Tensor:
-        raise NotImplementedError
-
-    def sample(self, params: Tensor, generator: torch.Generator | None = None) -> Tensor:
         raise NotImplementedError
 
 
@@ -68,9 +77,6 @@ class Bernoulli(Likelihood):
     def mean(self, params: Tensor) -> Tensor:
         return torch.sigmoid(params)
 
-    def sample(self, params, generator=None):
-        return bernoulli_sample(torch.sigmoid(params), generator)
-
 
 class Gaussian(Likelihood):
     """log p(x|z) = sum_d [ -(x_d - mu_d)^2 / (2 sigma_d^2) - log sigma_d - log(2 pi)/2 ].
@@ -94,10 +100,6 @@ class Gaussian(Likelihood):
 
     def mean(self, params: Tensor) -> Tensor:
         return params
-
-    def sample(self, params, generator=None):
-        eps = torch.randn(params.shape, generator=generator, device=params.device, dtype=params.dtype)
-        return params + torch.exp(self.log_sigma) * eps
 
 
 def build_likelihood(cfg: ModelConfig) -> Likelihood:

@@ -4,16 +4,23 @@ Reductions: per-example sums over data dimensions averaged over examples (nats),
 "per dimension". PSNR assumes images in [0,1] (peak 1).
 
 ``evaluate(model, dataset)`` gathers every metric that applies, deciding only from what the model
-declares (``probabilistic``, ``generative``, ``needs_labels`` / ``conditional`` and its
-``diagnostics`` names, see ``DIAGNOSTICS``), never from its name or type:
+declares in ``model.capabilities`` (``probabilistic``, ``uses_labels`` and the ``diagnostics`` names),
+never from its name or type:
 
 - reconstruction: MSE, SSE, PSNR and Bernoulli cross-entropy (``reconstruction_metrics``);
 - likelihood (probabilistic models): test ELBO and importance-sampled log-likelihood (``aekit.bounds``);
 - representation (labelled data): linear probe, k-NN and k-means clustering accuracy of the codes;
 - anomaly detection (given a normal class or anomalous samples): AUROC and average precision of
   reconstruction error and, for probabilistic models, of the negative ELBO;
-- per-family diagnostics: denoising gain, sparsity, contraction, active units, prior MMD,
-  conditional-generation accuracy.
+- per-family diagnostics (``diagnostic_metrics``): for each name in ``model.capabilities.diagnostics``,
+  the function the model's family lists under that name in its ``diagnostic_functions``, else the
+  shared one of ``SHARED_DIAGNOSTICS``, called as ``fn(model, data)`` with a ``DiagnosticData``: the
+  split, the seed and the generic pieces of this module. A diagnostic that needs a family's internals
+  is written in that family's file (denoising gain in models/dae.py, sparsity in models/sae.py,
+  contraction in models/ae.py for the whole AE kind) and computes its numbers with the pieces
+  ``data`` hands it, so no family imports this module (it sits above the models); the diagnostics that
+  need only the model contract are written once here: active units (vae), prior MMD (vae, aae) and
+  conditional-generation accuracy (cvae, supervised aae; judged by the classifier of aekit.reference).
 
 Every random choice (corruption, posterior and prior samples, k-means, the reference classifier) is
 seeded from ``seed`` through its own ``torch.Generator`` or ``random_state``, or inside
@@ -24,9 +31,11 @@ reproducible and leaves the caller's global RNG as it was.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,7 +43,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import ConfigError, DataError
-from .models.base import Autoencoder
+from .models.base import Autoencoder, eval_mode
+from .posterior import DiagonalGaussian
+from .reference import reference_classifier, subsample
 
 # --------------------------------------------------------------------------------------------------
 # Batched model calls
@@ -48,16 +59,6 @@ def _batched(fn, tensors: list[Tensor | None], batch_size: int, device) -> list:
     for i in range(0, n, batch_size):
         outs.append(fn(*[None if t is None else t[i : i + batch_size].to(device) for t in tensors]))
     return outs
-
-
-@contextlib.contextmanager
-def _eval_mode(model: Autoencoder):
-    was = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was)
 
 
 @contextlib.contextmanager
@@ -76,7 +77,7 @@ def reconstructions(model: Autoencoder, x: Tensor, y: Tensor | None = None, batc
     """model.reconstruct over x in batches, in eval mode. (N, *shape) -> (N, *shape), on x's device."""
     if x.shape[0] == 0:
         return x.new_zeros(x.shape)
-    with _eval_mode(model):
+    with eval_mode(model):
         outs = _batched(model.reconstruct, [x, y], batch_size, model.device)
     return torch.cat(outs).to(x.device)
 
@@ -86,18 +87,14 @@ def codes(model: Autoencoder, x: Tensor, y: Tensor | None = None, batch_size: in
     """Deterministic codes model.encode(x) in batches. (N, *shape) -> (N, K), on x's device."""
     if x.shape[0] == 0:
         return x.new_zeros((0, model.latent_dim))
-    with _eval_mode(model):
+    with eval_mode(model):
         outs = _batched(model.encode, [x, y], batch_size, model.device)
     return torch.cat(outs).to(x.device)
 
 
-def _uses_labels(model: Autoencoder) -> bool:
-    return bool(model.conditional or model.needs_labels)
-
-
 def _labels_for(model: Autoencoder, y: Tensor | None) -> Tensor | None:
     """The labels to hand to a model: only models that use them (conditional or supervised) get them."""
-    return y if _uses_labels(model) else None
+    return y if model.capabilities.uses_labels else None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -147,17 +144,16 @@ def likelihood_metrics(model: Autoencoder, dataset, split: str = "test", *, iw_s
                        mc_samples: int = 1, seed: int = 0, binarize_seed: int | None = None) -> dict[str, float]:
     """Test ELBO and the importance-weighted log-likelihood estimate (``aekit.bounds``), in nats and bits/dim.
 
-    Only for models with ``probabilistic = True``; ``iw_samples`` importance samples per example
-    (Burda et al. 2016), ``mc_samples`` Monte Carlo samples of the ELBO. ``binarize_seed``: evaluate on a
-    static binarization of the split (for runs trained on binarized data). Empty for other models.
+    Only for models with ``capabilities.probabilistic``; ``iw_samples`` importance samples per example
+    (Burda et al. 2016; 0 skips the estimate), ``mc_samples`` Monte Carlo samples of the ELBO (both checked
+    by ``bounds.likelihood_metrics``). ``binarize_seed``: evaluate on a static binarization of the split
+    (for runs trained on binarized data). Empty for other models.
     """
-    if not model.probabilistic:
+    if not model.capabilities.probabilistic:
         return {}
-    if iw_samples < 1 or mc_samples < 1:
-        raise ConfigError(f"iw_samples and mc_samples must be >= 1, got {iw_samples} and {mc_samples}")
     from . import bounds
 
-    with _seeded(seed), _eval_mode(model):
+    with _seeded(seed), eval_mode(model):
         res = bounds.likelihood_metrics(model, dataset, split, iw_samples, mc_samples, seed=seed,
                                         binarize_seed=binarize_seed)
     return {k: _number(v) for k, v in res.items()}
@@ -245,12 +241,6 @@ def kmeans_metrics(z, y, n_clusters: int, *, seed: int = 0) -> dict[str, float]:
             "cluster_nmi": float(normalized_mutual_info_score(_np(y), pred))}
 
 
-def _subsample(n: int, m: int, seed: int) -> Tensor:
-    if n <= m:
-        return torch.arange(n)
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:m].sort().values
-
-
 def representation_metrics(model: Autoencoder, dataset, split: str = "test", *, seed: int = 0, k: int = 5,
                            max_train: int = 10000) -> dict[str, float]:
     """Quality of the deterministic codes as features: linear probe, k-NN and k-means accuracy.
@@ -263,7 +253,7 @@ def representation_metrics(model: Autoencoder, dataset, split: str = "test", *, 
     x_te, y_te = dataset.split(split)
     if y_tr is None or y_te is None or x_te.shape[0] == 0 or torch.unique(y_tr).numel() < 2:
         return {}
-    idx = _subsample(x_tr.shape[0], max_train, seed)
+    idx = subsample(x_tr.shape[0], max_train, seed)
     x_tr, y_tr = x_tr[idx], y_tr[idx]
     z_tr = codes(model, x_tr, _labels_for(model, y_tr))
     z_te = codes(model, x_te, _labels_for(model, y_te))
@@ -291,9 +281,9 @@ def anomaly_scores(model: Autoencoder, x: Tensor, y: Tensor | None = None, *, mc
     """
     y = _labels_for(model, y)
     out = {"recon_error": sse_per_example(x, reconstructions(model, x, y, batch_size))}
-    if model.probabilistic and x.shape[0]:
+    if model.capabilities.probabilistic and x.shape[0]:
         g = torch.Generator(device=model.device).manual_seed(seed)
-        with _seeded(seed), _eval_mode(model):
+        with _seeded(seed), eval_mode(model):
             parts = _batched(lambda xb, yb: model.elbo(xb, yb, mc_samples=mc_samples, generator=g)["elbo"],
                              [x, y], batch_size, model.device)
         out["neg_elbo"] = -torch.cat(parts).to(x.device)
@@ -350,27 +340,7 @@ def class_index(dataset, cls: int | str) -> int:
 
 
 # --------------------------------------------------------------------------------------------------
-# Per-family diagnostics (dispatched through model.diagnostics)
-
-
-def denoising_metrics(model: Autoencoder, dataset, split: str = "test", *, seed: int = 0) -> dict[str, float]:
-    """Denoising gain (Vincent et al. 2010): PSNR(denoised, clean) - PSNR(noisy, clean), in dB.
-
-    The noisy input is ``model.corrupt(x, generator)`` with the model's own corruption and a generator
-    seeded with ``seed``; the noisy input is not clipped. Both PSNRs are means over examples of
-    10 log10(peak^2 / MSE_i), so the gain, mean_i 10 log10(MSE_noisy_i / MSE_denoised_i), does not
-    depend on the peak and applies to tables too. Images also get both PSNRs (peak 1).
-    """
-    x, y = dataset.split(split)
-    g = torch.Generator(device=x.device).manual_seed(seed)
-    noisy = model.corrupt(x, generator=g)
-    den = reconstructions(model, noisy, _labels_for(model, y))
-    p_noisy, p_den = psnr(x, noisy), psnr(x, den)
-    out = {"denoise_psnr_gain_db": p_den - p_noisy,
-           "denoise_mse_noisy": mse(x, noisy), "denoise_mse_denoised": mse(x, den)}
-    if dataset.kind == "image":
-        out["denoise_psnr_noisy_db"], out["denoise_psnr_denoised_db"] = p_noisy, p_den
-    return out
+# Diagnostics: the generic pieces, the diagnostics shared across families, and the dispatch
 
 
 def sparsity_stats(h: Tensor, rel_threshold: float = 0.01) -> dict[str, float]:
@@ -394,58 +364,6 @@ def sparsity_stats(h: Tensor, rel_threshold: float = 0.01) -> dict[str, float]:
     }
 
 
-def sparsity_metrics(model: Autoencoder, dataset, split: str = "test", *, seed: int = 0) -> dict[str, float]:
-    """``sparsity_stats`` of the codes of ``split``; for a KL sparsity penalty also its target rho."""
-    x, y = dataset.split(split)
-    out = sparsity_stats(codes(model, x, _labels_for(model, y)))
-    if getattr(model.config, "sparsity", None) == "kl":
-        out["sparsity_target_rho"] = float(model.config.rho)
-    return out
-
-
-SATURATION_THRESHOLD = 0.05
-
-
-def contraction_metrics(model: Autoencoder, dataset, split: str = "test", *, seed: int = 0,
-                        batch_size: int = 256) -> dict[str, float]:
-    """Contraction of the encoder f (Rifai et al., ICML 2011), for models with a ``nets.Encoder``.
-
-    - ``contraction_jacobian_norm``: mean over examples of the Frobenius norm ||J_f(x)||_F
-      (not squared; ``regularizers.encoder_jacobian_sq_norm``);
-    - ``contraction_saturated_fraction``: share of (example, code unit) pairs whose code activation is
-      saturated, i.e. its derivative at the pre-activation is below 0.05 (sigmoid: at most 0.25,
-      tanh: at most 1; a relu unit is saturated exactly when it is off, derivative 0; a linear code
-      never saturates). Rifai et al. show that contraction comes from such saturated units.
-    """
-    from .regularizers import encoder_jacobian_sq_norm
-
-    enc = model.encoder
-    x, y = dataset.split(split)
-    cond = model.condition(_labels_for(model, y)) if getattr(enc, "cond_dim", 0) else None
-    norms, derivs = [], []
-    with _eval_mode(model):
-        for i in range(0, x.shape[0], batch_size):
-            xb = x[i : i + batch_size].to(model.device)
-            cb = None if cond is None else cond[i : i + batch_size].to(model.device)
-            with torch.no_grad():
-                _, d = enc.mlp.forward_with_derivatives(enc.features(xb, cb))
-            derivs.append(d[-1].detach())
-            if cb is None:
-                _, sq = encoder_jacobian_sq_norm(enc, xb)
-            else:  # conditional encoders: the Jacobian with respect to x only, y held fixed
-                sq = _jacobian_sq_norm_conditional(enc, xb, cb)
-            norms.append(sq.detach().clamp_min(0).sqrt())
-    return {"contraction_jacobian_norm": torch.cat(norms).mean().item(),
-            "contraction_saturated_fraction": (torch.cat(derivs) < SATURATION_THRESHOLD).float().mean().item()}
-
-
-def _jacobian_sq_norm_conditional(enc, x: Tensor, c: Tensor) -> Tensor:
-    from torch.func import jacrev, vmap
-
-    jac = vmap(jacrev(lambda xi, ci: enc(xi.unsqueeze(0), ci.unsqueeze(0))[0]))(x, c)
-    return jac.pow(2).flatten(1).sum(1)
-
-
 def active_units(mu: Tensor, threshold: float = 0.01) -> tuple[int, Tensor]:
     """Active units (Burda et al., ICLR 2016): unit u is active when A_u = Cov_x(E_q[z_u|x]) > threshold.
 
@@ -457,7 +375,8 @@ def active_units(mu: Tensor, threshold: float = 0.01) -> tuple[int, Tensor]:
 
 
 def active_units_metrics(model: Autoencoder, dataset, split: str = "test", *, seed: int = 0) -> dict[str, float]:
-    """Number and share of active latent units on ``split`` (posterior means from ``model.encode``)."""
+    """Diagnostic ``active_units``: number and share of active latent units on ``split`` (posterior means
+    from ``model.encode``)."""
     x, y = dataset.split(split)
     n, _ = active_units(codes(model, x, _labels_for(model, y)))
     return {"active_units": n, "active_units_fraction": n / model.latent_dim}
@@ -496,123 +415,129 @@ def mmd2(a: Tensor, b: Tensor, scales: tuple[float, ...] = MMD_SCALES) -> float:
 @torch.no_grad()
 def aggregate_posterior_sample(model: Autoencoder, x: Tensor, y: Tensor | None = None, *,
                                generator: torch.Generator | None = None) -> Tensor:
-    """One code per example drawn from the aggregated posterior q(z) = E_x q(z|x): (N, K).
+    """One code per example drawn from the aggregated posterior q(z) = E_x q(z|x): (N, K), on the CPU.
 
-    Probabilistic models: z = mu + exp(logvar / 2) * eps from ``model.posterior``; others: the
-    deterministic code ``model.encode`` (their q(z|x) is a point mass).
+    Probabilistic models: a draw of ``model.posterior`` (a DiagonalGaussian) with ``generator`` (a CPU
+    generator); others: the deterministic code ``model.encode`` (their q(z|x) is a point mass).
     """
     y = _labels_for(model, y)
-    if not model.probabilistic:
+    if not model.capabilities.probabilistic:
         return codes(model, x, y)
-    with _eval_mode(model):
+    with eval_mode(model):
         parts = _batched(model.posterior, [x, y], 1024, model.device)
-    mu = torch.cat([p[0] for p in parts]).cpu()
-    logvar = torch.cat([p[1] for p in parts]).cpu()
-    eps = torch.randn(mu.shape, generator=generator, dtype=mu.dtype)
-    return mu + torch.exp(0.5 * logvar) * eps
+    q = DiagonalGaussian(torch.cat([p.mean for p in parts]).cpu(), torch.cat([p.logvar for p in parts]).cpu())
+    return q.sample(1, generator)[0]
 
 
 def prior_mmd_metrics(model: Autoencoder, dataset, split: str = "test", *, seed: int = 0,
                       max_samples: int = 2000) -> dict[str, float]:
-    """``prior_mmd2``: MMD^2_u (``mmd2``) between codes from the aggregated posterior on ``split`` (at most
-    ``max_samples``, a seeded subset) and as many samples of the model's prior (``model.prior_sample``).
-    Near 0 when the encoder fills the prior, as the VAE and AAE objectives ask."""
+    """Diagnostic ``prior_mmd`` of generative models, ``prior_mmd2``: MMD^2_u (``mmd2``) between codes from
+    the aggregated posterior on ``split`` (at most ``max_samples``, a seeded subset) and as many samples of
+    the model's prior (``model.prior_sample``). Near 0 when the encoder fills the prior, as the VAE and AAE
+    objectives ask."""
     x, y = dataset.split(split)
-    idx = _subsample(x.shape[0], max_samples, seed)
+    idx = subsample(x.shape[0], max_samples, seed)
     x, y = x[idx], (None if y is None else y[idx])
     g = torch.Generator().manual_seed(seed)
     q = aggregate_posterior_sample(model, x, y, generator=g)
-    with _eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         p = model.prior_sample(q.shape[0], generator=torch.Generator(device=model.device).manual_seed(seed + 1))
     return {"prior_mmd2": mmd2(q.cpu(), p.cpu())}
 
 
-# reference classifiers for conditional generation, one per dataset (keyed by its spec and shape)
-_CLASSIFIERS: dict[str, tuple[torch.nn.Module, float]] = {}
-
-
-def _dataset_key(dataset) -> str:
-    spec = {k: v for k, v in (getattr(dataset, "spec", None) or {}).items() if k != "stats"}
-    return json.dumps([dataset.name, list(dataset.shape), spec, [int(t.shape[0]) for t in
-                       (dataset.x_train, dataset.x_val, dataset.x_test)]], sort_keys=True, default=str)
-
-
-def reference_classifier(dataset, *, seed: int = 0, steps: int = 1000, batch_size: int = 128,
-                         max_train: int = 20000):
-    """A classifier of real data, independent of any autoencoder, and its accuracy on the real test split.
-
-    An MLP (flattened input -> 256 relu units -> num_classes logits) trained with Adam (lr 1e-3, weight
-    decay 1e-4) on ``steps`` minibatches of ``batch_size`` drawn from (a seeded subset of at most
-    ``max_train`` of) the training split, everything seeded from ``seed`` (the global RNG is left as it
-    was). Cached in memory per dataset (spec, shape and split sizes), so comparing several models trains
-    it once. Returns (classifier in eval mode: (N, D) -> (N, num_classes) logits, test accuracy).
-    """
-    key = _dataset_key(dataset) + f"|{seed}|{steps}|{batch_size}|{max_train}"
-    if key in _CLASSIFIERS:
-        return _CLASSIFIERS[key]
-    x, y = dataset.split("train")
-    if y is None:
-        raise DataError(f"{dataset.name}: conditional-generation accuracy needs a labelled dataset")
-    idx = _subsample(x.shape[0], max_train, seed)
-    x, y = x[idx].flatten(1).float().cpu(), y[idx].cpu()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        clf = torch.nn.Sequential(torch.nn.Linear(x.shape[1], 256), torch.nn.ReLU(),
-                                  torch.nn.Linear(256, dataset.num_classes))
-    g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(clf.parameters(), lr=1e-3, weight_decay=1e-4)
-    for _ in range(steps):
-        b = torch.randint(0, x.shape[0], (min(batch_size, x.shape[0]),), generator=g)
-        loss = F.cross_entropy(clf(x[b]), y[b])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    clf.eval()
-    xt, yt = dataset.split("test")
-    with torch.no_grad():
-        acc = (clf(xt.flatten(1).float().cpu()).argmax(1) == yt.cpu()).float().mean().item() if len(yt) else math.nan
-    _CLASSIFIERS[key] = (clf, acc)
-    return clf, acc
-
-
 def conditional_accuracy_metrics(model: Autoencoder, dataset, split: str = "test", *, seed: int = 0,
                                  per_class: int = 100) -> dict[str, float]:
-    """Conditional generation: the share of samples drawn for label y that a reference classifier
-    (``reference_classifier``, trained on the real training data) assigns to y, over ``per_class``
-    samples of every class; beside it, that classifier's accuracy on the real test data (the ceiling).
-    Empty for models that take no labels (e.g. an unsupervised aae, whose family lists this diagnostic
-    for its supervised variant)."""
-    if not _uses_labels(model) or not dataset.num_classes:
+    """Diagnostic ``conditional_accuracy``: the share of samples drawn for label y that a reference
+    classifier (``reference.reference_classifier``, trained on the real training data) assigns to y, over
+    ``per_class`` samples of every class; beside it, that classifier's accuracy on the real test data (the
+    ceiling). Empty for models that take no labels or data without classes."""
+    if not model.capabilities.uses_labels or not dataset.num_classes:
         return {}
     clf, real_acc = reference_classifier(dataset, seed=seed)
     k = dataset.num_classes
     y = torch.arange(k).repeat_interleave(per_class)
     g = torch.Generator(device=model.device).manual_seed(seed)
-    with _eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         xs = model.sample(y.shape[0], y=y.to(model.device), generator=g)
         pred = clf(xs.flatten(1).float().cpu()).argmax(1)
     return {"cond_gen_accuracy": (pred == y).float().mean().item(),
             "cond_gen_classifier_test_accuracy": real_acc}
 
 
-DIAGNOSTICS = {
-    "denoising": denoising_metrics,
-    "sparsity": sparsity_metrics,
-    "contraction": contraction_metrics,
-    "active_units": active_units_metrics,
-    "prior_mmd": prior_mmd_metrics,
-    "conditional_accuracy": conditional_accuracy_metrics,
+@dataclass(frozen=True, eq=False)
+class DiagnosticData:
+    """What a diagnostic function receives: one split of a dataset, the seed, and the generic pieces of this
+    module bound to the model, so a family's file computes its diagnostics without importing aekit.metrics.
+
+    ``x`` (N, *shape) and ``y`` (the labels handed to the model: None unless it uses labels) of ``split``;
+    ``codes`` / ``reconstructions``: the batched model calls of this module (eval mode, no autograd);
+    ``psnr``, ``mse``, ``sparsity_stats``: the functions of this module.
+    """
+
+    model: Autoencoder
+    dataset: Any
+    split: str = "test"
+    seed: int = 0
+
+    psnr = staticmethod(psnr)
+    mse = staticmethod(mse)
+    sparsity_stats = staticmethod(sparsity_stats)
+
+    @property
+    def x(self) -> Tensor:
+        return self.dataset.split(self.split)[0]
+
+    @property
+    def y(self) -> Tensor | None:
+        return _labels_for(self.model, self.dataset.split(self.split)[1])
+
+    @property
+    def kind(self) -> str:
+        """The kind of data: "image" or "table"."""
+        return self.dataset.kind
+
+    def codes(self) -> Tensor:
+        """The model's codes of the split: (N, K)."""
+        return codes(self.model, self.x, self.y)
+
+    def reconstructions(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """The model's reconstructions of any inputs x (N, *shape) -> (N, *shape)."""
+        return reconstructions(self.model, x, y)
+
+
+# A diagnostic function: fn(model, data: DiagnosticData) -> {metric name: number}
+Diagnostic = Callable[[Autoencoder, DiagnosticData], dict]
+
+
+def _shared(fn) -> Diagnostic:
+    """fn(model, dataset, split, *, seed) as a diagnostic function."""
+    return lambda model, data: fn(model, data.dataset, data.split, seed=data.seed)
+
+
+# the diagnostics that need only the model contract, for every family that names them
+SHARED_DIAGNOSTICS: dict[str, Diagnostic] = {
+    "active_units": _shared(active_units_metrics),
+    "prior_mmd": _shared(prior_mmd_metrics),
+    "conditional_accuracy": _shared(conditional_accuracy_metrics),
 }
 
 
+def diagnostic_function(model: Autoencoder, name: str) -> Diagnostic:
+    """The function computing diagnostic ``name`` for ``model``: its family's own, else a shared one."""
+    fn = model.diagnostic_functions.get(name) or SHARED_DIAGNOSTICS.get(name)
+    if fn is None:
+        known = sorted({*model.diagnostic_functions, *SHARED_DIAGNOSTICS})
+        raise ConfigError(f"model {model.name} asks for diagnostic {name!r}, which neither its family nor "
+                          f"aekit.metrics computes; known diagnostics: {', '.join(known)}")
+    return fn
+
+
 def diagnostic_metrics(model: Autoencoder, dataset, split: str = "test", *, seed: int = 0) -> dict[str, float]:
-    """The per-family diagnostics the model names in ``model.diagnostics`` (see ``DIAGNOSTICS``)."""
+    """Every diagnostic named in ``model.capabilities.diagnostics`` on ``split``, seeded with ``seed``."""
+    data = DiagnosticData(model, dataset, split, seed)
     out = {}
-    for name in getattr(model, "diagnostics", ()):
-        if name not in DIAGNOSTICS:
-            raise ConfigError(f"model {model.name} asks for diagnostic {name!r}, which aekit.metrics does not "
-                              f"know; known diagnostics: {', '.join(DIAGNOSTICS)}")
-        out.update(DIAGNOSTICS[name](model, dataset, split, seed=seed))
+    for name in model.capabilities.diagnostics:
+        out.update(diagnostic_function(model, name)(model, data))
     return out
 
 
@@ -675,7 +600,7 @@ def evaluate(model: Autoencoder, dataset, split: str = "test", *, iw_samples: in
     the anomalies) and/or ``anomalies`` (N_a, *shape) is given (extra anomalous examples appended to
     ``split``, whose examples then all count as normal unless ``normal_class`` says otherwise).
     ``binarize_seed``: the likelihood metrics of a run trained on binarized data are computed on a static
-    binarization of the split made with this seed (``trainer.binarize_static``).
+    binarization of the split made with this seed (``likelihoods.binarize_static``).
     """
     out = reconstruction_metrics(model, dataset, split)
     out.update(likelihood_metrics(model, dataset, split, iw_samples=iw_samples, mc_samples=mc_samples, seed=seed,
@@ -714,7 +639,7 @@ def anomaly_evaluation(model: Autoencoder, dataset, split: str = "test", *, norm
         x = torch.cat([x, anomalies.to(x.device, x.dtype)])
         is_anom = torch.cat([is_anom.cpu(), torch.ones(anomalies.shape[0], dtype=torch.bool)])
     labels = None
-    if _uses_labels(model):
+    if model.capabilities.uses_labels:
         if k is None:
             raise ConfigError(f"model {model.name} needs labels: name the normal class (--normal-class) so its "
                               "label can be given to every example")

@@ -117,6 +117,11 @@ class Encoder(nn.Module):
     def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         return self.mlp(self.features(x, y))
 
+    def forward_with_derivatives(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, list[Tensor]]:
+        """The output (B, out_dim) and the activation derivatives of the final MLP's layers (MLP.
+        forward_with_derivatives); the last entry, (B, out_dim), is the output activation's."""
+        return self.mlp.forward_with_derivatives(self.features(x, y))
+
 
 class Decoder(nn.Module):
     """z (B, latent_dim) [, y (B, cond_dim)] -> distribution parameters (B, *input_shape).

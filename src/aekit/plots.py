@@ -1,10 +1,14 @@
-"""Figures as matplotlib Figure objects (headless: Agg backend; never plt.show()).
+"""Figures as ``matplotlib.figure.Figure`` objects, made without pyplot.
+
+Nothing here touches matplotlib's global state: no backend is chosen on import, no figure is registered
+with pyplot (so none has to be closed, and a caller's own backend and figures are left alone). PNG
+bytes come from ``Figure.savefig``, which renders with Agg whatever the caller's backend.
 
 The functions at the top draw given tensors; ``run_figures`` decides which figures apply to a model
-and dataset from what the model declares (``generative``, ``conditional`` / ``needs_labels``,
-``latent_dim``, the ``denoising`` diagnostic) and the kind of data, never from the model's name, and
-``save_run_figures`` writes them as PNG files. Tables get the latent scatter and the training curves;
-the image figures are skipped for them.
+and dataset from what the model declares (``model.capabilities``: ``generative``, ``uses_labels``;
+``latent_dim``; its own ``reconstruction_rows``, e.g. a denoising family's clean / noisy / denoised rows)
+and the kind of data, never from the model's name, and ``save_run_figures`` writes them as PNG files.
+Tables get the latent scatter and the training curves; the image figures are skipped for them.
 """
 
 from __future__ import annotations
@@ -12,13 +16,11 @@ from __future__ import annotations
 import math
 
 import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import matplotlib.ticker  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import Tensor  # noqa: E402
+import matplotlib.ticker
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from torch import Tensor
 
 
 def _to_hwc(img: Tensor) -> np.ndarray:
@@ -48,7 +50,7 @@ def _show_mosaic(rows: list[list[np.ndarray]], row_labels: list[str] | None, sca
     pad = max(1, round(max(h, w) / 14))
     m = mosaic(rows, pad=pad)
     label_w = 0.7 if row_labels else 0.0
-    fig = plt.figure(figsize=(ncols * scale + label_w, len(rows) * scale * h / w + 0.1))
+    fig = Figure(figsize=(ncols * scale + label_w, len(rows) * scale * h / w + 0.1))
     ax = fig.add_axes((label_w / fig.get_figwidth(), 0, 1 - label_w / fig.get_figwidth(), 1))
     ax.imshow(m, cmap="gray", vmin=0, vmax=1, interpolation="nearest", aspect="auto")
     ax.set_axis_off()
@@ -75,19 +77,9 @@ def reconstructions(x: Tensor, x_hat: Tensor):
     return image_rows([x, x_hat], ["input", "output"])
 
 
-def denoising(x: Tensor, noisy: Tensor, denoised: Tensor):
-    """Clean inputs, their corrupted versions and the reconstructions of those. Each (n, C, H, W)."""
-    return image_rows([x, noisy, denoised], ["clean", "noisy", "denoised"])
-
-
 def class_grid(rows: list[Tensor], class_names: list[str]):
     """Class-conditional samples: one row of images (n, C, H, W) per class, labelled by its name."""
     return image_rows(rows, [str(c)[:14] for c in class_names])
-
-
-def interpolation(imgs: Tensor):
-    """Decoded points along a line in code space, endpoints included. imgs: (steps, C, H, W)."""
-    return image_rows([imgs], None)
 
 
 def latent_manifold(imgs: Tensor, grid0: np.ndarray, grid1: np.ndarray):
@@ -99,7 +91,8 @@ def latent_manifold(imgs: Tensor, grid0: np.ndarray, grid1: np.ndarray):
     rows = [tiles[i * n0 : (i + 1) * n0] for i in range(n1)][::-1]
     pad = max(1, round(max(h, w) / 14))
     m = mosaic(rows, pad=pad)
-    fig, ax = plt.subplots(figsize=(6, 6))
+    fig = Figure(figsize=(6, 6))
+    ax = fig.subplots()
     ax.imshow(m, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     ax.set_xticks(pad + np.arange(n0) * (w + pad) + w / 2 - 0.5, [f"{v:.2g}" for v in grid0], fontsize=7,
                   rotation=90)
@@ -131,13 +124,14 @@ def latent_scatter(z: Tensor, y: Tensor | None = None, class_names: list[str] | 
         jitter = np.random.default_rng(seed).uniform(-0.4, 0.4, size=len(zn))
         pts = np.stack([zn[:, 0], jitter], 1)
         xlabel, ylabel = "z[0]", "(jitter)"
-    fig, ax = plt.subplots(figsize=(6, 5))
+    fig = Figure(figsize=(6, 5))
+    ax = fig.subplots()
     if y is None:
         ax.scatter(pts[:, 0], pts[:, 1], s=6, alpha=0.7, color="tab:blue", linewidths=0)
     else:
         yn = y.detach().cpu().numpy()
         classes = np.unique(yn)
-        cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+        cmap = matplotlib.colormaps["tab10" if len(classes) <= 10 else "tab20"]
         for i, c in enumerate(classes):
             sel = yn == c
             name = class_names[int(c)] if class_names and int(c) < len(class_names) else str(int(c))
@@ -168,7 +162,8 @@ def training_curves(history: list[dict]):
     n = max(1, len(terms))
     ncols = min(3, n)
     nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.0 * nrows), squeeze=False)
+    fig = Figure(figsize=(4.2 * ncols, 3.0 * nrows))
+    axes = fig.subplots(nrows, ncols, squeeze=False)
     for ax in axes.flat[n:]:
         ax.axis("off")
     for ax, term in zip(axes.flat, terms):
@@ -194,10 +189,6 @@ def training_curves(history: list[dict]):
 # Which figures apply to a run
 
 
-def _uses_labels(model) -> bool:
-    return bool(model.conditional or model.needs_labels)
-
-
 def _pick(x: Tensor, y: Tensor | None, n: int) -> tuple[Tensor, Tensor | None]:
     """The first n examples, one per class in turn when labelled (so a row shows every class)."""
     if y is None or n >= len(y):
@@ -218,7 +209,7 @@ def _pick(x: Tensor, y: Tensor | None, n: int) -> tuple[Tensor, Tensor | None]:
 @torch.no_grad()
 def run_figures(model, dataset, history: list[dict] | None = None, *, n: int = 10, seed: int = 0,
                 split: str = "test"):
-    """Yield (name, caption, Figure) for every figure that applies; the caller saves and closes each.
+    """Yield (name, caption, Figure) for every figure that applies; the caller saves each.
 
     Names: curves, reconstructions, samples, class_samples, latent, manifold, interpolation.
     """
@@ -229,7 +220,8 @@ def run_figures(model, dataset, history: list[dict] | None = None, *, n: int = 1
     try:
         dev = model.device
         x, y = dataset.split(split)
-        y_cond = y if _uses_labels(model) else None
+        uses_labels = model.capabilities.uses_labels
+        y_cond = y if uses_labels else None
         image = dataset.kind == "image"
         g = torch.Generator(device=dev).manual_seed(seed)
 
@@ -239,21 +231,16 @@ def run_figures(model, dataset, history: list[dict] | None = None, *, n: int = 1
 
         if image and x.shape[0]:
             xs, ys = _pick(x, y, n)
-            yc = ys if _uses_labels(model) else None
-            if "denoising" in getattr(model, "diagnostics", ()):
-                noisy = model.corrupt(xs.to(dev), generator=torch.Generator(device=dev).manual_seed(seed))
-                den = metrics.reconstructions(model, noisy, None if yc is None else yc.to(dev))
-                yield "reconstructions", "Clean inputs, their corruption by the model's noise, and the " \
-                    "reconstruction of the noisy input", denoising(xs, noisy.cpu(), den.cpu())
-            else:
-                yield "reconstructions", "Test inputs (top) and their reconstructions (bottom)", \
-                    reconstructions(xs, metrics.reconstructions(model, xs, yc).cpu())
+            yc = ys.to(dev) if uses_labels and ys is not None else None
+            caption, rows = model.reconstruction_rows(xs.to(dev), yc,
+                                                      generator=torch.Generator(device=dev).manual_seed(seed))
+            yield "reconstructions", caption, image_rows([r.cpu() for r in rows.values()], list(rows))
 
         k = dataset.num_classes
-        if image and model.generative:
+        if image and model.capabilities.generative:
             m = 4 * n
             ys_ = None
-            if _uses_labels(model) and k:
+            if uses_labels and k:
                 ys_ = torch.randint(0, k, (m,), generator=torch.Generator().manual_seed(seed)).to(dev)
             s = model.sample(m, y=ys_, generator=g).cpu()
             yield "samples", "Random samples from the prior" + (" (random labels)" if ys_ is not None else ""), \
@@ -272,14 +259,14 @@ def run_figures(model, dataset, history: list[dict] | None = None, *, n: int = 1
                                                                             else ""), \
                 latent_scatter(z, y, dataset.class_names, seed=seed)
 
-        if image and model.generative and model.latent_dim == 2:
+        if image and model.capabilities.generative and model.latent_dim == 2:
             grid = 12
             p = model.prior_sample(10000, generator=torch.Generator(device=dev).manual_seed(seed)).cpu().double()
             qs = torch.linspace(0.05, 0.95, grid, dtype=torch.float64)
             g0, g1 = torch.quantile(p[:, 0], qs).numpy(), torch.quantile(p[:, 1], qs).numpy()
             zz = torch.tensor([[a, b] for b in g1 for a in g0], dtype=torch.float32, device=dev)
             yl, what = None, ""
-            if _uses_labels(model) and k:
+            if uses_labels and k:
                 yl = torch.zeros(zz.shape[0], dtype=torch.long, device=dev)
                 what = f", for class {dataset.class_names[0] if dataset.class_names else 0}"
             imgs = model.decode(zz, yl).cpu()
@@ -289,7 +276,7 @@ def run_figures(model, dataset, history: list[dict] | None = None, *, n: int = 1
         if image and x.shape[0] >= 2:
             i0, i1 = 0, 1
             if y is not None:
-                same = _uses_labels(model)  # label-using decoders: interpolate style within one class
+                same = uses_labels  # label-using decoders: interpolate style within one class
                 cand = ((y == y[0]) if same else (y != y[0])).nonzero().flatten()
                 cand = cand[cand != 0]
                 if len(cand):
@@ -322,18 +309,17 @@ def save_run_figures(model, dataset, out_dir, history: list[dict] | None = None,
     return out
 
 
-def to_png(fig, dpi: int = 100) -> bytes:
-    """PNG bytes of a figure; closes it."""
+def to_png(fig: Figure, dpi: int = 100) -> bytes:
+    """PNG bytes of a figure."""
     import io as _io
 
     buf = _io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
-    plt.close(fig)
     return buf.getvalue()
 
 
-def save(fig, path) -> None:
-    """Save a figure to PNG atomically and close it."""
+def save(fig: Figure, path) -> None:
+    """Save a figure to PNG atomically."""
     from .files import atomic_write_bytes
 
     atomic_write_bytes(path, to_png(fig))

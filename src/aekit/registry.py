@@ -6,8 +6,7 @@ from pathlib import Path
 
 import torch
 
-from . import files
-from .errors import ConfigError, RunError
+from .errors import ConfigError
 from .models.aae import AAE
 from .models.ae import AE
 from .models.base import Autoencoder
@@ -65,21 +64,9 @@ def build_for(name: str, dataset, seed: int | None = None, **options) -> Autoenc
     return build(name, seed=seed, **{**data_options(name, dataset), **options})
 
 
-def load(run_dir: str | Path, weights: str = "best") -> Autoencoder:
-    """Rebuild the model of a run directory exactly, with its best (or ``weights="last"``) weights."""
-    run_dir = Path(run_dir)
-    cfg = files.run_config(run_dir)
-    model = build(cfg["model"], **cfg["config"])
-    if weights == "best":
-        tensors, _ = files.load_tensors(run_dir / files.WEIGHTS)
-    elif weights == "last":
-        all_t, _ = files.load_tensors(run_dir / files.CHECKPOINT)
-        tensors = {k[6:]: v for k, v in all_t.items() if k.startswith("model/")}
-    else:
-        raise ConfigError(f"weights must be 'best' or 'last', got {weights!r}")
-    try:
-        model.load_state_dict(tensors)
-    except RuntimeError as e:
-        raise RunError(f"{run_dir / files.WEIGHTS}: weights do not match the model in config.json ({e})") from None
-    model.eval()
-    return model
+def load(run_dir: str | Path, weights: str = "best", device=None) -> Autoencoder:
+    """Rebuild the model of a run directory exactly, with its best (or ``weights="last"``) weights:
+    ``Run.open(run_dir).model(weights, device)``."""
+    from .run import Run
+
+    return Run.open(run_dir).model(weights, device)

@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 
 from . import files
+from .run import Run
 
 CSS = """
 body{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;margin:24px auto;max-width:1150px;
@@ -114,64 +115,42 @@ def _dict_table(d: dict | None) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-# The data of a run
-
-
-def run_dataset(run_dir, *, limit: int | None = None):
-    """The dataset a run was trained on, from config.json's data spec: (Dataset, normal_class or None).
-
-    A run trained with ``--normal-class C`` carries ``"normal_class": C`` in its data spec (an argument
-    of ``datasets.load``), so training and validation are restricted to class C again.
-    """
-    from . import datasets
-    from .errors import RunError
-
-    spec = dict(files.run_config(run_dir).get("data") or {})
-    if not spec:
-        raise RunError(f"{Path(run_dir) / files.CONFIG}: no data spec; give the data with --dataset")
-    if limit is not None:
-        spec["limit"] = limit
-    return datasets.load(**spec), spec.get("normal_class")
-
-
-# --------------------------------------------------------------------------------------------------
 # The report
 
 
-def render(run_dir, *, model=None, dataset=None, values: dict | None = None, normal_class=None,
+def render(run, *, model=None, dataset=None, values: dict | None = None, normal_class=None,
            iw_samples: int = 100, seed: int = 0, split: str = "test",
            figures: list[tuple[str, str, bytes]] | None = None) -> str:
-    """The HTML text of the report of ``run_dir``; loads what is not given.
+    """The HTML text of the report of ``run`` (a Run or a run directory); loads what is not given.
 
-    ``values``: precomputed metrics (else ``metrics.evaluate``); ``figures``: precomputed
-    (name, caption, png bytes) (else ``plots.run_figures``).
+    Without ``dataset`` the run's own data is used and ``normal_class`` defaults to the class a one-class
+    run was trained on. ``values``: precomputed metrics (else ``metrics.evaluate`` with the run's
+    evaluation options); ``figures``: precomputed (name, caption, png bytes) (else ``plots.run_figures``).
     """
-    from . import metrics, plots, registry
+    from . import metrics, plots
 
-    run_dir = Path(run_dir)
-    cfg = files.run_config(run_dir)
+    run = run if isinstance(run, Run) else Run.open(run)
+    opts = run.evaluation_options(other_data=dataset is not None)
     if model is None:
-        model = registry.load(run_dir)
+        model = run.model()
     if dataset is None:
-        dataset, trained_on = run_dataset(run_dir)
-        normal_class = trained_on if normal_class is None else normal_class
-    history = files.read_metrics(run_dir)
-    summary = files.read_json(run_dir / files.SUMMARY) if (run_dir / files.SUMMARY).exists() else {}
-    binarized = (cfg.get("train") or {}).get("binarize", "none") != "none"
+        dataset = run.dataset()
+        normal_class = opts.normal_class if normal_class is None else normal_class
+    history, summary = run.history, run.summary
     if values is None:
         values = metrics.evaluate(model, dataset, split, iw_samples=iw_samples, normal_class=normal_class, seed=seed,
-                                  binarize_seed=metrics.EVAL_BINARIZE_SEED if binarized else None)
+                                  binarize_seed=opts.binarize_seed)
     if figures is None:
         figures = [(name, cap, plots.to_png(fig)) for name, cap, fig in
                    plots.run_figures(model, dataset, history, seed=seed, split=split)]
 
-    name = cfg.get("model", "?")
+    name = run.model_name
     data_name = getattr(dataset, "name", "?")
     title = f"aekit report: {name} on {data_name}"
     now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     parts = [f"<h1>{esc(title)}</h1>",
-             f"<p class=\"meta\">run directory <code>{esc(run_dir)}</code> · aekit "
-             f"{esc(cfg.get('aekit_version', '?'))} · report written {esc(now)}</p>"]
+             f"<p class=\"meta\">run directory <code>{esc(run.path)}</code> · aekit "
+             f"{esc(run.aekit_version)} · report written {esc(now)}</p>"]
     ended = {
         "epochs run": summary.get("epochs_run", len(history)),
         "best epoch": summary.get("best_epoch"),
@@ -182,9 +161,9 @@ def render(run_dir, *, model=None, dataset=None, values: dict | None = None, nor
     }
     parts += ["<h2>Training</h2>", table_html(["", "value"], [[k, fmt(v)] for k, v in ended.items()], {1})]
     extra = f" Normal class for anomaly detection: {esc(normal_class)}." if normal_class is not None else ""
-    if binarized and model.probabilistic:
-        extra += (f" The run was trained on binarized data: likelihoods are computed on a static binarization "
-                  f"of the split (seed {metrics.EVAL_BINARIZE_SEED}).")
+    note = opts.likelihood_note(split) if model.capabilities.probabilistic else None
+    if note:
+        extra += f" Likelihoods are computed on the {esc(note)}."
     parts += ["<h2>Metrics</h2>",
               f"<p class=\"meta\">On the {esc(split)} split of {esc(data_name)} "
               f"({int(dataset.split(split)[0].shape[0])} examples).{extra}</p>",
@@ -194,13 +173,15 @@ def render(run_dir, *, model=None, dataset=None, values: dict | None = None, nor
         parts += [f"<h3>{esc(n)}</h3>" + figure_html(png, cap) for n, cap, png in figures]
     else:
         parts.append("<p class=\"meta\">No figure applies.</p>")
-    parts += ["<h2>Configuration</h2>", "<h3>model</h3>", _dict_table({"family": name, **cfg.get("config", {})}),
-              "<h3>training</h3>", _dict_table(cfg.get("train")), "<h3>data</h3>", _dict_table(cfg.get("data"))]
+    data = None if run.data is None else run.data.to_dict()
+    parts += ["<h2>Configuration</h2>", "<h3>model</h3>", _dict_table({"family": name, **run.model_config.to_dict()}),
+              "<h3>training</h3>", _dict_table(run.train.to_dict()), "<h3>data</h3>", _dict_table(data)]
     return page(title, "\n".join(parts))
 
 
-def write_report(run_dir, out=None, **kw) -> Path:
-    """Write the report of ``run_dir`` to ``out`` (default run_dir/report.html); returns its path."""
-    out = Path(out) if out is not None else Path(run_dir) / "report.html"
-    files.atomic_write_text(out, render(run_dir, **kw))
+def write_report(run, out=None, **kw) -> Path:
+    """Write the report of ``run`` (a Run or a run directory) to ``out`` (default RUN/report.html)."""
+    run = run if isinstance(run, Run) else Run.open(run)
+    out = Path(out) if out is not None else run.path / "report.html"
+    files.atomic_write_text(out, render(run, **kw))
     return out

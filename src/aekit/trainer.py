@@ -22,11 +22,11 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from . import files
 from .config import TrainConfig
 from .errors import ConfigError, RunError, TrainingDiverged
-from .likelihoods import bernoulli_sample
+from .likelihoods import bernoulli_sample, binarize_static
 from .models.base import Autoencoder
+from .run import Checkpoint, Run
 
 CHECK_EVERY = 100  # steps between finiteness checks (one host sync each)
 
@@ -39,20 +39,12 @@ class FitResult:
     best_val_loss: float = math.inf
     stopped: str = "completed"  # "completed" | "early_stopping"
     run_dir: str | None = None
+    run: Run | None = None  # the run directory written, when out_dir was given
 
     @property
     def seconds_per_epoch(self) -> float:
         secs = [h["seconds"] for h in self.history]
         return sorted(secs)[len(secs) // 2] if secs else float("nan")
-
-
-def binarize_static(x: Tensor, seed: int) -> Tensor:
-    """One fixed Bernoulli sample of x in [0,1] (static binarization), reproducible from ``seed``.
-
-    torch.bernoulli, not likelihoods.bernoulli_sample: a one-off cost, and the fixed binarized sets (e.g.
-    the Exemplar-VAE test set in benchmarks/) stay the ones earlier results were measured on."""
-    g = torch.Generator(device=x.device).manual_seed(seed)
-    return torch.bernoulli(x, generator=g)
 
 
 def _make_optimizer(params, cfg: TrainConfig, device: torch.device, lr: float):
@@ -68,7 +60,7 @@ def _state_copy(model: torch.nn.Module) -> dict[str, Tensor]:
 
 
 def _check_labels(model: Autoencoder, dataset) -> None:
-    if (model.needs_labels or model.conditional) and dataset.y_train is None:
+    if model.capabilities.uses_labels and dataset.y_train is None:
         raise ConfigError(
             f"model {model.name} needs labels, but dataset {dataset.name!r} has none; "
             "give a labelled dataset (e.g. --label-column for a CSV, or class subfolders for images)"
@@ -116,8 +108,6 @@ def fit(
 
 
 def _fit(model, ds, cfg: TrainConfig, out: Path | None, resume: bool, quiet: bool, name: str, device):
-    from . import __version__
-
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     x_train, y_train = ds.x_train, ds.y_train
     x_val, y_val = ds.x_val, ds.y_val
@@ -146,20 +136,22 @@ def _fit(model, ds, cfg: TrainConfig, out: Path | None, resume: bool, quiet: boo
     best_state = _state_copy(model)
     stopped = "completed"
 
-    if out is not None:
-        meta = {
-            "aekit_version": __version__,
-            "model": name,
-            "config": model.config.to_dict(),
-            "train": cfg.to_dict(),
-            "data": getattr(ds, "spec", None),
-        }
-        if resume:
-            start, history, best_val, best_epoch, bad_epochs, best_state = _load_checkpoint(
-                out, model, opts, gen, meta
-            )
-        else:
-            files.write_json(out / files.CONFIG, meta)
+    run = None
+    if out is not None and resume:
+        run = _resume(Run.open(out), model, cfg, ds, name)
+        ck = run.load_checkpoint()
+        model.load_state_dict(ck.model)
+        best_state = {k: v.to(device) for k, v in ck.best.items()}
+        for g, o in opts.items():
+            o.load_state_dict(ck.optimizers[g])
+        torch.set_rng_state(ck.rng["torch"])
+        gen.set_state(ck.rng["gen"])
+        if "cuda" in ck.rng:
+            torch.cuda.set_rng_state(ck.rng["cuda"], gen.device)
+        start, history, best_val, best_epoch, bad_epochs = ck.epoch, ck.history, ck.best_val, ck.best_epoch, \
+            ck.bad_epochs
+    elif out is not None:
+        run = Run.create(out, name, model.config, cfg, getattr(ds, "spec", None))
     elif resume:
         raise ConfigError("resume needs the run directory (out_dir)")
 
@@ -214,9 +206,9 @@ def _fit(model, ds, cfg: TrainConfig, out: Path | None, resume: bool, quiet: boo
         seconds = time.perf_counter() - t0
         if not all(math.isfinite(v) for v in train.values()):
             model.load_state_dict(last_good)
-            if out is not None:
-                files.save_tensors(out / files.WEIGHTS, best_state)
-                files.write_json(out / files.SUMMARY, _summary(history, best_epoch, best_val, "diverged"))
+            if run is not None:
+                run.save_weights(best_state)
+                run.write_summary(_summary(history, best_epoch, best_val, "diverged"))
             if bar is not None:
                 bar.close()
             raise TrainingDiverged(
@@ -235,19 +227,25 @@ def _fit(model, ds, cfg: TrainConfig, out: Path | None, resume: bool, quiet: boo
             if cfg.patience and bad_epochs >= cfg.patience:
                 stopped = "early_stopping"
         last_good = _state_copy(model)
-        if out is not None:
-            files.write_metrics(out, history)
+        if run is not None:
+            run.write_history(history)
             if best_epoch == epoch + 1:
-                files.save_tensors(out / files.WEIGHTS, best_state)
-            _save_checkpoint(out, model, opts, gen, history, best_val, best_epoch, bad_epochs, best_state)
+                run.save_weights(best_state)
+            rng = {"torch": torch.get_rng_state(), "gen": gen.get_state()}
+            if gen.device.type == "cuda":
+                rng["cuda"] = torch.cuda.get_rng_state(gen.device)
+            run.save_checkpoint(Checkpoint(
+                epoch=len(history), model=model.state_dict(), best=best_state,
+                optimizers={g: o.state_dict() for g, o in opts.items()}, rng=rng, history=history,
+                best_val=best_val, best_epoch=best_epoch, bad_epochs=bad_epochs))
     if bar is not None:
         bar.close()
 
     model.load_state_dict(best_state)
     model.eval()
-    if out is not None:
-        files.write_json(out / files.SUMMARY, _summary(history, best_epoch, best_val, stopped))
-    return FitResult(model, history, best_epoch, best_val, stopped, str(out) if out else None)
+    if run is not None:
+        run.write_summary(_summary(history, best_epoch, best_val, stopped))
+    return FitResult(model, history, best_epoch, best_val, stopped, str(out) if out else None, run)
 
 
 def _acc(sums: dict, key: str, value: Tensor) -> None:
@@ -284,44 +282,19 @@ def _summary(history, best_epoch, best_val, stopped) -> dict:
     }
 
 
-def _save_checkpoint(out, model, opts, gen, history, best_val, best_epoch, bad_epochs, best_state) -> None:
-    tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
-    tensors.update({f"best/{k}": v for k, v in best_state.items()})
-    opt_meta = {}
-    for g, o in opts.items():
-        t, m = files.optimizer_to_tensors(f"opt/{g}", o.state_dict())
-        tensors.update(t)
-        opt_meta[g] = m
-    tensors["rng/torch"] = torch.get_rng_state()
-    tensors["rng/gen"] = gen.get_state()
-    if torch.cuda.is_available() and gen.device.type == "cuda":
-        tensors["rng/cuda"] = torch.cuda.get_rng_state(gen.device)
-    meta = {"epoch": len(history), "history": history, "best_val": best_val if math.isfinite(best_val) else None,
-            "best_epoch": best_epoch, "bad_epochs": bad_epochs, "optimizers": opt_meta}
-    files.save_tensors(out / files.CHECKPOINT, tensors, meta)
-
-
-def _load_checkpoint(out: Path, model, opts, gen, meta_now: dict):
-    path = out / files.CHECKPOINT
-    if not path.exists():
-        raise RunError(f"{out}: nothing to resume (no {files.CHECKPOINT}; the run never finished an epoch)")
-    saved = files.run_config(out)
+def _resume(run: Run, model, cfg: TrainConfig, ds, name: str) -> Run:
+    """The run to continue, after checking that model, data and training options are the ones it started with."""
+    data = getattr(ds, "spec", None)
+    now = {"model": name, "config": model.config.to_dict(), "data": None if data is None else data.to_dict()}
+    saved = {"model": run.model_name, "config": run.model_config.to_dict(),
+             "data": None if run.data is None else run.data.to_dict()}
     for key in ("model", "config", "data"):
-        if saved.get(key) != meta_now.get(key):
-            raise RunError(f"{out}: cannot resume: the {key} differs from the one the run was started with")
-    changed = {k for k in meta_now["train"] if k != "epochs" and saved["train"].get(k) != meta_now["train"][k]}
+        if saved[key] != now[key]:
+            raise RunError(f"{run.path}: cannot resume: the {key} differs from the one the run was started with")
+    old, new = run.train.to_dict(), cfg.to_dict()
+    changed = {k for k in new if k != "epochs" and old.get(k) != new[k]}
     if changed:
-        raise RunError(f"{out}: cannot resume with different training options ({', '.join(sorted(changed))})")
-    tensors, meta = files.load_tensors(path)
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
-    best_state = {k[5:]: v.to(model.device) for k, v in tensors.items() if k.startswith("best/")}
-    for g, o in opts.items():
-        o.load_state_dict(files.optimizer_from_tensors(f"opt/{g}", tensors, meta["optimizers"][g]))
-    torch.set_rng_state(tensors["rng/torch"])
-    gen.set_state(tensors["rng/gen"])
-    if "rng/cuda" in tensors:
-        torch.cuda.set_rng_state(tensors["rng/cuda"], gen.device)
-    if saved["train"] != meta_now["train"]:  # a new epoch budget
-        files.write_json(out / files.CONFIG, meta_now)
-    best_val = meta["best_val"] if meta["best_val"] is not None else math.inf
-    return meta["epoch"], meta["history"], best_val, meta["best_epoch"], meta["bad_epochs"], best_state
+        raise RunError(f"{run.path}: cannot resume with different training options ({', '.join(sorted(changed))})")
+    if old != new:  # a new epoch budget
+        run.update_train(cfg)
+    return run

@@ -89,7 +89,7 @@ def test_mixture_prior_components(digits):
 
 def test_supervised_sampling_respects_labels(digits):
     m = tiny(digits, prior="mixture", supervised=True, mixture_std=0.3)
-    assert m.needs_labels and m.config.n_components == 10
+    assert m.capabilities.needs_labels and m.config.n_components == 10
     assert m.discriminator.layers[0].in_features == 4 + 10  # the discriminator sees one-hot(y)
     seen = []
     m.decoder.register_forward_hook(lambda mod, inp, out: seen.append(inp[0]))
@@ -109,7 +109,7 @@ def test_supervised_sampling_respects_labels(digits):
 
 def test_unsupervised_sampling_rejects_labels(digits):
     m = tiny(digits, prior="mixture")
-    assert not m.needs_labels and m.generative and not m.probabilistic
+    assert not m.capabilities.needs_labels and m.capabilities.generative and not m.capabilities.probabilistic
     assert m.sample(5, generator=torch.Generator().manual_seed(0)).shape == (5, 1, 8, 8)
     with pytest.raises(ConfigError, match="without labels"):
         m.sample(5, 2)

@@ -15,7 +15,8 @@ def tiny(ds, **opts):
 
 def test_flags_and_condition(digits):
     m = tiny(digits)
-    assert m.conditional and m.needs_labels and m.generative and m.probabilistic
+    caps = m.capabilities
+    assert caps.conditional and caps.needs_labels and caps.uses_labels and caps.generative and caps.probabilistic
     assert m.config.num_classes == 10  # from the dataset
     y = torch.tensor([0, 3, 9])
     torch.testing.assert_close(m.condition(y), F.one_hot(y, 10).float())

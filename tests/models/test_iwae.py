@@ -18,7 +18,7 @@ def test_iwae_is_the_vae_with_five_importance_samples(digits):
     m = tiny(digits)
     assert isinstance(m, VAE) and m.name == "iwae"
     assert m.config.iw_samples == 5 and registry.build("vae").config.iw_samples == 1
-    assert m.generative and m.probabilistic
+    assert m.capabilities.generative and m.capabilities.probabilistic
 
 
 def test_objective_is_the_k_sample_bound_in_one_decoder_call(digits):
@@ -30,7 +30,8 @@ def test_objective_is_the_k_sample_bound_in_one_decoder_call(digits):
     out = m(x)
     assert rows == [2 * 5 * 6]
     torch.manual_seed(7)
-    mu, logvar = m.posterior(x)
+    q = m.posterior(x)
+    mu, logvar = q.mean, q.logvar
     z = mu + torch.exp(0.5 * logvar) * torch.randn(10, 6, 4)
     log_px = torch.stack([m.likelihood.log_prob(x, m.decoder(zs)) for zs in z])
     log_w = log_importance_weights(log_px, z, mu, logvar).view(2, 5, 6)

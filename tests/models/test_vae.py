@@ -45,7 +45,8 @@ def test_bad_options_are_config_errors(opts, match):
 def test_shapes_and_sampling(digits):
     m = tiny(digits)
     x = digits.x_train[:10]
-    mu, logvar = m.posterior(x)
+    q = m.posterior(x)
+    mu, logvar = q.mean, q.logvar
     assert mu.shape == logvar.shape == (10, 4)
     torch.testing.assert_close(m.encode(x), mu)
     z1 = m.encode(x, sample=True, generator=torch.Generator().manual_seed(1))
@@ -60,7 +61,7 @@ def test_shapes_and_sampling(digits):
     torch.testing.assert_close(e["elbo"], -(e["recon"] + e["kl"]))
     ll = m.log_likelihood(x, k=20)
     assert ll.shape == (10,) and torch.isfinite(ll).all() and not ll.requires_grad
-    assert m.generative and m.probabilistic and not m.conditional
+    assert m.capabilities.generative and m.capabilities.probabilistic and not m.capabilities.conditional
 
 
 def test_a_label_for_an_unconditional_model_is_a_config_error(digits):
@@ -93,7 +94,8 @@ def test_free_bits_warmup_and_eval_mode_objective(digits):
     m.set_progress(2, 10)
     torch.manual_seed(5)
     out = m(x)
-    mu, logvar = m.posterior(x)
+    q = m.posterior(x)
+    mu, logvar = q.mean, q.logvar
     kl_dims = kl_divergence(Normal(mu, torch.exp(0.5 * logvar)), Normal(0.0, 1.0))  # (B, K)
     expected = out.terms["recon"] + 1.0 * kl_dims.mean(0).clamp_min(0.5).sum()
     torch.testing.assert_close(out.loss, expected)
@@ -111,7 +113,8 @@ def test_iw_objective_is_the_importance_weighted_bound(digits):
     torch.manual_seed(3)
     out = m(x)
     torch.manual_seed(3)
-    mu, logvar = m.posterior(x)
+    q = m.posterior(x)
+    mu, logvar = q.mean, q.logvar
     eps = torch.randn(8, 8, 4)
     z = mu + torch.exp(0.5 * logvar) * eps  # (L*K, B, Kz)
     log_px = torch.stack([m.likelihood.log_prob(x, m.decoder(zs)) for zs in z])
@@ -140,8 +143,8 @@ def test_save_then_load_gives_identical_outputs(digits, tmp_path):
     loaded = registry.load(tmp_path / "run")
     assert isinstance(loaded, type(res.model))
     x = digits.x_test[:16]
-    for a, b in zip(loaded.posterior(x), res.model.posterior(x)):
-        assert torch.equal(a, b)
+    qa, qb = loaded.posterior(x), res.model.posterior(x)
+    assert torch.equal(qa.mean, qb.mean) and torch.equal(qa.logvar, qb.logvar)
     assert torch.equal(loaded.sample(5, generator=torch.Generator().manual_seed(0)),
                        res.model.sample(5, generator=torch.Generator().manual_seed(0)))
     assert torch.equal(loaded.log_likelihood(x, k=10, generator=torch.Generator().manual_seed(0)),

@@ -11,11 +11,15 @@ Priors (``prior``): ``gaussian`` N(0, I); ``mixture`` of ``n_components`` Gaussi
 ``mixture_std`` whose centres lie on a circle of radius ``mixture_radius`` in the first two code
 dimensions (zero elsewhere). ``supervised``: the label y picks the component of the prior sample and the
 discriminator also receives one-hot(y), so each class is mapped onto its own component (paper, fig. 6);
-``sample(n, y)`` then draws images of class y.
+``sample(n, y)`` then draws images of class y, and the model needs labels to train
+(``capabilities_for``). ``n_components=0`` stays in the config as given; ``resolved()`` makes it the
+number of classes (supervised) or 10. Diagnostics: the MMD between the codes and the prior, and for
+supervised=True the conditional-generation accuracy (shared ones, written in aekit.metrics).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -28,7 +32,7 @@ from ..errors import ConfigError
 from ..likelihoods import build_likelihood
 from ..nets import MLP, Decoder, Encoder
 from ..regularizers import adversarial_discriminator_loss, adversarial_generator_loss
-from .base import Autoencoder, Output, check_count, class_labels
+from .base import Autoencoder, Capabilities, Output, check_count, class_labels
 
 
 @dataclass(frozen=True)
@@ -42,10 +46,15 @@ class AAEConfig(ModelConfig):
                                        "stalls the encoder)")
     disc_lr_scale: float = opt(1.0, "learning rate of the discriminator and generator phases, as a multiple of --lr")
 
+    def resolved(self):
+        c = super().resolved()
+        n = c.num_classes if c.supervised else 10
+        if c.n_components == 0 and n:  # supervised without classes stays 0: validate() says what is missing
+            c = dataclasses.replace(c, n_components=n)
+        return c
+
     def validate(self) -> None:
         super().validate()
-        if self.n_components == 0:  # resolved once, so the saved config is explicit
-            object.__setattr__(self, "n_components", self.num_classes if self.supervised else 10)
         if self.supervised:
             if self.prior != "mixture":
                 raise ConfigError("AAEConfig: supervised=True maps each class onto a mixture component; "
@@ -81,18 +90,26 @@ class AAE(Autoencoder):
 
     Config = AAEConfig
     name = "aae"
-    diagnostics = ("prior_mmd", "conditional_accuracy")  # the latter for supervised=True
-    generative = True
+    capabilities = Capabilities(generative=True, diagnostics=("prior_mmd",))
+
+    @classmethod
+    def capabilities_for(cls, config: AAEConfig) -> Capabilities:
+        """supervised=True: the labels pick the prior's components, so training needs them, and samples of a
+        given class can be judged (conditional-generation accuracy)."""
+        if not config.supervised:
+            return cls.capabilities
+        return dataclasses.replace(cls.capabilities, needs_labels=True,
+                                   diagnostics=(*cls.capabilities.diagnostics, "conditional_accuracy"))
 
     def __init__(self, config: AAEConfig):
         super().__init__(config)
-        self.needs_labels = config.supervised
-        self.encoder = Encoder(config, config.latent_dim)
-        self.decoder = Decoder(config)
-        self.likelihood = build_likelihood(config)
-        n_lab = config.num_classes if config.supervised else 0
-        self.discriminator = MLP([config.latent_dim + n_lab, *config.disc_hidden, 1], config.activation)
-        centers = circle_centers(config.n_components, config.mixture_radius, config.latent_dim)
+        cfg = self.config
+        self.encoder = Encoder(cfg, cfg.latent_dim)
+        self.decoder = Decoder(cfg)
+        self.likelihood = build_likelihood(cfg)
+        n_lab = cfg.num_classes if cfg.supervised else 0
+        self.discriminator = MLP([cfg.latent_dim + n_lab, *cfg.disc_hidden, 1], cfg.activation)
+        centers = circle_centers(cfg.n_components, cfg.mixture_radius, cfg.latent_dim)
         self.register_buffer("centers", centers, persistent=False)  # (n_components, K), follows .to(device)
 
     def encode(self, x: Tensor, y: Tensor | None = None) -> Tensor:

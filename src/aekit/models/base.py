@@ -5,13 +5,27 @@ A model owns its objective: ``forward(x, y)`` returns an ``Output`` whose ``loss
 The trainer only ever calls ``param_groups()``, ``update_phases()``, ``set_progress()`` and ``forward``,
 so a family that needs several optimizers (the adversarial autoencoder) declares them here and never
 requires a change in the trainer.
+
+What a model can do is one record, ``model.capabilities`` (a ``Capabilities``, as scikit-learn keeps
+estimator tags): every family declares it once at class level, and a family whose capabilities depend on
+its config overrides the classmethod ``capabilities_for(config)``. Trainer, metrics, plots, CLI and
+report read only this record, never a model's name or type.
+
+Diagnostics: ``capabilities.diagnostics`` names the diagnostics that apply. A diagnostic that needs a
+family's internals is written in the family's file and listed in its class-level table
+``diagnostic_functions``: name -> fn(model, data) -> {metric: number}, where ``data`` is the
+aekit.metrics.DiagnosticData that metrics hands over (the split, the seed and the generic metric pieces;
+models never import metrics, which sits above them). Names not in the table are the diagnostics shared
+across families, which need only this contract and live in aekit.metrics (SHARED_DIAGNOSTICS).
 """
 
 from __future__ import annotations
 
+import contextlib
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -26,22 +40,52 @@ class Output:
     terms: dict[str, Tensor] = field(default_factory=dict)  # detached named parts, scalars
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a model can do; the only thing callers consult to decide what applies to it."""
+
+    generative: bool = False  # has sample(n, y, generator) and prior_sample
+    probabilistic: bool = False  # has posterior(), elbo() and log_likelihood()
+    conditional: bool = False  # encode / decode take y
+    needs_labels: bool = False  # training needs class labels
+    diagnostics: tuple[str, ...] = ()  # the diagnostics that apply (see the module docstring)
+
+    @property
+    def uses_labels(self) -> bool:
+        """The model takes class labels somewhere (its networks, its prior or its discriminator)."""
+        return self.conditional or self.needs_labels
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Run a block with ``model`` in eval mode, restoring its training flag afterwards."""
+    was = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was)
+
+
 class Autoencoder(nn.Module):
-    """Base class. Subclasses set ``Config`` and implement encode / decode_params / forward."""
+    """Base class. Subclasses set ``Config`` and ``capabilities`` and implement encode / decode_params / forward."""
 
     Config: type[ModelConfig] = ModelConfig
     name: str = "autoencoder"
-    generative: bool = False  # has sample()
-    conditional: bool = False  # encode/decode need y
-    needs_labels: bool = False  # training needs class labels
-    probabilistic: bool = False  # has elbo() / log-likelihood estimates
-    diagnostics: tuple[str, ...] = ()  # per-family diagnostics that apply (names in aekit.metrics.DIAGNOSTICS)
+    capabilities: Capabilities = Capabilities()  # the family's; an instance holds capabilities_for(its config)
+    diagnostic_functions: ClassVar[Mapping[str, Callable]] = {}  # the family's own: fn(model, data) -> dict
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         if not isinstance(config, self.Config):
             raise ConfigError(f"model {self.name} needs a {self.Config.__name__}, got {type(config).__name__}")
-        self.config = config
+        self.config = config.resolved()  # saved as it is: every automatic value explicit
+        self.capabilities = type(self).capabilities_for(self.config)
+
+    @classmethod
+    def capabilities_for(cls, config: ModelConfig) -> Capabilities:
+        """The capabilities of this family built from ``config`` (resolved). Default: the class-level record."""
+        return cls.capabilities
 
     # --- the contract -------------------------------------------------------------------------
     def encode(self, x: Tensor, y: Tensor | None = None) -> Tensor:
@@ -65,6 +109,15 @@ class Autoencoder(nn.Module):
 
     def sample(self, n: int, y: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
         raise ConfigError(f"model {self.name} is not generative: it has no prior to sample from")
+
+    # --- evaluation ---------------------------------------------------------------------------
+    def reconstruction_rows(self, x: Tensor, y: Tensor | None = None,
+                            generator: torch.Generator | None = None) -> tuple[str, dict[str, Tensor]]:
+        """What a figure of reconstructions shows: a caption and named rows of images, top to bottom.
+
+        x (n, *shape) -> rows of (n, *shape). Default: the inputs and their reconstructions.
+        """
+        return "Test inputs (top) and their reconstructions (bottom)", {"input": x, "output": self.reconstruct(x, y)}
 
     # --- what the trainer uses ----------------------------------------------------------------
     def param_groups(self) -> dict[str, list[nn.Parameter]]:

@@ -19,6 +19,7 @@ from torch import Tensor
 from ..config import opt
 from ..regularizers import encoder_jacobian_sq_norm, encoder_jacobian_sq_norm_estimate
 from .ae import AE, AEConfig
+from .base import Capabilities
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ class CAEConfig(AEConfig):
 class CAE(AE):
     Config = CAEConfig
     name = "cae"
-    diagnostics = ("contraction",)
+    capabilities = Capabilities(diagnostics=("contraction",))
 
     def encode_with_penalty(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         cfg = self.config

@@ -4,6 +4,7 @@ q(z|x, y) = N(mu(x, y), diag exp(logvar(x, y))),  p(z) = N(0, I),  p(x|z, y) the
 the objective is the VAE's (models/vae.py) with y appended to the inputs of both networks (nets.py).
 y is an integer class label (one-hot over ``num_classes``, which comes from the dataset) or a float
 condition vector of size ``cond_dim``. ``sample(n, y)`` draws from p(x|z, y) with z ~ p(z).
+Diagnostics: the VAE's, and the conditional-generation accuracy (shared, written in aekit.metrics).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from torch import Tensor
 
 from ..config import opt
 from ..errors import ConfigError
-from .base import class_labels
+from .base import Capabilities, class_labels
 from .vae import VAE, VAEConfig
 
 
@@ -41,9 +42,8 @@ class CVAEConfig(VAEConfig):
 class CVAE(VAE):
     Config = CVAEConfig
     name = "cvae"
-    diagnostics = ("active_units", "prior_mmd", "conditional_accuracy")
-    conditional = True
-    needs_labels = True
+    capabilities = Capabilities(generative=True, probabilistic=True, conditional=True, needs_labels=True,
+                                diagnostics=("active_units", "prior_mmd", "conditional_accuracy"))
 
     def cond_size(self) -> int:
         return self.config.cond_dim or self.config.num_classes

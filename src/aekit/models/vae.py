@@ -13,6 +13,10 @@ by max(KL_k, free_bits)). ``iw_samples`` K > 1 trains on the importance-weighted
 
 Annealing and free bits act in training mode only: in eval mode (validation, model selection) the loss is
 recon + beta * KL, so a warm-up does not make its early epochs look best.
+
+q(z|x) is a posterior.DiagonalGaussian (``posterior(x, y)``): its ``sample`` is the one reparameterization
+and its ``kl`` the one closed-form KL of the family. Diagnostics: active units and the MMD between the
+aggregated posterior and the prior (shared ones, written in aekit.metrics).
 """
 
 from __future__ import annotations
@@ -28,8 +32,8 @@ from ..config import ModelConfig, opt
 from ..errors import ConfigError
 from ..likelihoods import build_likelihood
 from ..nets import Decoder, Encoder
-from ..regularizers import kl_normal_standard
-from .base import Autoencoder, Output, check_count
+from ..posterior import DiagonalGaussian
+from .base import Autoencoder, Capabilities, Output, check_count
 
 # Rough budget (in float32 values) of activations per decoder call in log_likelihood / elbo evaluation:
 # 2**22 (16 MiB) keeps a call's activations in cache; 2**24 measured 1.25x slower for K=1000
@@ -72,17 +76,15 @@ class VAE(Autoencoder):
 
     Config = VAEConfig
     name = "vae"
-    diagnostics = ("active_units", "prior_mmd")
-    generative = True
-    probabilistic = True
+    capabilities = Capabilities(generative=True, probabilistic=True, diagnostics=("active_units", "prior_mmd"))
 
     def __init__(self, config: VAEConfig):
         super().__init__(config)
-        c = self.cond_size()
-        self.encoder = Encoder(config, 2 * config.latent_dim, cond_dim=c)  # -> (mu, logvar)
-        self.decoder = Decoder(config, cond_dim=c)
-        self.likelihood = build_likelihood(config)
-        self.kl_weight = config.beta  # beta_t in training; set_progress ramps it during a warm-up
+        cfg, c = self.config, self.cond_size()
+        self.encoder = Encoder(cfg, 2 * cfg.latent_dim, cond_dim=c)  # -> (mu, logvar)
+        self.decoder = Decoder(cfg, cond_dim=c)
+        self.likelihood = build_likelihood(cfg)
+        self.kl_weight = cfg.beta  # beta_t in training; set_progress ramps it during a warm-up
 
     # --- conditioning hooks (cvae overrides them) -----------------------------------------------
     def cond_size(self) -> int:
@@ -104,25 +106,19 @@ class VAE(Autoencoder):
         self.kl_weight = self.config.beta * (min(1.0, epoch / w) if w else 1.0)
 
     # --- encoder side ---------------------------------------------------------------------------
-    def posterior(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Parameters of q(z|x[, y]): mean and log-variance, each (B, K)."""
+    def posterior(self, x: Tensor, y: Tensor | None = None) -> DiagonalGaussian:
+        """q(z|x[, y]) = N(mean, diag exp(logvar)), mean and logvar (B, K)."""
         return self._posterior(x, self.condition(y))
 
-    def _posterior(self, x: Tensor, c: Tensor | None) -> tuple[Tensor, Tensor]:
+    def _posterior(self, x: Tensor, c: Tensor | None) -> DiagonalGaussian:
         mu, logvar = self.encoder(x, c).chunk(2, dim=-1)
-        return mu, logvar
+        return DiagonalGaussian(mu, logvar)
 
     def encode(self, x: Tensor, y: Tensor | None = None, sample: bool = False,
                generator: torch.Generator | None = None) -> Tensor:
         """Posterior mean (B, K); ``sample=True``: one draw z ~ q(z|x) instead."""
-        mu, logvar = self.posterior(x, y)
-        return self.reparameterize(mu, logvar, 1, generator)[0] if sample else mu
-
-    @staticmethod
-    def reparameterize(mu: Tensor, logvar: Tensor, n: int = 1, generator: torch.Generator | None = None) -> Tensor:
-        """n draws z = mu + exp(logvar / 2) * eps, eps ~ N(0, I): (B, K) -> (n, B, K), differentiable."""
-        eps = torch.randn((n, *mu.shape), generator=generator, device=mu.device, dtype=mu.dtype)
-        return mu + torch.exp(0.5 * logvar) * eps
+        q = self.posterior(x, y)
+        return q.sample(1, generator)[0] if sample else q.mode()
 
     def prior_sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """Codes from the prior N(0, I): (n, K)."""
@@ -147,16 +143,16 @@ class VAE(Autoencoder):
     def forward(self, x: Tensor, y: Tensor | None = None) -> Output:
         cfg = self.config
         c = self.condition(y)
-        mu, logvar = self._posterior(x, c)
+        q = self._posterior(x, c)
         n_l, n_k = cfg.mc_samples, cfg.iw_samples
-        z = self.reparameterize(mu, logvar, n_l * n_k)  # (L*K, B, Kz)
+        z = q.sample(n_l * n_k)  # (L*K, B, Kz)
         log_px = self._log_px_z(x, z, c)  # (L*K, B)
-        kl_dims = kl_normal_standard(mu.unsqueeze(-1), logvar.unsqueeze(-1))  # (B, Kz): KL per latent dimension
+        kl_dims = q.kl(per_dim=True)  # (B, Kz): KL per latent dimension
         recon = -log_px.mean(0)  # (B,)
         kl = kl_dims.sum(-1)
         terms = {"recon": recon.mean(), "kl": kl.mean(), "elbo": -(recon + kl).mean()}
         if n_k > 1:
-            log_w = log_importance_weights(log_px, z, mu, logvar).view(n_l, n_k, -1)
+            log_w = log_importance_weights(log_px, z, q.mean, q.logvar).view(n_l, n_k, -1)
             bound = iw_bound(log_w, dim=1).mean(0)  # (B,)
             terms["iw_bound"] = bound.mean()
             loss = -terms["iw_bound"]
@@ -188,14 +184,14 @@ class VAE(Autoencoder):
         if mc_samples < 1:
             raise ConfigError(f"model {self.name}: mc_samples must be >= 1, got {mc_samples}")
         c = self.condition(y)
-        mu, logvar = self._posterior(x, c)
+        q = self._posterior(x, c)
         step = max(1, self.default_chunk_size() // max(1, x.shape[0]))
         total = 0.0
         for j in range(0, mc_samples, step):
-            z = self.reparameterize(mu, logvar, min(step, mc_samples - j), generator)
+            z = q.sample(min(step, mc_samples - j), generator)
             total = total + self._log_px_z(x, z, c).sum(0)
         recon = -total / mc_samples
-        kl = kl_normal_standard(mu, logvar)
+        kl = q.kl()
         return {"elbo": -(recon + kl), "recon": recon, "kl": kl}
 
     @torch.no_grad()
@@ -215,16 +211,17 @@ class VAE(Autoencoder):
         if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
             raise ConfigError(f"model {self.name}: chunk_size must be a positive integer, got {chunk_size!r}")
         c = self.condition(y)
-        mu, logvar = self._posterior(x, c)
+        q = self._posterior(x, c)
         per_block = max(1, rows // k)  # examples per block; a block holds log w of shape (k, per_block)
         step = max(1, min(k, rows // per_block))  # samples per decoder call
         out = []
         for i in range(0, x.shape[0], per_block):
-            xi, mi, li = x[i : i + per_block], mu[i : i + per_block], logvar[i : i + per_block]
-            ci = None if c is None else c[i : i + per_block]
+            block = slice(i, i + per_block)
+            xi, qi = x[block], DiagonalGaussian(q.mean[block], q.logvar[block])
+            ci = None if c is None else c[block]
             log_w = []
             for j in range(0, k, step):
-                z = self.reparameterize(mi, li, min(step, k - j), generator)
-                log_w.append(log_importance_weights(self._log_px_z(xi, z, ci), z, mi, li))
+                z = qi.sample(min(step, k - j), generator)
+                log_w.append(log_importance_weights(self._log_px_z(xi, z, ci), z, qi.mean, qi.logvar))
             out.append(iw_bound(torch.cat(log_w), dim=0))
         return torch.cat(out) if out else x.new_zeros(0)

@@ -1,0 +1,220 @@
+"""Arrays: ``.npy`` / ``.npz`` files and arrays in memory (``from_arrays``), read with one set of rules.
+
+A 2-D array (N, D) is a table; (N, H, W), (N, H, W, C) with C in {1, 3, 4} and (N, C, H, W) with C in
+{1, 3} are images (channels-first wins when both fit), uint8 or numbers in [0, 1]. NaN/Inf are
+rejected; labels are encoded by ``_encode_labels``.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, DataError
+from .config import DataConfig
+from .dataset import Dataset
+from .source import _check_finite, _encode_labels, _Source
+from .splitting import _assemble
+
+KINDS = ("auto", "table", "image")
+
+
+def from_arrays(
+    x,
+    y=None,
+    *,
+    kind: str = "auto",
+    name: str = "arrays",
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    limit: int | None = None,
+    stats: dict | None = None,
+    normal_class: int | str | None = None,
+    feature_names: list[str] | None = None,
+) -> Dataset:
+    """A :class:`Dataset` from arrays in memory, without writing a file.
+
+    ``x``: a numpy array, a torch tensor (any dtype or device; copied to the CPU), nested lists, or
+    anything ``np.asarray`` takes (a pandas DataFrame: its column names become ``feature_names``).
+    It is read with the rules of a .npy file: (N, D) is a table, (N, H, W), (N, H, W, C) or (N, C, H, W)
+    are images (uint8, or numbers in [0, 1]). ``kind="table"`` / ``"image"`` insist on one of the two.
+    ``y``: one class label per sample (integers or strings), or None. The split options are those of
+    ``load``; ``name`` becomes ``Dataset.name`` and names the data in error messages. The dataset's
+    ``spec`` has ``name_or_path=None``: ``load(spec)`` cannot re-read arrays, pass them again.
+    Raises DataError for unusable data and ConfigError for bad options.
+    """
+    spec = DataConfig(name_or_path=None, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
+                      limit=limit, stats=stats)
+    if kind not in KINDS:
+        raise ConfigError(f"kind: expected one of {', '.join(map(repr, KINDS))}, got {kind!r}")
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"name: expected a non-empty string that names the dataset, got {name!r}")
+    if feature_names is None and getattr(x, "columns", None) is not None:  # a pandas DataFrame
+        feature_names = [str(c) for c in x.columns]
+    x = _as_array(x, name, "x")
+    if (kind == "table" and x.ndim != 2) or (kind == "image" and x.ndim not in (3, 4)):
+        want = ("a 2-D array (N, D)" if kind == "table"
+                else "a 3-D array (N, H, W) or a 4-D array (N, H, W, C) or (N, C, H, W)")
+        raise ConfigError(f"{name}: kind={kind!r} needs {want}, but x has shape {x.shape}")
+    src = _array_source(x, None if y is None else _as_array(y, name, "y"), name=name, what=name, owner=name)
+    if feature_names is not None:
+        src.feature_names = _check_feature_names(feature_names, src)
+    ds = _assemble(src, spec)
+    return ds if normal_class is None else ds.subset_class(normal_class)
+
+
+def _as_array(a, what: str, role: str) -> np.ndarray:
+    """A numpy array on the CPU from an array, a tensor (any device), nested lists, ... (no copy if possible)."""
+    if isinstance(a, torch.Tensor):
+        t = a.detach()
+        if t.layout != torch.strided:
+            t = t.to_dense()
+        t = t.cpu().resolve_conj().resolve_neg()
+        if t.is_floating_point() and t.dtype not in (torch.float16, torch.float32, torch.float64):
+            t = t.to(torch.float32)  # bfloat16 and float8 have no numpy dtype
+        try:
+            return t.numpy()
+        except (TypeError, RuntimeError) as e:
+            raise DataError(f"{what}: {role} is a tensor of dtype {t.dtype}, which numpy cannot hold ({e}); "
+                            "convert it to float32, int64 or uint8 first") from e
+    try:
+        arr = np.asarray(a)
+    except (TypeError, ValueError) as e:
+        raise DataError(f"{what}: {role} is not one rectangular array ({e}); give every sample the same "
+                        "shape, e.g. pad or resize them first") from e
+    if arr.dtype == object and arr.size and all(isinstance(v, str) for v in arr.flat):
+        arr = arr.astype(str)  # e.g. a pandas column of strings
+    return arr
+
+
+def _check_feature_names(names, src: _Source) -> list[str]:
+    if src.kind != "table":
+        raise ConfigError(f"feature_names: {src.what} holds images of shape {src.x.shape[1:]}; only tables "
+                          "(2-D x) have feature names: leave feature_names unset")
+    d = src.x.shape[1]
+    if isinstance(names, str) or not isinstance(names, (list, tuple)) or len(names) != d \
+            or not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"feature_names: expected a list of {d} column names (strings), one per column of "
+                          f"{src.what}, got {names!r}")
+    return list(names)
+
+
+def _load_array_file(p: Path) -> _Source:
+    y = None
+    is_npy = p.suffix.lower() == ".npy"
+    try:
+        with open(p, "rb") as f:
+            head = f.read(6)
+    except OSError as e:
+        raise DataError(f"{p}: cannot read the file ({e.strerror or e}); check its permissions") from e
+    magic = b"\x93NUMPY" if is_npy else b"PK"
+    if not head.startswith(magic):
+        raise DataError(
+            f"{p}: not a {p.suffix} file (it does not start with the {'NumPy' if is_npy else 'zip'} magic "
+            f"bytes); write it with {'np.save' if is_npy else 'np.savez'}, or give the file its real extension"
+        )
+    try:
+        if is_npy:
+            x = np.load(p, allow_pickle=False)
+            xkey = None
+        else:
+            with np.load(p, allow_pickle=False) as z:
+                keys = list(z.keys())
+                if "x" in keys:
+                    xkey = "x"
+                elif len(keys) == 1:
+                    xkey = keys[0]
+                else:
+                    raise DataError(
+                        f"{p}: expected an array named 'x' (and optionally 'y' for labels), found "
+                        f"{'no arrays' if not keys else 'keys ' + ', '.join(repr(k) for k in keys)}; "
+                        "save it with np.savez(path, x=features, y=labels)"
+                    )
+                x = z[xkey]
+                if "y" in keys and xkey == "x":
+                    y = z["y"]
+    except DataError:
+        raise
+    except ValueError as e:
+        if "pickle" in str(e).lower():
+            raise DataError(
+                f"{p}: holds Python objects (pickled data), which aekit does not load for safety; save "
+                "numeric arrays (and labels as integers or fixed-width strings: np.asarray(y, dtype=str))"
+            ) from e
+        raise DataError(f"{p}: not a valid {p.suffix} file ({e}); save it again with numpy") from e
+    except (OSError, EOFError, KeyError, zipfile.BadZipFile) as e:
+        raise DataError(f"{p}: not a valid or complete {p.suffix} file ({e}); save it again with numpy") from e
+
+    what = f"{p}" if xkey in (None, "x") else f"{p} (array {xkey!r})"
+    return _array_source(x, y, name=p.name, what=what, owner=str(p))
+
+
+def _array_source(x, y, *, name: str, what: str, owner: str) -> _Source:
+    """Interpret an array x (N, ...) and optional labels y (N,) as a table or images.
+
+    The rules of .npy files, shared with ``from_arrays``: a 2-D array is a table (float64), 3-D and 4-D
+    arrays are images (see ``_image_array``); NaN/Inf are rejected. ``what`` names x in messages,
+    ``owner`` names the holder of y.
+    """
+    x = np.asarray(x)
+    if x.dtype.kind not in "biuf":
+        raise DataError(f"{what}: expected numbers, got an array of dtype {x.dtype}; convert it to float "
+                        "or uint8 first")
+    if x.ndim == 0 or len(x) == 0:
+        raise DataError(f"{what}: the array has no samples (shape {x.shape}); the dataset is empty")
+    if x.ndim == 2:
+        if x.shape[1] == 0:
+            raise DataError(f"{what}: the table has 0 columns (shape {x.shape}); the dataset is empty")
+        table = x.astype(np.float64)
+        _check_finite(table, what, table=True)
+        src = _Source(name=name, what=what, kind="table", x=table)
+    elif x.ndim in (3, 4):
+        src = _Source(name=name, what=what, kind="image", x=_image_array(x, what))
+    else:
+        raise DataError(
+            f"{what}: cannot tell what an array of shape {x.shape} holds; expected (N, D) for a table, "
+            "(N, H, W) or (N, H, W, C) with C in 1/3/4 or (N, C, H, W) with C in 1/3 for images"
+            + ("; for a single feature reshape it to (N, 1)" if x.ndim == 1 else "")
+        )
+    if y is not None:
+        y = np.asarray(y)
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = y[:, 0]
+        if y.ndim != 1 or len(y) != len(x):
+            raise DataError(f"{owner}: labels 'y' have shape {y.shape} but 'x' has {len(x)} samples; expected "
+                            f"y of shape ({len(x)},), one class label per sample")
+        src.y, src.class_names = _encode_labels(y, f"{owner} (array 'y')")
+    return src
+
+
+def _image_array(x: np.ndarray, what: str) -> np.ndarray:
+    """(N, H, W) / (N, H, W, C) / (N, C, H, W) -> (N, C, H, W), uint8 or float32 in [0, 1]."""
+    _check_finite(x, what, table=False)  # positions in the user's layout
+    if x.ndim == 3:
+        x = x[:, None]
+    elif x.shape[1] in (1, 3):  # channels first wins when both layouts fit
+        pass
+    elif x.shape[3] in (1, 3, 4):
+        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    else:
+        raise DataError(
+            f"{what}: an image array of shape {x.shape} has no channel axis of size 1/3/4 in last place "
+            "or 1/3 in second place; expected (N, H, W), (N, H, W, C) or (N, C, H, W); for a table "
+            "reshape it to 2-D (N, D)"
+        )
+    if min(x.shape[1:]) == 0:
+        raise DataError(f"{what}: images of shape {x.shape[1:]} hold no pixels; the dataset is empty")
+    if x.dtype == np.uint8:
+        return x
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0.0 or hi > 1.0:
+        raise DataError(
+            f"{what}: image values must lie in [0, 1] but range from {lo:g} to {hi:g}; scale them to "
+            "[0, 1] (e.g. divide 8-bit pixels by 255, or save them as uint8), or pass a 2-D (N, D) "
+            "array to treat the data as a table (standardized per feature)"
+        )
+    return x.astype(np.float32)

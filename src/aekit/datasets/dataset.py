@@ -1,0 +1,119 @@
+"""The ``Dataset``: float32 tensors in memory, split into train / val / test, with the config that rebuilt them."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, DataError
+from .config import DataConfig
+from .source import _preview
+
+_SPLITS = ("train", "val", "test")
+
+
+@dataclass(eq=False, repr=False)
+class Dataset:
+    """Tensors in memory for one data source, split into train / val / test.
+
+    ``x_*`` are float32 (N, *shape); images lie in [0, 1] with shape (C, H, W), tables are
+    standardized with ``mean`` / ``std`` of the train split and have shape (D,). ``y_*`` are int64
+    (N,) class indices 0..num_classes-1, or None for unlabeled data; ``class_names[k]`` is the
+    original label value of class k as a string. ``spec`` is the :class:`DataConfig` that rebuilds
+    exactly these tensors with ``datasets.load(spec)`` (absolute paths, the table statistics, the
+    normal class); for a dataset made by ``from_arrays`` its ``name_or_path`` is None.
+    """
+
+    name: str
+    kind: str
+    shape: tuple[int, ...]
+    x_train: torch.Tensor
+    x_val: torch.Tensor
+    x_test: torch.Tensor
+    y_train: torch.Tensor | None
+    y_val: torch.Tensor | None
+    y_test: torch.Tensor | None
+    num_classes: int
+    class_names: list[str] | None
+    feature_names: list[str] | None
+    mean: torch.Tensor | None
+    std: torch.Tensor | None
+    spec: DataConfig
+
+    @property
+    def dim(self) -> int:
+        """Number of values per sample: prod(shape)."""
+        return math.prod(self.shape)
+
+    def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(x, y) of the split ``"train"``, ``"val"`` or ``"test"``; y is None when unlabeled."""
+        if name not in _SPLITS:
+            raise ConfigError(f"split: unknown split {name!r}; valid splits are: {', '.join(_SPLITS)}")
+        return getattr(self, f"x_{name}"), getattr(self, f"y_{name}")
+
+    def to_user_units(self, x: torch.Tensor) -> torch.Tensor:
+        """Undo the standardization of a table: x * std + mean, x of shape (..., D). Images: x."""
+        if self.kind != "table" or self.mean is None or self.std is None:
+            return x
+        return x * self.std.to(device=x.device, dtype=x.dtype) + self.mean.to(device=x.device, dtype=x.dtype)
+
+    def to(self, device) -> Dataset:
+        """A copy whose tensors are all on ``device``."""
+        moved = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, torch.Tensor):
+                moved[f.name] = v.to(device)
+        return dataclasses.replace(self, **moved)
+
+    def subset_class(self, normal_class: int | str) -> Dataset:
+        """Keep only samples of one class in train and val; test keeps every class.
+
+        This is the one-class (anomaly detection) setting: train on ``normal_class``, test on all.
+        ``normal_class`` is a class index or a class name. Labels keep their original indices.
+        ``spec.normal_class`` records the class index, so ``load(spec)`` rebuilds this subset.
+        """
+        if self.y_train is None or self.class_names is None:
+            raise DataError(
+                f"{self.name}: subset_class({normal_class!r}) needs labels, but this dataset has none; "
+                "give a label column (--label-column) for CSV files, a 'y' array in .npz files, "
+                "or class subfolders in an image folder"
+            )
+        k = None
+        if isinstance(normal_class, (int, np.integer)) and not isinstance(normal_class, bool):
+            if 0 <= int(normal_class) < self.num_classes:
+                k = int(normal_class)
+        elif isinstance(normal_class, str):
+            if normal_class in self.class_names:
+                k = self.class_names.index(normal_class)
+            elif normal_class.lstrip("-").isdigit() and 0 <= int(normal_class) < self.num_classes:
+                k = int(normal_class)
+        if k is None:
+            raise DataError(
+                f"{self.name}: normal class {normal_class!r} is not a class of this dataset; use an index "
+                f"0..{self.num_classes - 1} or one of the class names: {_preview(self.class_names)}"
+            )
+        keep_train = self.y_train == k
+        if not bool(keep_train.any()):
+            raise DataError(
+                f"{self.name}: class {k} ({self.class_names[k]!r}) has no samples in the train split; "
+                "choose another normal class, or use more data (raise --limit)"
+            )
+        keep_val = self.y_val == k
+        return dataclasses.replace(
+            self,
+            x_train=self.x_train[keep_train], y_train=self.y_train[keep_train],
+            x_val=self.x_val[keep_val], y_val=self.y_val[keep_val],
+            spec=dataclasses.replace(self.spec, normal_class=k),
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"Dataset(name={self.name!r}, kind={self.kind!r}, shape={self.shape}, "
+            f"train={len(self.x_train)}, val={len(self.x_val)}, test={len(self.x_test)}, "
+            f"num_classes={self.num_classes})"
+        )

@@ -1,0 +1,128 @@
+"""Splitting, conversion, standardization: a ``_Source`` of numpy arrays becomes a ``Dataset``."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, DataError
+from .config import DataConfig
+from .dataset import Dataset
+from .source import _Source
+
+
+def _round(n: int, fraction: float) -> int:
+    return int(math.floor(n * fraction + 0.5 + 1e-9))
+
+
+def _split_sizes(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int, int]:
+    n_val, n_test = _round(n, val_fraction), _round(n, test_fraction)
+    return n - n_val - n_test, n_val, n_test
+
+
+def _sizes_ok(n, val_fraction, test_fraction) -> bool:
+    n_train, n_val, n_test = _split_sizes(n, val_fraction, test_fraction)
+    return n_train >= 1 and (n_val >= 1 or val_fraction == 0) and (n_test >= 1 or test_fraction == 0)
+
+
+def _checked_sizes(n: int, val_fraction: float, test_fraction: float, what: str, limit) -> tuple[int, int, int]:
+    if _sizes_ok(n, val_fraction, test_fraction):
+        return _split_sizes(n, val_fraction, test_fraction)
+    n_train, n_val, n_test = _split_sizes(n, val_fraction, test_fraction)
+    empty = [s for s, k, f in (("train", n_train, 1), ("val", n_val, val_fraction), ("test", n_test, test_fraction))
+             if k < 1 and f > 0]
+    need = max([1, *(int(0.5 / f) - 1 for f in (val_fraction, test_fraction) if f > 0)])
+    while not _sizes_ok(need, val_fraction, test_fraction) and need < 10**7:
+        need += 1
+    fix = "raise --limit" if limit is not None and limit < need else "use more data"
+    fractions = [f"{k}={v}" for k, v in (("val_fraction", val_fraction), ("test_fraction", test_fraction)) if v > 0]
+    raise DataError(
+        f"{what}: {n} sample(s) are too few for {' and '.join(fractions) or 'training'}: "
+        f"the {' and '.join(empty)} split{'s' if len(empty) > 1 else ''} would be empty; at least {need} "
+        f"samples are needed ({fix}), or set the fraction of an unwanted split to 0"
+    )
+
+
+def _assemble(src: _Source, spec: DataConfig) -> Dataset:
+    """Split ``src`` with the options of ``spec``; the Dataset's spec is ``spec`` with the table statistics."""
+    val_fraction, test_fraction, limit, stats = spec.val_fraction, spec.test_fraction, spec.limit, spec.stats
+    g = torch.Generator().manual_seed(spec.seed)
+    perm = torch.randperm(len(src.x), generator=g).numpy()
+    if limit is not None:
+        perm = perm[:limit]
+    if src.x_test is None:
+        n_train, n_val, _ = _checked_sizes(len(perm), val_fraction, test_fraction, src.what, limit)
+        idx = {"train": perm[:n_train], "val": perm[n_train:n_train + n_val], "test": perm[n_train + n_val:]}
+        xs = {k: src.x[i] for k, i in idx.items()}
+        ys = {k: (None if src.y is None else src.y[i]) for k, i in idx.items()}
+    else:
+        # fixed test split: validation is the last val_fraction of the permuted training set
+        n_train, n_val, _ = _checked_sizes(len(perm), val_fraction, 0.0, src.what, limit)
+        if limit is not None:
+            test_idx = torch.randperm(len(src.x_test), generator=g).numpy()[:limit]
+        else:
+            test_idx = np.arange(len(src.x_test))
+        xs = {"train": src.x[perm[:n_train]], "val": src.x[perm[n_train:]], "test": src.x_test[test_idx]}
+        ys = {"train": src.y[perm[:n_train]], "val": src.y[perm[n_train:]], "test": src.y_test[test_idx]}
+
+    mean = std = spec_stats = None
+    if src.kind == "image":
+        tensors = {k: _image_tensor(v) for k, v in xs.items()}
+    else:
+        d = src.x.shape[1]
+        if stats is None:
+            train = xs["train"]
+            m64 = train.mean(axis=0)
+            s64 = train.std(axis=0)
+            mean = torch.from_numpy(m64.astype(np.float32))
+            std32 = s64.astype(np.float32)
+            # constant columns: float64 rounding leaves a tiny nonzero std; treat it as zero
+            std32[(s64 <= 1e-12 * np.abs(m64)) | (std32 == 0) | ~np.isfinite(std32)] = 1.0
+            std = torch.from_numpy(std32)
+        else:
+            mean, std = _check_stats(stats, d, src.what)
+        m, s = mean.double().numpy(), std.double().numpy()
+        tensors = {k: torch.from_numpy(((v - m) / s).astype(np.float32)) for k, v in xs.items()}
+        spec_stats = {"mean": mean.tolist(), "std": std.tolist()}
+    labels = {k: (None if v is None else torch.from_numpy(np.ascontiguousarray(v, dtype=np.int64)))
+              for k, v in ys.items()}
+    shape = tuple(int(s) for s in src.x.shape[1:])
+    return Dataset(
+        name=src.name, kind=src.kind, shape=shape,
+        x_train=tensors["train"], x_val=tensors["val"], x_test=tensors["test"],
+        y_train=labels["train"], y_val=labels["val"], y_test=labels["test"],
+        num_classes=0 if src.class_names is None else len(src.class_names),
+        class_names=None if src.class_names is None else list(src.class_names),
+        feature_names=None if src.feature_names is None else list(src.feature_names),
+        mean=mean, std=std, spec=dataclasses.replace(spec, stats=spec_stats),
+    )
+
+
+def _image_tensor(a: np.ndarray) -> torch.Tensor:
+    """(N, C, H, W) uint8 or float in [0, 1] -> contiguous float32 in [0, 1]."""
+    t = torch.from_numpy(np.ascontiguousarray(a))
+    if t.dtype == torch.uint8:
+        return t.to(torch.float32).div_(255.0)
+    return t.to(torch.float32)
+
+
+def _check_stats(stats, d: int, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if not isinstance(stats, dict) or set(stats) != {"mean", "std"}:
+        got = sorted(stats) if isinstance(stats, dict) else type(stats).__name__
+        raise ConfigError(f"stats: expected {{'mean': [...], 'std': [...]}} with {d} values each, got {got}")
+    out = []
+    for key in ("mean", "std"):
+        try:
+            v = np.asarray(stats[key], dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"stats: {key!r} must be a list of {d} numbers ({e})") from e
+        if v.shape != (d,):
+            raise ConfigError(f"stats: {key!r} has {v.size} values but {what} has {d} features; use the "
+                              "statistics of a dataset with the same columns")
+        if not np.isfinite(v).all() or (key == "std" and (v <= 0).any()):
+            raise ConfigError(f"stats: {key!r} must hold finite numbers{' > 0' if key == 'std' else ''}")
+        out.append(torch.from_numpy(v.astype(np.float32)))
+    return out[0], out[1]

@@ -1,0 +1,286 @@
+"""A run directory and its one owner, ``Run``: every read and write of a run's files goes through here.
+
+    RUN/config.json             {"aekit_version", "model", "config", "train", "data"}: the family, its
+                                resolved ModelConfig, the TrainConfig and the DataConfig, as JSON
+    RUN/model.safetensors       the best weights (lowest validation loss)
+    RUN/checkpoint.safetensors  last and best weights, optimizer and RNG states (tensors); epoch, history,
+                                early-stopping state and optimizer scalars (JSON in the header metadata)
+    RUN/metrics.jsonl           one JSON object per finished epoch
+    RUN/summary.json            how the run ended
+
+``Run.create(out, ...)`` starts a run (the trainer writes only through the returned object);
+``Run.open(path)`` reads and checks config.json once and offers the model, the dataset, the history and
+the evaluation policy (``evaluation_options``). Writes are atomic (files.py); nothing is ever unpickled.
+Run directories written by aekit 0.1.0 have the same format and open as they are.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from . import files
+from .config import TrainConfig
+from .errors import AekitError, RunError
+
+CONFIG, WEIGHTS, CHECKPOINT, METRICS, SUMMARY = (
+    "config.json", "model.safetensors", "checkpoint.safetensors", "metrics.jsonl", "summary.json",
+)
+# A run trained on binarized data has its likelihood evaluated on this static binarization of the split.
+EVAL_BINARIZE_SEED = 0
+
+
+@dataclass(frozen=True)
+class EvaluationOptions:
+    """How a run is evaluated, decided once from what it was trained on.
+
+    ``normal_class``: the class a one-class run was trained on (anomaly detection scores the others), None
+    for other runs or when another dataset is evaluated. ``binarize_seed``: the seed of the static
+    binarization its likelihood is computed on (runs trained with binarize != "none"), else None.
+    """
+
+    normal_class: int | str | None = None
+    binarize_seed: int | None = None
+    binarize: str = "none"
+
+    def likelihood_note(self, split: str) -> str | None:
+        """One sentence saying on what data the likelihood was computed, when it is not the split as it is."""
+        if self.binarize_seed is None:
+            return None
+        return (f"statically binarized {split} split (seed {self.binarize_seed}), as the run was trained with "
+                f"binarize={self.binarize}")
+
+
+@dataclass
+class Checkpoint:
+    """The state a run resumes from: everything the trainer needs to continue bit-identically."""
+
+    epoch: int
+    model: dict[str, Tensor]
+    best: dict[str, Tensor]
+    optimizers: dict[str, dict]  # parameter group -> optimizer state_dict
+    rng: dict[str, Tensor]  # "torch" (global CPU), "gen" (the trainer's generator), "cuda" (optional)
+    history: list[dict] = field(default_factory=list)
+    best_val: float = math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0
+
+
+def _registry():
+    from . import registry  # models import config, trainer imports run: resolve the registry lazily
+
+    return registry
+
+
+def _data_config():
+    from .datasets import DataConfig
+
+    return DataConfig
+
+
+class Run:
+    """One run directory. Build it with ``Run.create`` or ``Run.open``; attributes are read-only views.
+
+    ``model_name`` (the family), ``model_config`` (its resolved Config), ``train`` (TrainConfig),
+    ``data`` (DataConfig, or None when the run was trained on data it cannot re-read), ``aekit_version``.
+    """
+
+    def __init__(self, path: Path, model_name: str, model_config, train: TrainConfig, data, aekit_version: str):
+        self.path = Path(path)
+        self.model_name = model_name
+        self.model_config = model_config
+        self.train = train
+        self.data = data
+        self.aekit_version = aekit_version
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r}, model={self.model_name!r})"
+
+    # --- creating and opening -------------------------------------------------------------------
+    @classmethod
+    def create(cls, out: str | Path, model_name: str, model_config, train: TrainConfig, data=None) -> Run:
+        """Start a run in ``out`` (created; it must not exist or be empty) and write its config.json."""
+        from . import __version__
+
+        out = Path(out)
+        if out.exists() and not out.is_dir():
+            raise RunError(f"{out} is a file, not a folder; choose another output folder (nothing was overwritten)")
+        if out.is_dir() and any(out.iterdir()):
+            raise RunError(f"{out} already exists and is not empty; choose another --out (nothing was overwritten)")
+        run = cls(out, model_name, model_config, train, data, __version__)
+        run._write_config()
+        return run
+
+    @classmethod
+    def open(cls, path: str | Path) -> Run:
+        """Read and check ``path``/config.json; a RunError that names the file for anything amiss."""
+        path = Path(path)
+        if not path.is_dir():
+            what = "is a file, not a run directory" if path.exists() else "no such run directory"
+            raise RunError(f"{path}: {what} (train one with `aekit train MODEL --out {path}`)")
+        cfg_path = path / CONFIG
+        if not cfg_path.is_file():
+            raise RunError(f"{path}: not an aekit run directory (no {CONFIG} in it)")
+        raw = _read_config(cfg_path)
+        try:
+            cls_ = _registry().get(raw["model"])
+            model_config = cls_.Config.from_dict(raw["config"], what=f"model {raw['model']}")
+            train = TrainConfig.from_dict(raw.get("train") or {}, what="train")
+            data = None if raw.get("data") is None else _data_config().from_dict(raw["data"], what="data")
+        except AekitError as e:
+            raise RunError(f"{cfg_path}: {e}; the file does not describe a run this aekit can rebuild") from None
+        return cls(path, raw["model"], model_config, train, data, str(raw.get("aekit_version", "?")))
+
+    def _write_config(self) -> None:
+        files.write_json(self.path / CONFIG, {
+            "aekit_version": self.aekit_version,
+            "model": self.model_name,
+            "config": self.model_config.to_dict(),
+            "train": self.train.to_dict(),
+            "data": None if self.data is None else self.data.to_dict(),
+        })
+
+    def update_train(self, train: TrainConfig) -> None:
+        """Record new training options (on resume only the epoch budget may change)."""
+        self.train = train
+        self._write_config()
+
+    # --- what a run holds -----------------------------------------------------------------------
+    def model(self, weights: str = "best", device: str | torch.device | None = None):
+        """The model rebuilt from config.json with its best weights (``weights="last"``: the checkpoint's)."""
+        from .errors import ConfigError
+
+        if weights == "best":
+            path = self.path / WEIGHTS
+            tensors, _ = files.load_tensors(path)
+        elif weights == "last":
+            path = self.path / CHECKPOINT
+            tensors = self.load_checkpoint().model
+        else:
+            raise ConfigError(f"weights must be 'best' or 'last', got {weights!r}")
+        model = _registry().get(self.model_name)(self.model_config)
+        try:
+            model.load_state_dict(tensors)
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[-1].strip()
+            raise RunError(f"{path}: weights do not match the model in {CONFIG} ({first})") from None
+        model.eval()
+        return model if device is None else model.to(device)
+
+    def dataset(self, **overrides):
+        """The dataset the run was trained on, with DataConfig fields replaced by ``overrides`` (JSON or
+        command-line values; None leaves a field as it is).
+
+        Naming data (``name_or_path``) reads other data: it keeps the run's table statistics, features and
+        label column, so new rows are standardized as the training rows were; its split options start from
+        the defaults.
+        """
+        from . import datasets
+
+        if self.data is None:
+            raise RunError(f"{self.path / CONFIG}: the run records no data it can re-read; give the data with "
+                           "--dataset (datasets.load(...) in Python)")
+        given = {k: v for k, v in overrides.items() if v is not None}
+        if "name_or_path" in given:
+            keep = {"label_column": self.data.label_column, "features": self.data.features, "stats": self.data.stats}
+            return datasets.load(_data_config().from_dict({**keep, **given}, what="data"))
+        return datasets.load(self.data.replace(**given))
+
+    def evaluation_options(self, other_data: bool = False) -> EvaluationOptions:
+        """The evaluation policy of this run (see EvaluationOptions); ``other_data``: not the run's own data."""
+        normal = None if other_data or self.data is None else self.data.normal_class
+        binarized = self.train.binarize != "none"
+        return EvaluationOptions(normal, EVAL_BINARIZE_SEED if binarized else None, self.train.binarize)
+
+    @property
+    def history(self) -> list[dict]:
+        """The records of metrics.jsonl, one per finished epoch ([] before the first)."""
+        path = self.path / METRICS
+        if not path.exists():
+            return []
+        out = []
+        for i, line in enumerate(files.read_text(path).splitlines()):
+            if line.strip():
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError:
+                    raise RunError(f"{path}: line {i + 1} is not JSON; the file is damaged") from None
+        return out
+
+    @property
+    def summary(self) -> dict:
+        """summary.json ({} while the run has not ended)."""
+        path = self.path / SUMMARY
+        if not path.exists():
+            return {}
+        data = files.read_json(path)
+        if not isinstance(data, dict):
+            raise RunError(f"{path}: expected a JSON object, got {type(data).__name__}; the file is damaged")
+        return data
+
+    # --- what the trainer writes ----------------------------------------------------------------
+    def write_history(self, history: list[dict]) -> None:
+        files.atomic_write_text(self.path / METRICS, "".join(json.dumps(h) + "\n" for h in history))
+
+    def write_summary(self, summary: dict) -> None:
+        files.write_json(self.path / SUMMARY, summary)
+
+    def save_weights(self, state: dict[str, Tensor]) -> None:
+        files.save_tensors(self.path / WEIGHTS, state)
+
+    def save_checkpoint(self, ck: Checkpoint) -> None:
+        tensors = {f"model/{k}": v for k, v in ck.model.items()}
+        tensors.update({f"best/{k}": v for k, v in ck.best.items()})
+        tensors.update({f"rng/{k}": v for k, v in ck.rng.items()})
+        opt_meta = {}
+        for g, state in ck.optimizers.items():
+            t, opt_meta[g] = files.optimizer_to_tensors(f"opt/{g}", state)
+            tensors.update(t)
+        meta = {"epoch": ck.epoch, "history": ck.history,
+                "best_val": ck.best_val if math.isfinite(ck.best_val) else None,
+                "best_epoch": ck.best_epoch, "bad_epochs": ck.bad_epochs, "optimizers": opt_meta}
+        files.save_tensors(self.path / CHECKPOINT, tensors, meta)
+
+    def load_checkpoint(self) -> Checkpoint:
+        path = self.path / CHECKPOINT
+        if not path.exists():
+            raise RunError(f"{self.path}: nothing to resume (no {CHECKPOINT}; the run never finished an epoch)")
+        tensors, meta = files.load_tensors(path)
+        try:
+            parts: dict[str, dict[str, Tensor]] = {}
+            for name, t in tensors.items():
+                kind, _, rest = name.partition("/")
+                parts.setdefault(kind, {})[rest] = t
+            optimizers = {g: files.optimizer_from_tensors(f"opt/{g}", tensors, m)
+                          for g, m in meta["optimizers"].items()}
+            return Checkpoint(
+                epoch=int(meta["epoch"]), model=parts.get("model", {}), best=parts.get("best", {}),
+                optimizers=optimizers, rng=parts.get("rng", {}), history=list(meta["history"]),
+                best_val=math.inf if meta["best_val"] is None else float(meta["best_val"]),
+                best_epoch=int(meta["best_epoch"]), bad_epochs=int(meta["bad_epochs"]),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise RunError(f"{path}: the checkpoint is incomplete ({type(e).__name__}: {e}); "
+                           "the run may have been damaged") from None
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    """config.json as a dict with the keys a run needs, or a RunError naming what is wrong."""
+    raw = files.read_json(path)
+    if not isinstance(raw, dict):
+        raise RunError(f"{path}: expected a JSON object, got {type(raw).__name__}; the file is not an aekit "
+                       "run config")
+    for key, kinds in (("model", (str,)), ("config", (dict,)), ("train", (dict,)), ("data", (dict, type(None)))):
+        if key not in raw:
+            raise RunError(f"{path}: missing key {key!r}; the file is not an aekit run config")
+        if not isinstance(raw[key], kinds):
+            want = " or ".join("null" if k is type(None) else {"str": "a string", "dict": "an object"}[k.__name__]
+                               for k in kinds)
+            raise RunError(f"{path}: {key!r} must be {want}, got {type(raw[key]).__name__}")
+    return raw
