@@ -17,10 +17,10 @@ from .config import TrainConfig  # noqa: E402
 from .datasets import DataConfig  # noqa: E402
 from .errors import AekitError, ConfigError, DataError, RunError, TrainingDiverged  # noqa: E402
 from .metrics import evaluate  # noqa: E402
-from .registry import MODELS, load  # noqa: E402
+from .registry import MODELS  # noqa: E402
 from .registry import build as _build  # noqa: E402
 from .registry import build_for as _build_for  # noqa: E402
-from .run import Run  # noqa: E402
+from .run import Run, load  # noqa: E402
 from .trainer import FitResult, fit  # noqa: E402
 
 

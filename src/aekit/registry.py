@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from .errors import ConfigError
@@ -62,11 +60,3 @@ def data_options(name: str, dataset) -> dict:
 def build_for(name: str, dataset, seed: int | None = None, **options) -> Autoencoder:
     """Build model ``name`` for ``dataset``; explicit ``options`` win over what the data suggests."""
     return build(name, seed=seed, **{**data_options(name, dataset), **options})
-
-
-def load(run_dir: str | Path, weights: str = "best", device=None) -> Autoencoder:
-    """Rebuild the model of a run directory exactly, with its best (or ``weights="last"``) weights:
-    ``Run.open(run_dir).model(weights, device)``."""
-    from .run import Run
-
-    return Run.open(run_dir).model(weights, device)

@@ -25,8 +25,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import files
+from . import files, registry
 from .config import TrainConfig
+from .datasets import DataConfig
+from .datasets import load as load_dataset
 from .errors import AekitError, RunError
 
 CONFIG, WEIGHTS, CHECKPOINT, METRICS, SUMMARY = (
@@ -70,18 +72,6 @@ class Checkpoint:
     best_val: float = math.inf
     best_epoch: int = 0
     bad_epochs: int = 0
-
-
-def _registry():
-    from . import registry  # models import config, trainer imports run: resolve the registry lazily
-
-    return registry
-
-
-def _data_config():
-    from .datasets import DataConfig
-
-    return DataConfig
 
 
 class Run:
@@ -129,10 +119,10 @@ class Run:
             raise RunError(f"{path}: not an aekit run directory (no {CONFIG} in it)")
         raw = _read_config(cfg_path)
         try:
-            cls_ = _registry().get(raw["model"])
+            cls_ = registry.get(raw["model"])
             model_config = cls_.Config.from_dict(raw["config"], what=f"model {raw['model']}")
             train = TrainConfig.from_dict(raw.get("train") or {}, what="train")
-            data = None if raw.get("data") is None else _data_config().from_dict(raw["data"], what="data")
+            data = None if raw.get("data") is None else DataConfig.from_dict(raw["data"], what="data")
         except AekitError as e:
             raise RunError(f"{cfg_path}: {e}; the file does not describe a run this aekit can rebuild") from None
         return cls(path, raw["model"], model_config, train, data, str(raw.get("aekit_version", "?")))
@@ -164,7 +154,7 @@ class Run:
             tensors = self.load_checkpoint().model
         else:
             raise ConfigError(f"weights must be 'best' or 'last', got {weights!r}")
-        model = _registry().get(self.model_name)(self.model_config)
+        model = registry.get(self.model_name)(self.model_config)
         try:
             model.load_state_dict(tensors)
         except RuntimeError as e:
@@ -181,16 +171,14 @@ class Run:
         label column, so new rows are standardized as the training rows were; its split options start from
         the defaults.
         """
-        from . import datasets
-
         if self.data is None:
             raise RunError(f"{self.path / CONFIG}: the run records no data it can re-read; give the data with "
                            "--dataset (datasets.load(...) in Python)")
         given = {k: v for k, v in overrides.items() if v is not None}
         if "name_or_path" in given:
             keep = {"label_column": self.data.label_column, "features": self.data.features, "stats": self.data.stats}
-            return datasets.load(_data_config().from_dict({**keep, **given}, what="data"))
-        return datasets.load(self.data.replace(**given))
+            return load_dataset(DataConfig.from_dict({**keep, **given}, what="data"))
+        return load_dataset(self.data.replace(**given))
 
     def evaluation_options(self, other_data: bool = False) -> EvaluationOptions:
         """The evaluation policy of this run (see EvaluationOptions); ``other_data``: not the run's own data."""
@@ -284,3 +272,9 @@ def _read_config(path: Path) -> dict[str, Any]:
                                for k in kinds)
             raise RunError(f"{path}: {key!r} must be {want}, got {type(raw[key]).__name__}")
     return raw
+
+
+def load(run_dir: str | Path, weights: str = "best", device: str | torch.device | None = None):
+    """Rebuild the model of a run directory exactly, with its best (or ``weights="last"``) weights:
+    ``Run.open(run_dir).model(weights, device)``."""
+    return Run.open(run_dir).model(weights, device)

@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import aekit
 from aekit import registry, trainer
 from aekit.config import TrainConfig
 from aekit.errors import ConfigError
@@ -149,7 +150,7 @@ def test_training_save_and_load(digits, tmp_path):
     first, last = res.history[0], res.history[-1]
     assert last["train"]["loss"] < first["train"]["loss"] - 1  # reconstruction
     assert {"recon", "disc", "gen"} <= set(last["train"])  # every phase logged
-    loaded = registry.load(tmp_path / "r")
+    loaded = aekit.load(tmp_path / "r")
     x = digits.x_test[:16]
     assert torch.equal(loaded.encode(x), res.model.encode(x))
     assert torch.equal(loaded.sample(4, 1, generator=torch.Generator().manual_seed(0)),

@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import aekit
 from aekit import registry, trainer
 from aekit.config import TrainConfig
 from aekit.errors import ConfigError
@@ -109,7 +110,7 @@ def test_training_save_and_load(digits, tmp_path):
     res = trainer.fit(m, digits, TrainConfig(epochs=5, batch_size=64, lr=3e-3, seed=0), out_dir=tmp_path / "r",
                       quiet=True)
     assert res.history[-1]["val"]["elbo"] > res.history[0]["val"]["elbo"] + 2
-    loaded = registry.load(tmp_path / "r")
+    loaded = aekit.load(tmp_path / "r")
     x, y = digits.x_test[:8], digits.y_test[:8]
     assert torch.equal(loaded.encode(x, y), res.model.encode(x, y))
     assert torch.equal(loaded.sample(4, 2, generator=torch.Generator().manual_seed(0)),

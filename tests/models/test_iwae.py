@@ -3,6 +3,7 @@ import json
 import pytest
 import torch
 
+import aekit
 from aekit import registry, trainer
 from aekit.bounds import iw_bound, log_importance_weights
 from aekit.config import TrainConfig
@@ -67,7 +68,7 @@ def test_save_then_load_and_training_on_digits(digits, tmp_path):
                       quiet=True)
     assert res.history[-1]["val"]["iw_bound"] > res.history[0]["val"]["iw_bound"] + 2
     assert res.history[-1]["train"]["loss"] < res.history[0]["train"]["loss"]
-    loaded = registry.load(tmp_path / "r")
+    loaded = aekit.load(tmp_path / "r")
     assert type(loaded).__name__ == "IWAE" and loaded.config.iw_samples == 5
     x = digits.x_test[:8]
     g = lambda: torch.Generator().manual_seed(0)  # noqa: E731

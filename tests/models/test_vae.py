@@ -140,7 +140,7 @@ def test_gradients_reach_every_parameter(digits, opts):
 def test_save_then_load_gives_identical_outputs(digits, tmp_path):
     m = tiny(digits)
     res = trainer.fit(m, digits, TrainConfig(epochs=1, seed=0), out_dir=tmp_path / "run", quiet=True)
-    loaded = registry.load(tmp_path / "run")
+    loaded = aekit.load(tmp_path / "run")
     assert isinstance(loaded, type(res.model))
     x = digits.x_test[:16]
     qa, qb = loaded.posterior(x), res.model.posterior(x)
