@@ -53,7 +53,7 @@ def test_run_directory_contents(digits, tmp_path):
     assert len(lines) == 3 and json.loads(lines[0])["epoch"] == 1
     summary = json.loads((out / "summary.json").read_text())
     assert summary["epochs_run"] == 3 and summary["stopped"] == "completed"
-    best, _ = files.load_tensors(out / "model.safetensors")
+    best, _ = files.load_tensors(out / "model.safetensors", 2**30)
     assert_same(best, weights(res.model))  # the returned model carries the best weights
     last = aekit.load(out, weights="last")
     w_last, w_best = last.encoder.mlp.layers[0].weight, res.model.encoder.mlp.layers[0].weight
@@ -70,7 +70,7 @@ def test_resume_in_process_is_bit_identical(digits, tmp_path):
     b = trainer.fit(small(digits, name), digits, cfg, out_dir=tmp_path / "b", resume=True, quiet=True)
     assert_same(weights(a.model), weights(b.model))
     assert [h["train"] for h in a.history] == [h["train"] for h in b.history]
-    ckpt = [files.load_tensors(tmp_path / r / run_files.CHECKPOINT)[0] for r in ("a", "b")]
+    ckpt = [files.load_tensors(tmp_path / r / run_files.CHECKPOINT, 2**30)[0] for r in ("a", "b")]
     assert_same(*ckpt)
 
 
@@ -96,7 +96,7 @@ def test_kill_9_then_resume_ends_bit_identical(digits, tmp_path):
     assert 3 <= done < 25, f"the run was not interrupted mid-way ({done} epochs)"
     assert aekit.cli.main(["train", "--resume", str(run), "--quiet"]) == 0
     for f in (run_files.WEIGHTS, run_files.CHECKPOINT):
-        assert_same(files.load_tensors(ref / f)[0], files.load_tensors(run / f)[0])
+        assert_same(files.load_tensors(ref / f, 2**30)[0], files.load_tensors(run / f, 2**30)[0])
     assert (ref / run_files.METRICS).read_text().count("\n") == (run / run_files.METRICS).read_text().count("\n") == 25
 
 
@@ -124,12 +124,12 @@ def test_nan_loss_stops_with_clear_message_and_keeps_last_good_weights(digits, t
     assert all(torch.isfinite(p).all() for p in m.parameters())
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert summary["stopped"] == "diverged" and summary["epochs_run"] == 2
-    best, _ = files.load_tensors(tmp_path / "r" / run_files.WEIGHTS)
+    best, _ = files.load_tensors(tmp_path / "r" / run_files.WEIGHTS, 2**30)
     assert all(torch.isfinite(v).all() for v in best.values())
 
 
 def test_early_stopping(digits, monkeypatch):
-    vals = iter([5.0, 4.0, 4.5, 4.6, 4.7, 1.0])
+    vals = iter([50.0, 5.0, 4.0, 4.5, 4.6, 4.7, 1.0])  # first: the loss before training
     real = trainer.evaluate_loss
 
     def fake(*a, **k):
@@ -143,10 +143,16 @@ def test_early_stopping(digits, monkeypatch):
 
 
 def test_resume_errors(digits, tmp_path):
+    # a run killed before its first epoch ended (a config, no checkpoint) resumes from the start
+    claimed = Run.create(tmp_path / "x", "ae", small(digits).config, TrainConfig(epochs=2), digits.spec)
+    with pytest.raises(RunError, match=rf"in use by process {os.getpid()}"):  # while its writer holds it
+        trainer.fit(small(digits), digits, TrainConfig(epochs=2), out_dir=tmp_path / "x", resume=True, quiet=True)
+    claimed.release()
     with pytest.raises(RunError, match="nothing to resume"):
-        m = small(digits)
-        Run.create(tmp_path / "x", "ae", m.config, TrainConfig(epochs=1), digits.spec)  # no epoch finished
-        trainer.fit(m, digits, TrainConfig(epochs=1), out_dir=tmp_path / "x", resume=True, quiet=True)
+        Run.open(tmp_path / "x").load_checkpoint()
+    res = trainer.fit(small(digits), digits, TrainConfig(epochs=2), out_dir=tmp_path / "x", resume=True, quiet=True)
+    ref = trainer.fit(small(digits), digits, TrainConfig(epochs=2), quiet=True)
+    assert_same(weights(res.model), weights(ref.model)) and len(res.history) == 2
     trainer.fit(small(digits), digits, TrainConfig(epochs=1), out_dir=tmp_path / "y", quiet=True)
     with pytest.raises(RunError, match="training options"):
         trainer.fit(small(digits), digits, TrainConfig(epochs=2, lr=0.1), out_dir=tmp_path / "y", resume=True,

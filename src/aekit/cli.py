@@ -59,6 +59,17 @@ def _add_config_options(p, classes, *, skip=(), show_defaults=False, prefix=""):
                 p.add_argument(flag, metavar=f.metadata.get("flag", f.name).upper().replace("-", "_"), **kw)
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    return v
+
+
 def _option_flag(cls, name: str) -> str:
     """The command-line flag of field ``name`` of config class ``cls``."""
     f = next(f for f in dataclasses.fields(cls) if f.name == name)
@@ -86,13 +97,19 @@ def _set_threads(threads: int | None) -> None:
 
 
 def _default_out(model: str, dataset: str, with_dataset: bool = True) -> Path:
-    """runs/MODEL-DATASET (or runs/MODEL), with -2, -3, ... appended until the name is free."""
+    """runs/MODEL-DATASET (or runs/MODEL), with -2, -3, ... appended until a name is free; the folder is
+    created here (an exclusive mkdir), so two commands started together never pick the same one."""
     stem = Path(dataset).stem if ("/" in dataset or "." in dataset) else dataset
     base = Path("runs") / (f"{model}-{stem}" if with_dataset else model)
     out, i = base, 2
-    while out.exists():
-        out, i = Path(f"{base}-{i}"), i + 1
-    return out
+    while True:
+        try:
+            out.mkdir(parents=True)
+            return out
+        except FileExistsError:
+            out, i = Path(f"{base}-{i}"), i + 1
+        except OSError as e:
+            raise ConfigError(f"cannot create {out} ({e.strerror or e}); choose a folder with --out") from None
 
 
 def _open(args):
@@ -122,9 +139,13 @@ def cmd_train(args) -> int:
         if data_opts:
             flags = ", ".join(_option_flag(DataConfig, k) for k in data_opts)
             raise ConfigError(f"{flags} cannot change on --resume; the run keeps the data it was started with")
+        if args.model or args.out:
+            what = f"a model name ({args.model})" if args.model else f"--out ({args.out})"
+            raise ConfigError(f"--resume continues {run.path} as it was started: {what} does not apply; drop it")
         tcfg = run.train.replace(**train_opts)
         ds = run.dataset()
-        model = registry.get(run.model_name)(run.model_config)
+        # the initial weights of the original run (they matter when no epoch had finished)
+        model = registry.build(run.model_name, seed=run.train.seed, **run.model_config.to_dict())
         name, out = run.model_name, run.path
         result = trainer.fit(model, ds, tcfg, out_dir=out, resume=True, quiet=args.quiet or None, model_name=name)
     else:
@@ -143,10 +164,15 @@ def cmd_train(args) -> int:
         out = Path(args.out) if args.out else _default_out(args.model, dcfg.name_or_path)
         if out.exists() and (not out.is_dir() or any(out.iterdir())):  # before the data is read (Run.create checks too)
             raise ConfigError(f"{out} already exists and is not empty; choose another --out (nothing was overwritten)")
-        ds = datasets.load(dcfg)
-        model = registry.build_for(args.model, ds, seed=tcfg.seed, **model_opts)
-        name = args.model
-        result = trainer.fit(model, ds, tcfg, out_dir=out, quiet=args.quiet or None, model_name=name)
+        try:
+            ds = datasets.load(dcfg)
+            model = registry.build_for(args.model, ds, seed=tcfg.seed, **model_opts)
+            name = args.model
+            result = trainer.fit(model, ds, tcfg, out_dir=out, quiet=args.quiet or None, model_name=name)
+        except AekitError:
+            if not args.out and not any(out.iterdir()):
+                out.rmdir()  # the default folder this command made, still empty: no trace of a failed start
+            raise
     test = metrics.reconstruction_metrics(result.model, ds, "test")
     print(f"trained {name} on {ds.name}: {len(result.history)} epochs "
           f"({result.stopped}), best epoch {result.best_epoch}, val loss {result.best_val_loss:.4f}")
@@ -208,8 +234,6 @@ def cmd_sample(args) -> int:
 
     run = Run.open(args.run)
     model = run.model()
-    if args.n < 1:
-        raise ConfigError(f"-n must be at least 1, got {args.n}")
     out = Path(args.out)
     image = len(model.config.input_shape) == 3
     if image and out.suffix.lower() != ".png":
@@ -401,7 +425,7 @@ def build_parser():
 
     def _plot(c):
         c.add_argument("--out", help="folder for the PNG figures (default: RUN/figures)")
-        c.add_argument("-n", type=int, default=10, help="images per row")
+        c.add_argument("-n", type=_positive_int, default=10, help="images per row")
         c.add_argument("--seed", type=int, default=0, help="seed of samples and corruption")
     run_cmd("plot", "write every figure that applies to a run as PNG files", _plot)
 
@@ -431,7 +455,7 @@ def build_parser():
 
     def _recon(c):
         c.add_argument("--out", required=True, help="PNG for images, CSV for tables")
-        c.add_argument("-n", type=int, default=16, help="how many inputs")
+        c.add_argument("-n", type=_positive_int, default=16, help="how many inputs")
     run_cmd("reconstruct", "save inputs above their reconstructions", _recon)
 
     enc = run_cmd("encode", "save the codes of a dataset split", lambda c: c.add_argument(
@@ -443,7 +467,7 @@ def build_parser():
 
     smp = sub.add_parser("sample", help="draw samples from a generative model (PNG grid or CSV)")
     smp.add_argument("run", help="run directory written by `aekit train`")
-    smp.add_argument("-n", type=int, default=64, help="how many samples")
+    smp.add_argument("-n", type=_positive_int, default=64, help="how many samples")
     smp.add_argument("--label", help="class index or name to sample (conditional / supervised models)")
     smp.add_argument("--seed", type=int, default=0, help="seed of the prior samples")
     smp.add_argument("--out", required=True, help="PNG for images, CSV/TSV for tables")

@@ -10,7 +10,6 @@ with its error, and the others still run.
 from __future__ import annotations
 
 import math
-import shutil
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from . import files
-from .run import CONFIG
+from .run import Run
 
 # Epochs per family when none are given. `aekit compare` on digits with every registered family (8) and
 # one torch thread took 27 s in all (training, evaluation, figures, reports) on 2 CPU cores that other jobs
@@ -50,8 +49,9 @@ class FamilyResult:
 
 
 def check_out_dir(out: Path, models: list[str], overwrite: bool) -> None:
-    """Refuse a non-empty ``out`` unless ``overwrite``; with it, only earlier runs of the compared
-    models (folders holding a config.json) and earlier comparison files may be replaced."""
+    """Refuse a non-empty ``out`` unless ``overwrite``; with it, only earlier runs of the compared models
+    that are provably aekit's and idle (``Run.why_not_removable``) and earlier comparison files may be
+    replaced: a folder holding anything else is left alone, and nothing is changed."""
     from .errors import ConfigError
 
     if out.exists() and not out.is_dir():
@@ -63,9 +63,12 @@ def check_out_dir(out: Path, models: list[str], overwrite: bool) -> None:
                           "--overwrite to replace the runs of the compared models in it (nothing was changed)")
     for m in models:
         d = out / m
-        if d.exists() and (not d.is_dir() or (any(d.iterdir()) and not (d / CONFIG).exists())):
-            raise ConfigError(f"--overwrite: {d} exists but is not an aekit run directory; it is left alone and "
-                              "nothing was changed; choose another --out")
+        if not d.exists() and not d.is_symlink() or d.is_dir() and not d.is_symlink() and not any(d.iterdir()):
+            continue
+        why = Run.why_not_removable(d)
+        if why is not None:
+            raise ConfigError(f"--overwrite: {d} {why}; it is left alone and nothing was changed; choose another "
+                              "--out")
 
 
 def _default_models() -> list[str]:
@@ -96,9 +99,9 @@ def compare(dataset, out, *, models: list[str] | None = None, epochs: int = DEFA
         raise ConfigError(f"--models: a model is listed twice ({','.join(models)})")
     tcfg = TrainConfig(epochs=epochs, seed=seed)
     check_out_dir(out, models, overwrite)
-    for m in models:  # checked above: only run directories are removed
-        if (out / m).is_dir():
-            shutil.rmtree(out / m)
+    for m in models:  # checked above: only idle aekit runs are removed
+        if (out / m).is_dir() and any((out / m).iterdir()):
+            Run.remove(out / m)
     out.mkdir(parents=True, exist_ok=True)
 
     results = []

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -20,24 +22,80 @@ from safetensors.torch import save as st_save
 
 from .errors import RunError
 
+TMP_SUFFIX = ".tmp"  # atomic writes go through ".<name>.<random>.tmp" in the target's folder
+MAX_TEXT_BYTES = 256 * 2**20  # config.json, metrics.jsonl, summary.json: far above any real run's
+MAX_HEADER_BYTES = 100 * 2**20  # safetensors' own limit on the JSON header
+
+
+def _write_error(path: Path, e: OSError) -> RunError:
+    why = e.strerror or str(e)
+    return RunError(f"{path}: cannot write ({why}); check that the folder can be created and written to and that "
+                    "the disk has space (nothing else was changed)")
+
+
+_umask_lock = threading.Lock()
+
+
+def _file_mode() -> int:
+    """0o666 less the process's umask now: the mode ``open()`` would give a new file (mkstemp gives 0o600).
+
+    Linux shows the umask in /proc/self/status; elsewhere it is read by setting and restoring it (under a
+    lock, so aekit's own threads never see the temporary value)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    with _umask_lock:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (where the platform allows opening a folder)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
+    """Write to a temporary file in the same folder, fsync, rename over ``path``, fsync the folder.
+
+    The file gets the mode a plain ``open()`` would give it (the umask applies). A failure (a read-only
+    folder, a full disk, a path below a file) is a RunError naming the path; the old file stays as it was.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    except OSError as e:
+        raise _write_error(path, e) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
+            os.fchmod(f.fileno(), _file_mode())
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError):
+            raise _write_error(path, e) from None
         raise
+    _fsync_dir(path.parent)
 
 
 def atomic_write_text(path, text: str) -> None:
@@ -48,23 +106,50 @@ def write_json(path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def read_text(path) -> str:
-    """A UTF-8 text file, or a RunError that names it (missing, unreadable, not text)."""
+def read_bytes(path, max_bytes: int, *, what: str = "file") -> bytes:
+    """The bytes of a regular file of at most ``max_bytes``, else a RunError that names it.
+
+    Checked before opening, so a FIFO (which would block), a device such as /dev/zero (endless), a folder
+    or an oversized file is refused instead of read.
+    """
     path = Path(path)
     try:
-        return path.read_text(encoding="utf-8")
+        st = os.stat(path)
     except FileNotFoundError:
         raise RunError(f"{path}: file not found") from None
-    except UnicodeDecodeError:
-        raise RunError(f"{path}: not UTF-8 text; the run directory may be damaged") from None
     except OSError as e:
         raise RunError(f"{path}: cannot read the file ({e.strerror or e})") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a folder" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode)
+                else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "a socket"
+                if stat.S_ISSOCK(st.st_mode) else "not a regular file")
+        raise RunError(f"{path}: is {kind}, not a regular {what}; the run directory is damaged or was tampered with")
+    if st.st_size > max_bytes:
+        raise RunError(f"{path}: {st.st_size} bytes, more than a {what} can hold ({max_bytes} bytes at most); "
+                       "the run directory is damaged or was tampered with")
+    try:
+        with open(path, "rb") as f:
+            data = f.read(max_bytes + 1)
+    except OSError as e:
+        raise RunError(f"{path}: cannot read the file ({e.strerror or e})") from None
+    if len(data) > max_bytes:  # grew while being read
+        raise RunError(f"{path}: more than {max_bytes} bytes; the run directory is damaged or was tampered with")
+    return data
+
+
+def read_text(path, max_bytes: int = MAX_TEXT_BYTES) -> str:
+    """A UTF-8 text file, or a RunError that names it (missing, not a regular file, too large, not text)."""
+    data = read_bytes(path, max_bytes, what="text file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RunError(f"{path}: not UTF-8 text; the run directory may be damaged") from None
 
 
 def read_json(path) -> Any:
     try:
         return json.loads(read_text(path))
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, RecursionError) as e:
         raise RunError(f"{path}: not valid JSON ({e}); the run directory may be damaged") from None
 
 
@@ -75,21 +160,32 @@ def save_tensors(path, tensors: dict[str, torch.Tensor], meta: dict | None = Non
     atomic_write_bytes(path, st_save(tensors, metadata=md))
 
 
-def load_tensors(path) -> tuple[dict[str, torch.Tensor], dict | None]:
-    """Read a safetensors file written by save_tensors: (tensors on CPU, metadata JSON or None)."""
+def load_tensors(path, max_bytes: int) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """Read a safetensors file written by save_tensors: (tensors on CPU, metadata JSON or None).
+
+    At most ``max_bytes`` are read (the caller knows how large the file can be: a model's parameter count
+    times the bytes of its dtype, plus the header); the header must describe exactly the bytes that follow.
+    """
     path = Path(path)
+    data = read_bytes(path, max_bytes + MAX_HEADER_BYTES + 8, what="safetensors file")
+    bad = f"{path}: not a readable safetensors file"
     try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise RunError(f"{path}: file not found") from None
-    try:
-        tensors = st_load(data)
         header_len = int.from_bytes(data[:8], "little")
+        if len(data) < 8 or header_len > min(MAX_HEADER_BYTES, len(data) - 8):
+            raise ValueError(f"a header of {header_len} bytes in a file of {len(data)}")
         header = json.loads(data[8 : 8 + header_len])
-    except (SafetensorError, ValueError, json.JSONDecodeError) as e:
-        raise RunError(f"{path}: not a readable safetensors file ({e}); the run may have been damaged") from None
-    md = header.get("__metadata__") or {}
-    return tensors, (json.loads(md["json"]) if "json" in md else None)
+        if not isinstance(header, dict):
+            raise ValueError("the header is not a JSON object")
+        ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+        if 8 + header_len + max(ends, default=0) != len(data):
+            raise ValueError(f"the header describes {max(ends, default=0)} bytes of data but "
+                             f"{len(data) - 8 - header_len} follow")
+        tensors = st_load(data)
+        md = header.get("__metadata__") or {}
+        meta = json.loads(md["json"]) if isinstance(md, dict) and "json" in md else None
+    except (SafetensorError, ValueError, TypeError, KeyError, IndexError, RecursionError) as e:
+        raise RunError(f"{bad} ({e}); the run may have been damaged") from None
+    return tensors, meta
 
 
 def optimizer_to_tensors(prefix: str, state: dict) -> tuple[dict[str, torch.Tensor], dict]:

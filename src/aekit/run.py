@@ -16,8 +16,11 @@ Run directories written by aekit 0.1.0 have the same format and open as they are
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
+import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +37,10 @@ from .errors import AekitError, RunError
 CONFIG, WEIGHTS, CHECKPOINT, METRICS, SUMMARY = (
     "config.json", "model.safetensors", "checkpoint.safetensors", "metrics.jsonl", "summary.json",
 )
+MARKER = ".aekit-run.json"  # written first, by exclusive create: this folder is an aekit run
+LOCK = ".aekit-lock.json"  # flock'ed by the one process that writes the run; holds its pid (a JSON number)
+REPORT, FIGURES = "report.html", "figures"  # what `aekit report` / `plot` / compare add by default
+OWN_FILES = {CONFIG, WEIGHTS, CHECKPOINT, METRICS, SUMMARY, MARKER, LOCK, REPORT}
 # A run trained on binarized data has its likelihood evaluated on this static binarization of the split.
 EVAL_BINARIZE_SEED = 0
 
@@ -72,6 +79,7 @@ class Checkpoint:
     best_val: float = math.inf
     best_epoch: int = 0
     bad_epochs: int = 0
+    initial_loss: float | None = None  # the validation loss before training (divergence reference)
 
 
 class Run:
@@ -95,16 +103,33 @@ class Run:
     # --- creating and opening -------------------------------------------------------------------
     @classmethod
     def create(cls, out: str | Path, model_name: str, model_config, train: TrainConfig, data=None) -> Run:
-        """Start a run in ``out`` (created; it must not exist or be empty) and write its config.json."""
+        """Start a run in ``out`` and claim it (see ``claim``): the folder is created, or must be empty.
+
+        The marker is created first and exclusively, so of two processes starting a run in one folder one
+        wins and the other gets a RunError before writing anything. Release the claim with ``release()``.
+        """
         from . import __version__
 
         out = Path(out)
         if out.exists() and not out.is_dir():
             raise RunError(f"{out} is a file, not a folder; choose another output folder (nothing was overwritten)")
-        if out.is_dir() and any(out.iterdir()):
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            taken = any(out.iterdir())
+        except OSError as e:
+            raise RunError(f"{out}: cannot create the run folder ({e.strerror or e}); choose another --out") from None
+        if taken:
             raise RunError(f"{out} already exists and is not empty; choose another --out (nothing was overwritten)")
+        if not _write_marker(out, __version__):
+            raise RunError(f"{out}: another aekit process started a run in this folder at the same moment; "
+                           "choose another --out (nothing was overwritten)")
         run = cls(out, model_name, model_config, train, data, __version__)
-        run._write_config()
+        run.claim()
+        try:
+            run._write_config()
+        except BaseException:
+            run.release()
+            raise
         return run
 
     @classmethod
@@ -141,20 +166,76 @@ class Run:
         self.train = train
         self._write_config()
 
+    # --- ownership ------------------------------------------------------------------------------
+    def claim(self) -> None:
+        """Take the run's advisory lock for writing (held until ``release()`` or the process ends, even by
+        kill -9); a second process gets a RunError naming the holder's pid. Temporary files that a killed
+        writer left behind are removed, and a run written before markers existed gets its marker."""
+        if getattr(self, "_lock_fd", None) is not None:
+            return
+        self._lock_fd = _lock(self.path)
+        _write_marker(self.path, self.aekit_version)
+        for p in self.path.iterdir():
+            if _is_temporary(p.name) and p.is_file():
+                p.unlink(missing_ok=True)
+
+    def release(self) -> None:
+        fd, self._lock_fd = getattr(self, "_lock_fd", None), None
+        if fd is not None:
+            _unlock(fd)
+
+    @staticmethod
+    def why_not_removable(path: str | Path) -> str | None:
+        """None when ``path`` is provably an aekit run that nobody is writing (its marker, or config.json of a
+        run from before markers, and nothing in it but the files aekit writes); else why it is not."""
+        path = Path(path)
+        if not path.is_dir() or path.is_symlink():
+            return "is not a folder"
+        names = {p.name for p in path.iterdir()}
+        if MARKER not in names and CONFIG not in names:
+            return "is not an aekit run directory"
+        foreign = sorted(n for n in names - OWN_FILES if not _is_temporary(n) and n != FIGURES)
+        if FIGURES in names:
+            fig = path / FIGURES
+            if not fig.is_dir() or fig.is_symlink() or any(not (q.suffix == ".png" or _is_temporary(q.name, ()))
+                                                           for q in fig.iterdir()):
+                foreign.append(f"{FIGURES}/ (with other files than figures)")
+        if foreign:
+            return f"holds files aekit did not write ({', '.join(foreign[:5])})"
+        if LOCK in names:
+            try:
+                _unlock(_lock(path))
+            except RunError as e:
+                return str(e).split(": ", 1)[1]
+        return None
+
+    @classmethod
+    def remove(cls, path: str | Path) -> None:
+        """Delete a run directory, only if ``why_not_removable`` finds it provably aekit's and idle."""
+        why = cls.why_not_removable(path)
+        if why is not None:
+            raise RunError(f"{path} {why}; it is left alone")
+        shutil.rmtree(path)
+
+    @property
+    def has_checkpoint(self) -> bool:
+        """Whether an epoch has finished (a run killed in its first epoch has none and restarts from zero)."""
+        return (self.path / CHECKPOINT).exists()
+
     # --- what a run holds -----------------------------------------------------------------------
     def model(self, weights: str = "best", device: str | torch.device | None = None):
         """The model rebuilt from config.json with its best weights (``weights="last"``: the checkpoint's)."""
         from .errors import ConfigError
 
-        if weights == "best":
-            path = self.path / WEIGHTS
-            tensors, _ = files.load_tensors(path)
-        elif weights == "last":
-            path = self.path / CHECKPOINT
-            tensors = self.load_checkpoint().model
-        else:
+        if weights not in ("best", "last"):
             raise ConfigError(f"weights must be 'best' or 'last', got {weights!r}")
         model = registry.get(self.model_name)(self.model_config)
+        if weights == "best":
+            path = self.path / WEIGHTS
+            tensors, _ = files.load_tensors(path, _state_bytes(model))
+        else:
+            path = self.path / CHECKPOINT
+            tensors = self.load_checkpoint(model).model
         try:
             model.load_state_dict(tensors)
         except RuntimeError as e:
@@ -196,9 +277,13 @@ class Run:
         for i, line in enumerate(files.read_text(path).splitlines()):
             if line.strip():
                 try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError:
+                    rec = json.loads(line)
+                except (json.JSONDecodeError, RecursionError):
                     raise RunError(f"{path}: line {i + 1} is not JSON; the file is damaged") from None
+                if not _is_epoch_record(rec):
+                    raise RunError(f"{path}: line {i + 1} is not an epoch record ({{\"epoch\": int, \"train\": "
+                                   "{...}, \"val\": {...}, \"seconds\": number}); the file is damaged")
+                out.append(rec)
         return out
 
     @property
@@ -232,14 +317,19 @@ class Run:
             tensors.update(t)
         meta = {"epoch": ck.epoch, "history": ck.history,
                 "best_val": ck.best_val if math.isfinite(ck.best_val) else None,
-                "best_epoch": ck.best_epoch, "bad_epochs": ck.bad_epochs, "optimizers": opt_meta}
+                "best_epoch": ck.best_epoch, "bad_epochs": ck.bad_epochs, "optimizers": opt_meta,
+                "initial_loss": ck.initial_loss}
         files.save_tensors(self.path / CHECKPOINT, tensors, meta)
 
-    def load_checkpoint(self) -> Checkpoint:
+    def load_checkpoint(self, model=None) -> Checkpoint:
+        """The checkpoint; ``model`` (this run's, built) bounds how large the file may be."""
         path = self.path / CHECKPOINT
         if not path.exists():
             raise RunError(f"{self.path}: nothing to resume (no {CHECKPOINT}; the run never finished an epoch)")
-        tensors, meta = files.load_tensors(path)
+        if model is None:
+            model = registry.get(self.model_name)(self.model_config)
+        # model and best weights, Adam's two moments per parameter, RNG states and step counters
+        tensors, meta = files.load_tensors(path, 4 * _state_bytes(model) + 2**20)
         try:
             parts: dict[str, dict[str, Tensor]] = {}
             for name, t in tensors.items():
@@ -252,8 +342,9 @@ class Run:
                 optimizers=optimizers, rng=parts.get("rng", {}), history=list(meta["history"]),
                 best_val=math.inf if meta["best_val"] is None else float(meta["best_val"]),
                 best_epoch=int(meta["best_epoch"]), bad_epochs=int(meta["bad_epochs"]),
+                initial_loss=None if meta.get("initial_loss") is None else float(meta["initial_loss"]),
             )
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
             raise RunError(f"{path}: the checkpoint is incomplete ({type(e).__name__}: {e}); "
                            "the run may have been damaged") from None
 
@@ -278,3 +369,69 @@ def load(run_dir: str | Path, weights: str = "best", device: str | torch.device 
     """Rebuild the model of a run directory exactly, with its best (or ``weights="last"``) weights:
     ``Run.open(run_dir).model(weights, device)``."""
     return Run.open(run_dir).model(weights, device)
+
+
+def _state_bytes(model) -> int:
+    """Bytes of a model's state dict (what its weights file holds, besides the header)."""
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+def _is_temporary(name: str, of: tuple[str, ...] | None = None) -> bool:
+    """A temporary file that files.atomic_write_bytes leaves when killed (".<name>.<random>.tmp"), for one of
+    the names in ``of`` (default: the files of a run); ``of=()`` accepts any name ending in .png (figures)."""
+    if not (name.startswith(".") and name.endswith(files.TMP_SUFFIX)):
+        return False
+    stem = name[1:].rsplit(".", 2)[0]  # drop ".<random>.tmp"
+    return stem.endswith(".png") if of == () else stem in (OWN_FILES if of is None else of)
+
+
+def _is_epoch_record(rec) -> bool:
+    def numbers(d):
+        return isinstance(d, dict) and all(isinstance(v, (int, float)) and not isinstance(v, bool) or v is None
+                                           for v in d.values())
+
+    return (isinstance(rec, dict) and isinstance(rec.get("epoch"), int) and numbers(rec.get("train"))
+            and numbers(rec.get("val")) and isinstance(rec.get("seconds", 0.0), (int, float)))
+
+
+def _write_marker(folder: Path, version: str) -> bool:
+    """Create folder/MARKER exclusively; False when it exists already."""
+    path = folder / MARKER
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except FileExistsError:
+        return False
+    except OSError as e:
+        raise RunError(f"{path}: cannot write ({e.strerror or e}); choose another --out") from None
+    with os.fdopen(fd, "w") as f:
+        json.dump({"aekit_version": version, "created": dt.datetime.now(dt.timezone.utc).isoformat()}, f)
+        f.write("\n")
+    return True
+
+
+def _lock(folder: Path) -> int:
+    """An fd of folder/LOCK holding an exclusive flock, with this process's pid written in it."""
+    path = folder / LOCK
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise RunError(f"{path}: cannot open the run's lock ({e.strerror or e})") from None
+    try:
+        import fcntl
+    except ImportError:  # no advisory locks on this platform (Windows): one writer is the user's to ensure
+        return fd
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        os.close(fd)
+        who = f"process {holder}" if holder.isdigit() else "another process"
+        raise RunError(f"{folder}: in use by {who} (an aekit run writing to it); wait for it to end or stop "
+                       "it, then try again") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _unlock(fd: int) -> None:
+    os.close(fd)  # closing the only fd of the open file description drops the flock

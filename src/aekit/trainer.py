@@ -101,13 +101,23 @@ def fit(
     model.to(device)
     dataset = dataset.to(device)
 
+    run = None
+    if out is not None:  # claimed for writing until fit returns (a second writer gets a clear error)
+        run = _resume(Run.open(out), model, cfg, dataset, name) if resume else \
+            Run.create(out, name, model.config, cfg, getattr(dataset, "spec", None))
+    elif resume:
+        raise ConfigError("resume needs the run directory (out_dir)")
     fork_devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=fork_devices):
-        torch.manual_seed(cfg.seed)
-        return _fit(model, dataset, cfg, out, resume, quiet, name, device)
+    try:
+        with torch.random.fork_rng(devices=fork_devices):
+            torch.manual_seed(cfg.seed)
+            return _fit(model, dataset, cfg, run, quiet, name, device)
+    finally:
+        if run is not None:
+            run.release()
 
 
-def _fit(model, ds, cfg: TrainConfig, out: Path | None, resume: bool, quiet: bool, name: str, device):
+def _fit(model, ds, cfg: TrainConfig, run: Run | None, quiet: bool, name: str, device):
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     x_train, y_train = ds.x_train, ds.y_train
     x_val, y_val = ds.x_val, ds.y_val
@@ -136,10 +146,8 @@ def _fit(model, ds, cfg: TrainConfig, out: Path | None, resume: bool, quiet: boo
     best_state = _state_copy(model)
     stopped = "completed"
 
-    run = None
-    if out is not None and resume:
-        run = _resume(Run.open(out), model, cfg, ds, name)
-        ck = run.load_checkpoint()
+    if run is not None and run.has_checkpoint:  # resuming (a run killed in its first epoch starts afresh)
+        ck = run.load_checkpoint(model)
         model.load_state_dict(ck.model)
         best_state = {k: v.to(device) for k, v in ck.best.items()}
         for g, o in opts.items():
@@ -150,10 +158,23 @@ def _fit(model, ds, cfg: TrainConfig, out: Path | None, resume: bool, quiet: boo
             torch.cuda.set_rng_state(ck.rng["cuda"], gen.device)
         start, history, best_val, best_epoch, bad_epochs = ck.epoch, ck.history, ck.best_val, ck.best_epoch, \
             ck.bad_epochs
-    elif out is not None:
-        run = Run.create(out, name, model.config, cfg, getattr(ds, "spec", None))
-    elif resume:
-        raise ConfigError("resume needs the run directory (out_dir)")
+        initial = ck.initial_loss
+    else:  # the loss before training: a run whose loss climbs far above it has diverged (see _exploded)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # training's stream as is
+            initial = evaluate_loss(model, x_val if len(x_val) else x_train, y_val if len(x_val) else y_train,
+                                    cfg.batch_size * 4)["loss"]
+
+    def diverged(epoch: int, what: str) -> TrainingDiverged:
+        """Keep the last good weights, record how the run ended, and say so."""
+        model.load_state_dict(last_good)
+        if run is not None:
+            run.save_weights(best_state)
+            run.write_summary(_summary(history, best_epoch, best_val, "diverged"))
+        if bar is not None:
+            bar.close()
+        return TrainingDiverged(
+            f"model {name}: {what} in epoch {epoch + 1}; the weights of epoch {epoch} were kept. Try a smaller "
+            f"--lr (now {cfg.lr:g}), --grad-clip 1, or check the data")
 
     last_good = _state_copy(model)
     bar = None
@@ -205,17 +226,12 @@ def _fit(model, ds, cfg: TrainConfig, out: Path | None, resume: bool, quiet: boo
         train = {k: v.item() / n for k, v in sums.items()}
         seconds = time.perf_counter() - t0
         if not all(math.isfinite(v) for v in train.values()):
-            model.load_state_dict(last_good)
-            if run is not None:
-                run.save_weights(best_state)
-                run.write_summary(_summary(history, best_epoch, best_val, "diverged"))
-            if bar is not None:
-                bar.close()
-            raise TrainingDiverged(
-                f"model {name}: the training loss became NaN/Inf in epoch {epoch + 1}; the weights of epoch "
-                f"{epoch} were kept. Try a smaller --lr (now {cfg.lr:g}), --grad-clip 1, or check the data"
-            )
-        val = evaluate_loss(model, x_val, y_val, cfg.batch_size * 4)
+            raise diverged(epoch, "the training loss became NaN/Inf")
+        val = evaluate_loss(model, x_val, y_val, cfg.batch_size * 4) if len(x_val) else dict(train)
+        if _exploded(val["loss"], initial):
+            what = "validation" if len(x_val) else "training"
+            raise diverged(epoch, f"the {what} loss exploded to {val['loss']:.4g} (it was {initial:.4g} before "
+                                  "training)")
         rec = {"epoch": epoch + 1, "train": train, "val": val, "seconds": seconds,
                "lr": next(iter(opts.values())).param_groups[0]["lr"]}
         history.append(rec)
@@ -237,7 +253,7 @@ def _fit(model, ds, cfg: TrainConfig, out: Path | None, resume: bool, quiet: boo
             run.save_checkpoint(Checkpoint(
                 epoch=len(history), model=model.state_dict(), best=best_state,
                 optimizers={g: o.state_dict() for g, o in opts.items()}, rng=rng, history=history,
-                best_val=best_val, best_epoch=best_epoch, bad_epochs=bad_epochs))
+                best_val=best_val, best_epoch=best_epoch, bad_epochs=bad_epochs, initial_loss=initial))
     if bar is not None:
         bar.close()
 
@@ -245,7 +261,18 @@ def _fit(model, ds, cfg: TrainConfig, out: Path | None, resume: bool, quiet: boo
     model.eval()
     if run is not None:
         run.write_summary(_summary(history, best_epoch, best_val, stopped))
-    return FitResult(model, history, best_epoch, best_val, stopped, str(out) if out else None, run)
+    return FitResult(model, history, best_epoch, best_val, stopped, None if run is None else str(run.path), run)
+
+
+EXPLODED = 10.0  # a loss this many times its own scale above the untrained model's has diverged
+
+
+def _exploded(loss: float, initial: float | None) -> bool:
+    """Whether ``loss`` is far worse than the model's loss before training, ``initial``: above
+    initial + EXPLODED * max(|initial|, 1). Any family, any likelihood: a model that learned anything is
+    below its untrained loss, and one that diverged to finite garbage (a learning rate of 1e3 gives losses of
+    1e13 nats) is many times above it. None (a checkpoint of aekit 0.1.0): no reference, no check."""
+    return initial is not None and math.isfinite(initial) and loss > initial + EXPLODED * max(abs(initial), 1.0)
 
 
 def _acc(sums: dict, key: str, value: Tensor) -> None:
@@ -283,18 +310,24 @@ def _summary(history, best_epoch, best_val, stopped) -> dict:
 
 
 def _resume(run: Run, model, cfg: TrainConfig, ds, name: str) -> Run:
-    """The run to continue, after checking that model, data and training options are the ones it started with."""
-    data = getattr(ds, "spec", None)
-    now = {"model": name, "config": model.config.to_dict(), "data": None if data is None else data.to_dict()}
-    saved = {"model": run.model_name, "config": run.model_config.to_dict(),
-             "data": None if run.data is None else run.data.to_dict()}
-    for key in ("model", "config", "data"):
-        if saved[key] != now[key]:
-            raise RunError(f"{run.path}: cannot resume: the {key} differs from the one the run was started with")
-    old, new = run.train.to_dict(), cfg.to_dict()
-    changed = {k for k in new if k != "epochs" and old.get(k) != new[k]}
-    if changed:
-        raise RunError(f"{run.path}: cannot resume with different training options ({', '.join(sorted(changed))})")
-    if old != new:  # a new epoch budget
-        run.update_train(cfg)
+    """The run to continue, claimed, after checking that model, data and training options are the ones it
+    started with."""
+    run.claim()
+    try:
+        data = getattr(ds, "spec", None)
+        now = {"model": name, "config": model.config.to_dict(), "data": None if data is None else data.to_dict()}
+        saved = {"model": run.model_name, "config": run.model_config.to_dict(),
+                 "data": None if run.data is None else run.data.to_dict()}
+        for key in ("model", "config", "data"):
+            if saved[key] != now[key]:
+                raise RunError(f"{run.path}: cannot resume: the {key} differs from the one the run was started with")
+        old, new = run.train.to_dict(), cfg.to_dict()
+        changed = {k for k in new if k != "epochs" and old.get(k) != new[k]}
+        if changed:
+            raise RunError(f"{run.path}: cannot resume with different training options ({', '.join(sorted(changed))})")
+        if old != new:  # a new epoch budget
+            run.update_train(cfg)
+    except BaseException:
+        run.release()
+        raise
     return run
