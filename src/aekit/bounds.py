@@ -20,12 +20,22 @@ Shapes: ``z`` (..., K_lat) with the latent dimension last; densities return (...
 from __future__ import annotations
 
 import math
+import operator
 
 import torch
 from torch import Tensor
 
+from .config import check_seed, env_limit
 from .errors import ConfigError
 from .likelihoods import LOG_2PI, binarize_static, bits_per_dim
+
+# The ceiling on the work of one likelihood evaluation, in decoder rows: examples x (iw_samples +
+# mc_samples). K = 5000 importance samples, the usual count for published test log-likelihoods, on the
+# 10,000 Fashion-MNIST test images is 5e7 rows; 1e9 (K = 100,000 on that set) is already hours on a CPU.
+# Environment variable AEKIT_MAX_DECODER_ROWS raises or lowers it.
+MAX_DECODER_ROWS = 10**9
+MAX_DECODER_ROWS_ENV = "AEKIT_MAX_DECODER_ROWS"
+USUAL_IW_SAMPLES = 5000
 
 
 def gaussian_log_density(z: Tensor, mu: Tensor | None = None, logvar: Tensor | None = None) -> Tensor:
@@ -69,23 +79,25 @@ def likelihood_metrics(model, dataset, split: str = "test", iw_samples: int = 10
     reproducible.
     The model needs ``elbo`` and ``log_likelihood`` (``capabilities.probabilistic``).
     The sample counts are checked here and only here (metrics.likelihood_metrics and evaluate pass them on):
-    ``mc_samples`` >= 1, ``iw_samples`` >= 0.
+    ``mc_samples`` >= 1, ``iw_samples`` >= 0, and the decoder rows they cost, examples x (iw_samples +
+    mc_samples), at most ``decoder_rows_limit()``.
+    The model's training flag is neither read nor changed (``elbo`` and ``log_likelihood`` do not depend
+    on it), so several threads may evaluate one model at once.
     """
-    if int(mc_samples) < 1:
-        raise ConfigError(f"--mc-samples must be >= 1 (Monte-Carlo samples of the ELBO), got {mc_samples}")
-    if int(iw_samples) < 0:
-        raise ConfigError(f"--iw-samples must be >= 1 (or 0 to skip the log-likelihood estimate), got {iw_samples}")
+    mc_samples, iw_samples = _count(mc_samples, "--mc-samples", 1), _count(iw_samples, "--iw-samples", 0)
+    seed = check_seed(seed)
+    if binarize_seed is not None:
+        binarize_seed = check_seed(binarize_seed, "binarize_seed")
     x, y = dataset.split(split)
     if x.shape[0] == 0:
         raise ConfigError(f"split {split!r} of dataset {dataset.name!r} is empty; choose another --split")
+    _check_work(x.shape[0], iw_samples, mc_samples)
     device = model.device
     x = x.to(device)
     y = y.to(device) if y is not None else None
     if binarize_seed is not None:
         x = binarize_static(x, binarize_seed)
     gen = torch.Generator(device=device).manual_seed(seed)
-    was_training = model.training
-    model.eval()
     sums = {"elbo": 0.0, "recon": 0.0, "kl": 0.0, "ll": 0.0}
     for s in range(0, x.shape[0], batch_size):
         xb = x[s : s + batch_size]
@@ -95,7 +107,6 @@ def likelihood_metrics(model, dataset, split: str = "test", iw_samples: int = 10
             sums[k] += e[k].double().sum().item()
         if iw_samples:
             sums["ll"] += model.log_likelihood(xb, yb, k=iw_samples, generator=gen).double().sum().item()
-    model.train(was_training)
     n, dim = x.shape[0], math.prod(x.shape[1:])
     out = {
         "elbo_nats": sums["elbo"] / n,
@@ -109,3 +120,31 @@ def likelihood_metrics(model, dataset, split: str = "test", iw_samples: int = 10
         out["iw_nll_bits_per_dim"] = bits_per_dim(-sums["ll"] / n, dim)
         out["iw_samples"] = int(iw_samples)
     return out
+
+
+def _count(value, option: str, minimum: int) -> int:
+    """A sample count as a Python int >= minimum; a ConfigError naming the option otherwise."""
+    try:
+        n = -1 if isinstance(value, bool) else operator.index(value)
+    except TypeError:
+        n = -1
+    if n < minimum:
+        what = "an integer >= 1" if minimum else "an integer >= 1 (or 0 to skip the log-likelihood estimate)"
+        raise ConfigError(f"{option} must be {what}, got {value!r}")
+    return n
+
+
+def decoder_rows_limit() -> int:
+    """The most decoder rows one likelihood evaluation may take: AEKIT_MAX_DECODER_ROWS, else MAX_DECODER_ROWS."""
+    return env_limit(MAX_DECODER_ROWS_ENV, MAX_DECODER_ROWS)
+
+
+def _check_work(n: int, iw_samples: int, mc_samples: int) -> None:
+    """Refuse an evaluation of n examples whose decoder rows, n x (iw_samples + mc_samples), pass the ceiling."""
+    rows, limit = n * (iw_samples + mc_samples), decoder_rows_limit()
+    if rows > limit:
+        raise ConfigError(
+            f"--iw-samples {iw_samples} and --mc-samples {mc_samples} on {n:,} examples would take {rows:,} decoder "
+            f"evaluations, more than the limit of {limit:,} ({MAX_DECODER_ROWS_ENV}); published test log-likelihoods "
+            f"use K = {USUAL_IW_SAMPLES} ({n * USUAL_IW_SAMPLES:,} here): use fewer samples or a smaller split"
+        )

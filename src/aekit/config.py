@@ -10,15 +10,27 @@ says so), so ``replace`` composes: ``ModelConfig().replace(arch="conv") == Model
 and calls ``super().resolved()`` first, so resolutions compose through inheritance. ``validate()``
 checks the resolved values (construction runs it on ``resolved()``), and a model stores its resolved
 config, so a saved config names every value and rebuilds the very same model.
+
+Every float option of every config must be a finite number: construction checks each float-typed field
+once here (``ConfigBase``), so no family repeats it and a NaN or an infinity never reaches an optimizer.
+Helpers for the layers above: ``check_seed`` (a seed torch accepts) and ``env_limit`` (a positive integer
+read from an environment variable, for the resource limits of registry and bounds).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
+import numbers
+import operator
+import os
 import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any
+
+import torch
 
 from .errors import ConfigError
 
@@ -94,6 +106,18 @@ class ConfigBase:
             want = " and ".join(s for s in (lo_s, hi_s) if s)
             raise ConfigError(f"{type(self).__name__}: option {name}={v!r} must be {want}")
 
+    def _check_finite(self) -> None:
+        """Every float-typed option (``float``, ``float | None``, ``tuple[float, ...]``) holds finite numbers."""
+        for name in _float_fields(type(self)):
+            v = getattr(self, name)
+            for x in v if isinstance(v, tuple) else (v,):
+                if x is None:
+                    continue
+                if isinstance(x, bool) or not isinstance(x, numbers.Real):
+                    raise ConfigError(f"{type(self).__name__}: option {name} expects a number, got {x!r}")
+                if not math.isfinite(x):
+                    raise ConfigError(f"{type(self).__name__}: option {name} must be a finite number, got {x!r}")
+
     def __post_init__(self):
         for f in dataclasses.fields(self):
             if "choices" in f.metadata:
@@ -101,6 +125,7 @@ class ConfigBase:
         # An unresolved config is checked through its resolved copy, whose construction validates it.
         if self.resolved() is self:
             self.validate()
+        self._check_finite()  # after validate, so a class's own message for a bad number comes first
 
     def resolved(self):
         """This config with its automatic values made explicit; ``self`` when there are none (idempotent).
@@ -112,6 +137,52 @@ class ConfigBase:
 
     def validate(self) -> None:
         """Check the (resolved) values; raise ConfigError saying what to change. Subclasses add checks."""
+
+
+@functools.cache
+def _float_fields(cls) -> tuple[str, ...]:
+    """The fields of config class ``cls`` whose type is float, float | None or tuple[float, ...]."""
+    def is_float(hint) -> bool:
+        if typing.get_origin(hint) in (typing.Union, types.UnionType, tuple):
+            return all(a is float or a is type(None) or a is Ellipsis for a in typing.get_args(hint))
+        return hint is float
+
+    hints = typing.get_type_hints(cls)
+    return tuple(f.name for f in dataclasses.fields(cls) if is_float(hints[f.name]))
+
+
+def check_seed(seed, name: str = "seed") -> int:
+    """``seed`` as a Python int that ``torch.Generator.manual_seed`` accepts (-2**63 .. 2**64-1 today);
+    a ConfigError naming option ``name`` otherwise (a bool, a float, a number out of range)."""
+    try:
+        value = operator.index(seed) if not isinstance(seed, bool) else None
+        if value is not None:
+            torch.Generator().manual_seed(value)  # torch's own rule, whatever its version accepts
+    except (TypeError, ValueError, RuntimeError, OverflowError):
+        value = None
+    if value is None:
+        raise ConfigError(f"option {name}={seed!r} is not a seed torch accepts: use an integer from 0 to 2**64-1")
+    return value
+
+
+def env_limit(name: str, default: int) -> int:
+    """A positive integer limit from environment variable ``name`` ("1000000", "1_000_000" or "1e6"),
+    else ``default``; a ConfigError when the variable is set to anything else."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        try:
+            f = float(text)
+            value = int(f) if math.isfinite(f) and f.is_integer() else 0
+        except ValueError:
+            value = 0
+    if value < 1:
+        raise ConfigError(f"environment variable {name}={text!r} must be a positive integer, e.g. {default}; "
+                          f"unset it for the default ({default:,})")
+    return value
 
 
 def _coerce(name: str, value: Any, hint: Any, what: str) -> Any:
@@ -230,3 +301,19 @@ class TrainConfig(ConfigBase):
         self._check_range("weight_decay", 0)
         self._check_range("patience", 0)
         self._check_range("grad_clip", 0)
+        check_seed(self.seed)
+        check_device(self.device)
+
+
+def check_device(device) -> torch.device:
+    """``device`` parsed by torch.device; a ConfigError for a string torch cannot parse or the meta device.
+
+    Whether the device exists here (e.g. cuda on a machine without one) is the trainer's check.
+    """
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"option device={device!r} is not a torch device; use e.g. cpu, cuda or cuda:1") from None
+    if dev.type == "meta":
+        raise ConfigError("option device='meta' holds no data and cannot train; use e.g. cpu or cuda")
+    return dev

@@ -23,14 +23,22 @@ never from its name or type:
   conditional-generation accuracy (cvae, supervised aae; judged by the classifier of aekit.reference).
 
 Every random choice (corruption, posterior and prior samples, k-means, the reference classifier) is
-seeded from ``seed`` through its own ``torch.Generator`` or ``random_state``, or inside
-``torch.random.fork_rng`` where a model method draws from the global generator, so evaluation is
-reproducible and leaves the caller's global RNG as it was.
+seeded from ``seed`` through its own ``torch.Generator`` or ``random_state``, handed to every model method
+that draws (``elbo``, ``log_likelihood``, ``sample``, ``prior_sample``, ``corrupt``): evaluation is
+reproducible and never reads or writes torch's global RNG.
+
+Thread safety: several threads may evaluate one model at once. Evaluation never changes the model's
+training flag (no ``model.eval()`` and restore, which races between threads and would show a training
+thread an eval-mode model): it calls only the methods whose result does not depend on the flag (encode,
+decode, reconstruct, posterior, elbo, log_likelihood, sample, prior_sample, corrupt; the networks have no
+dropout or batch norm), and runs them under ``torch.no_grad``, which is per thread.
+
+Data of another sample shape than the model's ``config.input_shape`` is refused with one DataError line
+naming both shapes (``Autoencoder.check_input``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import warnings
 from collections.abc import Callable
@@ -42,8 +50,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .config import check_seed
 from .errors import ConfigError, DataError
-from .models.base import Autoencoder, eval_mode
+from .models.base import Autoencoder
 from .posterior import DiagonalGaussian
 from .reference import reference_classifier, subsample
 
@@ -61,34 +70,23 @@ def _batched(fn, tensors: list[Tensor | None], batch_size: int, device) -> list:
     return outs
 
 
-@contextlib.contextmanager
-def _seeded(seed: int):
-    """Run a block with the global torch RNG seeded, restoring the caller's RNG state afterwards.
-
-    For model methods that draw from the global generator (e.g. ``elbo``'s reparameterised samples).
-    """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
-
-
 @torch.no_grad()
 def reconstructions(model: Autoencoder, x: Tensor, y: Tensor | None = None, batch_size: int = 1024) -> Tensor:
-    """model.reconstruct over x in batches, in eval mode. (N, *shape) -> (N, *shape), on x's device."""
+    """model.reconstruct over x in batches. (N, *shape) -> (N, *shape), on x's device."""
+    model.check_input(x)
     if x.shape[0] == 0:
         return x.new_zeros(x.shape)
-    with eval_mode(model):
-        outs = _batched(model.reconstruct, [x, y], batch_size, model.device)
+    outs = _batched(model.reconstruct, [x, y], batch_size, model.device)
     return torch.cat(outs).to(x.device)
 
 
 @torch.no_grad()
 def codes(model: Autoencoder, x: Tensor, y: Tensor | None = None, batch_size: int = 1024) -> Tensor:
     """Deterministic codes model.encode(x) in batches. (N, *shape) -> (N, K), on x's device."""
+    model.check_input(x)
     if x.shape[0] == 0:
         return x.new_zeros((0, model.latent_dim))
-    with eval_mode(model):
-        outs = _batched(model.encode, [x, y], batch_size, model.device)
+    outs = _batched(model.encode, [x, y], batch_size, model.device)
     return torch.cat(outs).to(x.device)
 
 
@@ -153,9 +151,8 @@ def likelihood_metrics(model: Autoencoder, dataset, split: str = "test", *, iw_s
         return {}
     from . import bounds
 
-    with _seeded(seed), eval_mode(model):
-        res = bounds.likelihood_metrics(model, dataset, split, iw_samples, mc_samples, seed=seed,
-                                        binarize_seed=binarize_seed)
+    res = bounds.likelihood_metrics(model, dataset, split, iw_samples, mc_samples, seed=seed,
+                                    binarize_seed=binarize_seed)
     return {k: _number(v) for k, v in res.items()}
 
 
@@ -283,9 +280,8 @@ def anomaly_scores(model: Autoencoder, x: Tensor, y: Tensor | None = None, *, mc
     out = {"recon_error": sse_per_example(x, reconstructions(model, x, y, batch_size))}
     if model.capabilities.probabilistic and x.shape[0]:
         g = torch.Generator(device=model.device).manual_seed(seed)
-        with _seeded(seed), eval_mode(model):
-            parts = _batched(lambda xb, yb: model.elbo(xb, yb, mc_samples=mc_samples, generator=g)["elbo"],
-                             [x, y], batch_size, model.device)
+        parts = _batched(lambda xb, yb: model.elbo(xb, yb, mc_samples=mc_samples, generator=g)["elbo"],
+                         [x, y], batch_size, model.device)
         out["neg_elbo"] = -torch.cat(parts).to(x.device)
     return out
 
@@ -423,7 +419,7 @@ def aggregate_posterior_sample(model: Autoencoder, x: Tensor, y: Tensor | None =
     y = _labels_for(model, y)
     if not model.capabilities.probabilistic:
         return codes(model, x, y)
-    with eval_mode(model):
+    with torch.no_grad():
         parts = _batched(model.posterior, [x, y], 1024, model.device)
     q = DiagonalGaussian(torch.cat([p.mean for p in parts]).cpu(), torch.cat([p.logvar for p in parts]).cpu())
     return q.sample(1, generator)[0]
@@ -440,8 +436,9 @@ def prior_mmd_metrics(model: Autoencoder, dataset, split: str = "test", *, seed:
     x, y = x[idx], (None if y is None else y[idx])
     g = torch.Generator().manual_seed(seed)
     q = aggregate_posterior_sample(model, x, y, generator=g)
-    with eval_mode(model), torch.no_grad():
-        p = model.prior_sample(q.shape[0], generator=torch.Generator(device=model.device).manual_seed(seed + 1))
+    with torch.no_grad():  # seed + 1 wraps to 0 at torch's largest seed
+        p = model.prior_sample(q.shape[0],
+                               generator=torch.Generator(device=model.device).manual_seed((seed + 1) % 2**64))
     return {"prior_mmd2": mmd2(q.cpu(), p.cpu())}
 
 
@@ -457,7 +454,7 @@ def conditional_accuracy_metrics(model: Autoencoder, dataset, split: str = "test
     k = dataset.num_classes
     y = torch.arange(k).repeat_interleave(per_class)
     g = torch.Generator(device=model.device).manual_seed(seed)
-    with eval_mode(model), torch.no_grad():
+    with torch.no_grad():
         xs = model.sample(y.shape[0], y=y.to(model.device), generator=g)
         pred = clf(xs.flatten(1).float().cpu()).argmax(1)
     return {"cond_gen_accuracy": (pred == y).float().mean().item(),
@@ -470,7 +467,7 @@ class DiagnosticData:
     module bound to the model, so a family's file computes its diagnostics without importing aekit.metrics.
 
     ``x`` (N, *shape) and ``y`` (the labels handed to the model: None unless it uses labels) of ``split``;
-    ``codes`` / ``reconstructions``: the batched model calls of this module (eval mode, no autograd);
+    ``codes`` / ``reconstructions``: the batched model calls of this module (no autograd);
     ``psnr``, ``mse``, ``sparsity_stats``: the functions of this module.
     """
 
@@ -601,7 +598,13 @@ def evaluate(model: Autoencoder, dataset, split: str = "test", *, iw_samples: in
     ``split``, whose examples then all count as normal unless ``normal_class`` says otherwise).
     ``binarize_seed``: the likelihood metrics of a run trained on binarized data are computed on a static
     binarization of the split made with this seed (``likelihoods.binarize_static``).
+
+    Data whose samples do not have the model's input shape, and a seed torch does not accept, are refused
+    with one line (DataError / ConfigError) before any work. Safe to call from several threads at once on
+    one model (see the module docstring).
     """
+    seed = check_seed(seed)
+    model.check_input(dataset.split(split)[0], f"dataset {dataset.name!r}")
     out = reconstruction_metrics(model, dataset, split)
     out.update(likelihood_metrics(model, dataset, split, iw_samples=iw_samples, mc_samples=mc_samples, seed=seed,
                                   binarize_seed=binarize_seed))

@@ -215,85 +215,81 @@ def run_figures(model, dataset, history: list[dict] | None = None, *, n: int = 1
     """
     from . import metrics
 
-    was = model.training
-    model.eval()
-    try:
-        dev = model.device
-        x, y = dataset.split(split)
-        uses_labels = model.capabilities.uses_labels
-        y_cond = y if uses_labels else None
-        image = dataset.kind == "image"
-        g = torch.Generator(device=dev).manual_seed(seed)
+    # the model's training flag is left alone: nothing drawn here depends on it (see aekit.models.base)
+    dev = model.device
+    x, y = dataset.split(split)
+    uses_labels = model.capabilities.uses_labels
+    y_cond = y if uses_labels else None
+    image = dataset.kind == "image"
+    g = torch.Generator(device=dev).manual_seed(seed)
 
-        if history:
-            yield "curves", "Training curves: each logged term, train (solid) and validation (dashed)", \
-                training_curves(history)
+    if history:
+        yield "curves", "Training curves: each logged term, train (solid) and validation (dashed)", \
+            training_curves(history)
 
-        if image and x.shape[0]:
-            xs, ys = _pick(x, y, n)
-            yc = ys.to(dev) if uses_labels and ys is not None else None
-            caption, rows = model.reconstruction_rows(xs.to(dev), yc,
-                                                      generator=torch.Generator(device=dev).manual_seed(seed))
-            yield "reconstructions", caption, image_rows([r.cpu() for r in rows.values()], list(rows))
+    if image and x.shape[0]:
+        xs, ys = _pick(x, y, n)
+        yc = ys.to(dev) if uses_labels and ys is not None else None
+        caption, rows = model.reconstruction_rows(xs.to(dev), yc,
+                                                  generator=torch.Generator(device=dev).manual_seed(seed))
+        yield "reconstructions", caption, image_rows([r.cpu() for r in rows.values()], list(rows))
 
-        k = dataset.num_classes
-        if image and model.capabilities.generative:
-            m = 4 * n
-            ys_ = None
-            if uses_labels and k:
-                ys_ = torch.randint(0, k, (m,), generator=torch.Generator().manual_seed(seed)).to(dev)
-            s = model.sample(m, y=ys_, generator=g).cpu()
-            yield "samples", "Random samples from the prior" + (" (random labels)" if ys_ is not None else ""), \
-                image_grid(s, ncols=n)
-            if ys_ is not None:
-                shown = list(range(min(k, 20)))
-                rows = [model.sample(n, y=torch.full((n,), c, dtype=torch.long, device=dev), generator=g).cpu()
-                        for c in shown]
-                names = [dataset.class_names[c] if dataset.class_names else str(c) for c in shown]
-                yield "class_samples", "Class-conditional samples: one row per class", class_grid(rows, names)
+    k = dataset.num_classes
+    if image and model.capabilities.generative:
+        m = 4 * n
+        ys_ = None
+        if uses_labels and k:
+            ys_ = torch.randint(0, k, (m,), generator=torch.Generator().manual_seed(seed)).to(dev)
+        s = model.sample(m, y=ys_, generator=g).cpu()
+        yield "samples", "Random samples from the prior" + (" (random labels)" if ys_ is not None else ""), \
+            image_grid(s, ncols=n)
+        if ys_ is not None:
+            shown = list(range(min(k, 20)))
+            rows = [model.sample(n, y=torch.full((n,), c, dtype=torch.long, device=dev), generator=g).cpu()
+                    for c in shown]
+            names = [dataset.class_names[c] if dataset.class_names else str(c) for c in shown]
+            yield "class_samples", "Class-conditional samples: one row per class", class_grid(rows, names)
 
-        if x.shape[0]:
-            z = metrics.codes(model, x, y_cond)
-            kind = "the codes" if z.shape[1] <= 2 else "the first two principal components of the codes"
-            yield "latent", f"Latent space: {kind} of the {split} split" + (", coloured by label" if y is not None
-                                                                            else ""), \
-                latent_scatter(z, y, dataset.class_names, seed=seed)
+    if x.shape[0]:
+        z = metrics.codes(model, x, y_cond)
+        kind = "the codes" if z.shape[1] <= 2 else "the first two principal components of the codes"
+        yield "latent", f"Latent space: {kind} of the {split} split" + (", coloured by label" if y is not None
+                                                                        else ""), \
+            latent_scatter(z, y, dataset.class_names, seed=seed)
 
-        if image and model.capabilities.generative and model.latent_dim == 2:
-            grid = 12
-            p = model.prior_sample(10000, generator=torch.Generator(device=dev).manual_seed(seed)).cpu().double()
-            qs = torch.linspace(0.05, 0.95, grid, dtype=torch.float64)
-            g0, g1 = torch.quantile(p[:, 0], qs).numpy(), torch.quantile(p[:, 1], qs).numpy()
-            zz = torch.tensor([[a, b] for b in g1 for a in g0], dtype=torch.float32, device=dev)
-            yl, what = None, ""
-            if uses_labels and k:
-                yl = torch.zeros(zz.shape[0], dtype=torch.long, device=dev)
-                what = f", for class {dataset.class_names[0] if dataset.class_names else 0}"
-            imgs = model.decode(zz, yl).cpu()
-            yield "manifold", "Decoded latent manifold: a grid of the prior's 5%..95% quantiles in each code " \
-                f"dimension{what}", latent_manifold(imgs, g0, g1)
+    if image and model.capabilities.generative and model.latent_dim == 2:
+        grid = 12
+        p = model.prior_sample(10000, generator=torch.Generator(device=dev).manual_seed(seed)).cpu().double()
+        qs = torch.linspace(0.05, 0.95, grid, dtype=torch.float64)
+        g0, g1 = torch.quantile(p[:, 0], qs).numpy(), torch.quantile(p[:, 1], qs).numpy()
+        zz = torch.tensor([[a, b] for b in g1 for a in g0], dtype=torch.float32, device=dev)
+        yl, what = None, ""
+        if uses_labels and k:
+            yl = torch.zeros(zz.shape[0], dtype=torch.long, device=dev)
+            what = f", for class {dataset.class_names[0] if dataset.class_names else 0}"
+        imgs = model.decode(zz, yl).cpu()
+        yield "manifold", "Decoded latent manifold: a grid of the prior's 5%..95% quantiles in each code " \
+            f"dimension{what}", latent_manifold(imgs, g0, g1)
 
-        if image and x.shape[0] >= 2:
-            i0, i1 = 0, 1
-            if y is not None:
-                same = uses_labels  # label-using decoders: interpolate style within one class
-                cand = ((y == y[0]) if same else (y != y[0])).nonzero().flatten()
-                cand = cand[cand != 0]
-                if len(cand):
-                    i1 = int(cand[0])
-            pair = x[[i0, i1]]
-            ypair = None if y_cond is None else y_cond[[i0, i0]]
-            z2 = metrics.codes(model, pair, ypair).to(dev)
-            t = torch.linspace(0, 1, n, device=dev).unsqueeze(1)
-            zs = (1 - t) * z2[0] + t * z2[1]
-            yi = None if ypair is None else torch.full((n,), int(ypair[0]), dtype=torch.long, device=dev)
-            imgs = model.decode(zs, yi).cpu()
-            row = torch.cat([pair[:1].cpu(), imgs, pair[1:].cpu()])
-            yield "interpolation", f"Interpolation between two {split} inputs (shown at both ends): decoded " \
-                "points on the line between their codes", \
-                image_rows([row], None)
-    finally:
-        model.train(was)
+    if image and x.shape[0] >= 2:
+        i0, i1 = 0, 1
+        if y is not None:
+            same = uses_labels  # label-using decoders: interpolate style within one class
+            cand = ((y == y[0]) if same else (y != y[0])).nonzero().flatten()
+            cand = cand[cand != 0]
+            if len(cand):
+                i1 = int(cand[0])
+        pair = x[[i0, i1]]
+        ypair = None if y_cond is None else y_cond[[i0, i0]]
+        z2 = metrics.codes(model, pair, ypair).to(dev)
+        t = torch.linspace(0, 1, n, device=dev).unsqueeze(1)
+        zs = (1 - t) * z2[0] + t * z2[1]
+        yi = None if ypair is None else torch.full((n,), int(ypair[0]), dtype=torch.long, device=dev)
+        imgs = model.decode(zs, yi).cpu()
+        row = torch.cat([pair[:1].cpu(), imgs, pair[1:].cpu()])
+        yield "interpolation", f"Interpolation between two {split} inputs (shown at both ends): decoded " \
+            "points on the line between their codes", \
+            image_rows([row], None)
 
 
 def save_run_figures(model, dataset, out_dir, history: list[dict] | None = None, *, n: int = 10,

@@ -7,6 +7,9 @@ its accuracy on the real test split is the ceiling of that share.
 Training it takes seconds, so the last ``CACHE_SIZE`` classifiers are kept in memory (least recently used
 goes first), keyed by the dataset's name, sample shape, data spec (without its normalization statistics)
 and split sizes, and by the training options: comparing several models on one dataset trains it once.
+The cache is shared by threads under a lock (two threads that miss at once may both train; both get equal
+classifiers). The classifier's initial weights come from its own seeded generator: the global RNG is
+neither read nor written, so evaluation may run in several threads.
 
 ``subsample`` is the seeded subset draw of every evaluation subset (this classifier's training set, and the
 probes and MMD codes of aekit.metrics, which imports it from here: metrics sits above this module).
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from collections import OrderedDict
 
 import torch
@@ -26,6 +30,7 @@ from .errors import DataError
 
 CACHE_SIZE = 4
 _CACHE: OrderedDict[str, tuple[torch.nn.Module, float]] = OrderedDict()
+_CACHE_LOCK = threading.Lock()
 
 
 def subsample(n: int, m: int, seed: int) -> Tensor:
@@ -58,14 +63,34 @@ def reference_classifier(dataset, *, seed: int = 0, steps: int = 1000, batch_siz
     the same objects again while they are in the cache.
     """
     key = f"{dataset_key(dataset)}|{seed}|{steps}|{batch_size}|{max_train}"
-    if key in _CACHE:
-        _CACHE.move_to_end(key)
-        return _CACHE[key]
-    result = _train(dataset, seed, steps, batch_size, max_train)
-    _CACHE[key] = result
-    while len(_CACHE) > CACHE_SIZE:
-        _CACHE.popitem(last=False)
+    with _CACHE_LOCK:
+        if key in _CACHE:
+            _CACHE.move_to_end(key)
+            return _CACHE[key]
+    result = _train(dataset, seed, steps, batch_size, max_train)  # outside the lock: seconds of work
+    with _CACHE_LOCK:
+        _CACHE[key] = result
+        while len(_CACHE) > CACHE_SIZE:
+            _CACHE.popitem(last=False)
     return result
+
+
+def _seeded_mlp(sizes: list[int], seed: int) -> torch.nn.Sequential:
+    """Linear layers of ``sizes`` with relu between them, initialized as torch.nn.Linear initializes them
+    (kaiming-uniform weights with a = sqrt(5), biases uniform in +-1/sqrt(fan_in)) after torch.manual_seed(seed),
+    but drawn from a generator of its own: the same weights, and the global RNG untouched."""
+    layers: list[torch.nn.Module] = []
+    with torch.device("meta"):  # no allocation and no draw; the weights are drawn below
+        for a, b in zip(sizes[:-1], sizes[1:]):
+            layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
+    net = torch.nn.Sequential(*layers[:-1]).to_empty(device="cpu")
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in net[::2]:
+            torch.nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5), generator=g)
+            bound = 1 / math.sqrt(layer.in_features) if layer.in_features else 0.0
+            layer.bias.uniform_(-bound, bound, generator=g)
+    return net
 
 
 def _train(dataset, seed: int, steps: int, batch_size: int, max_train: int) -> tuple[torch.nn.Module, float]:
@@ -74,10 +99,7 @@ def _train(dataset, seed: int, steps: int, batch_size: int, max_train: int) -> t
         raise DataError(f"{dataset.name}: conditional-generation accuracy needs a labelled dataset")
     idx = subsample(x.shape[0], max_train, seed)
     x, y = x[idx].flatten(1).float().cpu(), y[idx].cpu()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        clf = torch.nn.Sequential(torch.nn.Linear(x.shape[1], 256), torch.nn.ReLU(),
-                                  torch.nn.Linear(256, dataset.num_classes))
+    clf = _seeded_mlp([x.shape[1], 256, dataset.num_classes], seed)
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(clf.parameters(), lr=1e-3, weight_decay=1e-4)
     for _ in range(steps):

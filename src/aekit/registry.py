@@ -1,9 +1,20 @@
-"""Model names -> model classes (each class carries its Config). One line per family."""
+"""Model names -> model classes (each class carries its Config). One line per family.
+
+Every model is built through ``instantiate`` (``build`` and ``build_for`` call it): it first builds the
+model on torch's "meta" device, which allocates nothing and draws no random number, counts its
+parameters and buffers, and refuses with a ConfigError a model larger than ``max_model_params()``
+(default: a quarter of this machine's physical memory in float32 values; environment variable
+AEKIT_MAX_MODEL_PARAMS), so a config.json with ``latent_dim`` 10**9 is one line, not a MemoryError or a
+swapping machine. The meta build of a usual model takes about a millisecond.
+"""
 
 from __future__ import annotations
 
+import os
+
 import torch
 
+from .config import ModelConfig, check_seed, env_limit
 from .errors import ConfigError
 from .models.aae import AAE
 from .models.ae import AE
@@ -34,19 +45,81 @@ def get(name: str) -> type[Autoencoder]:
         raise ConfigError(f"unknown model {name!r}; available models: {', '.join(MODELS)}") from None
 
 
-def build(name: str, seed: int | None = None, **options) -> Autoencoder:
-    """Build model ``name`` from its options (JSON types), e.g. build("ae", input_shape=(1, 8, 8)).
+MAX_PARAMS_ENV = "AEKIT_MAX_MODEL_PARAMS"
+FALLBACK_MAX_PARAMS = 2**30  # 4 GiB of float32, where the physical memory cannot be read
+
+
+def physical_memory_bytes() -> int | None:
+    """This machine's physical memory in bytes (POSIX sysconf), or None where it cannot be read."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def max_model_params() -> int:
+    """The most parameters and buffers a model may hold: AEKIT_MAX_MODEL_PARAMS when set (a positive
+    integer, else a ConfigError), else a quarter of the physical memory in float32 values
+    (phys_bytes // 4 // 4), else FALLBACK_MAX_PARAMS."""
+    phys = physical_memory_bytes()
+    return env_limit(MAX_PARAMS_ENV, phys // 16 if phys else FALLBACK_MAX_PARAMS)
+
+
+def model_size(name: str, config: ModelConfig) -> tuple[int, int]:
+    """(values, bytes) of the parameters and buffers model ``name`` would hold if built from ``config``.
+
+    Built on the meta device: no memory is allocated and no random number drawn (the RNG is untouched).
+    """
+    cls = get(name)
+    try:
+        with torch.device("meta"):
+            model = cls(config)
+    except (RuntimeError, TypeError, ValueError, OverflowError, MemoryError) as e:  # sizes past int64
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+        raise ConfigError(f"model {name} cannot be built with these options: torch cannot create tensors that "
+                          f"large ({first}); choose a smaller latent_dim, hidden sizes or input shape") from None
+    tensors = [*model.parameters(), *model.buffers()]
+    return sum(t.numel() for t in tensors), sum(t.numel() * t.element_size() for t in tensors)
+
+
+def check_model_size(name: str, config: ModelConfig) -> None:
+    """A ConfigError saying how large model ``name`` would be when it exceeds ``max_model_params()``."""
+    limit = max_model_params()
+    n, nbytes = model_size(name, config)
+    if n > limit:
+        why = f"{MAX_PARAMS_ENV}={os.environ[MAX_PARAMS_ENV].strip()}" if os.environ.get(MAX_PARAMS_ENV, "").strip() \
+            else f"a quarter of this machine's memory; set {MAX_PARAMS_ENV} to change it"
+        raise ConfigError(
+            f"model {name} with these options would hold {n:,} parameters ({nbytes / 2**30:,.1f} GiB), more than "
+            f"the limit of {limit:,} ({why}); choose a smaller latent_dim, hidden sizes or input shape"
+        )
+
+
+def instantiate(name: str, config: ModelConfig, seed: int | None = None) -> Autoencoder:
+    """Model ``name`` built from ``config`` after the size check (``check_model_size``).
 
     ``seed``: initialize the weights from this seed (the caller's global RNG is left untouched);
     None draws them from torch's global RNG.
     """
+    if seed is not None:
+        seed = check_seed(seed)
+    check_model_size(name, config)
     cls = get(name)
-    config = cls.Config.from_dict(options, what=f"model {name}")
     if seed is None:
         return cls(config)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return cls(config)
+
+
+def build(name: str, seed: int | None = None, **options) -> Autoencoder:
+    """Build model ``name`` from its options (JSON types), e.g. build("ae", input_shape=(1, 8, 8)).
+
+    ``seed``: initialize the weights from this seed (the caller's global RNG is left untouched);
+    None draws them from torch's global RNG. A model too large for this machine is refused (``instantiate``).
+    """
+    config = get(name).Config.from_dict(options, what=f"model {name}")
+    return instantiate(name, config, seed)
 
 
 def data_options(name: str, dataset) -> dict:

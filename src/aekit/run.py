@@ -146,6 +146,7 @@ class Run:
         try:
             cls_ = registry.get(raw["model"])
             model_config = cls_.Config.from_dict(raw["config"], what=f"model {raw['model']}")
+            registry.check_model_size(raw["model"], model_config)  # before anything is allocated
             train = TrainConfig.from_dict(raw.get("train") or {}, what="train")
             data = None if raw.get("data") is None else DataConfig.from_dict(raw["data"], what="data")
         except AekitError as e:

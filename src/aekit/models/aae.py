@@ -109,10 +109,13 @@ class AAE(Autoencoder):
         self.likelihood = build_likelihood(cfg)
         n_lab = cfg.num_classes if cfg.supervised else 0
         self.discriminator = MLP([cfg.latent_dim + n_lab, *cfg.disc_hidden, 1], cfg.activation)
-        centers = circle_centers(cfg.n_components, cfg.mixture_radius, cfg.latent_dim)
+        centers = torch.empty(cfg.n_components, cfg.latent_dim)  # on the meta device while registry sizes it
+        if not centers.is_meta:  # (a meta arange would import torch's compiler stack: a second per process)
+            centers = circle_centers(cfg.n_components, cfg.mixture_radius, cfg.latent_dim).to(centers.device)
         self.register_buffer("centers", centers, persistent=False)  # (n_components, K), follows .to(device)
 
     def encode(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        self.check_input(x)
         return self.encoder(x)
 
     def lr_scales(self) -> dict[str, float]:

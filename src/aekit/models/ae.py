@@ -20,7 +20,7 @@ from ..errors import ConfigError
 from ..likelihoods import build_likelihood
 from ..nets import Decoder, Encoder, TiedDecoder
 from ..regularizers import encoder_jacobian_sq_norm
-from .base import Autoencoder, Capabilities, Output, eval_mode
+from .base import Autoencoder, Capabilities, Output
 
 if TYPE_CHECKING:
     from ..metrics import DiagnosticData
@@ -53,14 +53,13 @@ def contraction_metrics(model: AE, data: DiagnosticData, batch_size: int = 256) 
     """
     x, enc = data.x, model.encoder
     norms, derivs = [], []
-    with eval_mode(model):
-        for i in range(0, x.shape[0], batch_size):
-            xb = x[i : i + batch_size].to(model.device)
-            with torch.no_grad():
-                _, d = enc.forward_with_derivatives(xb)
-            derivs.append(d[-1].detach())
-            _, sq = encoder_jacobian_sq_norm(enc, xb)
-            norms.append(sq.detach().clamp_min(0).sqrt())
+    for i in range(0, x.shape[0], batch_size):
+        xb = x[i : i + batch_size].to(model.device)
+        with torch.no_grad():
+            _, d = enc.forward_with_derivatives(xb)
+        derivs.append(d[-1].detach())
+        _, sq = encoder_jacobian_sq_norm(enc, xb)
+        norms.append(sq.detach().clamp_min(0).sqrt())
     return {"contraction_jacobian_norm": torch.cat(norms).mean().item(),
             "contraction_saturated_fraction": (torch.cat(derivs) < SATURATION_THRESHOLD).float().mean().item()}
 
@@ -81,6 +80,7 @@ class AE(Autoencoder):
         self.likelihood = build_likelihood(cfg)
 
     def encode(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        self.check_input(x)
         return self.encoder(x)
 
     def corrupt(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:

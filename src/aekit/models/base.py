@@ -17,13 +17,18 @@ family's internals is written in the family's file and listed in its class-level
 aekit.metrics.DiagnosticData that metrics hands over (the split, the seed and the generic metric pieces;
 models never import metrics, which sits above them). Names not in the table are the diagnostics shared
 across families, which need only this contract and live in aekit.metrics (SHARED_DIAGNOSTICS).
+
+The training flag (``model.train()`` / ``model.eval()``) changes only the training objective (``forward``
+and the update phases: corruption, annealing, projection estimates). Every other method, encode, decode,
+reconstruct and the evaluation methods of the families, gives the same result in either mode, so
+evaluation never flips the flag of a model another thread may be using. Methods that draw random numbers
+outside the training objective take a ``generator``; evaluation always passes one.
 """
 
 from __future__ import annotations
 
-import contextlib
 import operator
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -31,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import ModelConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 
 
 @dataclass
@@ -54,17 +59,6 @@ class Capabilities:
     def uses_labels(self) -> bool:
         """The model takes class labels somewhere (its networks, its prior or its discriminator)."""
         return self.conditional or self.needs_labels
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Run a block with ``model`` in eval mode, restoring its training flag afterwards."""
-    was = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was)
 
 
 class Autoencoder(nn.Module):
@@ -98,6 +92,9 @@ class Autoencoder(nn.Module):
 
     def decode(self, z: Tensor, y: Tensor | None = None) -> Tensor:
         """Mean of p(x|z). (B, K) -> (B, *shape)."""
+        if z.dim() != 2 or z.shape[1] != self.latent_dim:
+            raise DataError(f"model {self.name} decodes codes of shape (B, {self.latent_dim}) (latent_dim), "
+                            f"got shape {tuple(z.shape)}")
         return self.likelihood.mean(self.decode_params(z, y))
 
     def reconstruct(self, x: Tensor, y: Tensor | None = None) -> Tensor:
@@ -136,6 +133,13 @@ class Autoencoder(nn.Module):
         """Called by the trainer before each epoch (0-based), e.g. for KL warm-up. Default: nothing."""
 
     # --- helpers ------------------------------------------------------------------------------
+    def check_input(self, x: Tensor, what: str = "the data") -> None:
+        """One DataError line unless x is (B, *config.input_shape): the model cannot read other samples."""
+        shape = tuple(self.config.input_shape)
+        if tuple(x.shape[1:]) != shape:
+            raise DataError(f"{what} has samples of shape {tuple(x.shape[1:])}, but model {self.name} was built for "
+                            f"input shape {shape}; use data of that shape (the data the model was trained on)")
+
     def condition(self, y: Tensor | None) -> Tensor | None:
         """The conditioning vector for the networks: None for unconditional models."""
         return None

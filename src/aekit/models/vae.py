@@ -50,11 +50,7 @@ class VAEConfig(ModelConfig):
     iw_samples: int = opt(1, "importance samples K: K > 1 trains on the importance-weighted (IWAE) bound")
 
     def validate(self) -> None:
-        super().validate()
-        for name in ("beta", "free_bits"):
-            if not math.isfinite(getattr(self, name)):
-                raise ConfigError(f"{type(self).__name__}: option {name} must be a finite number, "
-                                  f"got {getattr(self, name)}")
+        super().validate()  # (that every float option is finite is checked once, in ConfigBase)
         self._check_range("beta", 0)
         self._check_range("kl_warmup_epochs", 0)
         self._check_range("free_bits", 0)
@@ -111,6 +107,7 @@ class VAE(Autoencoder):
         return self._posterior(x, self.condition(y))
 
     def _posterior(self, x: Tensor, c: Tensor | None) -> DiagonalGaussian:
+        self.check_input(x)
         mu, logvar = self.encoder(x, c).chunk(2, dim=-1)
         return DiagonalGaussian(mu, logvar)
 
