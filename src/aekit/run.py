@@ -40,7 +40,8 @@ CONFIG, WEIGHTS, CHECKPOINT, METRICS, SUMMARY = (
 MARKER = ".aekit-run.json"  # written first, by exclusive create: this folder is an aekit run
 LOCK = ".aekit-lock.json"  # flock'ed by the one process that writes the run; holds its pid (a JSON number)
 REPORT, FIGURES = "report.html", "figures"  # what `aekit report` / `plot` / compare add by default
-OWN_FILES = {CONFIG, WEIGHTS, CHECKPOINT, METRICS, SUMMARY, MARKER, LOCK, REPORT}
+DETECTOR, DETECTOR_TENSORS = "detector.json", "detector.safetensors"  # an anomaly detector's state (Detector)
+OWN_FILES = {CONFIG, WEIGHTS, CHECKPOINT, METRICS, SUMMARY, MARKER, LOCK, REPORT, DETECTOR, DETECTOR_TENSORS}
 # A run trained on binarized data has its likelihood evaluated on this static binarization of the split.
 EVAL_BINARIZE_SEED = 0
 
