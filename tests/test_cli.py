@@ -178,3 +178,21 @@ def test_train_cae_with_the_projection_penalty(cli, tmp_path, arch):
     assert cfg["jacobian"] == "projection" and cfg["jacobian_projections"] == 2
     code, out, err = cli("train", "cae", "--jacobian-projections", "0", *FAST, "--out", tmp_path / "bad")
     one_line_error(code, out, err, "jacobian_projections")
+
+
+def test_class_names_are_matched_without_case_and_interrupts_name_the_run(cli, tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    x = (rng.random((120, 6, 6)) * 255).astype(np.uint8)
+    np.savez(tmp_path / "pets.npz", x=x, y=np.array(["Cat", "Dog"] * 60))
+    code, _, err = cli("train", "cvae", "--dataset", tmp_path / "pets.npz", *FAST, "--out", tmp_path / "r")
+    assert code == 0, err
+    code, out, err = cli("sample", tmp_path / "r", "--label", "dog", "-n", "4", "--out", tmp_path / "d.png")
+    assert code == 0 and "of class 1" in out, err
+    from aekit import trainer
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "fit", interrupted)
+    code, _, err = cli("train", "ae", *FAST, "--out", tmp_path / "r2")
+    assert code == 130 and f"aekit train --resume {tmp_path / 'r2'}" in err

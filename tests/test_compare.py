@@ -131,3 +131,20 @@ def test_compare_on_fashion_mnist(tmp_path):
     assert by["cvae"]["cond_gen_classifier_test_accuracy"] > 0.7
     assert by["vae"]["iw_log_likelihood_nats"] >= by["vae"]["elbo_nats"] - 1.0
     assert_self_contained((tmp_path / "c" / "comparison.html").read_text())
+
+
+def test_families_are_compared_at_one_code_size(tmp_path):
+    """sae's own default is an overcomplete 64-unit code; it was ranked against 16-unit codes."""
+    from aekit import datasets
+
+    ds = datasets.load("digits", limit=300)
+    res = compare.compare(ds, tmp_path / "c", models=["ae", "sae"], epochs=1)
+    assert [r.latent_dim for r in res] == [16, 16]
+    md = (tmp_path / "c" / "comparison.md").read_text()
+    assert "| code size (latent_dim) | 16 | 16 |" in md and "the same code size latent_dim 16" in md
+    own = compare.compare(ds, tmp_path / "own", models=["ae", "sae"], epochs=1, latent_dim=None)
+    assert [r.latent_dim for r in own] == [16, 64]
+    mse = [v for k, v in compare._rows(own) if k == "mse"][0]
+    assert compare._best("mse", mse, own) == set()  # a 16-unit and a 64-unit code are not ranked together
+    same = [v for k, v in compare._rows(res) if k == "mse"][0]
+    assert len(compare._best("mse", same, res)) == 1

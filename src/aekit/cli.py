@@ -70,6 +70,13 @@ def _positive_int(text: str) -> int:
     return v
 
 
+def _positive_int_option(flag: str, text: str) -> int:
+    try:
+        return _positive_int(text)
+    except argparse.ArgumentTypeError as e:
+        raise ConfigError(f"{flag}: {e}") from None
+
+
 def _option_flag(cls, name: str) -> str:
     """The command-line flag of field ``name`` of config class ``cls``."""
     f = next(f for f in dataclasses.fields(cls) if f.name == name)
@@ -147,6 +154,7 @@ def cmd_train(args) -> int:
         # the initial weights of the original run (they matter when no epoch had finished)
         model = registry.build(run.model_name, seed=run.train.seed, **run.model_config.to_dict())
         name, out = run.model_name, run.path
+        args.run_dir = out  # named by the interrupt message
         result = trainer.fit(model, ds, tcfg, out_dir=out, resume=True, quiet=args.quiet or None, model_name=name)
     else:
         if not args.model:
@@ -168,6 +176,7 @@ def cmd_train(args) -> int:
             ds = datasets.load(dcfg)
             model = registry.build_for(args.model, ds, seed=tcfg.seed, **model_opts)
             name = args.model
+            args.run_dir = out
             result = trainer.fit(model, ds, tcfg, out_dir=out, quiet=args.quiet or None, model_name=name)
         except AekitError:
             if not args.out and not any(out.iterdir()):
@@ -247,10 +256,11 @@ def cmd_sample(args) -> int:
             label = int(label)
         except ValueError:  # a class name
             ds = ds or run.dataset()
-            if not ds.class_names or label not in ds.class_names:
+            names = [c.casefold() for c in ds.class_names or []]
+            if label.casefold() not in names:  # "sneaker" names the class "Sneaker"
                 raise ConfigError(f"--label {label!r} is neither a class index nor a class name of dataset "
                                   f"{ds.name!r} (classes: {', '.join(ds.class_names or []) or 'none'})") from None
-            label = ds.class_names.index(label)
+            label = names.index(label.casefold())
     gen = torch.Generator(device=model.device).manual_seed(args.seed)
     with torch.no_grad():
         x = model.sample(args.n, y=label, generator=gen)
@@ -346,15 +356,15 @@ def cmd_compare(args) -> int:
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
     if args.epochs < 1:
         raise ConfigError(f"--epochs must be at least 1, got {args.epochs}")
-    if args.latent_dim is not None and args.latent_dim < 1:
-        raise ConfigError(f"--latent-dim must be at least 1, got {args.latent_dim}")
+    latent_dim = None if args.latent_dim.strip().lower() == "own" else _positive_int_option("--latent-dim",
+                                                                                           args.latent_dim)
     _set_threads(args.threads)
     from . import datasets
 
     ds = datasets.load(DataConfig.from_dict({"seed": args.seed, **_given(args, DataConfig, DATA_PREFIX)}, what="data"))
     if args.out is None:
         args.out = str(_default_out("compare", "", with_dataset=False))
-    results = compare.compare(ds, args.out, models=models, epochs=args.epochs, latent_dim=args.latent_dim,
+    results = compare.compare(ds, args.out, models=models, epochs=args.epochs, latent_dim=latent_dim,
                               overwrite=args.overwrite, seed=args.seed, iw_samples=args.iw_samples,
                               log=lambda line: print(line, file=sys.stderr, flush=True))
     failed = [r.model for r in results if r.status != "ok"]
@@ -437,13 +447,14 @@ def build_parser():
         c.add_argument("--seed", type=int, default=0, help="seed of samples, probes and estimates")
     run_cmd("report", "write a self-contained HTML report of a run (config, metrics, curves, figures)", _report)
 
-    from .compare import DEFAULT_EPOCHS
+    from .compare import DEFAULT_EPOCHS, DEFAULT_LATENT_DIM
 
     cmp_ = sub.add_parser("compare", help="train several families with the same budget and compare them")
     cmp_.add_argument("--models", help=f"comma-separated families (default: all: {','.join(registry.MODELS)})")
     _data_args(cmp_, skip=("normal_class",))
     cmp_.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help="epochs per family")
-    cmp_.add_argument("--latent-dim", type=int, help="code size for every family (default: each family's own)")
+    cmp_.add_argument("--latent-dim", default=str(DEFAULT_LATENT_DIM), help="code size for every family, or 'own' "
+                      f"for each family's default (default: {DEFAULT_LATENT_DIM}: families compared at one code size)")
     cmp_.add_argument("--seed", type=int, default=0, help="seed of data split, weights and training")
     cmp_.add_argument("--iw-samples", type=int, default=100, help="importance samples of the log-likelihood")
     cmp_.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest for small models "
@@ -495,7 +506,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"aekit {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("aekit: interrupted; a training run continues with `aekit train --resume RUN`", file=sys.stderr)
+        run = getattr(args, "run_dir", None)
+        hint = f"; the training run continues with `aekit train --resume {run}`" if run else ""
+        print(f"aekit {args.command}: interrupted{hint}", file=sys.stderr)
         return 130
 
 

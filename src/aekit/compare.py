@@ -24,6 +24,9 @@ from .run import Run
 # kept busy (load average 4); tests/test_compare.py's slow test holds it under 2 minutes.
 DEFAULT_EPOCHS = 50
 SIDE_BY_SIDE = ("reconstructions", "samples")
+# Every family gets this code size unless told otherwise: a comparison at different code sizes (sae's own
+# default is an overcomplete 64) ranks capacity, not families.
+DEFAULT_LATENT_DIM = 16
 
 
 @dataclass
@@ -38,13 +41,14 @@ class FamilyResult:
     eval_seconds: float | None = None
     run_dir: str | None = None
     uses_labels: bool = False  # the model takes the label as an input (conditional / supervised)
+    latent_dim: int | None = None  # the code size it was trained with
     figures: dict = field(default_factory=dict)  # name -> (relative png path, caption, png bytes)
 
     def to_json(self) -> dict:
         return {"model": self.model, "status": self.status, "error": self.error, "metrics": self.metrics,
                 "epochs_run": self.epochs_run, "seconds_per_epoch": self.seconds_per_epoch,
                 "train_seconds": self.train_seconds, "eval_seconds": self.eval_seconds, "run_dir": self.run_dir,
-                "uses_labels": self.uses_labels,
+                "uses_labels": self.uses_labels, "latent_dim": self.latent_dim,
                 "figures": {k: v[0] for k, v in self.figures.items()}}
 
 
@@ -78,13 +82,14 @@ def _default_models() -> list[str]:
 
 
 def compare(dataset, out, *, models: list[str] | None = None, epochs: int = DEFAULT_EPOCHS,
-            latent_dim: int | None = None, overwrite: bool = False, seed: int = 0, iw_samples: int = 100,
+            latent_dim: int | None = DEFAULT_LATENT_DIM, overwrite: bool = False, seed: int = 0, iw_samples: int = 100,
             log=None) -> list[FamilyResult]:
     """Train, evaluate and report every family in ``models`` (default: all registered) on ``dataset``.
 
-    Same budget for all: ``epochs`` epochs of the default training options with ``seed``; ``latent_dim``
-    (when given) for every family. Returns one FamilyResult per family, in order, and writes the
-    comparison files into ``out``. ``log``: a callable for one progress line per family.
+    Same budget for all: ``epochs`` epochs of the default training options with ``seed``; the same code size
+    ``latent_dim`` for every family (None: each family's own default, and rows rank only models of one size).
+    Returns one FamilyResult per family, in order, and writes the comparison files into ``out``. ``log``: a
+    callable for one progress line per family.
     """
     from . import registry
     from .config import TrainConfig
@@ -106,13 +111,12 @@ def compare(dataset, out, *, models: list[str] | None = None, epochs: int = DEFA
 
     results = []
     for name in models:
-        t0 = time.perf_counter()
         r = _run_family(name, dataset, out, tcfg, latent_dim, iw_samples, seed)
         results.append(r)
         if log:
             if r.status == "ok":
-                log(f"{name}: {r.epochs_run} epochs, {fmt_s(r.seconds_per_epoch)} s/epoch, "
-                    f"evaluated and reported in {time.perf_counter() - t0:.1f} s")
+                log(f"{name}: {r.epochs_run} epochs in {r.train_seconds:.1f} s ({fmt_s(r.seconds_per_epoch)} s/epoch), "
+                    f"evaluated and reported in {r.eval_seconds:.1f} s")
             else:
                 log(f"{name}: FAILED: {r.error}")
     write_comparison(out, results, dataset, tcfg, latent_dim)
@@ -132,13 +136,13 @@ def _run_family(name, dataset, out: Path, tcfg, latent_dim, iw_samples, seed) ->
         opts = {} if latent_dim is None else {"latent_dim": latent_dim}
         model = registry.build_for(name, dataset, seed=tcfg.seed, **opts)
         r.uses_labels = model.capabilities.uses_labels
+        r.latent_dim = model.latent_dim
         res = trainer.fit(model, dataset, tcfg, out_dir=run_dir, quiet=True, model_name=name)
         r.epochs_run = len(res.history)
         r.seconds_per_epoch = res.seconds_per_epoch
         r.train_seconds = sum(h["seconds"] for h in res.history)
         t0 = time.perf_counter()
         r.metrics = metrics.evaluate(res.model, dataset, iw_samples=iw_samples, seed=seed)
-        r.eval_seconds = time.perf_counter() - t0
         figs = []
         for fname, cap, fig in plots.run_figures(res.model, dataset, res.history, seed=seed):
             png = plots.to_png(fig)
@@ -147,6 +151,7 @@ def _run_family(name, dataset, out: Path, tcfg, latent_dim, iw_samples, seed) ->
             figs.append((fname, cap, png))
             r.figures[fname] = (rel, cap, png)
         report.write_report(res.run, model=res.model, dataset=dataset, values=r.metrics, figures=figs)
+        r.eval_seconds = time.perf_counter() - t0  # evaluation, figures and report
     except Exception as e:  # noqa: BLE001 - a failing family is reported, the others go on
         r.status = "failed"
         last = traceback.extract_tb(e.__traceback__)[-1] if e.__traceback__ else None
@@ -167,16 +172,18 @@ def _rows(results: list[FamilyResult]) -> list[tuple[str, list]]:
                 keys.append(k)
     rows = [("status", [r.status for r in results]),
             ("epochs", [r.epochs_run if r.status == "ok" else None for r in results]),
+            ("code size (latent_dim)", [r.latent_dim for r in results]),
             ("seconds per epoch (median)", [r.seconds_per_epoch for r in results]),
             ("training seconds", [r.train_seconds for r in results]),
-            ("evaluation seconds", [r.eval_seconds for r in results])]
+            ("evaluation and report seconds", [r.eval_seconds for r in results])]
     rows += [(k, [r.metrics.get(k) for r in results]) for k in keys]
     return rows
 
 
 def _best(key: str, values: list, results: list[FamilyResult]) -> set[int]:
-    """Indices of the best value of a row; models that take the label as input compete only among
-    themselves (their likelihoods are log p(x|y), their codes see y), unless no other model has the row."""
+    """Indices of the best value of a row among comparable models: the same code size (the most common one),
+    and without the models that take the label as input (their likelihoods are log p(x|y), their codes see
+    y) unless no other model has the row."""
     from .metrics import METRIC_INFO
 
     better = (METRIC_INFO.get(key) or ("", ""))[1]
@@ -184,6 +191,10 @@ def _best(key: str, values: list, results: list[FamilyResult]) -> set[int]:
             and math.isfinite(v)]
     unlabelled = [(i, v) for i, v in nums if not results[i].uses_labels]
     nums = unlabelled or nums
+    sizes = [results[i].latent_dim for i, _ in nums]
+    if sizes:
+        common = max(sizes, key=sizes.count)
+        nums = [(i, v) for i, v in nums if results[i].latent_dim == common]
     if not better or len(nums) < 2:
         return set()
     target = (max if better == "higher" else min)(v for _, v in nums)
@@ -192,7 +203,8 @@ def _best(key: str, values: list, results: list[FamilyResult]) -> set[int]:
 
 def _header_text(dataset, tcfg, latent_dim) -> str:
     n = [int(dataset.split(s)[0].shape[0]) for s in ("train", "val", "test")]
-    lat = f"latent_dim {latent_dim}" if latent_dim is not None else "each family's default latent_dim"
+    lat = (f"the same code size latent_dim {latent_dim} for every family" if latent_dim is not None else
+           "each family's default code size (rows rank only the models of the most common size)")
     return (f"Dataset {dataset.name} ({n[0]} train / {n[1]} validation / {n[2]} test examples); "
             f"{tcfg.epochs} epochs each, batch size {tcfg.batch_size}, lr {tcfg.lr:g}, seed {tcfg.seed}, {lat}. "
             "Metrics on the test split.")
@@ -215,7 +227,8 @@ def write_comparison(out: Path, results: list[FamilyResult], dataset, tcfg, late
         best = _best(key, vals, results)
         cells = [("**" + fmt(v) + "**") if i in best else fmt(v) for i, v in enumerate(vals)]
         md.append(f"| {key} | " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    md += ["", "Bold: the best value of a row whose direction is known (see the metric descriptions below)."]
+    md += ["", "Bold: the best value of a row whose direction is known (see the metric descriptions below), among "
+           "models of the same code size."]
     if any(r.uses_labels for r in results):
         md += ["", star]
     failed = [r for r in results if r.status != "ok"]
@@ -246,7 +259,8 @@ def write_comparison(out: Path, results: list[FamilyResult], dataset, tcfg, late
     body = ["<h1>aekit comparison</h1>", f"<p class=\"meta\">{esc(head)}</p>",
             "<h2>Metrics</h2>",
             table_html(["metric"] + names, cells, num_cols=set(range(1, len(names) + 1)), classes=classes),
-            "<p class=\"meta\">Highlighted: the best value of a row whose direction is known.</p>"]
+            "<p class=\"meta\">Highlighted: the best value of a row whose direction is known, among models of the "
+            "same code size.</p>"]
     if any(r.uses_labels for r in results):
         body.append(f"<p class=\"meta\">{esc(star)}</p>")
     if failed:

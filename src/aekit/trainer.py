@@ -14,6 +14,7 @@ uninterrupted one.
 from __future__ import annotations
 
 import math
+import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -44,7 +45,7 @@ class FitResult:
     @property
     def seconds_per_epoch(self) -> float:
         secs = [h["seconds"] for h in self.history]
-        return sorted(secs)[len(secs) // 2] if secs else float("nan")
+        return statistics.median(secs) if secs else float("nan")
 
 
 def _make_optimizer(params, cfg: TrainConfig, device: torch.device, lr: float):
@@ -303,7 +304,7 @@ def _summary(history, best_epoch, best_val, stopped) -> dict:
         "best_epoch": best_epoch,
         "best_val_loss": best_val if math.isfinite(best_val) else None,
         "stopped": stopped,
-        "seconds_per_epoch_median": secs[len(secs) // 2] if secs else None,
+        "seconds_per_epoch_median": statistics.median(secs) if secs else None,
         "train_seconds": sum(secs),
         "final": history[-1] if history else None,
     }
