@@ -143,3 +143,30 @@ def test_bad_normal_class_is_one_line(cli, tmp_path):
 def test_html_numbers_are_formatted():
     assert report.fmt(0.000123456) == "0.0001235" and report.fmt(3) == "3" and report.fmt(None) == "–"
     assert "<td>&lt;b&gt;</td>" in report.table_html(["h"], [["<b>"]])
+
+
+def test_report_reuses_what_eval_computed(runs, cli, tmp_path, monkeypatch):
+    """`report` used to re-run the whole evaluation (182 s on Fashion-MNIST) after an `eval`."""
+    import shutil
+
+    from aekit import metrics
+
+    run = tmp_path / "ae3"
+    shutil.copytree(runs / "ae3", run)
+    code, out, err = cli("eval", run, "--json")
+    assert code == 0, err
+    values = json.loads(out)
+    calls = []
+    real = metrics.evaluate
+    monkeypatch.setattr(metrics, "evaluate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    code, out, err = cli("report", run)
+    assert code == 0 and "reusing the metrics" in out and not calls, err
+    text = (run / "report.html").read_text()
+    assert report.fmt(values["anomaly_auroc_recon_error"]) in text
+    code, out, err = cli("report", run, "--seed", "1")  # other options: evaluated anew
+    assert code == 0 and "reusing" not in out and calls
+    calls.clear()
+    code, _, err = cli("train", "--resume", run, "--epochs", "3", "--quiet")  # new weights: the old numbers are stale
+    assert code == 0, err
+    code, out, err = cli("report", run)
+    assert code == 0 and "reusing" not in out and calls

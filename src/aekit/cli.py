@@ -190,10 +190,24 @@ def cmd_train(args) -> int:
     return 0
 
 
+def evaluation_key(model, split: str, iw_samples: int, mc_samples: int, seed: int, normal_class, opts) -> dict:
+    """What the metrics of an evaluation of a run's own data depend on (the key of Run.evaluation)."""
+    prob = model.capabilities.probabilistic
+    return {"split": split, "iw_samples": iw_samples if prob else None, "mc_samples": mc_samples if prob else None,
+            "seed": seed, "normal_class": None if normal_class is None else str(normal_class),
+            "binarize_seed": opts.binarize_seed}
+
+
 def cmd_eval(args) -> int:
     run, model, ds, opts = _open(args)
     res = _evaluate_with_likelihood(args, model, ds, opts)
     res.update(_anomaly_eval(args, run, model, ds, opts))
+    if not _given(args, DataConfig, DATA_PREFIX) and not args.anomaly_data:  # `aekit report` reuses it
+        normal = args.normal_class if args.normal_class is not None else opts.normal_class
+        iw = 100 if args.iw_samples is None else args.iw_samples  # metrics.evaluate's defaults
+        mc = 1 if args.mc_samples is None else args.mc_samples
+        key = evaluation_key(model, args.split, iw, mc, 0, normal, opts)
+        run.save_evaluation(key, res)
     if args.json:
         print(json.dumps(res, indent=2))
     else:
@@ -344,7 +358,12 @@ def cmd_report(args) -> int:
 
     run, model, ds, opts = _open(args)
     normal = args.normal_class if args.normal_class is not None else opts.normal_class
-    path = report.write_report(run, args.out, model=model, dataset=ds, normal_class=normal,
+    values = None
+    if not _given(args, DataConfig, DATA_PREFIX):  # the numbers of an earlier `aekit eval` with the same options
+        values = run.evaluation(evaluation_key(model, args.split, args.iw_samples, 1, args.seed, normal, opts))
+        if values is not None:
+            print(f"reusing the metrics of the last `aekit eval` ({run.path / 'evaluation.json'})")
+    path = report.write_report(run, args.out, model=model, dataset=ds, normal_class=normal, values=values,
                                iw_samples=args.iw_samples, seed=args.seed, split=args.split)
     print(f"wrote {path}")
     return 0

@@ -41,7 +41,9 @@ MARKER = ".aekit-run.json"  # written first, by exclusive create: this folder is
 LOCK = ".aekit-lock.json"  # flock'ed by the one process that writes the run; holds its pid (a JSON number)
 REPORT, FIGURES = "report.html", "figures"  # what `aekit report` / `plot` / compare add by default
 DETECTOR, DETECTOR_TENSORS = "detector.json", "detector.safetensors"  # an anomaly detector's state (Detector)
-OWN_FILES = {CONFIG, WEIGHTS, CHECKPOINT, METRICS, SUMMARY, MARKER, LOCK, REPORT, DETECTOR, DETECTOR_TENSORS}
+EVALUATION = "evaluation.json"  # the last `aekit eval` of the run's own data, with the options it used
+OWN_FILES = {CONFIG, WEIGHTS, CHECKPOINT, METRICS, SUMMARY, MARKER, LOCK, REPORT, DETECTOR, DETECTOR_TENSORS,
+             EVALUATION}
 # A run trained on binarized data has its likelihood evaluated on this static binarization of the split.
 EVAL_BINARIZE_SEED = 0
 
@@ -298,6 +300,38 @@ class Run:
         if not isinstance(data, dict):
             raise RunError(f"{path}: expected a JSON object, got {type(data).__name__}; the file is damaged")
         return data
+
+    # --- evaluations ----------------------------------------------------------------------------
+    def save_evaluation(self, options: dict, values: dict) -> bool:
+        """Keep the metrics of an evaluation of the run's own data (``options``: what they depend on) for
+        ``evaluation``. Best effort: False, and nothing written, when the run is being trained or the
+        folder is not writable (evaluating a read-only run must not fail)."""
+        try:
+            self.claim()
+        except RunError:
+            return False
+        try:
+            files.write_json(self.path / EVALUATION, {"options": options, "values": values})
+            return True
+        except RunError:
+            return False
+        finally:
+            self.release()
+
+    def evaluation(self, options: dict) -> dict | None:
+        """The metrics ``save_evaluation`` kept for exactly these ``options``, else None. The weights must not
+        have changed since: an evaluation older than model.safetensors is ignored."""
+        path = self.path / EVALUATION
+        if not path.exists():
+            return None
+        if (self.path / WEIGHTS).exists() and path.stat().st_mtime_ns < (self.path / WEIGHTS).stat().st_mtime_ns:
+            return None
+        data = files.read_json(path)
+        ok = isinstance(data, dict) and isinstance(data.get("values"), dict) and all(
+            isinstance(v, (int, float, str)) for v in data["values"].values())
+        if not ok:
+            raise RunError(f"{path}: not an evaluation record ({{\"options\": ..., \"values\": ...}}); remove it")
+        return data["values"] if data.get("options") == options else None
 
     # --- what the trainer writes ----------------------------------------------------------------
     def write_history(self, history: list[dict]) -> None:
