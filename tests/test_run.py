@@ -145,3 +145,18 @@ def test_load_and_run_model_agree(tmp_path, digits):
     a, b = aekit.load(tmp_path / "r"), Run.open(tmp_path / "r").model(device="cpu")
     assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
     assert aekit.evaluate is aekit.metrics.evaluate and "evaluate" in aekit.__all__
+
+
+def test_save_writes_a_run_that_load_and_the_commands_read(cli, tmp_path, digits):
+    from aekit.run import save
+
+    model = aekit.build("dae", dataset=digits, latent_dim=3, hidden=[16], seed=0)
+    with pytest.raises(RunError, match="not empty"):
+        (tmp_path / "busy").mkdir()
+        (tmp_path / "busy" / "x").write_text("mine")
+        save(model, tmp_path / "busy")
+    save(model, tmp_path / "m", data=digits.spec)
+    back = aekit.load(tmp_path / "m")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), back.state_dict().values()))
+    code, out, err = cli("eval", tmp_path / "m", "--json")
+    assert code == 0 and "mse" in json.loads(out), err

@@ -471,3 +471,15 @@ def _lock(folder: Path) -> int:
 
 def _unlock(fd: int) -> None:
     os.close(fd)  # closing the only fd of the open file description drops the flock
+
+
+def save(model, path: str | Path, train: TrainConfig | None = None, data=None) -> Run:
+    """Write ``model`` (trained in any way) as a run directory that ``load`` and every command read:
+    config.json (its resolved config, ``train`` and the DataConfig ``data`` when known) and its weights.
+    ``path`` must be new or empty, as for a training run."""
+    run = Run.create(path, model.name, model.config, train or TrainConfig(), data)
+    try:
+        run.save_weights(model.state_dict())
+    finally:
+        run.release()
+    return run
