@@ -120,6 +120,10 @@ def test_bad_arrays_raise_the_errors_of_files(tmp_path):
     img = np.zeros((10, 4, 4), dtype=np.float32)
     img[7, 1, 3] = np.inf
     assert "first at sample 7, index (7, 1, 3)" in same_error(tmp_path, img)
+    huge = np.zeros((10, 3))
+    huge[6, 1] = -1e300  # finite in float64, -inf in the float32 tensors
+    assert same_error(tmp_path, huge).startswith("arrays: 1 value(s) beyond float32's range (magnitude above "
+                                                 "3.4e+38), first at row 6, column 1 (0-based)")
     assert "reshape it to (N, 1)" in same_error(tmp_path, np.zeros(20))
     assert "cannot tell what an array of shape (20, 2, 5, 5, 5)" in same_error(tmp_path, np.zeros((20, 2, 5, 5, 5)))
     assert "has no channel axis" in same_error(tmp_path, np.zeros((20, 5, 5, 5)))

@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 
 import pytest
 import torch
@@ -22,6 +21,7 @@ from aekit import files, trainer
 from aekit.config import TrainConfig
 from aekit.errors import RunError, TrainingDiverged
 from aekit.run import CHECKPOINT, CONFIG, LOCK, MARKER, METRICS, SUMMARY, WEIGHTS, Run
+from hostile import time_limit
 
 FAST = ["--epochs", "1", "--latent-dim", "4", "--hidden", "16", "--quiet", "--limit", "300"]
 # every command that opens a run, with the arguments it needs
@@ -30,24 +30,6 @@ OPENERS = [
     ["reconstruct", "--out", "{tmp}/r.png"], ["sample", "--out", "{tmp}/s.png", "-n", "4"],
     ["train", "--resume"],
 ]
-
-
-class _Hang(Exception):
-    pass
-
-
-@contextmanager
-def time_limit(seconds: float):
-    def on_alarm(signum, frame):
-        raise _Hang(f"still running after {seconds}s")
-
-    old = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def one_line(code, err, *fragments):

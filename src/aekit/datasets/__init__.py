@@ -36,9 +36,17 @@ the statistics, the normal class of ``subset_class``); ``spec.to_dict()`` is pla
 by ``from_arrays`` has ``spec.name_or_path = None``: pass its arrays again. Loading never writes to
 the user's files.
 
+Hostile or broken files. Only regular files are read (a FIFO, a device such as a link to /dev/zero,
+or a folder in place of a file is a DataError naming it). Sizes are checked from headers before
+anything is allocated: the float32 tensors plus the raw (decompressed) bytes of an array, IDX file,
+table or image folder may not exceed ``max_data_bytes()``: the environment variable
+``AEKIT_MAX_DATA_BYTES`` (bytes), else half of the machine's memory. Gzipped IDX files are inflated in
+bounded chunks, never past what their header announces. Values beyond float32's range are rejected
+like NaN/Inf, and messages quote at most 20 names of a file, each cut to 40 characters.
+
 Layout: ``config`` (DataConfig and the option checks), ``dataset`` (Dataset), ``source`` (the
-``_Source`` seam and shared helpers), one module per source (``idx``, ``arrays``, ``tables``,
-``images``) and ``splitting`` (split sizes, permutation, standardization).
+``_Source`` seam, shared helpers, the regular-file and memory-budget guards), one module per source
+(``idx``, ``arrays``, ``tables``, ``images``) and ``splitting`` (split sizes, permutation, standardization).
 """
 
 from __future__ import annotations
@@ -54,11 +62,12 @@ from .config import DataConfig, _check_name
 from .dataset import Dataset
 from .idx import BUILTIN_NAMES, FASHION_MNIST_DIR, _load_digits, _load_idx_dataset, available
 from .images import IMAGE_SUFFIXES, _load_image_folder
-from .source import _only_for, _Source
+from .source import _only_for, _Source, max_data_bytes
 from .splitting import _assemble
 from .tables import TABLE_DELIMITERS, _load_table_file
 
-__all__ = ["Dataset", "DataConfig", "load", "from_arrays", "available", "BUILTIN_NAMES", "FASHION_MNIST_DIR"]
+__all__ = ["Dataset", "DataConfig", "load", "from_arrays", "available", "max_data_bytes", "BUILTIN_NAMES",
+           "FASHION_MNIST_DIR"]
 
 ACCEPTED = ".npy, .npz, .csv, .tsv or .txt file, or a folder of .png/.jpg/.jpeg images"
 
@@ -79,8 +88,9 @@ def load(name_or_path: str | os.PathLike | DataConfig = "digits", **options) -> 
     Options are checked as given (a string is not read as a number; ``DataConfig.from_dict`` does
     that for JSON and command-line text). The result's ``spec`` rebuilds it: ``load(ds.spec)``.
     Raises DataError for unusable data (and for a config of in-memory arrays, which cannot be
-    re-read), ConfigError for bad options, TypeError for an unknown option.
+    re-read), ConfigError for bad options (or a bad AEKIT_MAX_DATA_BYTES), TypeError for an unknown option.
     """
+    max_data_bytes()  # a bad AEKIT_MAX_DATA_BYTES is a ConfigError even where no file is read
     unknown = sorted(set(options) - set(DataConfig.field_names()))
     if unknown:
         raise TypeError(f"load() got unknown option(s) {', '.join(unknown)}; valid options are: "

@@ -7,16 +7,21 @@ rejected; labels are encoded by ``_encode_labels``.
 
 from __future__ import annotations
 
+import lzma
+import math
+import struct
+import tokenize
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..errors import ConfigError, DataError
+from ..errors import AekitError, ConfigError, DataError
 from .config import DataConfig
 from .dataset import Dataset
-from .source import _check_finite, _encode_labels, _Source
+from .source import _check_budget, _check_finite, _encode_labels, _open_regular, _preview, _reason, _Source
 from .splitting import _assemble
 
 KINDS = ("auto", "table", "image")
@@ -104,53 +109,136 @@ def _check_feature_names(names, src: _Source) -> list[str]:
 
 
 def _load_array_file(p: Path) -> _Source:
-    y = None
+    """A .npy file (one array) or .npz file (``x`` and optional ``y``), read only after its headers.
+
+    The shape and dtype in each array's header (and, in a .npz, each member's decompressed size) are
+    checked against the memory budget before any data is read; numpy allocates what a header
+    announces, so a lying header would otherwise decide how much memory is taken.
+    """
     is_npy = p.suffix.lower() == ".npy"
-    try:
-        with open(p, "rb") as f:
+    f, size = _open_regular(p)
+    with f:
+        try:
             head = f.read(6)
-    except OSError as e:
-        raise DataError(f"{p}: cannot read the file ({e.strerror or e}); check its permissions") from e
-    magic = b"\x93NUMPY" if is_npy else b"PK"
-    if not head.startswith(magic):
-        raise DataError(
-            f"{p}: not a {p.suffix} file (it does not start with the {'NumPy' if is_npy else 'zip'} magic "
-            f"bytes); write it with {'np.save' if is_npy else 'np.savez'}, or give the file its real extension"
-        )
-    try:
-        if is_npy:
-            x = np.load(p, allow_pickle=False)
-            xkey = None
-        else:
-            with np.load(p, allow_pickle=False) as z:
-                keys = list(z.keys())
-                if "x" in keys:
-                    xkey = "x"
-                elif len(keys) == 1:
-                    xkey = keys[0]
-                else:
-                    raise DataError(
-                        f"{p}: expected an array named 'x' (and optionally 'y' for labels), found "
-                        f"{'no arrays' if not keys else 'keys ' + ', '.join(repr(k) for k in keys)}; "
-                        "save it with np.savez(path, x=features, y=labels)"
-                    )
-                x = z[xkey]
-                if "y" in keys and xkey == "x":
-                    y = z["y"]
-    except DataError:
-        raise
-    except ValueError as e:
-        if "pickle" in str(e).lower():
-            raise DataError(
-                f"{p}: holds Python objects (pickled data), which aekit does not load for safety; save "
-                "numeric arrays (and labels as integers or fixed-width strings: np.asarray(y, dtype=str))"
-            ) from e
-        raise DataError(f"{p}: not a valid {p.suffix} file ({e}); save it again with numpy") from e
-    except (OSError, EOFError, KeyError, zipfile.BadZipFile) as e:
-        raise DataError(f"{p}: not a valid or complete {p.suffix} file ({e}); save it again with numpy") from e
+            magic = b"\x93NUMPY" if is_npy else b"PK"
+            if not head.startswith(magic):
+                raise DataError(
+                    f"{p}: not a {p.suffix} file (it does not start with the {'NumPy' if is_npy else 'zip'} magic "
+                    f"bytes); write it with {'np.save' if is_npy else 'np.savez'}, or give the file its real "
+                    "extension"
+                )
+            f.seek(0)
+            if is_npy:
+                xkey, y = None, None
+                shape, dtype = _npy_header(f, str(p))
+                _check_budget(str(p), _array_bytes(shape, dtype, 4), f"an array of shape {shape} {dtype}")
+                _check_length(size - f.tell(), shape, dtype, str(p))
+                f.seek(0)
+                x = np.lib.format.read_array(f, allow_pickle=False)
+            else:
+                xkey, x, y = _read_npz(f, p)
+        except AekitError:  # DataError, and ConfigError for a bad AEKIT_MAX_DATA_BYTES (both are ValueErrors)
+            raise
+        except _HEADER_ERRORS as e:  # numpy's header parser and zipfile raise many kinds on damaged input
+            if isinstance(e, ValueError) and "pickle" in str(e).lower():
+                raise _pickled(p) from e
+            raise DataError(f"{p}: not a valid {p.suffix} file ({_reason(e)}); save it again with numpy") from e
+        except (OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error, lzma.LZMAError) as e:
+            raise DataError(f"{p}: not a valid or complete {p.suffix} file ({_reason(e)}); save it again with "
+                            "numpy") from e
 
     what = f"{p}" if xkey in (None, "x") else f"{p} (array {xkey!r})"
     return _array_source(x, y, name=p.name, what=what, owner=str(p))
+
+
+# what a damaged header or zip archive raises besides OSError/EOFError/BadZipFile: ValueError (most),
+# tokenize.TokenError and SyntaxError from numpy's header repair, the rest from deep nesting, huge
+# numbers, unsupported zip features (NotImplementedError) and encrypted members (RuntimeError)
+_HEADER_ERRORS = (ValueError, TypeError, SyntaxError, tokenize.TokenError, OverflowError, RecursionError,
+                  MemoryError, NotImplementedError, RuntimeError, struct.error, IndexError)
+
+
+_MAX_NPY_HEADER = 65536  # bytes; numpy refuses header text beyond 10000 characters
+
+
+def _npy_header(f, what: str) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) from the .npy header at ``f``'s position, which ends at the start of the data."""
+    version = np.lib.format.read_magic(f)
+    length_bytes = 2 if version == (1, 0) else 4
+    length = int.from_bytes(f.read(length_bytes), "little")
+    if length > _MAX_NPY_HEADER:  # numpy would read it all before refusing it
+        raise DataError(f"{what}: the header announces {length} bytes of header text (numpy writes a few hundred); "
+                        "the file is damaged: save it again with numpy")
+    f.seek(f.tell() - length_bytes)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read(f)  # a version (3, 0) header is UTF-8: the same layout as (2, 0)
+    if dtype.hasobject:
+        raise _pickled(what)
+    if any(d < 0 for d in shape):
+        raise DataError(f"{what}: the header announces the shape {shape}, with a negative size; the file is "
+                        "damaged: save it again with numpy")
+    return shape, dtype
+
+
+def _array_bytes(shape, dtype: np.dtype, per_value: int) -> int:
+    """The array's raw bytes plus ``per_value`` bytes per value (its float32 tensor, or int64 labels)."""
+    n = math.prod(shape)
+    return n * (dtype.itemsize + per_value)
+
+
+def _check_length(have: int, shape, dtype: np.dtype, what: str) -> None:
+    need = math.prod(shape) * dtype.itemsize
+    if have < need:
+        raise DataError(f"{what}: the header announces an array of shape {shape} {dtype} = {need} bytes but "
+                        f"{have} follow: the file is truncated; save it again with numpy")
+
+
+def _read_npz(f, p: Path) -> tuple[str, np.ndarray, np.ndarray | None]:
+    """(key of x, x, y or None) from the zip archive ``f``; headers and sizes first, then the data."""
+    with zipfile.ZipFile(f) as z:
+        names = z.namelist()
+        keys = [n[:-4] if n.endswith(".npy") else n for n in names]  # as np.load(...).files names them
+        if "x" in keys:
+            xkey = "x"
+        elif len(keys) == 1:
+            xkey = keys[0]
+        else:
+            raise DataError(
+                f"{p}: expected an array named 'x' (and optionally 'y' for labels), found "
+                f"{'no arrays' if not keys else 'keys ' + _preview(keys, 20)}; "
+                "save it with np.savez(path, x=features, y=labels)"
+            )
+        wanted = {"x": xkey, "y": "y"} if xkey == "x" and "y" in keys else {"x": xkey}
+        members = {role: key if key in names else names[keys.index(key)] for role, key in wanted.items()}
+        sizes = []
+        for role, name in members.items():
+            what = f"{p} (array {wanted[role]!r})"
+            info = z.getinfo(name)
+            _check_budget(str(p), info.file_size,
+                          f"array {wanted[role]!r} (member {name!r}, {info.file_size} bytes decompressed)")
+            with z.open(name) as m:
+                if m.read(6) != b"\x93NUMPY":
+                    raise DataError(f"{what}: the member {name!r} is not a .npy array; save the arrays with "
+                                    "np.savez(path, x=features, y=labels)")
+                m.seek(0)
+                shape, dtype = _npy_header(m, what)
+                per_value = 4 if role == "x" else 8  # float32 tensors, int64 labels
+                sizes.append((_array_bytes(shape, dtype, per_value), f"{wanted[role]!r} of shape {shape} {dtype}"))
+                _check_budget(str(p), sum(n for n, _ in sizes),
+                              f"the array{'s' if len(sizes) > 1 else ''} {' and '.join(h for _, h in sizes)}")
+                _check_length(info.file_size - m.tell(), shape, dtype, what)
+        arrays = {}
+        for role, name in members.items():
+            with z.open(name) as m:
+                arrays[role] = np.lib.format.read_array(m, allow_pickle=False)
+    return xkey, arrays["x"], arrays.get("y")
+
+
+def _pickled(what) -> DataError:
+    return DataError(
+        f"{what}: holds Python objects (pickled data), which aekit does not load for safety; save "
+        "numeric arrays (and labels as integers or fixed-width strings: np.asarray(y, dtype=str))"
+    )
 
 
 def _array_source(x, y, *, name: str, what: str, owner: str) -> _Source:

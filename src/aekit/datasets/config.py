@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..config import ConfigBase, opt
+from ..config import ConfigBase, check_seed, opt
 from ..errors import ConfigError
 
 
@@ -41,7 +41,7 @@ class DataConfig(ConfigBase):
 
     def validate(self) -> None:
         val_fraction, test_fraction = _check_fractions(self.val_fraction, self.test_fraction)
-        seed = _check_int("seed", self.seed, minimum=None)
+        seed = check_seed(_check_int("seed", self.seed, minimum=None), "seed")
         limit = None if self.limit is None else _check_int("limit", self.limit, minimum=1)
         features = _check_features(self.features)
         if self.label_column is not None and not isinstance(self.label_column, str):

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import gzip
 import importlib.util
 import math
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import DataError
-from .source import _Source
+from .source import _check_budget, _open_regular, _Source
 
 BUILTIN_NAMES = ("digits", "fashion-mnist", "mnist")
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # read here by available() and the loader
@@ -72,7 +72,8 @@ def _find_idx_files(folder: Path) -> tuple[dict, list[str]]:
     for split in ("train", "t10k"):
         for kind in ("images", "labels"):
             names = _idx_names(split, kind)
-            hit = next((folder / n for n in names if (folder / n).is_file()), None)
+            hit = (next((folder / n for n in names if (folder / n).is_file()), None)
+                   or next((folder / n for n in names if (folder / n).exists()), None))  # the reader says what it is
             if hit is None:
                 missing.append(names[0] + "[.gz]")
             else:
@@ -139,21 +140,47 @@ def _load_idx_dataset(name: str, data_dir: str | None) -> _Source:
 def _read_idx(path: Path, kind: str) -> np.ndarray:
     """Read one IDX file (gzipped or raw) of unsigned bytes: images (N, H, W) or labels (N,), uint8.
 
-    Checks the magic number, the header and that the data length equals the product of the dims.
+    Checks the magic number, the header and that the data length equals the product of the dims, and
+    refuses data beyond the memory budget (``source.max_data_bytes``) before reading it. A gzipped
+    file is inflated in chunks, never past what its header announces: a gzip bomb stops there.
     """
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise DataError(f"{path}: cannot read the file ({e.strerror or e}); check its permissions") from e
-    if raw[:2] == b"\x1f\x8b":
+    f, size = _open_regular(path)
+    with f:
         try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as e:
-            raise DataError(
-                f"{path}: the gzip data is damaged or cut short ({e}); download the file again "
-                "(or gunzip a good copy)"
-            ) from e
+            if f.read(2) == b"\x1f\x8b":
+                f.seek(0)
+                out = _gunzip_idx(f, path, kind)
+                header = _idx_header(out, path, kind)
+                data = np.frombuffer(out, dtype=np.uint8, offset=len(header.raw))
+            else:
+                f.seek(0)
+                header = _idx_header(f.read(_MAX_HEADER), path, kind)
+                have = size - len(header.raw)
+                if have != math.prod(header.dims):
+                    raise _length_error(path, header, have)
+                data = np.empty(_idx_budget(header, path, kind), dtype=np.uint8)
+                f.seek(len(header.raw))
+                data = data[:f.readinto(memoryview(data))]  # shorter if the file shrank meanwhile
+        except OSError as e:
+            raise DataError(f"{path}: cannot read the file ({e.strerror or e}); check its permissions") from e
+    if len(data) != math.prod(header.dims):
+        raise _length_error(path, header, len(data))
+    return data.reshape(header.dims)
+
+
+_MAX_HEADER = 4 + 4 * 255  # the magic number (its last byte counts the dims), then one big-endian u32 per dim
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class _Header:
+    raw: bytes              # the header's bytes
+    dims: tuple[int, ...]   # the shape it announces
+
+
+def _idx_header(raw, path: Path, kind: str) -> _Header:
+    """The header at the start of ``raw`` (bytes of the decompressed stream), checked; DataError otherwise."""
     expected = _IDX_MAGIC[kind]
     if len(raw) < 4:
         raise DataError(f"{path}: only {len(raw)} bytes, too short for an IDX header; the file is truncated, "
@@ -172,13 +199,67 @@ def _read_idx(path: Path, kind: str) -> np.ndarray:
         raise DataError(f"{path}: the IDX header is cut short ({len(raw)} bytes, expected {header}); "
                         "the file is truncated, download it again")
     dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    need = math.prod(dims)
-    have = len(raw) - header
-    if have != need:
-        shape = "x".join(map(str, dims))
-        what = "the file is truncated" if have < need else "the file has extra bytes at the end"
-        raise DataError(
-            f"{path}: the header announces {shape} = {need} bytes of data but {have} follow: {what}; "
-            "download it again"
-        )
-    return np.frombuffer(raw, dtype=np.uint8, count=need, offset=header).reshape(dims)
+    return _Header(bytes(raw[:header]), dims)
+
+
+def _idx_budget(header: _Header, path: Path, kind: str) -> int:
+    """The data length the header announces, in bytes, once it is known to fit the memory budget."""
+    need = math.prod(header.dims)
+    per_value = 4 if kind == "images" else 8  # float32 pixels, int64 labels
+    _check_budget(str(path), need * (1 + per_value), f"the header's {'x'.join(map(str, header.dims))} {kind}")
+    return need
+
+
+def _length_error(path: Path, header: _Header, have: int | None) -> DataError:
+    """The data after the header is not as long as the header announces (``have`` None: longer)."""
+    need = math.prod(header.dims)
+    what = "the file is truncated" if have is not None and have < need else "the file has extra bytes at the end"
+    return DataError(
+        f"{path}: the header announces {'x'.join(map(str, header.dims))} = {need} bytes of data but "
+        f"{'more' if have is None else have} follow: {what}; download it again"
+    )
+
+
+def _gunzip_idx(f, path: Path, kind: str) -> bytearray:
+    """The decompressed IDX stream of the gzip file ``f``, inflated in bounded chunks.
+
+    The header comes first; once it is known, the output may not exceed header + announced data (and
+    the data must fit the budget): more is a DataError, without inflating the rest. Like
+    ``gzip.decompress``, concatenated members are one stream and zero padding after a member is skipped.
+    """
+    out = bytearray()
+    header, limit = None, _MAX_HEADER  # the most output allowed: the header alone until it is known
+    d = zlib.decompressobj(wbits=31)   # gzip wrapper: checks the CRC and length of each member
+    data, at_end = b"", False
+    try:
+        while True:
+            if not data and not at_end:
+                data = f.read(_CHUNK)
+                at_end = not data
+            if d.eof:
+                data = data.lstrip(b"\0")
+                if not data:
+                    if at_end:
+                        break
+                    continue
+                d = zlib.decompressobj(wbits=31)  # another member
+            chunk = d.decompress(data, limit + 1 - len(out))  # never 0 (which would mean no limit)
+            data = d.unused_data if d.eof else d.unconsumed_tail
+            if not chunk and not data and at_end and not d.eof:
+                break  # the input is spent inside a member
+            out += chunk
+            if header is None and len(out) >= 4 and len(out) >= 4 + 4 * out[3]:
+                header = _idx_header(out, path, kind)
+                limit = len(header.raw) + _idx_budget(header, path, kind)
+            if len(out) > limit:
+                raise _length_error(path, header, None)
+    except zlib.error as e:
+        raise _gzip_error(path, e) from e
+    if not d.eof:
+        raise _gzip_error(path, "the stream ends inside the compressed data")
+    return out
+
+
+def _gzip_error(path: Path, reason) -> DataError:
+    return DataError(f"{path}: the gzip data is damaged or cut short ({reason}); download the file again "
+                     "(or gunzip a good copy)")

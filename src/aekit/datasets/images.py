@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError
-from .source import _encode_labels, _Source
+from ..errors import AekitError, DataError
+from .source import _check_budget, _encode_labels, _open_regular, _reason, _Source
+from .tables import TABLE_DELIMITERS
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+_FORMATS = ("PNG", "JPEG")  # what the suffixes promise: Pillow's other decoders (EPS runs Ghostscript) stay shut
 _GRAY_MODES = {"1", "L"}
 _COLOR_MODES = {"RGB", "RGBA", "RGBX", "RGBa", "P", "PA", "LA", "CMYK", "YCbCr", "LAB", "HSV"}
 
@@ -26,7 +29,10 @@ def _load_image_folder(folder: Path) -> _Source:
     if not files:
         others = sorted({q.suffix.lower() for q in folder.rglob("*") if q.is_file() and q.suffix})
         hint = ""
-        if any("ubyte" in q.name for q in folder.iterdir() if q.is_file()):
+        if folder.suffix.lower() in (".npy", ".npz", *TABLE_DELIMITERS):
+            hint = (f" Its name ends in {folder.suffix}, but it is a folder, not a {folder.suffix.lower()} file: "
+                    "pass the path of the data file itself.")
+        elif any("ubyte" in q.name for q in folder.iterdir() if q.is_file()):
             hint = " It holds IDX files: load them with 'fashion-mnist' or 'mnist' and --data-dir instead."
         elif others:
             hint = f" It holds {', '.join(others[:8])} files: pass a data file's path instead of the folder."
@@ -42,42 +48,36 @@ def _load_image_folder(folder: Path) -> _Source:
         )
     labeled = bool(nested)
 
-    from PIL import Image, UnidentifiedImageError
+    # first the headers (sizes, modes): the whole folder is checked against the budget before decoding
+    meta = []
+    for rel in files:
+        with _image(folder / rel) as im:
+            meta.append((im.size, im.mode))
+        _check_same_size(folder, files[0], meta[0][0], rel, meta[-1][0])
+    (w, h), n_gray = meta[0][0], sum(mode in _GRAY_MODES for _, mode in meta)
+    channels = 1 if n_gray == len(meta) else 3
+    _check_budget(str(folder), len(files) * w * h * channels * (1 + 4),  # 8-bit pixels, float32 tensors
+                  f"{len(files)} images of {w}x{h} pixels ({'gray' if channels == 1 else 'RGB'})")
 
     arrays, gray = [], []
-    first_size = None
     for rel in files:
         path = folder / rel
-        try:
-            with Image.open(path) as im:
-                im.load()
-                mode = im.mode
-                size = im.size
-                if mode in _GRAY_MODES:
-                    arr = np.asarray(im.convert("L"))
-                elif mode in _COLOR_MODES:
-                    if mode == "P" and "transparency" in im.info:
-                        im = im.convert("RGBA")  # the palette's alpha, else Pillow warns
-                    arr = np.asarray(im.convert("RGB"))
-                else:
-                    kind = "16-bit or floating point pixels" if mode.startswith(("I", "F")) else "unusual mode"
-                    raise DataError(
-                        f"{path}: image mode {mode!r} ({kind}) is not supported; save the image with 8-bit "
-                        "pixels (grayscale L or RGB)"
-                    )
-        except DataError:
-            raise
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-            raise DataError(f"{path}: cannot read the image ({e}); the file is damaged or not an image; "
-                            "remove or replace it") from e
-        if first_size is None:
-            first_size = (files[0], size)
-        elif size != first_size[1]:
-            (w0, h0), (w1, h1) = first_size[1], size
-            raise DataError(
-                f"{folder}: images have different sizes: {first_size[0]} is {w0}x{h0} but {rel} is {w1}x{h1} "
-                "(width x height); resize them all to one size first (e.g. with Pillow's Image.resize)"
-            )
+        with _image(path) as im:
+            _check_same_size(folder, files[0], meta[0][0], rel, im.size)  # in case the file changed meanwhile
+            im.load()
+            mode = im.mode
+            if mode in _GRAY_MODES:
+                arr = np.asarray(im.convert("L"))
+            elif mode in _COLOR_MODES:
+                if mode == "P" and "transparency" in im.info:
+                    im = im.convert("RGBA")  # the palette's alpha, else Pillow warns
+                arr = np.asarray(im.convert("RGB"))
+            else:
+                kind = "16-bit or floating point pixels" if mode.startswith(("I", "F")) else "unusual mode"
+                raise DataError(
+                    f"{path}: image mode {mode!r} ({kind}) is not supported; save the image with 8-bit "
+                    "pixels (grayscale L or RGB)"
+                )
         arrays.append(arr)
         gray.append(arr.ndim == 2)
     if all(gray):
@@ -90,3 +90,31 @@ def _load_image_folder(folder: Path) -> _Source:
     if labeled:
         src.y, src.class_names = _encode_labels(np.array([r.parts[0] for r in files], dtype=str), str(folder))
     return src
+
+
+@contextlib.contextmanager
+def _image(path: Path):
+    """The opened (not yet decoded) image of a regular file; a damaged one, in the block too, is a DataError."""
+    from PIL import Image, UnidentifiedImageError
+
+    f, _ = _open_regular(path)
+    try:
+        with f, Image.open(f, formats=_FORMATS) as im:
+            yield im
+    except AekitError:
+        raise
+    except UnidentifiedImageError as e:
+        raise DataError(f"{path}: cannot read the image (not a PNG or JPEG image); the file is damaged or not an "
+                        "image; remove or replace it") from e
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise DataError(f"{path}: cannot read the image ({_reason(e)}); the file is damaged or not an image; "
+                        "remove or replace it") from e
+
+
+def _check_same_size(folder: Path, first: Path, first_size, rel: Path, size) -> None:
+    if size != first_size:
+        (w0, h0), (w1, h1) = first_size, size
+        raise DataError(
+            f"{folder}: images have different sizes: {first} is {w0}x{h0} but {rel} is {w1}x{h1} "
+            "(width x height); resize them all to one size first (e.g. with Pillow's Image.resize)"
+        )

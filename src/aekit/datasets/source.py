@@ -1,12 +1,17 @@
 """The seam between sources and splitting: ``_Source``, and the helpers every source shares.
 
 Each source module (idx, arrays, tables, images) returns a ``_Source`` of numpy arrays; splitting
-turns it into a ``Dataset``. Shared here: label encoding, the NaN/Inf check, previews of names in
-messages, and the error for options that a source does not use.
+turns it into a ``Dataset``. Shared here: label encoding, the NaN/Inf and float32-range check,
+previews of names in messages, the error for options that a source does not use, and the guards
+every reader puts in front of a file: ``_open_regular`` (regular files only: a FIFO would block, a
+device never ends) and ``_check_budget`` against ``max_data_bytes()`` (sizes announced by headers are
+refused before anything is allocated).
 """
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,12 +46,14 @@ def _only_for(what: str, **options):
 def _encode_labels(y: np.ndarray, what: str, where=None) -> tuple[np.ndarray, list[str]]:
     """Map the sorted unique label values to 0..K-1; class names are the values as strings.
 
-    Numeric-looking strings sort by value ("2" before "10").
+    Numeric-looking strings sort by value ("2" before "10"). Strings come as a str or bytes array, or
+    (from tables) an object array of str, which holds long labels without a fixed-width copy.
     """
     if y.dtype.kind == "S":
         y = np.char.decode(y, "utf-8", errors="replace")
-    if y.dtype.kind == "U":
-        y = np.char.strip(y)
+    strings = y.dtype.kind == "O" and all(isinstance(v, str) for v in y.flat)  # tables: no fixed-width copy
+    if y.dtype.kind == "U" or strings:
+        y = np.char.strip(y) if not strings else np.array([v.strip() for v in y.reshape(-1)], dtype=object)
         empty = np.flatnonzero(y == "")
         if empty.size:
             pos = where(int(empty[0])) if where is not None else f"index {int(empty[0])}"
@@ -77,30 +84,154 @@ def _encode_labels(y: np.ndarray, what: str, where=None) -> tuple[np.ndarray, li
 
 
 def _check_finite(x: np.ndarray, what: str, *, table: bool, where=None) -> None:
-    """DataError naming the count and the first position of NaN/Inf values, if any."""
+    """DataError naming the count and the first position of NaN/Inf values, if any; likewise for values
+    whose magnitude is beyond float32's finite range (finite in float64, they would become inf in the
+    float32 tensors aekit builds)."""
     if x.dtype.kind != "f":
         return
     bad = ~np.isfinite(x)
     count = int(bad.sum())
-    if not count:
+    if count:
+        n_nan = int(np.isnan(x).sum())
+        fix = ("remove those rows or fill the values (e.g. with the column's mean)" if table
+               else "remove those images or replace the values")
+        raise DataError(
+            f"{what}: {count} non-finite value(s) ({n_nan} NaN, {count - n_nan} Inf), first at "
+            f"{_position(bad, table, where)}; {fix} before loading"
+        )
+    if x.dtype.itemsize <= 4:
         return
-    first = np.unravel_index(int(np.flatnonzero(bad.reshape(-1))[0]), x.shape)
+    big = np.finfo(np.float32).max
+    bad = (x > big) | (x < -big)
+    count = int(bad.sum())
+    if count:
+        fix = ("rescale the column (e.g. divide it by a constant) or remove those rows" if table
+               else "scale the images to [0, 1]")
+        raise DataError(
+            f"{what}: {count} value(s) beyond float32's range (magnitude above {big:.2g}), "
+            f"first at {_position(bad, table, where)}; aekit computes in float32: {fix} before loading"
+        )
+
+
+def _position(bad: np.ndarray, table: bool, where) -> str:
+    """The first True of ``bad`` as messages name it: ``where(row, col)``, a table cell or an image index."""
+    first = np.unravel_index(int(np.flatnonzero(bad.reshape(-1))[0]), bad.shape)
     if where is not None:
-        pos = where(int(first[0]), int(first[1]))
-    elif table:
-        pos = f"row {int(first[0])}, column {int(first[1])} (0-based)"
-    else:
-        pos = f"sample {int(first[0])}, index {tuple(int(i) for i in first)} (0-based)"
-    n_nan = int(np.isnan(x).sum())
-    fix = ("remove those rows or fill the values (e.g. with the column's mean)" if table
-           else "remove those images or replace the values")
+        return where(int(first[0]), int(first[1]))
+    if table:
+        return f"row {int(first[0])}, column {int(first[1])} (0-based)"
+    return f"sample {int(first[0])}, index {tuple(int(i) for i in first)} (0-based)"
+
+
+def _preview(items, n: int = 10, *, width: int = 40, quote: bool = True) -> str:
+    """At most ``n`` items, each cut to ``width`` characters: a message never dumps a file's contents."""
+    items = list(items)
+    text = ", ".join(repr(_clip(i, width)) if quote and isinstance(i, str) else _clip(str(i), width)
+                     for i in items[:n])
+    return text + (f", ... ({len(items)} in all)" if len(items) > n else "")
+
+
+def _clip(text: str, width: int = 40) -> str:
+    return text if len(text) <= width else text[:width] + "..."
+
+
+def _reason(e: BaseException, width: int = 200) -> str:
+    """An exception's text on one line and at most ``width`` characters, for ``(reason)`` in messages."""
+    return _clip(" ".join(str(e).split()) or type(e).__name__, width)
+
+
+# --------------------------------------------------------------------------------------------------
+# guards in front of every file: regular files only, and a memory budget
+
+_FALLBACK_BUDGET = 4 * 2**30  # where the machine's memory cannot be asked (no os.sysconf)
+
+
+def max_data_bytes() -> int:
+    """The most bytes a dataset may take in memory, checked from headers before anything is read.
+
+    ``AEKIT_MAX_DATA_BYTES`` (a whole number of bytes) when set, else half of this machine's physical
+    memory (4 GiB where that is unknown). A bad value of the variable is a ConfigError.
+    """
+    text = os.environ.get("AEKIT_MAX_DATA_BYTES", "").strip()
+    if text:
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if value <= 0:
+            raise ConfigError(
+                f"AEKIT_MAX_DATA_BYTES: expected a positive whole number of bytes (e.g. 8000000000 for 8 GB), "
+                f"got {_clip(text)!r}; fix or unset the environment variable"
+            )
+        return value
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        total = 0
+    return total // 2 if total > 0 else _FALLBACK_BUDGET
+
+
+def _check_budget(what: str, nbytes: int, how: str) -> None:
+    """DataError when ``how`` (the data, as its header describes it) would take more than the budget.
+
+    ``nbytes`` is what the data takes in memory: the float32 tensors aekit builds plus the raw
+    (decompressed) bytes it reads them from.
+    """
+    limit = max_data_bytes()
+    if nbytes <= limit:
+        return
+    source = ("AEKIT_MAX_DATA_BYTES" if os.environ.get("AEKIT_MAX_DATA_BYTES", "").strip()
+              else "half of this machine's memory; AEKIT_MAX_DATA_BYTES sets another")
     raise DataError(
-        f"{what}: {count} non-finite value(s) ({n_nan} NaN, {count - n_nan} Inf), first at {pos}; "
-        f"{fix} before loading"
+        f"{what}: {how} would take {_size(nbytes)} in memory, more than the limit of {_size(limit)} ({source}); "
+        "load a smaller part of the data, or raise AEKIT_MAX_DATA_BYTES on a machine with the memory"
     )
 
 
-def _preview(items, n: int = 10) -> str:
-    items = list(items)
-    text = ", ".join(repr(i) if isinstance(i, str) else str(i) for i in items[:n])
-    return text + (f", ... ({len(items)} in all)" if len(items) > n else "")
+def _size(n: int) -> str:
+    """1536 -> '1.5 KiB'; any int (a hostile header may announce 10**100 bytes, beyond a float)."""
+    if n < 1024:
+        return f"{n} B"
+    for power, unit in enumerate(("KiB", "MiB", "GiB", "TiB", "PiB", "EiB"), start=1):
+        if n < 1024 ** (power + 1):
+            return f"{n / 1024**power:.1f} {unit}"
+    return "more than 1024 EiB"
+
+
+_NOT_REGULAR = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"),
+                (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                (stat.S_ISSOCK, "a socket"))
+
+
+def _open_regular(path) -> tuple:
+    """(binary file, size in bytes) of a regular file, or DataError naming what else ``path`` is.
+
+    Checked before opening (opening a FIFO blocks until a writer comes; a device such as /dev/zero
+    never ends), and again on the open descriptor, opened without blocking, in case the path changed
+    in between.
+    """
+    try:
+        st = os.stat(path)
+        _require_regular(path, st.st_mode)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+                     | getattr(os, "O_BINARY", 0))
+    except OSError as e:
+        raise DataError(f"{path}: cannot read the file ({e.strerror or e}); check its permissions") from e
+    try:
+        st = os.fstat(fd)
+        _require_regular(path, st.st_mode)
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb"), st.st_size
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _require_regular(path, mode: int) -> None:
+    if stat.S_ISREG(mode):
+        return
+    kind = next((name for test, name in _NOT_REGULAR if test(mode)), "a special file")
+    link = f", through a link to {os.path.realpath(path)}" if os.path.islink(path) else ""
+    raise DataError(f"{path}: is not a regular file ({kind}{link}); aekit reads data only from regular files: "
+                    "put the data file itself at this path")

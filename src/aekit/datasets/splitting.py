@@ -11,7 +11,7 @@ import torch
 from ..errors import ConfigError, DataError
 from .config import DataConfig
 from .dataset import Dataset
-from .source import _Source
+from .source import _clip, _Source
 
 
 def _round(n: int, fraction: float) -> int:
@@ -85,7 +85,10 @@ def _assemble(src: _Source, spec: DataConfig) -> Dataset:
         else:
             mean, std = _check_stats(stats, d, src.what)
         m, s = mean.double().numpy(), std.double().numpy()
-        tensors = {k: torch.from_numpy(((v - m) / s).astype(np.float32)) for k, v in xs.items()}
+        with np.errstate(over="ignore"):  # reported below, with the column
+            tensors = {k: torch.from_numpy(((v - m) / s).astype(np.float32)) for k, v in xs.items()}
+        for k, t in tensors.items():
+            _check_standardized(t, k, src, std, given=stats is not None)
         spec_stats = {"mean": mean.tolist(), "std": std.tolist()}
     labels = {k: (None if v is None else torch.from_numpy(np.ascontiguousarray(v, dtype=np.int64)))
               for k, v in ys.items()}
@@ -98,6 +101,21 @@ def _assemble(src: _Source, spec: DataConfig) -> Dataset:
         class_names=None if src.class_names is None else list(src.class_names),
         feature_names=None if src.feature_names is None else list(src.feature_names),
         mean=mean, std=std, spec=dataclasses.replace(spec, stats=spec_stats),
+    )
+
+
+def _check_standardized(t: torch.Tensor, split: str, src: _Source, std: torch.Tensor, given: bool) -> None:
+    """DataError when standardized values (N, D) overflow float32: a std tiny next to a column's values."""
+    bad = ~torch.isfinite(t)
+    if not bad.any():
+        return
+    c = int(bad.nonzero()[0, 1])
+    column = repr(_clip(src.feature_names[c])) if src.feature_names else f"{c} (0-based)"
+    fix = ("pass stats whose std fits the data" if given
+           else "rescale the column (e.g. multiply it by a constant) or drop it")
+    raise DataError(
+        f"{src.what}: standardizing gives values beyond float32's range in the {split} split, first in column "
+        f"{column}: its std ({float(std[c]):.3g}) is tiny next to its values; {fix}"
     )
 
 

@@ -1,7 +1,8 @@
 """CSV / TSV / TXT tables with a header row.
 
 Unquoted text is read by a fast path (numpy's C reader); quoted text, and any text the fast path
-rejects, by the csv module, which also finds and names the problem.
+rejects, by the csv module, which also finds and names the problem. Only a regular file is read, and
+only when the table it holds fits the memory budget (``source.max_data_bytes``).
 """
 
 from __future__ import annotations
@@ -13,33 +14,43 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, DataError
-from .source import _check_finite, _encode_labels, _preview, _Source
+from .source import (
+    _check_budget,
+    _check_finite,
+    _clip,
+    _encode_labels,
+    _open_regular,
+    _preview,
+    _reason,
+    _Source,
+)
 
 TABLE_DELIMITERS = {".csv": ",", ".tsv": "\t", ".txt": None}  # None: sniffed
+_SNIFF_CHARS = 4096     # csv.Sniffer takes quadratic time on quotes: 64 KiB of '," ' take half a minute
+_LABEL_BYTES = 64       # a str object per label (the fast path reads labels as Python strings)
+_SLOW_FIELD_BYTES = 80  # a str object and a list slot per field, when the csv module reads the table
 
 
 def _load_table_file(p: Path, delimiter: str | None, label_column: str | None,
                      features: list[str] | None) -> _Source:
-    try:
-        with open(p, encoding="utf-8-sig") as f:  # universal newlines: \r\n and \r become \n
-            text = f.read()
-    except UnicodeDecodeError as e:
-        raise DataError(f"{p}: not UTF-8 text (bad byte at offset {e.start}); save it as UTF-8") from e
-    except OSError as e:
-        raise DataError(f"{p}: cannot read the file ({e.strerror or e}); check its permissions") from e
+    text = _read_text(p)
     if not text.strip():
         raise DataError(f"{p}: the file is empty; a table needs a header line with column names, then one "
                         "line per sample: check that you passed the right file")
     if delimiter is None:
+        sample = text[:_SNIFF_CHARS]
+        if len(text) > _SNIFF_CHARS and "\n" in sample:
+            sample = sample[:sample.rfind("\n")]  # whole lines
         try:
-            delimiter = csv.Sniffer().sniff(text[:65536], delimiters=",\t;|").delimiter
+            delimiter = csv.Sniffer().sniff(sample, delimiters=",\t;|").delimiter
         except csv.Error as e:
             raise DataError(f"{p}: cannot detect the column delimiter (tried , tab ; |); rename the file "
                             "to .csv (comma-separated) or .tsv (tab-separated)") from e
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
     try:
-        header = next(r for r in csv.reader(io.StringIO(text), delimiter=delimiter) if r)
+        header = next(r for r in reader if r)
     except csv.Error as e:
-        raise DataError(f"{p}: not valid delimited text ({e}); check quoting and line endings") from e
+        raise _csv_error(p, e, reader.line_num) from e
     header = [h.strip() for h in header]
     ncol = len(header)
     if all(_is_number(h) for h in header):
@@ -54,12 +65,12 @@ def _load_table_file(p: Path, delimiter: str | None, label_column: str | None,
             dups.add(h)
         seen.add(h)
     if dups:
-        raise DataError(f"{p}: column name(s) appear more than once in the header: {', '.join(sorted(dups))}; "
-                        "rename them so each column has a unique name")
+        raise DataError(f"{p}: column name(s) appear more than once in the header: "
+                        f"{_preview(sorted(dups), 20, quote=False)}; rename them so each column has a unique name")
     if label_column is not None and label_column not in header:
         raise DataError(
             f"{p}: label column {label_column!r} not found (--label-column); the columns are: "
-            f"{_preview(header, 50)}"
+            f"{_preview(header, 20)}"
         )
     if features is None:
         chosen = [h for h in header if h != label_column]
@@ -72,8 +83,8 @@ def _load_table_file(p: Path, delimiter: str | None, label_column: str | None,
     else:
         unknown = [f for f in features if f not in header]
         if unknown:
-            raise DataError(f"{p}: feature column(s) {', '.join(map(repr, unknown))} not found (--features); "
-                            f"the columns are: {_preview(header, 50)}")
+            raise DataError(f"{p}: feature column(s) {_preview(unknown, 20)} not found (--features); "
+                            f"the columns are: {_preview(header, 20)}")
         if label_column is not None and label_column in features:
             raise ConfigError(f"features: the label column {label_column!r} is also listed as a feature; "
                               "remove it from --features")
@@ -85,13 +96,17 @@ def _load_table_file(p: Path, delimiter: str | None, label_column: str | None,
     cols = [index[c] for c in chosen]
     lab = None if label_column is None else index[label_column]
 
+    rows = text.count("\n") + (not text.endswith("\n")) - 1  # at least the number of data rows
+    what = f"a table of up to {rows} rows x {len(chosen)} columns"
+    _check_budget(str(p), 2 * len(text) + rows * (12 * len(chosen) + (_LABEL_BYTES if lab is not None else 0)), what)
     parsed = _parse_table_fast(text, delimiter, ncol, cols, lab) if '"' not in text else None
     if parsed is None:  # quoted fields, or something is wrong: the csv module finds and names it
+        _check_budget(str(p), 2 * len(text) + rows * ncol * _SLOW_FIELD_BYTES, what + " read field by field")
         parsed = _parse_table_slow(p, text, delimiter, header, chosen, cols, lab)
     x, labels = parsed
 
     def where(r, c):
-        return f"line {_line_of(text, delimiter, r)} (data row {r + 1}), column {chosen[c]!r}"
+        return f"line {_line_of(text, delimiter, r)} (data row {r + 1}), column {_clip(chosen[c])!r}"
 
     _check_finite(x, str(p), table=True, where=where)
     src = _Source(name=p.name, what=str(p), kind="table", x=x, feature_names=chosen)
@@ -125,7 +140,7 @@ def _parse_table_fast(text, delimiter, ncol, cols, lab):
         x = np.loadtxt(io.StringIO(text), usecols=cols, dtype=np.float64, ndmin=2, **common)
         labels = None
         if lab is not None:
-            labels = np.loadtxt(io.StringIO(text), usecols=[lab], dtype=str, ndmin=1, **common)
+            labels = np.loadtxt(io.StringIO(text), usecols=[lab], dtype=object, ndmin=1, **common)
     except ValueError:
         return None
     if x.shape != (n, len(cols)) or (labels is not None and labels.shape != (n,)):
@@ -135,10 +150,11 @@ def _parse_table_fast(text, delimiter, ncol, cols, lab):
 
 def _parse_table_slow(p, text, delimiter, header, chosen, cols, lab):
     """Same result as ``_parse_table_fast`` with the csv module, raising DataError at the first problem."""
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
     try:
-        data = [r for r in csv.reader(io.StringIO(text), delimiter=delimiter) if r][1:]
+        data = [r for r in reader if r][1:]
     except csv.Error as e:
-        raise DataError(f"{p}: not valid delimited text ({e}); check quoting and line endings") from e
+        raise _csv_error(p, e, reader.line_num) from e
     ncol = len(header)
     if not data:
         raise DataError(f"{p}: the file has a header but no data rows; the dataset is empty")
@@ -160,29 +176,72 @@ def _parse_table_slow(p, text, delimiter, header, chosen, cols, lab):
         except ValueError:
             r, value = next((i, v) for i, v in enumerate(col) if not _is_number(v))
             problem = ("an empty value (missing data)" if not value.strip()
-                       else f"the non-numeric value {value!r}")
+                       else f"the non-numeric value {_clip(value)!r}")
             raise DataError(
-                f"{p}: column {name!r} has {problem} at line {_line_of(text, delimiter, r)} (data row {r + 1}); "
+                f"{p}: column {_clip(name)!r} has {problem} at line {_line_of(text, delimiter, r)} (data row {r + 1}); "
                 f"feature columns must be numbers: exclude the column with --features, use it as the label "
                 f"with --label-column {name}, or fix the value"
             ) from None
-    labels = None if lab is None else np.array(columns[lab], dtype=str)
+    labels = None if lab is None else np.array(columns[lab], dtype=object)
     return x, labels
 
 
 def _line_of(text: str, delimiter: str, data_row: int) -> int:
     """1-based line of the file where data row ``data_row`` (0-based, after the header) ends.
 
-    Only used for error messages: re-reads the text with the csv module.
+    Only used for error messages. Without quotes a row is a non-empty line (no csv module, whose
+    field size limit a 10 MB line would hit); with quotes, re-reads the text with the csv module.
     """
+    if '"' not in text:
+        line, seen, start = 0, -1, 0
+        while start <= len(text):
+            end = text.find("\n", start)
+            end = len(text) if end < 0 else end
+            line += 1
+            if end > start:
+                if seen == data_row:
+                    return line
+                seen += 1
+            start = end + 1
+        return line
     reader = csv.reader(io.StringIO(text), delimiter=delimiter)
     seen = -1
-    for r in reader:
-        if r:
-            if seen == data_row:
-                return reader.line_num
-            seen += 1
+    try:
+        for r in reader:
+            if r:
+                if seen == data_row:
+                    return reader.line_num
+                seen += 1
+    except csv.Error:
+        pass
     return reader.line_num
+
+
+def _read_text(p: Path) -> str:
+    """The text of a regular file that fits the budget: UTF-8 (BOM dropped), newlines as \\n (universal)."""
+    f, size = _open_regular(p)
+    with f:
+        _check_budget(str(p), 2 * size, f"its text ({size} bytes)")
+        try:
+            raw = f.read(size)  # what fstat saw: bytes appended meanwhile are not read
+        except OSError as e:
+            raise DataError(f"{p}: cannot read the file ({e.strerror or e}); check its permissions") from e
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        offset = e.start + (3 if raw.startswith(b"\xef\xbb\xbf") else 0)
+        raise DataError(f"{p}: not UTF-8 text (bad byte at offset {offset}); save it as UTF-8") from e
+    del raw
+    return text.replace("\r\n", "\n").replace("\r", "\n")  # universal newlines, as open() reads text
+
+
+def _csv_error(p: Path, e: csv.Error, line: int) -> DataError:
+    if "field larger than field limit" in str(e):
+        return DataError(
+            f"{p}: line {line} holds a field longer than {csv.field_size_limit()} characters; a table holds numbers "
+            "and short labels: check that this is the right file and that its quotes are balanced"
+        )
+    return DataError(f"{p}: not valid delimited text ({_reason(e)}); check quoting and line endings")
 
 
 def _is_number(s: str) -> bool:
