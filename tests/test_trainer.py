@@ -178,3 +178,43 @@ def test_bf16_autocast_runs_on_cpu(digits):
 def test_grad_clip_and_weight_decay_run(digits):
     res = trainer.fit(small(digits), digits, TrainConfig(epochs=1, grad_clip=1.0, weight_decay=1e-4), quiet=True)
     assert len(res.history) == 1
+
+
+def test_the_default_budget_follows_the_data():
+    """20 epochs were ~80 optimizer steps on a folder of 600 images: the conv VAE sampled grey noise."""
+    from aekit.config import AUTO_PATIENCE, AUTO_STEPS
+
+    small_set = TrainConfig().resolved_for(600)  # 5 steps per epoch
+    assert small_set.epochs * math.ceil(600 / 128) >= AUTO_STEPS and small_set.patience == AUTO_PATIENCE
+    assert TrainConfig().resolved_for(60000).epochs == 20  # Fashion-MNIST: 469 steps per epoch
+    assert TrainConfig().resolved_for(10).epochs == 500  # capped
+    assert TrainConfig(epochs=5).resolved_for(600).patience == 0  # given epochs: no early stopping unless asked
+    assert TrainConfig(epochs=5, patience=2).resolved_for(600).patience == 2
+    assert TrainConfig().resolved_for(600).threads == 1 and TrainConfig(threads=2).resolved_for(600).threads == 2
+    assert TrainConfig().replace(epochs=3).epochs == 3 and TrainConfig().epochs is None  # kept as given
+
+
+def test_fit_records_the_chosen_budget_and_restores_the_thread_count(digits, tmp_path):
+    before = torch.get_num_threads()
+    res = trainer.fit(small(digits), digits, TrainConfig(epochs=1, threads=2), out_dir=tmp_path / "r", quiet=True)
+    assert torch.get_num_threads() == before
+    assert res.config.threads == 2 and Run.open(tmp_path / "r").train.threads == 2  # kept for --resume
+
+
+def test_a_run_that_ends_while_still_improving_says_so():
+    falling = [{"val": {"loss": v}} for v in (40.0, 36.0, 33.0, 30.0)]
+    assert "still falling" in trainer.still_improving(falling)
+    flat = [{"val": {"loss": v}} for v in (40.0, 39.9, 39.85, 39.8)]
+    assert trainer.still_improving(flat) is None
+    assert trainer.still_improving(falling[:2]) is None
+    worse_last = [{"val": {"loss": v}} for v in (40.0, 36.0, 33.0, 34.0)]
+    assert trainer.still_improving(worse_last) is None
+
+
+def test_train_says_what_the_automatic_budget_chose(cli, tmp_path):
+    code, out, err = cli("train", "ae", "--latent-dim", "4", "--hidden", "16", "--limit", "200", "--quiet",
+                         "--out", tmp_path / "r")
+    assert code == 0, err
+    assert "epochs: 500, chosen for 140 training examples" in out and "early stopping after 10" in out
+    run = Run.open(tmp_path / "r")
+    assert run.train.epochs == 500 and run.summary["stopped"] == "early_stopping"

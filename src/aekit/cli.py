@@ -15,7 +15,7 @@ import typing
 from pathlib import Path
 
 from . import __version__, files, registry
-from .config import ModelConfig, TrainConfig
+from .config import AUTO_EPOCHS, AUTO_STEPS, ModelConfig, TrainConfig
 from .datasets import DataConfig
 from .errors import AekitError, ConfigError
 from .run import Run
@@ -93,16 +93,6 @@ def _data_args(p, *, skip=()):
     _add_config_options(g, [DataConfig], skip=skip, prefix=DATA_PREFIX)
 
 
-def _set_threads(threads: int | None) -> None:
-    if threads is None:
-        return
-    if threads < 1:
-        raise ConfigError(f"--threads must be at least 1, got {threads}")
-    import torch
-
-    torch.set_num_threads(threads)  # this process only; tiny models lose time to thread hand-offs
-
-
 def _default_out(model: str, dataset: str, with_dataset: bool = True) -> Path:
     """runs/MODEL-DATASET (or runs/MODEL), with -2, -3, ... appended until a name is free; the folder is
     created here (an exclusive mkdir), so two commands started together never pick the same one."""
@@ -131,7 +121,6 @@ def _open(args):
 def cmd_train(args) -> int:
     from . import datasets, metrics, trainer
 
-    _set_threads(args.threads)
     train_opts = _given(args, TrainConfig)
     data_opts = _given(args, DataConfig, DATA_PREFIX)
     model_names = set(ModelConfig.field_names()) | {f for c in registry.MODELS.values() for f in c.Config.field_names()}
@@ -183,6 +172,14 @@ def cmd_train(args) -> int:
                 out.rmdir()  # the default folder this command made, still empty: no trace of a failed start
             raise
     test = metrics.reconstruction_metrics(result.model, ds, "test")
+    used = result.config
+    if not args.resume and "epochs" not in train_opts:  # say what the automatic budget chose
+        stop = f", early stopping after {used.patience} epochs without improvement" if used.patience else ""
+        print(f"epochs: {used.epochs}, chosen for {ds.x_train.shape[0]} training examples (at least "
+              f"{AUTO_STEPS} steps of batch {used.batch_size}, {AUTO_EPOCHS[0]} to {AUTO_EPOCHS[1]} epochs){stop}; "
+              f"threads: {used.threads}")
+    if result.note:
+        print(f"aekit train: warning: {result.note.replace('RUN', str(out))}", file=sys.stderr)
     print(f"trained {name} on {ds.name}: {len(result.history)} epochs "
           f"({result.stopped}), best epoch {result.best_epoch}, val loss {result.best_val_loss:.4f}")
     print("test reconstruction: " + ", ".join(f"{k}={v:.4g}" for k, v in test.items()))
@@ -377,13 +374,15 @@ def cmd_compare(args) -> int:
         raise ConfigError(f"--epochs must be at least 1, got {args.epochs}")
     latent_dim = None if args.latent_dim.strip().lower() == "own" else _positive_int_option("--latent-dim",
                                                                                            args.latent_dim)
-    _set_threads(args.threads)
+    if args.threads < 1:
+        raise ConfigError(f"--threads must be at least 1, got {args.threads}")
     from . import datasets
 
     ds = datasets.load(DataConfig.from_dict({"seed": args.seed, **_given(args, DataConfig, DATA_PREFIX)}, what="data"))
     if args.out is None:
         args.out = str(_default_out("compare", "", with_dataset=False))
     results = compare.compare(ds, args.out, models=models, epochs=args.epochs, latent_dim=latent_dim,
+                              threads=args.threads,
                               overwrite=args.overwrite, seed=args.seed, iw_samples=args.iw_samples,
                               log=lambda line: print(line, file=sys.stderr, flush=True))
     failed = [r.model for r in results if r.status != "ok"]
@@ -425,8 +424,6 @@ def build_parser():
     t.add_argument("--out", help="run directory to create (default: runs/MODEL-DATASET)")
     t.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
-    t.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; 1 is often fastest "
-                   "for small models or on a busy machine)")
     tg = t.add_argument_group("training options")
     _add_config_options(tg, [TrainConfig], show_defaults=True)
     mg = t.add_argument_group("model options (each applies to the families that define it)")

@@ -82,7 +82,8 @@ def _default_models() -> list[str]:
 
 
 def compare(dataset, out, *, models: list[str] | None = None, epochs: int = DEFAULT_EPOCHS,
-            latent_dim: int | None = DEFAULT_LATENT_DIM, overwrite: bool = False, seed: int = 0, iw_samples: int = 100,
+            latent_dim: int | None = DEFAULT_LATENT_DIM, threads: int = 1, overwrite: bool = False, seed: int = 0,
+            iw_samples: int = 100,
             log=None) -> list[FamilyResult]:
     """Train, evaluate and report every family in ``models`` (default: all registered) on ``dataset``.
 
@@ -102,7 +103,7 @@ def compare(dataset, out, *, models: list[str] | None = None, epochs: int = DEFA
         raise ConfigError(f"--models: unknown model(s) {', '.join(unknown)}; available: {', '.join(registry.MODELS)}")
     if len(set(models)) != len(models):
         raise ConfigError(f"--models: a model is listed twice ({','.join(models)})")
-    tcfg = TrainConfig(epochs=epochs, seed=seed)
+    tcfg = TrainConfig(epochs=epochs, seed=seed, threads=threads)
     check_out_dir(out, models, overwrite)
     for m in models:  # checked above: only idle aekit runs are removed
         if (out / m).is_dir() and any((out / m).iterdir()):

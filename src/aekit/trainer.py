@@ -41,6 +41,8 @@ class FitResult:
     stopped: str = "completed"  # "completed" | "early_stopping"
     run_dir: str | None = None
     run: Run | None = None  # the run directory written, when out_dir was given
+    config: TrainConfig | None = None  # the training options used, automatic values resolved
+    note: str | None = None  # a warning worth reading, e.g. the validation loss was still falling fast
 
     @property
     def seconds_per_epoch(self) -> float:
@@ -88,10 +90,11 @@ def fit(
 
     ``out_dir``: write a run directory (config, weights, checkpoint each epoch, metrics, summary).
     ``resume``: continue from ``out_dir``'s checkpoint. ``quiet``: no progress bar (default: quiet unless
-    stderr is a terminal).
+    stderr is a terminal). Automatic options (epochs, patience, threads) are chosen from the size of the
+    training split (``TrainConfig.resolved_for``) and recorded; the thread count is the caller's again after.
     """
-    cfg = config or TrainConfig()
     _check_labels(model, dataset)
+    cfg = (config or TrainConfig()).resolved_for(dataset.x_train.shape[0])
     device = torch.device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device=cuda was asked for, but this torch has no CUDA device; use --device cpu")
@@ -109,11 +112,14 @@ def fit(
     elif resume:
         raise ConfigError("resume needs the run directory (out_dir)")
     fork_devices = [device] if device.type == "cuda" else []
+    threads = torch.get_num_threads()
     try:
+        torch.set_num_threads(cfg.threads)
         with torch.random.fork_rng(devices=fork_devices):
             torch.manual_seed(cfg.seed)
             return _fit(model, dataset, cfg, run, quiet, name, device)
     finally:
+        torch.set_num_threads(threads)
         if run is not None:
             run.release()
 
@@ -260,9 +266,27 @@ def _fit(model, ds, cfg: TrainConfig, run: Run | None, quiet: bool, name: str, d
 
     model.load_state_dict(best_state)
     model.eval()
+    note = still_improving(history) if stopped == "completed" else None
     if run is not None:
-        run.write_summary(_summary(history, best_epoch, best_val, stopped))
-    return FitResult(model, history, best_epoch, best_val, stopped, None if run is None else str(run.path), run)
+        run.write_summary({**_summary(history, best_epoch, best_val, stopped), "note": note})
+    return FitResult(model, history, best_epoch, best_val, stopped, None if run is None else str(run.path), run,
+                     cfg, note)
+
+
+STILL_FALLING = 0.01  # relative drop of the validation loss per epoch, over the last epochs, worth a warning
+
+
+def still_improving(history: list[dict], window: int = 3) -> str | None:
+    """A warning when a run ended while its validation loss was still falling fast: by more than
+    STILL_FALLING of its value per epoch over the last ``window`` epochs, the last epoch being the best."""
+    vals = [h["val"].get("loss") for h in history[-(window + 1):]]
+    if len(vals) < window + 1 or any(v is None or not math.isfinite(v) for v in vals) or vals[-1] > min(vals):
+        return None
+    drop = (vals[0] - vals[-1]) / window / max(abs(vals[0]), 1e-12)
+    if drop <= STILL_FALLING:
+        return None
+    return (f"the validation loss was still falling when training ended ({100 * drop:.1f}% per epoch over the "
+            f"last {window} epochs): more epochs would help (`aekit train --resume RUN --epochs N`)")
 
 
 EXPLODED = 10.0  # a loss this many times its own scale above the untrained model's has diverged
@@ -322,7 +346,7 @@ def _resume(run: Run, model, cfg: TrainConfig, ds, name: str) -> Run:
         for key in ("model", "config", "data"):
             if saved[key] != now[key]:
                 raise RunError(f"{run.path}: cannot resume: the {key} differs from the one the run was started with")
-        old, new = run.train.to_dict(), cfg.to_dict()
+        old, new = run.train.resolved_for(ds.x_train.shape[0]).to_dict(), cfg.to_dict()  # older runs: no threads
         changed = {k for k in new if k != "epochs" and old.get(k) != new[k]}
         if changed:
             raise RunError(f"{run.path}: cannot resume with different training options ({', '.join(sorted(changed))})")
