@@ -871,3 +871,27 @@ def test_spec_records_the_normal_class_index(tmp_path, digits):
     dogs = load(tmp_path, normal_class="dog", val_fraction=0.2, test_fraction=0.2)
     assert dogs.spec.normal_class == 1 and set(dogs.y_train.tolist()) == {1}
     assert_same(dogs, roundtrip(dogs))
+
+
+def test_one_class_tables_are_standardized_with_the_normal_rows(tmp_path):
+    """The statistics used to come from every training row, anomalies included (breast cancer: a mean radius
+    of 14.02 over all rows, 12.09 over the benign ones the model trains on)."""
+    rng = np.random.default_rng(0)
+    normal = rng.normal(10.0, 1.0, size=(300, 2))
+    odd = rng.normal(30.0, 5.0, size=(60, 2))
+    x = np.concatenate([normal, odd])
+    y = np.array(["ok"] * 300 + ["odd"] * 60)
+    np.savez(tmp_path / "t.npz", x=x, y=y)
+    ds = load(tmp_path / "t.npz", normal_class="ok")
+    k = ds.class_names.index("ok")
+    assert set(ds.y_train.tolist()) == {k}
+    rows = ds.to_user_units(ds.x_train).double()
+    assert torch.allclose(ds.mean.double(), rows.mean(0), atol=1e-4)
+    assert torch.allclose(ds.std.double(), rows.std(0, unbiased=False), atol=1e-4)
+    assert abs(float(ds.mean[0]) - 10.0) < 0.3  # not pulled towards the anomalies' 30
+    again = load(ds.spec)
+    assert torch.equal(again.x_train, ds.x_train) and torch.equal(again.x_test, ds.x_test)
+    from aekit.datasets import from_arrays
+
+    mem = from_arrays(x, y, normal_class="ok")
+    assert abs(float(mem.mean[0]) - 10.0) < 0.3

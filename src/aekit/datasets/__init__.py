@@ -63,7 +63,7 @@ from .dataset import Dataset
 from .idx import BUILTIN_NAMES, FASHION_MNIST_DIR, _load_digits, _load_idx_dataset, available
 from .images import IMAGE_SUFFIXES, _load_image_folder
 from .source import _only_for, _Source, max_data_bytes
-from .splitting import _assemble
+from .splitting import _assemble, _one_class
 from .tables import TABLE_DELIMITERS, _load_table_file
 
 __all__ = ["Dataset", "DataConfig", "load", "from_arrays", "available", "max_data_bytes", "BUILTIN_NAMES",
@@ -124,7 +124,7 @@ def load(name_or_path: str | os.PathLike | DataConfig = "digits", **options) -> 
 
     spec = dataclasses.replace(cfg, name_or_path=spec_name, data_dir=data_dir, normal_class=None)
     ds = _assemble(src, spec)
-    return ds if cfg.normal_class is None else ds.subset_class(cfg.normal_class)
+    return ds if cfg.normal_class is None else _one_class(ds, src, spec, cfg.normal_class)
 
 
 def _load_path(original: str, path: str, *, label_column, features, data_dir) -> _Source:

@@ -22,7 +22,7 @@ from ..errors import AekitError, ConfigError, DataError
 from .config import DataConfig
 from .dataset import Dataset
 from .source import _check_budget, _check_finite, _encode_labels, _open_regular, _preview, _reason, _Source
-from .splitting import _assemble
+from .splitting import _assemble, _one_class
 
 KINDS = ("auto", "table", "image")
 
@@ -69,7 +69,7 @@ def from_arrays(
     if feature_names is not None:
         src.feature_names = _check_feature_names(feature_names, src)
     ds = _assemble(src, spec)
-    return ds if normal_class is None else ds.subset_class(normal_class)
+    return ds if normal_class is None else _one_class(ds, src, spec, normal_class)
 
 
 def _as_array(a, what: str, role: str) -> np.ndarray:
