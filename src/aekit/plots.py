@@ -49,14 +49,17 @@ def _show_mosaic(rows: list[list[np.ndarray]], row_labels: list[str] | None, sca
     ncols = max(len(r) for r in rows)
     pad = max(1, round(max(h, w) / 14))
     m = mosaic(rows, pad=pad)
-    label_w = 0.7 if row_labels else 0.0
+    # labels readable where the figure is shown shrunk (a comparison table cell is ~520 px wide): a font
+    # about a quarter of a row's height, and room for the longest label
+    fontsize = 18 * scale
+    label_w = (max(map(len, row_labels)) * 0.6 * fontsize / 72 + 0.15) if row_labels else 0.0
     fig = Figure(figsize=(ncols * scale + label_w, len(rows) * scale * h / w + 0.1))
     ax = fig.add_axes((label_w / fig.get_figwidth(), 0, 1 - label_w / fig.get_figwidth(), 1))
     ax.imshow(m, cmap="gray", vmin=0, vmax=1, interpolation="nearest", aspect="auto")
     ax.set_axis_off()
     if row_labels:
         for i, lab in enumerate(row_labels):
-            ax.text(-pad, pad + i * (h + pad) + h / 2, lab, ha="right", va="center", fontsize=8)
+            ax.text(-pad, pad + i * (h + pad) + h / 2, lab, ha="right", va="center", fontsize=fontsize)
     return fig
 
 
