@@ -8,6 +8,7 @@ import pytest
 
 from aekit import report
 from aekit.run import Run
+from conftest import needs_fmnist
 
 
 class _Collect(HTMLParser):
@@ -170,3 +171,12 @@ def test_report_reuses_what_eval_computed(runs, cli, tmp_path, monkeypatch):
     assert code == 0, err
     code, out, err = cli("report", run)
     assert code == 0 and "reusing" not in out and calls
+
+
+@needs_fmnist
+def test_a_fixed_test_set_is_not_reported_as_a_fraction(cli, tmp_path):
+    code, _, err = cli("train", "ae", "--dataset", "fashion-mnist", "--limit", "200", "--epochs", "1", "--latent-dim",
+                       "2", "--hidden", "16", "--quiet", "--out", tmp_path / "r")
+    assert code == 0, err
+    text = report.render(tmp_path / "r")
+    assert "does not apply: the source&#x27;s own test set (200 examples)" in text

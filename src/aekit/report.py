@@ -174,6 +174,8 @@ def render(run, *, model=None, dataset=None, values: dict | None = None, normal_
     else:
         parts.append("<p class=\"meta\">No figure applies.</p>")
     data = None if run.data is None else run.data.to_dict()
+    if data is not None and getattr(dataset, "fixed_test", False) and dataset.spec == run.data:
+        data["test_fraction"] = f"does not apply: the source's own test set ({len(dataset.x_test)} examples)"
     parts += ["<h2>Configuration</h2>", "<h3>model</h3>", _dict_table({"family": name, **run.model_config.to_dict()}),
               "<h3>training</h3>", _dict_table(run.train.to_dict()), "<h3>data</h3>", _dict_table(data)]
     return page(title, "\n".join(parts))

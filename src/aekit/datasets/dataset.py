@@ -43,6 +43,7 @@ class Dataset:
     mean: torch.Tensor | None
     std: torch.Tensor | None
     spec: DataConfig
+    fixed_test: bool = False  # the source has its own test set (fashion-mnist, mnist): test_fraction does not apply
 
     @property
     def dim(self) -> int:

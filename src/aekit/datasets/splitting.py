@@ -106,7 +106,7 @@ def _assemble(src: _Source, spec: DataConfig, fit_class: int | None = None) -> D
         num_classes=0 if src.class_names is None else len(src.class_names),
         class_names=None if src.class_names is None else list(src.class_names),
         feature_names=None if src.feature_names is None else list(src.feature_names),
-        mean=mean, std=std, spec=dataclasses.replace(spec, stats=spec_stats),
+        mean=mean, std=std, spec=dataclasses.replace(spec, stats=spec_stats), fixed_test=src.x_test is not None,
     )
 
 
