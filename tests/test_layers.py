@@ -9,14 +9,14 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "aekit"
 
 # bottom to top, as in docs/design.md ("Layers")
 LAYERS = [
-    {"errors", "config", "files"},
+    {"errors", "config", "files", "arraylike"},
     {"nets", "likelihoods", "regularizers", "bounds", "posterior", "reference"},
     {"models"},
     {"registry", "datasets"},
     {"run"},
     {"trainer"},
     {"metrics", "plots"},
-    {"report", "compare"},
+    {"report", "compare", "detector"},
     {"cli", "__init__", "__main__"},
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}

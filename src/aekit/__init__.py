@@ -34,8 +34,17 @@ def build(name: str, dataset=None, seed: int | None = None, **options):
     return _build(name, seed=seed, **options)
 
 
+def __getattr__(name: str):
+    """``aekit.Detector`` is imported on first use: it brings in scikit-learn, which the CLI need not load."""
+    if name == "Detector":
+        from .detector import Detector
+
+        return Detector
+    raise AttributeError(f"module 'aekit' has no attribute {name!r}")
+
+
 __all__ = [
     "__version__", "datasets", "metrics", "build", "fit", "load", "evaluate", "Run", "TrainConfig", "DataConfig",
-    "FitResult", "MODELS",
+    "FitResult", "MODELS", "Detector",
     "AekitError", "ConfigError", "DataError", "RunError", "TrainingDiverged",
 ]

@@ -233,13 +233,14 @@ class Run:
 
         if weights not in ("best", "last"):
             raise ConfigError(f"weights must be 'best' or 'last', got {weights!r}")
-        model = registry.get(self.model_name)(self.model_config)
+        # seeded, so that building draws nothing from the caller's global RNG; the weights are loaded next
+        model = registry.instantiate(self.model_name, self.model_config, seed=0)
         if weights == "best":
             path = self.path / WEIGHTS
             tensors, _ = files.load_tensors(path, _state_bytes(model))
         else:
             path = self.path / CHECKPOINT
-            tensors = self.load_checkpoint(model).model
+            tensors = self.load_checkpoint().model
         try:
             model.load_state_dict(tensors)
         except RuntimeError as e:
@@ -357,15 +358,14 @@ class Run:
                 "initial_loss": ck.initial_loss}
         files.save_tensors(self.path / CHECKPOINT, tensors, meta)
 
-    def load_checkpoint(self, model=None) -> Checkpoint:
-        """The checkpoint; ``model`` (this run's, built) bounds how large the file may be."""
+    def load_checkpoint(self) -> Checkpoint:
+        """The checkpoint, read no further than this run's model can need."""
         path = self.path / CHECKPOINT
         if not path.exists():
             raise RunError(f"{self.path}: nothing to resume (no {CHECKPOINT}; the run never finished an epoch)")
-        if model is None:
-            model = registry.get(self.model_name)(self.model_config)
         # model and best weights, Adam's two moments per parameter, RNG states and step counters
-        tensors, meta = files.load_tensors(path, 4 * _state_bytes(model) + 2**20)
+        state_bytes = registry.model_size(self.model_name, self.model_config)[1]
+        tensors, meta = files.load_tensors(path, 4 * state_bytes + 2**20)
         try:
             parts: dict[str, dict[str, Tensor]] = {}
             for name, t in tensors.items():

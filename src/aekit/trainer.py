@@ -154,7 +154,7 @@ def _fit(model, ds, cfg: TrainConfig, run: Run | None, quiet: bool, name: str, d
     stopped = "completed"
 
     if run is not None and run.has_checkpoint:  # resuming (a run killed in its first epoch starts afresh)
-        ck = run.load_checkpoint(model)
+        ck = run.load_checkpoint()
         model.load_state_dict(ck.model)
         best_state = {k: v.to(device) for k, v in ck.best.items()}
         for g, o in opts.items():

@@ -1,0 +1,418 @@
+"""Tests of aekit.Detector: PyOD's detector API on aekit's autoencoders, as a scikit-learn estimator.
+
+Small data and few epochs throughout; every fit is seeded (random_state) and offline.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+from scipy.special import erf
+from sklearn.base import clone
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import GridSearchCV, KFold
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+
+import aekit
+from aekit import DataError, Detector
+from aekit.detector import NotCalibratedError
+
+FAST = dict(epochs=15, hidden=(32,), batch_size=64)
+
+
+def table(n: int, seed: int, d: int = 8) -> np.ndarray:
+    """Normal rows: a 3-dimensional linear structure in d columns, plus noise, in the user's units."""
+    rng = np.random.default_rng(seed)
+    basis = np.random.default_rng(123).normal(size=(3, d))  # the same structure for every seed
+    return rng.normal(size=(n, 3)) @ basis + 0.1 * rng.normal(size=(n, d)) + 10.0 + np.arange(d)
+
+
+def outliers(n: int, seed: int, d: int = 8) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return 10.0 + np.arange(d) + 3.0 * rng.normal(size=(n, d))
+
+
+@pytest.fixture(scope="module")
+def planted():
+    """(X, y, fitted detector): 570 normal rows and 30 planted outliers, in shuffled order."""
+    X = np.vstack([table(570, 0), outliers(30, 1)])
+    y = np.r_[np.zeros(570), np.ones(30)]
+    order = np.random.default_rng(2).permutation(len(X))
+    X, y = X[order], y[order]
+    return X, y, Detector(contamination=0.05, random_state=0, **FAST).fit(X)
+
+
+class FrameLike:
+    """What a pandas DataFrame offers to an array consumer: named columns and __array__ (no pandas here)."""
+
+    def __init__(self, values, columns):
+        self.values, self.columns = np.asarray(values), list(columns)
+
+    def __array__(self, dtype=None, copy=None):
+        return self.values if dtype is None else self.values.astype(dtype)
+
+
+# --- the detector API -------------------------------------------------------------------------------------
+
+
+def test_planted_outliers_are_found(planted):
+    X, y, det = planted
+    assert det.decision_scores_.shape == (len(X),) and det.decision_scores_.dtype == np.float64
+    assert roc_auc_score(y, det.decision_scores_) > 0.9
+    scores = det.decision_function(X)
+    np.testing.assert_allclose(scores, det.decision_scores_, rtol=1e-6)
+    assert roc_auc_score(y, scores) > 0.9
+    # PyOD: the threshold is the (1 - contamination) percentile of the training scores
+    assert det.threshold_ == pytest.approx(np.percentile(det.decision_scores_, 95))
+    np.testing.assert_array_equal(det.labels_, (det.decision_scores_ > det.threshold_).astype(int))
+    assert abs(det.labels_.mean() - 0.05) <= 1 / len(X)
+    labels = det.predict(X)
+    assert labels.dtype.kind == "i" and set(np.unique(labels)) == {0, 1}
+    np.testing.assert_array_equal(labels, det.labels_)
+    assert det.n_features_in_ == 8 and det.feature_names_ == [f"f{i}" for i in range(8)]
+    assert det.anomaly_score_ == "recon_error" and det.kind_ == "table"
+
+
+def test_predict_proba_and_confidence_follow_pyod(planted):
+    X, _, det = planted
+    train = det.decision_scores_
+    s = det.decision_function(X[:50])
+    lin = det.predict_proba(X[:50])
+    assert lin.shape == (50, 2)
+    np.testing.assert_allclose(lin[:, 1], np.clip((s - train.min()) / (train.max() - train.min()), 0, 1))
+    np.testing.assert_allclose(lin.sum(1), 1.0)
+    uni = det.predict_proba(X[:50], method="unify")
+    np.testing.assert_allclose(uni[:, 1], np.clip(erf((s - train.mean()) / (train.std() * math.sqrt(2))), 0, 1))
+    with pytest.raises(ValueError, match="'linear' or 'unify'"):
+        det.predict_proba(X[:5], method="softmax")
+    # ExCeeD as PyOD computes it, one sample at a time
+    n = len(train)
+    p = np.array([(1 + np.count_nonzero(train <= v)) / (2 + n) for v in s])
+    conf = 1 - stats.binom.cdf(n - int(n * det.contamination), n, p)
+    conf = np.where(s > det.threshold_, conf, 1 - conf)
+    np.testing.assert_allclose(det.predict_confidence(X[:50]), conf)
+    labels, confidence = det.predict(X[:50], return_confidence=True)
+    np.testing.assert_array_equal(labels, det.predict(X[:50]))
+    np.testing.assert_allclose(confidence, conf)
+
+
+def test_inputs_of_every_kind_give_the_same_scores(planted):
+    X, _, det = planted
+    X = X[:40]
+    want = det.decision_function(X)
+    for same in (X.tolist(), torch.from_numpy(X), FrameLike(X, [f"c{i}" for i in range(8)]), np.asfortranarray(X),
+                 X[::-1][::-1], tuple(map(tuple, X))):
+        np.testing.assert_array_equal(det.decision_function(same), want)
+    x32 = X.astype(np.float32)  # float32 input: the same scores as its float64 values
+    np.testing.assert_array_equal(det.decision_function(torch.from_numpy(x32)),
+                                  det.decision_function(x32.astype(np.float64)))
+    # a row's score does not depend on the rows scored with it (float32 rounding aside)
+    one_by_one = np.concatenate([det.decision_function(X[i : i + 1]) for i in range(len(X))])
+    np.testing.assert_allclose(one_by_one, want, rtol=1e-5)
+    np.testing.assert_allclose(det.decision_function(X[::-1]), want[::-1], rtol=1e-5)
+
+
+def test_dataframe_columns_become_feature_names():
+    X = table(200, 3, d=4)
+    frame = FrameLike(X, ["a", "b", "c", "d"])
+    det = Detector(random_state=0, **{**FAST, "epochs": 2}).fit(frame)
+    assert det.feature_names_ == ["a", "b", "c", "d"] and list(det.feature_names_in_) == ["a", "b", "c", "d"]
+    assert det.explain(frame)["feature_names"] == ["a", "b", "c", "d"]
+    np.testing.assert_array_equal(det.decision_function(X), det.decision_function(frame))
+    with pytest.raises(DataError, match=r"X has the columns 'a', 'x', 'c', 'd', but the detector was fitted on "
+                                        r"'a', 'b', 'c', 'd'"):
+        det.decision_function(FrameLike(X, ["a", "x", "c", "d"]))
+
+
+def test_images_one_digit_normal_the_others_anomalous(digits, tmp_path):
+    normal = digits.x_train[digits.y_train == 0]  # torch tensor (N, 1, 8, 8) in [0, 1]
+    det = Detector(random_state=0, epochs=30, batch_size=32).fit(normal)
+    assert (det.kind_, det.input_shape_, det.n_features_in_) == ("image", (1, 8, 8), 64)
+    scores = det.decision_function(digits.x_test)
+    assert roc_auc_score((digits.y_test != 0).numpy(), scores) > 0.85
+    # (N, H, W) and uint8 images are read as the same images
+    x = digits.x_test[:20]
+    as_uint8 = (x * 255).round().to(torch.uint8)
+    np.testing.assert_array_equal(det.decision_function(x[:, 0].numpy()), det.decision_function(x))
+    np.testing.assert_allclose(det.decision_function(as_uint8), det.decision_function(as_uint8.float() / 255),
+                               rtol=1e-6)
+    maps = det.explain(x, png=tmp_path / "maps.png")
+    assert maps["maps"].shape == (20, 8, 8) and maps["reconstruction"].shape == (20, 1, 8, 8)
+    np.testing.assert_allclose(maps["maps"].sum(axis=(1, 2)), det.decision_function(x), rtol=1e-5)
+    assert (tmp_path / "maps.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(DataError, match=r"images of shape \(1, 6, 6\), but the detector was fitted on images of "
+                                        r"shape \(1, 8, 8\)"):
+        det.decision_function(np.zeros((3, 6, 6)))
+    with pytest.raises(DataError, match=r"fitted on images of shape \(1, 8, 8\)"):
+        det.decision_function(np.zeros((3, 64)))
+
+
+def test_explain_splits_the_score_by_feature(planted):
+    X, _, det = planted
+    out = det.explain(X[:30])
+    assert out["contributions"].shape == (30, 8) and out["feature_names"] == det.feature_names_
+    np.testing.assert_allclose(out["contributions"].sum(1), det.decision_function(X[:30]), rtol=1e-5)
+    std = np.asarray(det.data_spec_.stats["std"])
+    np.testing.assert_allclose(out["contributions_user_units"], out["contributions"] * std**2)
+    # the reconstruction is in the user's units: its squared error there is contributions_user_units
+    np.testing.assert_allclose((X[:30] - out["reconstruction"]) ** 2, out["contributions_user_units"], rtol=1e-3,
+                               atol=1e-6)
+    with pytest.raises(ValueError, match="images"):
+        det.explain(X[:3], png="x.png")
+
+
+# --- calibration ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def calibrated_setup():
+    det = Detector(random_state=0, **{**FAST, "epochs": 5}).fit(table(500, 10))
+    return det, table(2000, 11), table(5000, 12)
+
+
+@pytest.mark.parametrize("fpr", [0.05, 0.01])
+def test_calibrated_false_positive_rate_is_the_target(calibrated_setup, fpr):
+    det, cal, test = calibrated_setup
+    det = pickle.loads(pickle.dumps(det)).calibrate(cal, fpr=fpr)
+    n = len(cal)
+    k = math.ceil((n + 1) * (1 - fpr) - 1e-9)
+    assert det.threshold_ == np.sort(det.decision_function(cal))[k - 1]
+    assert det.calibration_scores_.shape == (n,)
+    observed = det.predict(test).mean()
+    # sampling error of the test points and of the calibration set
+    sd = math.sqrt(fpr * (1 - fpr) * (1 / len(test) + 1 / n))
+    assert abs(observed - fpr) < 3 * sd, (observed, fpr, sd)
+    # p-values of normal data are uniform; predict flags exactly those with p <= fpr
+    p = det.predict_pvalue(test)
+    assert p.min() >= 1 / (n + 1) and p.max() <= 1
+    assert stats.kstest(p, "uniform").pvalue > 0.001
+    np.testing.assert_array_equal((p <= fpr).astype(int), det.predict(test))
+    # anomalies get small p-values
+    assert np.median(det.predict_pvalue(outliers(200, 13))) < 0.01
+
+
+def test_calibration_errors(calibrated_setup):
+    det, cal, _ = calibrated_setup
+    det = clone(det).fit(cal[:300])
+    with pytest.raises(NotCalibratedError, match=r"call calibrate\(X_normal, fpr=\.\.\.\) first"):
+        det.predict_pvalue(cal[:5])
+    with pytest.raises(DataError, match="50 normal sample.* too few .* at least 99 are needed"):
+        det.calibrate(cal[:50], fpr=0.01)
+    det.calibrate(cal[:99], fpr=0.01)  # exactly enough: the threshold is the largest score
+    assert det.threshold_ == det.calibration_scores_.max()
+    with pytest.raises(ValueError, match=r"calibrate\(fpr=1.5\): expected a number in \(0, 1\)"):
+        det.calibrate(cal, fpr=1.5)
+    det.fit(cal[:100])  # a new fit forgets the calibration
+    assert det.threshold_ == pytest.approx(np.percentile(det.decision_scores_, 90))
+    with pytest.raises(NotCalibratedError):
+        det.predict_pvalue(cal[:5])
+
+
+# --- bad input ---------------------------------------------------------------------------------------------
+
+
+def test_bad_input_is_one_clear_error(planted):
+    X, _, det = planted
+    with pytest.raises(DataError, match="X has 5 features, but Detector is expecting 8 features as input"):
+        det.predict(X[:, :5])
+    bad = X[:10].copy()
+    bad[3, 2] = np.nan
+    with pytest.raises(DataError, match=r"non-finite.*first at row 3, column 2"):
+        det.decision_function(bad)
+    bad[3, 2] = np.inf
+    with pytest.raises(DataError, match=r"first at row 3"):
+        Detector(**FAST).fit(bad)
+    with pytest.raises(DataError, match="no samples"):
+        det.decision_function(np.empty((0, 8)))
+    with pytest.raises(DataError, match="no samples"):
+        Detector().fit([])
+    with pytest.raises(DataError, match="Reshape your data"):
+        det.predict(X[0])
+    with pytest.raises(TypeError, match="sparse"):
+        import scipy.sparse
+
+        det.predict(scipy.sparse.csr_matrix(X[:3]))
+
+
+@pytest.mark.parametrize("params, match", [
+    (dict(model="cvae"), r"model='cvae'\) needs class labels.*choose one of ae, dae, sae, cae, vae, iwae, aae"),
+    (dict(model="aae", model_options={"prior": "mixture", "supervised": True}), "needs class labels"),
+    (dict(model="nope"), "unknown model 'nope'"),
+    (dict(contamination=0.7), r"contamination=0.7\): expected a number in \(0, 0.5\]"),
+    (dict(contamination=0), r"contamination=0\)"),
+    (dict(anomaly_score="neg_elbo"), "needs a probabilistic model"),
+    (dict(anomaly_score="likelihood"), "choose one of 'auto', 'recon_error', 'neg_elbo'"),
+    (dict(model_options={"latent_dim": 3}), r"'latent_dim' is set by Detector\(latent_dim=...\)"),
+    (dict(model_options={"noise": "mask"}), "unknown option.*noise"),
+    (dict(n_estimators=0), r"n_estimators=0\): expected an integer >= 1"),
+    (dict(epochs=2.5), r"epochs=2.5\): expected an integer >= 1 or None"),
+    (dict(lr=-1.0), "lr"),
+    (dict(preprocessing="robust"), "choose one of 'standard', 'minmax', 'none'"),
+])
+def test_bad_parameters_are_refused_by_fit(params, match):
+    det = Detector(**{**FAST, "epochs": 1, **params})
+    with pytest.raises(ValueError, match=match):
+        det.fit(table(40, 0))
+
+
+def test_model_options_reach_the_family():
+    det = Detector(model="dae", model_options={"noise": "mask", "noise_level": 0.2}, random_state=0,
+                   **{**FAST, "epochs": 2}).fit(table(100, 0))
+    cfg = det.models_[0].config
+    assert (cfg.noise, cfg.noise_level, cfg.hidden, cfg.latent_dim) == ("mask", 0.2, (32,), 2)
+    vae = Detector(model="vae", random_state=0, **{**FAST, "epochs": 2}).fit(table(100, 0))
+    assert vae.anomaly_score_ == "neg_elbo"
+    np.testing.assert_array_equal(vae.decision_function(table(20, 1)), vae.decision_function(table(20, 1)))
+
+
+def test_default_budget_and_preprocessing():
+    X = table(300, 4)
+    det = Detector(random_state=0, hidden=(16,)).fit(X)  # epochs=None: ~1500 steps, early stopping on val
+    assert det.train_config_.epochs == 200 and det.train_config_.patience == 10  # 3 steps per epoch
+    assert len(det.history_) <= 200 and det.models_[0].config.latent_dim == 2  # max(2, min(32, 8 // 4))
+    mm = Detector(preprocessing="minmax", random_state=0, **{**FAST, "epochs": 1}).fit(X)
+    np.testing.assert_allclose(mm.data_spec_.stats["mean"], X.min(0), rtol=1e-6)
+    np.testing.assert_allclose(mm.data_spec_.stats["std"], X.max(0) - X.min(0), rtol=1e-6)
+    tiny = Detector(random_state=0, **{**FAST, "epochs": 1}).fit(X[:5])  # too few rows for a validation part
+    assert tiny.data_spec_.val_fraction == 0.0 and tiny.decision_scores_.shape == (5,)
+
+
+def test_ensemble_and_robust_training(planted):
+    X, y, _ = planted
+    ens = Detector(n_estimators=3, contamination=0.05, random_state=0, **{**FAST, "epochs": 8}).fit(X)
+    assert len(ens.models_) == 3 and ens.normalization_.shape == (3, 2)
+    assert roc_auc_score(y, ens.decision_scores_) > 0.9
+    # each member's training scores, normalized by their median and IQR, averaged
+    raw = np.stack([aekit.metrics.anomaly_scores(m, ens._model_input(X))["recon_error"].double().numpy()
+                    for m in ens.models_])
+    q1, med, q3 = np.percentile(raw, [25, 50, 75], axis=1)
+    np.testing.assert_allclose(ens.decision_scores_, ((raw - med[:, None]) / (q3 - q1)[:, None]).mean(0),
+                               rtol=1e-5, atol=1e-6)
+    rob = Detector(robust=True, contamination=0.05, random_state=0, **{**FAST, "epochs": 8}).fit(X)
+    assert roc_auc_score(y, rob.decision_scores_) > 0.9
+    assert rob.decision_scores_.shape == (len(X),)
+    assert rob.data_spec_.stats != ens.data_spec_.stats  # statistics of the rows that were kept
+
+
+# --- randomness and the scikit-learn contract --------------------------------------------------------------
+
+
+def test_random_state():
+    X = table(150, 5)
+    kw = {**FAST, "epochs": 2}
+    a, b = Detector(**kw).fit(X), Detector(**kw).fit(X)
+    assert not np.allclose(a.decision_scores_, b.decision_scores_)  # None: a new draw every fit (pyod #750)
+    c, d = Detector(random_state=7, **kw).fit(X), Detector(random_state=7, **kw).fit(X)
+    np.testing.assert_array_equal(c.decision_scores_, d.decision_scores_)
+    assert c.get_params()["random_state"] == 7
+    e = Detector(random_state=np.random.RandomState(7), **kw).fit(X)
+    f = Detector(random_state=np.random.RandomState(7), **kw).fit(X)
+    np.testing.assert_array_equal(e.decision_scores_, f.decision_scores_)
+    # the same estimator refitted: an int repeats, None does not
+    np.testing.assert_array_equal(c.fit(X).decision_scores_, d.decision_scores_)
+    assert not np.allclose(a.fit(X).decision_scores_, b.decision_scores_)
+
+
+def test_params_clone_and_pickle(planted):
+    X, _, det = planted
+    params = det.get_params()
+    assert params["contamination"] == 0.05 and params["hidden"] == (32,) and params["model"] == "ae"
+    fresh = clone(det)
+    assert fresh.get_params() == params and not hasattr(fresh, "models_")
+    fresh.set_params(latent_dim=3, model_options={"activation": "tanh"})
+    assert fresh.latent_dim == 3 and det.latent_dim is None
+    unfitted = Detector(contamination=5.0)  # __init__ only stores: the check comes with fit
+    assert unfitted.contamination == 5.0
+    with pytest.raises(Exception, match="not fitted"):
+        unfitted.predict(X)
+    again = pickle.loads(pickle.dumps(det))
+    np.testing.assert_array_equal(again.decision_function(X[:20]), det.decision_function(X[:20]))
+    assert again.threshold_ == det.threshold_
+
+
+def test_pipeline_and_grid_search(planted):
+    X, y, _ = planted
+    pipe = Pipeline([("scale", StandardScaler()), ("det", Detector(random_state=0, **{**FAST, "epochs": 5}))])
+    pipe.fit(X)
+    assert roc_auc_score(y, pipe.decision_function(X)) > 0.9
+    assert pipe.predict(X).shape == (len(X),)
+    search = GridSearchCV(Detector(random_state=0, **{**FAST, "epochs": 3}), {"latent_dim": [2, 3]},
+                          scoring="roc_auc", cv=KFold(2, shuffle=True, random_state=0))
+    search.fit(X, y)  # y only feeds the scorer; the detector ignores it
+    assert search.best_params_["latent_dim"] in (2, 3) and search.best_score_ > 0.85
+
+
+# --- persistence ---------------------------------------------------------------------------------------------
+
+
+def test_save_and_load_round_trip(planted, tmp_path, cli):
+    X, y, det = planted
+    det = pickle.loads(pickle.dumps(det)).calibrate(table(300, 20), fpr=0.02)
+    path = det.save(tmp_path / "det")
+    back = Detector.load(path)
+    np.testing.assert_array_equal(back.decision_function(X), det.decision_function(X))
+    np.testing.assert_array_equal(back.decision_scores_, det.decision_scores_)
+    np.testing.assert_array_equal(back.calibration_scores_, det.calibration_scores_)
+    np.testing.assert_array_equal(back.labels_, det.labels_)
+    assert back.threshold_ == det.threshold_ and back.get_params() == det.get_params()
+    np.testing.assert_array_equal(back.predict_pvalue(X[:50]), det.predict_pvalue(X[:50]))
+    np.testing.assert_allclose(back.predict_confidence(X[:50]), det.predict_confidence(X[:50]))
+    # an aekit run: Run.open reads it, and `aekit eval` evaluates it on data in the same columns
+    run = aekit.Run.open(path)
+    assert run.model_name == "ae" and run.data.stats == det.data_spec_.stats
+    assert aekit.Run.why_not_removable(path) is None  # nothing in it but aekit's own files
+    np.save(tmp_path / "new.npy", X)
+    code, out, err = cli("eval", path, "--dataset", tmp_path / "new.npy", "--json")
+    assert code == 0, err
+    assert "mse" in out
+
+
+def test_save_and_load_an_ensemble(tmp_path):
+    X = table(200, 6)
+    det = Detector(n_estimators=2, random_state=0, **{**FAST, "epochs": 2}).fit(X)
+    back = Detector.load(det.save(tmp_path / "ens"))
+    assert len(back.models_) == 2
+    np.testing.assert_array_equal(back.decision_function(X), det.decision_function(X))
+    np.testing.assert_array_equal(back.normalization_, det.normalization_)
+    assert back.threshold_ == det.threshold_
+
+
+def test_load_a_plain_run_of_aekit_train(tmp_path, cli):
+    X = table(300, 7)
+    np.save(tmp_path / "data.npy", X)
+    code, _, err = cli("train", "ae", "--dataset", tmp_path / "data.npy", "--epochs", 2, "--latent-dim", 2,
+                       "--out", tmp_path / "run")
+    assert code == 0, err
+    det = Detector.load(tmp_path / "run")
+    run = aekit.Run.open(tmp_path / "run")
+    model, ds = run.model(), run.dataset()
+    want = aekit.metrics.anomaly_scores(model, ds.x_test)["recon_error"].numpy()
+    user_rows = ds.to_user_units(ds.x_test).double().numpy()  # the rows as the user has them
+    np.testing.assert_allclose(det.decision_function(user_rows), want, rtol=1e-4, atol=1e-5)
+    assert det.threshold_ is None and det.decision_scores_ is None
+    with pytest.raises(NotCalibratedError, match=r"no threshold.*calibrate\(X_normal, fpr=\.\.\.\)"):
+        det.predict(X)
+    det.calibrate(table(200, 8), fpr=0.05)
+    assert det.predict(X).shape == (300,)
+    assert det.predict_proba(X[:4]).shape == (4, 2)
+    with pytest.raises(aekit.RunError, match="not empty"):
+        det.save(tmp_path / "run")
+
+
+def test_a_damaged_detector_state_is_one_run_error(tmp_path):
+    import json
+
+    det = Detector(n_estimators=2, random_state=0, **{**FAST, "epochs": 1}).fit(table(100, 9))
+    path = det.save(tmp_path / "det")
+    good = json.loads((path / "detector.json").read_text())
+    for change in ({"score": "magic"}, {"n_members": 3}, {"threshold_from": "calibration"}, {"params": "x"},
+                   {"normalization": None}, {"n_decision_scores": 7}, {"params": {"colour": 1}}):
+        (path / "detector.json").write_text(json.dumps({**good, **change}))
+        with pytest.raises(aekit.RunError, match="detector"):
+            Detector.load(path)
