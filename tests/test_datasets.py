@@ -758,11 +758,11 @@ RUNS_V0_1_0 = Path(__file__).parent / "fixtures" / "runs_v0_1_0"
 def test_data_config_fields_defaults_and_cli_metadata():
     fields = {f.name: f for f in dataclasses.fields(DataConfig)}
     assert list(fields) == ["name_or_path", "data_dir", "label_column", "features", "val_fraction", "test_fraction",
-                            "seed", "limit", "stats", "normal_class"]
+                            "seed", "limit", "stats", "normal_class", "shuffle"]
     cfg = DataConfig()
     assert cfg.to_dict() == {"name_or_path": "digits", "data_dir": None, "label_column": None, "features": None,
                              "val_fraction": 0.1, "test_fraction": 0.2, "seed": 0, "limit": None, "stats": None,
-                             "normal_class": None}
+                             "normal_class": None, "shuffle": True}
     assert fields["name_or_path"].metadata["flag"] == "dataset" and fields["seed"].metadata["flag"] == "split-seed"
     assert fields["stats"].metadata["cli"] is False
     assert all(f.metadata["help"] for f in fields.values())
@@ -794,7 +794,7 @@ def test_data_config_json_round_trip_rebuilds_identical_tensors(tmp_path, digits
 def test_data_config_reads_the_data_of_aekit_0_1_0_runs(run):
     data = json.loads((RUNS_V0_1_0 / run / "config.json").read_text())["data"]
     cfg = DataConfig.from_dict(data)
-    assert cfg.to_dict() == {"normal_class": None, **data}  # every saved key, unchanged
+    assert cfg.to_dict() == {"normal_class": None, "shuffle": True, **data}  # every saved key, unchanged
     if "normal_class" in data:
         assert type(cfg.normal_class) is int and cfg.normal_class == data["normal_class"]
     ds, old = load(cfg), load(**data)
@@ -895,3 +895,14 @@ def test_one_class_tables_are_standardized_with_the_normal_rows(tmp_path):
 
     mem = from_arrays(x, y, normal_class="ok")
     assert abs(float(mem.mean[0]) - 10.0) < 0.3
+
+
+def test_shuffle_off_keeps_the_sources_order_and_tables_record_their_columns(tmp_path):
+    rows = "a,b,label\n" + "".join(f"{i},{2 * i},{'xy'[i % 2]}\n" for i in range(30))
+    (tmp_path / "t.csv").write_text(rows)
+    ds = load(tmp_path / "t.csv", label_column="label", val_fraction=0.0, test_fraction=0.0, shuffle=False)
+    assert ds.to_user_units(ds.x_train)[:, 0].round().tolist() == [float(i) for i in range(30)]
+    assert ds.spec.features == ("a", "b")  # taken by default, recorded by name
+    assert load(ds.spec).spec == ds.spec
+    shuffled = load(tmp_path / "t.csv", label_column="label", val_fraction=0.0, test_fraction=0.0)
+    assert shuffled.to_user_units(shuffled.x_train)[:, 0].round().tolist() != [float(i) for i in range(30)]

@@ -180,6 +180,12 @@ def cmd_train(args) -> int:
               f"threads: {used.threads}")
     if result.note:
         print(f"aekit train: warning: {result.note.replace('RUN', str(out))}", file=sys.stderr)
+    if args.contamination is not None:  # a threshold for `aekit score`, as PyOD sets it
+        from .detector import Detector
+
+        det = Detector.load(out).set_contamination(ds.to_user_units(ds.x_train).numpy(), args.contamination)
+        det.save_state(out)
+        print(f"threshold {det.threshold_:.6g}: {args.contamination:g} of the training data scores above it")
     print(f"trained {name} on {ds.name}: {len(result.history)} epochs "
           f"({result.stopped}), best epoch {result.best_epoch}, val loss {result.best_val_loss:.4f}")
     print("test reconstruction: " + ", ".join(f"{k}={v:.4g}" for k, v in test.items()))
@@ -394,6 +400,83 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def _new_rows(run, path: str):
+    """The examples of a new file or folder as the run's model reads them, in the file's order, in the user's
+    units (the Detector scales them with the run's statistics): (x, ids). A table must hold the training
+    table's columns (matched by name, in any order; the label column may be absent); anything else is an
+    error naming the columns."""
+    import csv
+
+    from . import datasets
+
+    data = run.data
+    label = data.label_column if data is not None else None
+    features = data.features if data is not None else None
+    p = Path(path)
+    if p.suffix.lower() in (".csv", ".tsv", ".txt") and p.is_file() and features:
+        try:
+            with open(p, encoding="utf-8-sig", newline="") as f:
+                header = next(csv.reader([f.readline()], delimiter="\t" if p.suffix.lower() == ".tsv" else ","))
+        except (OSError, UnicodeDecodeError, csv.Error, StopIteration) as e:
+            raise ConfigError(f"{p}: cannot read the header line ({e})") from None
+        have = [h.strip() for h in header if h.strip() != label]
+        missing = [c for c in features if c not in have]
+        extra = [c for c in have if c not in features]
+        if missing or extra:
+            parts = ([f"missing {', '.join(map(repr, missing[:10]))}"] if missing else []) + \
+                ([f"not in the training table {', '.join(map(repr, extra[:10]))}"] if extra else [])
+            raise ConfigError(f"{p}: the columns do not match the training table ({'; '.join(parts)}); the run was "
+                              f"trained on {len(features)} columns: {', '.join(features[:10])}"
+                              f"{', ...' if len(features) > 10 else ''}")
+        label = label if label in [h.strip() for h in header] else None
+    else:
+        label = None if p.is_dir() or p.suffix.lower() in (".npy", ".npz") else label
+    ds = datasets.load(str(p), features=features if p.suffix.lower() in (".csv", ".tsv", ".txt") else None,
+                       label_column=label, stats=None if data is None else data.stats, val_fraction=0.0,
+                       test_fraction=0.0, shuffle=False)
+    x = ds.to_user_units(ds.x_train).numpy()
+    ids = [f.as_posix() for f in datasets.image_files(p)] if p.is_dir() else list(range(len(x)))
+    return x, ids
+
+
+def cmd_score(args) -> int:
+    from .detector import Detector
+
+    run = Run.open(args.run)
+    det = Detector.load(run.path)
+    x, ids = _new_rows(run, args.data)
+    scores = det.decision_function(x)
+    cols = {"id": ids, "score": scores}
+    if getattr(det, "calibration_scores_", None) is not None:
+        cols["p_value"] = det.predict_pvalue(x)
+    if det.threshold_ is not None:
+        cols["is_outlier"] = (scores > det.threshold_).astype(int)
+    lines = [",".join(cols)] + [",".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in row)
+                                for row in zip(*[list(c) for c in cols.values()])]
+    text = "\n".join(lines) + "\n"
+    if args.out:
+        files.atomic_write_text(args.out, text)
+        flagged = f", {int(cols['is_outlier'].sum())} flagged as outliers" if "is_outlier" in cols else \
+            " (no threshold yet: `aekit calibrate RUN --normal DATA` or `aekit train --contamination C`)"
+        print(f"scored {len(ids)} examples of {args.data} into {args.out}{flagged}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    from .detector import Detector
+
+    run = Run.open(args.run)
+    det = Detector.load(run.path)
+    x, _ = _new_rows(run, args.normal)
+    det.calibrate(x, fpr=args.fpr)
+    det.save_state(run.path)
+    print(f"calibrated {run.path} on {len(x)} normal examples of {args.normal}: threshold {det.threshold_:.6g} "
+          f"(at most {args.fpr:g} of normal data flagged); `aekit score` now writes p-values")
+    return 0
+
+
 def cmd_models(args) -> int:
     for name, cls in registry.MODELS.items():
         doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
@@ -424,6 +507,8 @@ def build_parser():
     t.add_argument("--out", help="run directory to create (default: runs/MODEL-DATASET)")
     t.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--contamination", type=float, help="anomaly detection: the share of outliers expected in the "
+                   "training data; sets the threshold `aekit score` flags with (PyOD's rule)")
     tg = t.add_argument_group("training options")
     _add_config_options(tg, [TrainConfig], show_defaults=True)
     mg = t.add_argument_group("model options (each applies to the families that define it)")
@@ -499,6 +584,17 @@ def build_parser():
     smp.add_argument("--seed", type=int, default=0, help="seed of the prior samples")
     smp.add_argument("--out", required=True, help="PNG for images, CSV/TSV for tables")
 
+    sc = sub.add_parser("score", help="anomaly scores of new data with a run's model and preprocessing (CSV)")
+    sc.add_argument("run", help="run directory (aekit train, or Detector.save)")
+    sc.add_argument("data", help="a CSV/TSV table with the training columns, a .npy/.npz array or an image folder")
+    sc.add_argument("--out", help="CSV to write: id, score, p_value (when calibrated), is_outlier (when a "
+                    "threshold is set) (default: standard output)")
+    cal = sub.add_parser("calibrate", help="threshold and p-values of a run from held-out normal data")
+    cal.add_argument("run", help="run directory (aekit train, or Detector.save)")
+    cal.add_argument("--normal", required=True, help="normal examples the model was not trained on (same formats "
+                     "as score)")
+    cal.add_argument("--fpr", type=float, default=0.01, help="the false-positive rate to hold on normal data")
+
     sub.add_parser("models", help="list the model families")
     sub.add_parser("datasets", help="list the datasets available here")
     return p
@@ -517,7 +613,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"train": cmd_train, "eval": cmd_eval, "reconstruct": cmd_reconstruct, "encode": cmd_encode,
                 "sample": cmd_sample, "models": cmd_models, "datasets": cmd_datasets,
-                "plot": cmd_plot, "report": cmd_report, "compare": cmd_compare}[args.command](args)
+                "plot": cmd_plot, "report": cmd_report, "compare": cmd_compare, "score": cmd_score,
+                "calibrate": cmd_calibrate}[args.command](args)
     except AekitError as e:
         print(f"aekit {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -176,8 +176,22 @@ class Detector(BaseEstimator):
         self.seeds_ = seeds
         self.normalization_ = norm
         self.decision_scores_ = scores
-        self._set_threshold(np.percentile(scores, 100.0 * (1.0 - float(self.contamination))),
+        self._threshold_from_contamination()
+        return self
+
+    def _threshold_from_contamination(self) -> None:
+        """PyOD's rule: the (1 - contamination) percentile of the training scores."""
+        _check_number("contamination", self.contamination, 0.0, 0.5, lo_open=True)
+        self._set_threshold(np.percentile(self.decision_scores_, 100.0 * (1.0 - float(self.contamination))),
                             float(self.contamination), "contamination")
+
+    def set_contamination(self, X_train, contamination: float):
+        """Score the data the model was trained on, ``X_train``, and set ``threshold_`` as ``fit`` does: the
+        (1 - contamination) percentile of those scores (for a detector loaded from a plain run, whose training
+        scores were never computed). Returns self."""
+        self.contamination = contamination
+        self.decision_scores_ = self.decision_function(X_train)
+        self._threshold_from_contamination()
         return self
 
     def _check_params(self) -> None:
@@ -420,17 +434,32 @@ class Detector(BaseEstimator):
             if self.history_:
                 run.write_history(self.history_)
             run.write_summary(self.summary_ or {})
-            tensors = {f"member{k}/{name}": t for k, m in enumerate(self.models_) if k
-                       for name, t in m.state_dict().items()}
-            for name in ("decision_scores", "calibration_scores"):
-                value = getattr(self, name + "_", None)
-                if value is not None:
-                    tensors[name] = torch.from_numpy(np.ascontiguousarray(value, dtype=np.float64))
-            files.save_tensors(run.path / DETECTOR_TENSORS, tensors)
-            files.write_json(run.path / DETECTOR, self._state_json())
+            self._write_state(run)
         finally:
             run.release()
         return run.path
+
+    def save_state(self, path) -> Path:
+        """Write this detector's threshold, calibration and members into the run directory ``path`` it scores
+        with (e.g. one made by ``aekit train`` and loaded with ``load``), claiming it while writing."""
+        check_is_fitted(self, "models_")
+        run = Run.open(path)
+        run.claim()
+        try:
+            self._write_state(run)
+        finally:
+            run.release()
+        return run.path
+
+    def _write_state(self, run: Run) -> None:
+        tensors = {f"member{k}/{name}": t for k, m in enumerate(self.models_) if k
+                   for name, t in m.state_dict().items()}
+        for name in ("decision_scores", "calibration_scores"):
+            value = getattr(self, name + "_", None)
+            if value is not None:
+                tensors[name] = torch.from_numpy(np.ascontiguousarray(value, dtype=np.float64))
+        files.save_tensors(run.path / DETECTOR_TENSORS, tensors)
+        files.write_json(run.path / DETECTOR, self._state_json())
 
     def _state_json(self) -> dict:
         params = {k: _plain(v) for k, v in self.get_params(deep=False).items()}

@@ -61,13 +61,13 @@ from .arrays import _load_array_file, from_arrays
 from .config import DataConfig, _check_name
 from .dataset import Dataset
 from .idx import BUILTIN_NAMES, FASHION_MNIST_DIR, _load_digits, _load_idx_dataset, available
-from .images import IMAGE_SUFFIXES, _load_image_folder
+from .images import IMAGE_SUFFIXES, _load_image_folder, image_files
 from .source import _only_for, _Source, max_data_bytes
 from .splitting import _assemble, _one_class
 from .tables import TABLE_DELIMITERS, _load_table_file
 
-__all__ = ["Dataset", "DataConfig", "load", "from_arrays", "available", "max_data_bytes", "BUILTIN_NAMES",
-           "FASHION_MNIST_DIR"]
+__all__ = ["Dataset", "DataConfig", "load", "from_arrays", "available", "max_data_bytes", "image_files",
+           "BUILTIN_NAMES", "FASHION_MNIST_DIR"]
 
 ACCEPTED = ".npy, .npz, .csv, .tsv or .txt file, or a folder of .png/.jpg/.jpeg images"
 
@@ -122,7 +122,9 @@ def load(name_or_path: str | os.PathLike | DataConfig = "digits", **options) -> 
                          data_dir=data_dir)
         spec_name = path
 
-    spec = dataclasses.replace(cfg, name_or_path=spec_name, data_dir=data_dir, normal_class=None)
+    # a table's columns by name, even when they were all taken by default: new data is matched against them
+    features = cfg.features if cfg.features is not None or not src.feature_names else tuple(src.feature_names)
+    spec = dataclasses.replace(cfg, name_or_path=spec_name, data_dir=data_dir, normal_class=None, features=features)
     ds = _assemble(src, spec)
     return ds if cfg.normal_class is None else _one_class(ds, src, spec, cfg.normal_class)
 

@@ -38,6 +38,8 @@ class DataConfig(ConfigBase):
         cli=False)
     normal_class: int | str | None = opt(
         None, "one-class training: keep only this class (index or name) in train and val")
+    shuffle: bool = opt(True, "permute the samples (with the split seed) before splitting; --no-shuffle keeps the "
+                              "source's order: the splits are consecutive blocks (scoring new data row by row)")
 
     def validate(self) -> None:
         val_fraction, test_fraction = _check_fractions(self.val_fraction, self.test_fraction)

@@ -18,7 +18,9 @@ _GRAY_MODES = {"1", "L"}
 _COLOR_MODES = {"RGB", "RGBA", "RGBX", "RGBa", "P", "PA", "LA", "CMYK", "YCbCr", "LAB", "HSV"}
 
 
-def _load_image_folder(folder: Path) -> _Source:
+def image_files(folder: str | Path) -> list[Path]:
+    """The images of a folder in the order aekit reads them (sorted relative paths; hidden files skipped)."""
+    folder = Path(folder)
     files = []
     for root, dirs, names in os.walk(folder):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
@@ -26,6 +28,11 @@ def _load_image_folder(folder: Path) -> _Source:
             if not n.startswith(".") and os.path.splitext(n)[1].lower() in IMAGE_SUFFIXES:
                 files.append(Path(root, n).relative_to(folder))
     files.sort(key=lambda r: r.as_posix())
+    return files
+
+
+def _load_image_folder(folder: Path) -> _Source:
+    files = image_files(folder)
     if not files:
         others = sorted({q.suffix.lower() for q in folder.rglob("*") if q.is_file() and q.suffix})
         hint = ""

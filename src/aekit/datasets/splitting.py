@@ -54,7 +54,7 @@ def _assemble(src: _Source, spec: DataConfig, fit_class: int | None = None) -> D
     """
     val_fraction, test_fraction, limit, stats = spec.val_fraction, spec.test_fraction, spec.limit, spec.stats
     g = torch.Generator().manual_seed(spec.seed)
-    perm = torch.randperm(len(src.x), generator=g).numpy()
+    perm = torch.randperm(len(src.x), generator=g).numpy() if spec.shuffle else np.arange(len(src.x))
     if limit is not None:
         perm = perm[:limit]
     if src.x_test is None:
@@ -66,7 +66,8 @@ def _assemble(src: _Source, spec: DataConfig, fit_class: int | None = None) -> D
         # fixed test split: validation is the last val_fraction of the permuted training set
         n_train, n_val, _ = _checked_sizes(len(perm), val_fraction, 0.0, src.what, limit)
         if limit is not None:
-            test_idx = torch.randperm(len(src.x_test), generator=g).numpy()[:limit]
+            test_idx = (torch.randperm(len(src.x_test), generator=g).numpy() if spec.shuffle
+                        else np.arange(len(src.x_test)))[:limit]
         else:
             test_idx = np.arange(len(src.x_test))
         xs = {"train": src.x[perm[:n_train]], "val": src.x[perm[n_train:]], "test": src.x_test[test_idx]}

@@ -1,0 +1,111 @@
+"""The anomaly workflow on the command line: train (--contamination), calibrate, score new rows."""
+
+import csv
+import io
+
+import numpy as np
+import pytest
+
+from aekit.run import DETECTOR
+
+FAST = ["--epochs", "30", "--latent-dim", "2", "--hidden", "16", "--quiet"]
+
+
+def one_line(code, err, *fragments):
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    for f in fragments:
+        assert f in lines[0], (f, lines[0])
+
+
+def table(rows: np.ndarray, names, label=None) -> str:
+    head = list(names) + ([] if label is None else ["kind"])
+    body = [",".join(f"{v:.5f}" for v in r) + ("" if label is None else f",{label[i]}") for i, r in enumerate(rows)]
+    return "\n".join([",".join(head), *body]) + "\n"
+
+
+@pytest.fixture(scope="module")
+def workflow(tmp_path_factory):
+    """A one-class run on a table in very different units, plus held-out normal rows and new rows."""
+    from aekit.cli import main
+
+    d = tmp_path_factory.mktemp("score")
+    rng = np.random.default_rng(0)
+    scale, shift = np.array([1.0, 10.0, 100.0, 0.1]), np.array([0.0, 5.0, -50.0, 1.0])
+
+    def normal(n):
+        z = rng.normal(size=(n, 2))
+        return np.c_[z, z @ [[1.0, 0.5], [0.3, -1.0]]] * scale + shift  # 2-dimensional structure in 4 columns
+
+    train = np.concatenate([normal(400), rng.normal(size=(40, 4)) * scale * 4 + shift])
+    (d / "train.csv").write_text(table(train, "abcd", ["normal"] * 400 + ["odd"] * 40))
+    (d / "held_out.csv").write_text(table(normal(300), "abcd"))
+    new = np.concatenate([normal(50), rng.normal(size=(10, 4)) * scale * 4 + shift])
+    (d / "new.csv").write_text(table(new[:, [2, 0, 3, 1]], "cadb"))  # the columns in another order, no label
+    code = main(["train", "ae", "--dataset", str(d / "train.csv"), "--label-column", "kind", "--normal-class",
+                 "normal", *FAST, "--contamination", "0.05", "--out", str(d / "run")])
+    assert code == 0
+    return d
+
+
+def read_scores(text: str) -> list[dict]:
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def test_train_with_contamination_sets_a_threshold_and_score_flags_the_outliers(cli, workflow):
+    assert (workflow / "run" / DETECTOR).exists()
+    code, out, err = cli("score", workflow / "run", workflow / "new.csv")
+    assert code == 0, err
+    rows = read_scores(out)
+    assert list(rows[0]) == ["id", "score", "is_outlier"] and [r["id"] for r in rows] == [str(i) for i in range(60)]
+    scores = np.array([float(r["score"]) for r in rows])
+    assert scores[50:].min() > np.median(scores[:50])  # the planted outliers score above the normal rows
+    assert sum(int(r["is_outlier"]) for r in rows[50:]) >= 8
+
+
+def test_calibrate_then_score_writes_p_values(cli, workflow, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(workflow / "run", run)
+    code, out, err = cli("calibrate", run, "--normal", workflow / "held_out.csv", "--fpr", "0.05")
+    assert code == 0 and "calibrated" in out, err
+    code, out, err = cli("score", run, workflow / "new.csv", "--out", tmp_path / "s.csv")
+    assert code == 0 and "60 examples" in out, err
+    rows = read_scores((tmp_path / "s.csv").read_text())
+    assert list(rows[0]) == ["id", "score", "p_value", "is_outlier"]
+    p = np.array([float(r["p_value"]) for r in rows])
+    assert np.all((p > 0) & (p <= 1)) and p[50:].max() < np.median(p[:50])
+    code, out, err = cli("calibrate", run, "--normal", workflow / "held_out.csv", "--fpr", "0.001")
+    one_line(code, err, "too few", "999")  # 300 rows cannot bound a rate of 0.001
+
+
+def test_columns_that_do_not_match_are_named(cli, workflow, tmp_path):
+    text = (workflow / "new.csv").read_text().splitlines()
+    (tmp_path / "missing.csv").write_text("\n".join(",".join(r.split(",")[:3]) for r in text) + "\n")
+    one_line(*cli("score", workflow / "run", tmp_path / "missing.csv")[::2], "missing 'b'")
+    (tmp_path / "extra.csv").write_text("\n".join(r + ("," + ("e" if i == 0 else "1")) for i, r in enumerate(text)))
+    one_line(*cli("score", workflow / "run", tmp_path / "extra.csv")[::2], "not in the training table 'e'")
+
+
+def test_bad_rows_and_files_are_one_line(cli, workflow, tmp_path):
+    text = (workflow / "new.csv").read_text().splitlines()
+    text[3] = "nan,1,2,3"
+    (tmp_path / "nan.csv").write_text("\n".join(text) + "\n")
+    one_line(*cli("score", workflow / "run", tmp_path / "nan.csv")[::2], "NaN")
+    (tmp_path / "empty.csv").write_text("")
+    one_line(*cli("score", workflow / "run", tmp_path / "empty.csv")[::2], "empty")
+    one_line(*cli("score", workflow / "run", tmp_path / "none.csv")[::2], "none.csv")
+
+
+def test_score_images_without_a_threshold_and_with_one(cli, tmp_path, digits):
+    code, _, err = cli("train", "ae", "--normal-class", "0", "--epochs", "3", "--latent-dim", "4", "--hidden", "32",
+                       "--quiet", "--out", tmp_path / "r")
+    assert code == 0, err
+    np.save(tmp_path / "x.npy", digits.x_test[:20, 0].numpy())
+    code, out, err = cli("score", tmp_path / "r", tmp_path / "x.npy")
+    assert code == 0, err
+    rows = read_scores(out)
+    assert len(rows) == 20 and list(rows[0]) == ["id", "score"]
+    code, out, err = cli("score", tmp_path / "r", tmp_path / "x.npy", "--out", tmp_path / "s.csv")
+    assert code == 0 and "no threshold yet" in out, err
