@@ -20,7 +20,7 @@ from .metrics import evaluate  # noqa: E402
 from .registry import MODELS  # noqa: E402
 from .registry import build as _build  # noqa: E402
 from .registry import build_for as _build_for  # noqa: E402
-from .run import Run, load  # noqa: E402
+from .run import Run, load, save  # noqa: E402
 from .trainer import FitResult, fit  # noqa: E402
 
 
@@ -44,7 +44,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "__version__", "datasets", "metrics", "build", "fit", "load", "evaluate", "Run", "TrainConfig", "DataConfig",
+    "__version__", "datasets", "metrics", "build", "fit", "load", "save", "evaluate", "Run", "TrainConfig", "DataConfig",
     "FitResult", "MODELS", "Detector",
     "AekitError", "ConfigError", "DataError", "RunError", "TrainingDiverged",
 ]
