@@ -44,7 +44,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "__version__", "datasets", "metrics", "build", "fit", "load", "save", "evaluate", "Run", "TrainConfig", "DataConfig",
-    "FitResult", "MODELS", "Detector",
+    "__version__", "datasets", "metrics", "build", "fit", "load", "save", "evaluate", "Run", "TrainConfig",
+    "DataConfig", "FitResult", "MODELS", "Detector",
     "AekitError", "ConfigError", "DataError", "RunError", "TrainingDiverged",
 ]
