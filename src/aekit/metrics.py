@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .arraylike import map_rows
 from .config import check_seed
 from .errors import ConfigError, DataError
 from .models.base import Autoencoder
@@ -70,24 +71,23 @@ def _batched(fn, tensors: list[Tensor | None], batch_size: int, device) -> list:
     return outs
 
 
-@torch.no_grad()
-def reconstructions(model: Autoencoder, x: Tensor, y: Tensor | None = None, batch_size: int = 1024) -> Tensor:
-    """model.reconstruct over x in batches. (N, *shape) -> (N, *shape), on x's device."""
-    model.check_input(x)
-    if x.shape[0] == 0:
-        return x.new_zeros(x.shape)
-    outs = _batched(model.reconstruct, [x, y], batch_size, model.device)
-    return torch.cat(outs).to(x.device)
+def _by_rows(model: Autoencoder, fn, x, y, batch_size: int):
+    """fn(xb, yb) over batches of x (a tensor, numpy array or list) in the model's dtype on its device, without
+    autograd; the result of x's kind: a tensor on x's device, or numpy (rules: aekit.arraylike)."""
+    return map_rows(fn, x, y, dtype=model.dtype, device=model.device, batch_size=batch_size,
+                    check=model.check_values)
 
 
-@torch.no_grad()
-def codes(model: Autoencoder, x: Tensor, y: Tensor | None = None, batch_size: int = 1024) -> Tensor:
-    """Deterministic codes model.encode(x) in batches. (N, *shape) -> (N, K), on x's device."""
-    model.check_input(x)
-    if x.shape[0] == 0:
-        return x.new_zeros((0, model.latent_dim))
-    outs = _batched(model.encode, [x, y], batch_size, model.device)
-    return torch.cat(outs).to(x.device)
+def reconstructions(model: Autoencoder, x, y=None, batch_size: int = 1024):
+    """model.reconstruct over x in batches. (N, *shape) -> (N, *shape): a tensor on x's device, or numpy
+    for numpy arrays and lists."""
+    return _by_rows(model, model.reconstruct, x, y, batch_size)
+
+
+def codes(model: Autoencoder, x, y=None, batch_size: int = 1024):
+    """Deterministic codes model.encode(x) in batches. (N, *shape) -> (N, K): a tensor on x's device, or
+    numpy for numpy arrays and lists."""
+    return _by_rows(model, model.encode, x, y, batch_size)
 
 
 def _labels_for(model: Autoencoder, y: Tensor | None) -> Tensor | None:
@@ -266,24 +266,26 @@ def representation_metrics(model: Autoencoder, dataset, split: str = "test", *, 
 # Anomaly detection
 
 
-@torch.no_grad()
-def anomaly_scores(model: Autoencoder, x: Tensor, y: Tensor | None = None, *, mc_samples: int = 10,
-                   seed: int = 0, batch_size: int = 1024) -> dict[str, Tensor]:
-    """Per-example anomaly scores (higher = more anomalous), each (N,):
+def anomaly_scores(model: Autoencoder, x, y=None, *, mc_samples: int = 10, seed: int = 0,
+                   batch_size: int = 1024) -> dict:
+    """Per-example anomaly scores (higher = more anomalous), each (N,), tensors on x's device (numpy for
+    numpy arrays and lists):
 
     - ``recon_error``: sum of squared errors of the reconstruction, sum_d (x_d - x_hat_d)^2;
     - ``neg_elbo`` (probabilistic models): -ELBO(x) in nats, averaged over ``mc_samples`` samples of q(z|x).
 
     ``y``: labels handed to models that need them (e.g. the normal class for a conditional model).
     """
-    y = _labels_for(model, y)
-    out = {"recon_error": sse_per_example(x, reconstructions(model, x, y, batch_size))}
-    if model.capabilities.probabilistic and x.shape[0]:
-        g = torch.Generator(device=model.device).manual_seed(seed)
-        parts = _batched(lambda xb, yb: model.elbo(xb, yb, mc_samples=mc_samples, generator=g)["elbo"],
-                         [x, y], batch_size, model.device)
-        out["neg_elbo"] = -torch.cat(parts).to(x.device)
-    return out
+    probabilistic = model.capabilities.probabilistic
+    g = torch.Generator(device=model.device).manual_seed(seed) if probabilistic else None
+
+    def scores(xb: Tensor, yb: Tensor | None) -> dict[str, Tensor]:
+        out = {"recon_error": sse_per_example(xb, model.reconstruct(xb, yb))}
+        if probabilistic:
+            out["neg_elbo"] = -model.elbo(xb, yb, mc_samples=mc_samples, generator=g)["elbo"]
+        return out
+
+    return _by_rows(model, scores, x, _labels_for(model, y), batch_size)
 
 
 def detection_metrics(scores, is_anomaly) -> tuple[float, float]:

@@ -80,6 +80,10 @@ class AE(Autoencoder):
         self.likelihood = build_likelihood(cfg)
 
     def encode(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        return self._encode(x)
+
+    def _encode(self, x: Tensor) -> Tensor:
+        """The code h = f(x), (B, *shape) -> (B, K), for tensors only: what the training objective calls."""
         self.check_input(x)
         return self.encoder(x)
 
@@ -89,7 +93,7 @@ class AE(Autoencoder):
 
     def encode_with_penalty(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """Code and weighted penalties (scalars) added to the loss. Default: no penalty."""
-        return self.encode(x), {}
+        return self._encode(x), {}
 
     def forward(self, x: Tensor, y: Tensor | None = None) -> Output:
         x_in = self.corrupt(x) if self.training else x

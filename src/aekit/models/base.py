@@ -23,10 +23,21 @@ and the update phases: corruption, annealing, projection estimates). Every other
 reconstruct and the evaluation methods of the families, gives the same result in either mode, so
 evaluation never flips the flag of a model another thread may be using. Methods that draw random numbers
 outside the training objective take a ``generator``; evaluation always passes one.
+
+Arrays: the public methods that read data or codes (``ARRAY_METHODS``: encode, decode, reconstruct, and
+the VAE family's elbo and log_likelihood) also take numpy arrays, lists and tensors of any dtype on any
+device, and answer in the kind they were given (the rules are in aekit.arraylike). A family writes these
+methods for tensors of the model's dtype on its device, as the contract says; ``__init_subclass__`` wraps
+each definition once, as scikit-learn's set_output wraps ``transform``. Such a tensor goes straight to the
+family's own code (a type, dtype and device check is all the wrapper adds), so the training objectives,
+which call encode internally, keep their speed and their gradients; a tensor is differentiable as with any
+nn.Module, while a numpy array or a list is run in batches without autograd and returned as numpy.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -35,6 +46,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from .. import arraylike
 from ..config import ModelConfig
 from ..errors import ConfigError, DataError
 
@@ -61,6 +73,54 @@ class Capabilities:
         return self.conditional or self.needs_labels
 
 
+# The public methods whose first argument is data x (True) or codes z (False): each family's definition of
+# them also takes arrays (see the module docstring and aekit.arraylike).
+ARRAY_METHODS = {"encode": True, "decode": False, "reconstruct": True, "elbo": True, "log_likelihood": True}
+
+
+def accepts_arrays(fn: Callable, data: bool) -> Callable:
+    """fn(self, x, y=None, ...) written for tensors of the model's dtype on its device, made to take what a
+    Python user holds. Such tensors take the direct call; other tensors are converted (differentiably) and
+    the result returned on their device in their dtype; arrays and lists run in batches without autograd and
+    come back as numpy. ``data``: x is data (checked for integers outside the model's range), not codes."""
+    signature = inspect.signature(fn)
+    first = list(signature.parameters)[1]
+
+    @functools.wraps(fn)
+    def method(self, *args, **kwargs):
+        x = args[0] if args else kwargs.get(first)
+        if isinstance(x, Tensor):  # the hot path: the training objectives come through here
+            p = next(self.parameters())
+            y = args[1] if len(args) > 1 else kwargs.get("y")
+            if x.dtype == p.dtype and x.device == p.device and (y is None or isinstance(y, Tensor)
+                                                                and y.device == p.device):
+                return fn(self, *args, **kwargs)
+        bound = signature.bind(self, *args, **kwargs)
+        if x is None:
+            return fn(*bound.args, **bound.kwargs)  # the family's own error for a missing input
+
+        def call(xb: Tensor, yb: Tensor | None):
+            bound.arguments[first], bound.arguments["y"] = xb, yb
+            return fn(*bound.args, **bound.kwargs)
+
+        p = next(self.parameters())
+        how = {"dtype": p.dtype, "device": p.device, "check": self.check_values if data else None}
+        y = bound.arguments.get("y")
+        if isinstance(x, Tensor):
+            return arraylike.call_converted(call, x, y, **how)
+        return arraylike.map_rows(call, x, y, **how)
+
+    method.accepts_arrays = True
+    return method
+
+
+def _wrap_array_methods(cls: type) -> None:
+    for name, data in ARRAY_METHODS.items():
+        fn = cls.__dict__.get(name)
+        if callable(fn) and not getattr(fn, "accepts_arrays", False):
+            setattr(cls, name, accepts_arrays(fn, data))
+
+
 class Autoencoder(nn.Module):
     """Base class. Subclasses set ``Config`` and ``capabilities`` and implement encode / decode_params / forward."""
 
@@ -75,6 +135,10 @@ class Autoencoder(nn.Module):
             raise ConfigError(f"model {self.name} needs a {self.Config.__name__}, got {type(config).__name__}")
         self.config = config.resolved()  # saved as it is: every automatic value explicit
         self.capabilities = type(self).capabilities_for(self.config)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        _wrap_array_methods(cls)  # a family's encode, decode, ... take arrays too
 
     @classmethod
     def capabilities_for(cls, config: ModelConfig) -> Capabilities:
@@ -140,6 +204,14 @@ class Autoencoder(nn.Module):
             raise DataError(f"{what} has samples of shape {tuple(x.shape[1:])}, but model {self.name} was built for "
                             f"input shape {shape}; use data of that shape (the data the model was trained on)")
 
+    def check_values(self, x) -> None:
+        """Integer data are exact values, never rescaled: refused where they cannot be the model's data."""
+        extent = arraylike.integer_extent(x)
+        if extent and self.config.likelihood == "bernoulli" and (extent[0] < 0 or extent[1] > 1):
+            raise DataError(f"model {self.name} reads data in [0, 1] (likelihood bernoulli), but got integers "
+                            f"{extent[0]}..{extent[1]}; integers are taken as exact values, so scale them first "
+                            "(e.g. x / 255 for 8-bit images)")
+
     def condition(self, y: Tensor | None) -> Tensor | None:
         """The conditioning vector for the networks: None for unconditional models."""
         return None
@@ -155,6 +227,14 @@ class Autoencoder(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the parameters: the dtype inputs are converted to."""
+        return next(self.parameters()).dtype
+
+
+_wrap_array_methods(Autoencoder)
 
 
 def class_labels(n: int, y, num_classes: int, model: str, device) -> Tensor:

@@ -68,7 +68,7 @@ class SAE(AE):
     diagnostic_functions = {**AE.diagnostic_functions, "sparsity": sparsity_metrics}
 
     def encode_with_penalty(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        h = self.encode(x)
+        h = self._encode(x)
         c = self.config
         if c.sparsity == "l1":
             return h, {"l1": c.sparsity_weight * l1_activity(h).mean()}
