@@ -160,3 +160,10 @@ def test_save_writes_a_run_that_load_and_the_commands_read(cli, tmp_path, digits
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), back.state_dict().values()))
     code, out, err = cli("eval", tmp_path / "m", "--json")
     assert code == 0 and "mse" in json.loads(out), err
+
+
+def test_an_old_aae_run_evaluates_but_cannot_resume_its_old_phases(cli, old):
+    """The AAE's parameter groups changed after 0.1.0 (the autoencoder phase trains the decoder only)."""
+    code, err = cli("train", "--resume", old / "aae-digits-supervised", "--epochs", "2", "--quiet")[::2]
+    one_line_error(code, err, "optimizer state", "can be evaluated but not resumed")
+    assert cli("eval", old / "aae-digits-supervised")[0] == 0

@@ -158,7 +158,11 @@ def _fit(model, ds, cfg: TrainConfig, run: Run | None, quiet: bool, name: str, d
         model.load_state_dict(ck.model)
         best_state = {k: v.to(device) for k, v in ck.best.items()}
         for g, o in opts.items():
-            o.load_state_dict(ck.optimizers[g])
+            try:
+                o.load_state_dict(ck.optimizers[g])
+            except (KeyError, ValueError) as e:  # e.g. a family whose parameter groups changed since the run began
+                raise RunError(f"{run.path}: the checkpoint's optimizer state for parameter group {g!r} does not "
+                               f"match this aekit's {name} ({e}); the run can be evaluated but not resumed") from None
         torch.set_rng_state(ck.rng["torch"])
         gen.set_state(ck.rng["gen"])
         if "cuda" in ck.rng:
