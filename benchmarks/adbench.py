@@ -1,0 +1,553 @@
+"""ADBench's unsupervised protocol, aekit side by side with pyod. Not part of the test suite.
+
+    python benchmarks/adbench.py DATA_DIR [--seeds 1,2,3] [--methods aekit-joint,iforest,...] [--sets A,B] [--jobs 2]
+
+DATA_DIR is a folder of ADBench-format ``.npz`` files (``X`` (n, d) features, ``y`` (n,) with 1 = anomaly),
+e.g. a copy of ADBench's ``adbench/datasets/Classical`` folder; aekit bundles none of them.
+
+The protocol is ADBench's (Minqi824/ADBench, ``datasets/data_generator.py`` and ``run.py``, unsupervised
+setting), reproduced here call for call so that numpy's global random stream is consumed in the same order:
+
+- seeds 1, 2, 3; for each, ``np.random.seed(seed)`` (and ``random.seed``, ``torch.manual_seed``);
+- a set under 1000 rows is resampled with replacement to 1000 rows (after re-seeding), one over 10000 rows
+  is subsampled without replacement to 10000 (after re-seeding);
+- ``train_test_split(X, y, test_size=0.3, shuffle=True, stratify=y)`` with numpy's global random state;
+- ``MinMaxScaler`` fitted on the train split, applied to both;
+- the labels of the train split are hidden (unsupervised): every detector is fitted on the contaminated
+  train split with its default settings, after ``np.random.seed(seed)`` again (ADBench's ``PYOD.fit``);
+- test AUROC (``roc_auc_score``), averaged over the seeds; fit and score wall times per (set, seed).
+
+aekit's methods: ``aekit-joint`` (the configuration this benchmark selected, ``StandInDetector`` below, written
+with aekit's public training API), ``aekit`` (``aekit.Detector()`` with the defaults of the commit measured)
+and ``aekit-ae`` (the plain autoencoder with the library's defaults, reconstruction error as the score).
+
+Every (method, set) is one subprocess that runs all seeds and prints one ``BENCH_RESULT {json}`` line, as the
+other benchmarks' side scripts do: aekit's methods run in this interpreter's environment (this file with
+``--side``), pyod's in ``benchmarks/.venvs/pyod-adbench`` (torch 2.13.0, then the pinned pyod), created on
+first use. Each subprocess uses 1 torch / BLAS thread; ``--jobs 2`` runs two at once (faster, noisier
+times). Methods of one set run back to back, so the load of a shared machine falls on all of them alike.
+
+Results: a per-set table, the mean AUROC, the mean rank (rank 1 = best on a set, ties averaged) and the mean
+fit+score seconds per (set, seed) of each method, printed and written to ``benchmarks/RESULTS_adbench.md``
+and ``benchmarks/RESULTS_adbench.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import random
+import shlex
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+VENVS = HERE / ".venvs"
+LOGS = HERE / ".cache" / "logs" / "adbench"
+RESULTS_JSON = HERE / "RESULTS_adbench.json"
+RESULTS_MD = HERE / "RESULTS_adbench.md"
+RESULT_PREFIX = "BENCH_RESULT "
+TORCH_PIN = "torch==2.13.0"
+PYOD_VENV = "pyod-adbench"
+# pyod's deep detectors import tqdm without declaring it
+PYOD_REQS = ["pyod==3.6.7", "tqdm"]
+SEEDS = (1, 2, 3)
+N_MIN, N_MAX, TEST_SIZE = 1000, 10000, 0.3
+
+
+# --------------------------------------------------------------------------------------------------
+# The protocol (numpy + scikit-learn only: it runs in every environment)
+
+
+def _set_seed(seed: int) -> None:
+    """ADBench's Utils.set_seed without TensorFlow: numpy's and Python's global generators (and torch's)."""
+    np.random.seed(seed)
+    random.seed(seed)
+    if "torch" in sys.modules:
+        sys.modules["torch"].manual_seed(seed)
+
+
+def load_set(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(path, allow_pickle=False) as d:
+        return np.asarray(d["X"]), np.asarray(d["y"])
+
+
+def protocol_split(X: np.ndarray, y: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+    """ADBench's DataGenerator.generator(la=0.0, at_least_one_labeled=True) for a classical set and ``seed``.
+
+    Returns X_train, X_test (float64, min-max scaled with the train split's range), y_train (all 0: the
+    labels are hidden), y_test, and y_train_true (the hidden labels; only for describing the data).
+    """
+    from sklearn.model_selection import train_test_split
+    from sklearn.preprocessing import MinMaxScaler
+
+    _set_seed(seed)
+    if len(y) < N_MIN:
+        _set_seed(seed)
+        idx = np.random.choice(np.arange(len(y)), N_MIN, replace=True)
+        X, y = X[idx], y[idx]
+    if len(y) > N_MAX:
+        _set_seed(seed)
+        idx = np.random.choice(np.arange(len(y)), N_MAX, replace=False)
+        X, y = X[idx], y[idx]
+    X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=TEST_SIZE, shuffle=True, stratify=y)
+    scaler = MinMaxScaler().fit(X_train)
+    X_train, X_test = scaler.transform(X_train), scaler.transform(X_test)
+    return {"X_train": X_train, "X_test": X_test, "y_train": np.zeros_like(y_train), "y_test": y_test,
+            "y_train_true": y_train}
+
+
+def split_fingerprint(split: dict[str, np.ndarray]) -> str:
+    """A short digest of a split, so that every side can show it scored the very same data."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for k in ("X_train", "X_test", "y_test"):
+        h.update(np.ascontiguousarray(split[k], dtype=np.float64).tobytes())
+    return h.hexdigest()[:12]
+
+
+# --------------------------------------------------------------------------------------------------
+# aekit's side
+
+
+class StandInDetector:
+    """aekit's anomaly detector as chosen by this benchmark, written with aekit's public training API; the
+    benchmark uses it when ``aekit.Detector`` does not exist yet.
+
+    fit(X): inputs standardized with X's mean and std (``aekit.datasets.from_arrays``, 10% held out to pick the
+    best epoch); an ``ae`` (MLP D-64-64-16-64-64-D, ReLU, linear code, Gaussian likelihood: squared error) trained with
+    Adam (lr 1e-3, batch 128) for about ``steps`` optimizer steps (epochs = round(steps / batches per epoch),
+    at least 1). Then the statistics of the score, on the whole of X: the codes z = f(x) and the residuals
+    r = x - g(f(x)) (standardized units) give a Gaussian for the codes (mean, covariance with a ridge of 1e-3 x
+    its mean variance) and a standard deviation per feature for the residuals (at least 1e-3). The score is
+
+        score(x) = (z - mu)' S^-1 (z - mu) + sum_d (r_d / sigma_d)^2
+
+    i.e. -2 log p(x) up to a constant under "code ~ N(mu, S), x | code ~ N(g(code), diag sigma^2)": distance in
+    code space plus the reconstruction error of each feature in units of its typical error. The statistics are
+    robust to the anomalies of the train data: they are refitted ``concentration`` times on the (1 - trim)
+    share of X with the lowest score.
+    """
+
+    def __init__(self, model: str = "ae", latent_dim: int = 16, hidden=(64, 64), steps: int = 150, trim: float = 0.2,
+                 concentration: int = 3, batch_size: int = 128, lr: float = 1e-3, val_fraction: float = 0.1,
+                 random_state: int | None = None):
+        self.model, self.latent_dim, self.hidden, self.steps = model, latent_dim, list(hidden), steps
+        self.trim, self.concentration, self.batch_size, self.lr = trim, concentration, batch_size, lr
+        self.val_fraction, self.random_state = val_fraction, random_state
+
+    def _outputs(self, X):
+        import torch
+
+        x = (torch.as_tensor(np.asarray(X), dtype=torch.float32) - self.mean_) / self.std_
+        with torch.no_grad():
+            z = self.net_.encode(x)
+            r = x - self.net_.reconstruct(x)
+        return z.double().numpy(), r.double().numpy()
+
+    def _score(self, z, r):
+        d = z - self.mu_
+        return np.einsum("ij,jk,ik->i", d, self.prec_, d) + ((r / self.sigma_) ** 2).sum(1)
+
+    def _fit_stats(self, z, r):
+        self.mu_ = z.mean(0)
+        cov = np.atleast_2d(np.cov(z - self.mu_, rowvar=False))
+        k = cov.shape[0]
+        cov = cov + (1e-3 * np.trace(cov) / k + 1e-12) * np.eye(k)
+        self.prec_ = np.linalg.pinv(cov)
+        self.sigma_ = np.maximum(r.std(0), 1e-3)
+
+    def fit(self, X, y=None):
+        import aekit
+
+        seed = 0 if self.random_state is None else int(self.random_state)
+        X = np.asarray(X, dtype=np.float64)
+        ds = aekit.datasets.from_arrays(X, kind="table", val_fraction=self.val_fraction, test_fraction=0.0,
+                                        seed=seed)
+        self.mean_, self.std_ = ds.mean, ds.std
+        self.net_ = aekit.build(self.model, dataset=ds, seed=seed, latent_dim=self.latent_dim, hidden=self.hidden)
+        per_epoch = max(1, -(-len(ds.x_train) // self.batch_size))
+        epochs = max(1, round(self.steps / per_epoch))
+        aekit.fit(self.net_, ds, aekit.TrainConfig(epochs=epochs, batch_size=self.batch_size, lr=self.lr,
+                                                  seed=seed), quiet=True)
+        z, r = self._outputs(X)
+        self._fit_stats(z, r)
+        for _ in range(self.concentration):
+            s = self._score(z, r)
+            keep = s <= np.quantile(s, 1.0 - self.trim)
+            self._fit_stats(z[keep], r[keep])
+        self.decision_scores_ = self._score(z, r)
+        return self
+
+    def decision_function(self, X):
+        return self._score(*self._outputs(X))
+
+
+def plain_ae_scores(X_train: np.ndarray, X_test: np.ndarray, seed: int) -> np.ndarray:
+    """aekit's plain autoencoder with the library's defaults: ``build("ae")`` (MLP D-256-16-256-D, ReLU, Gaussian
+    likelihood for tables), ``TrainConfig(epochs=20, batch 128, Adam 1e-3)``, 10% of the train split held out
+    for the best-epoch choice, inputs standardized with the train split's mean and std; the score is the
+    reconstruction error (sum of squares over the standardized features)."""
+    import torch
+
+    import aekit
+
+    ds = aekit.datasets.from_arrays(X_train, kind="table", val_fraction=0.1, test_fraction=0.0, seed=seed)
+    model = aekit.build("ae", dataset=ds, seed=seed)
+    aekit.fit(model, ds, aekit.TrainConfig(epochs=20, seed=seed), quiet=True)
+    x = ((torch.from_numpy(X_test).float() - ds.mean) / ds.std).float()
+    return aekit.metrics.anomaly_scores(model, x)["recon_error"].numpy()
+
+
+def aekit_side(method: str, set_path: str, seeds: list[int]) -> None:
+    sys.path.insert(0, str(HERE / "peers"))
+    import torch
+    from _common import Timer, emit, stdout_to_stderr
+
+    torch.set_num_threads(1)
+    from sklearn.metrics import roc_auc_score
+
+    import aekit
+
+    X, y = load_set(set_path)
+    runs, which = [], None
+    for seed in seeds:
+        d = protocol_split(X, y, seed)
+        _set_seed(seed)
+        with stdout_to_stderr():
+            if method in ("aekit", "aekit-joint"):
+                if method == "aekit" and hasattr(aekit, "Detector"):
+                    which = "aekit.Detector() with its defaults, random_state=seed"
+                    det = aekit.Detector(random_state=seed)
+                else:
+                    which = "StandInDetector() (this file: the selected configuration), random_state=seed"
+                    det = StandInDetector(random_state=seed)
+                with Timer() as tf:
+                    det.fit(d["X_train"])
+                with Timer() as ts:
+                    scores = np.asarray(det.decision_function(d["X_test"]), dtype=np.float64)
+            elif method == "aekit-ae":
+                which = "plain ae with aekit's defaults (reconstruction error)"
+                with Timer() as tf:  # training and scoring are one call here: all of it counts as fit
+                    scores = plain_ae_scores(d["X_train"], d["X_test"], seed)
+                ts = Timer()
+                ts.seconds = 0.0
+            else:
+                raise SystemExit(f"unknown aekit method {method!r}")
+        runs.append({"seed": seed, "auroc": float(roc_auc_score(d["y_test"], scores)), "fit_seconds": tf.seconds,
+                     "score_seconds": ts.seconds, "split": split_fingerprint(d)})
+    emit({"method": method, "set": Path(set_path).stem, "runs": runs, "aekit": aekit.__version__, "detector": which})
+
+
+# --------------------------------------------------------------------------------------------------
+# The harness
+
+AEKIT_METHODS = ("aekit-joint", "aekit", "aekit-ae")
+PYOD_METHODS = ("iforest", "ecod", "pca", "pyod-ae", "pyod-vae")
+METHODS = AEKIT_METHODS + PYOD_METHODS
+LABELS = {"aekit-joint": "aekit joint score (selected)", "aekit": "aekit.Detector()", "aekit-ae": "aekit plain ae",
+          "iforest": "pyod IForest", "ecod": "pyod ECOD", "pca": "pyod PCA",
+          "pyod-ae": "pyod AutoEncoder", "pyod-vae": "pyod VAE"}
+
+
+def ensure_pyod(log) -> tuple[Path | None, str]:
+    """benchmarks/.venvs/pyod-adbench's python, created on first use: torch 2.13.0 first, then pinned pyod."""
+    venv = VENVS / PYOD_VENV
+    py = venv / "bin" / "python"
+    marker = venv / ".bench-installed"
+    want = "\n".join([TORCH_PIN, *PYOD_REQS])
+    if py.exists() and marker.exists() and marker.read_text() == want:
+        return py, "ok"
+    print(f"[setup] installing pyod into {venv.relative_to(HERE.parent)} ...", flush=True)
+    if not py.exists():
+        p = subprocess.run([sys.executable, "-m", "venv", str(venv)], stdout=log, stderr=subprocess.STDOUT)
+        if p.returncode != 0 or not py.exists():
+            return None, f"could not create the virtual environment (python -m venv exited {p.returncode})"
+    for reqs in ([TORCH_PIN], PYOD_REQS):
+        cmd = [str(py), "-m", "pip", "install", "--quiet", *reqs]
+        log.write(f"$ {shlex.join(cmd)}\n")
+        log.flush()
+        p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        log.write(p.stdout)
+        if p.returncode != 0:
+            lines = [ln for ln in p.stdout.splitlines() if ln.strip() and not ln.startswith("WARNING: Location")]
+            return None, f"pip install {' '.join(reqs)} failed: {lines[-1] if lines else p.returncode}"
+    check = subprocess.run([str(py), "-c", "import torch, pyod; print(torch.__version__)"], capture_output=True,
+                           text=True)
+    if check.returncode != 0 or not check.stdout.startswith(TORCH_PIN.split("==")[1]):
+        return None, f"installed, but torch/pyod do not import as pinned: {check.stdout.strip() or check.stderr[-200:]}"
+    marker.write_text(want)
+    return py, "ok"
+
+
+def versions(py: Path, names: list[str]) -> dict[str, str]:
+    code = "import importlib.metadata as m, json, sys; print(json.dumps({d: m.version(d) for d in sys.argv[1:]}))"
+    p = subprocess.run([str(py), "-c", code, *names], capture_output=True, text=True)
+    return json.loads(p.stdout) if p.returncode == 0 else {}
+
+
+def side_env() -> dict[str, str]:
+    env = dict(os.environ)
+    for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        env[k] = "1"
+    env["AEKIT_BENCH_THREADS"] = "1"
+    env["PYTHONWARNINGS"] = "ignore"
+    return env
+
+
+def run_one(method: str, set_path: Path, seeds: list[int], pyod_py: Path | None, timeout: float) -> dict:
+    if method in AEKIT_METHODS:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--side", method, str(set_path)]
+    else:
+        cmd = [str(pyod_py), str(HERE / "peers" / "pyod_adbench_side.py"), method, str(set_path)]
+    cmd += ["--seeds", ",".join(map(str, seeds))]
+    LOGS.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with open(LOGS / f"{set_path.stem}.{method}.log", "w") as log:
+        log.write(f"$ {shlex.join(cmd)}\n")
+        log.flush()
+        try:
+            p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=side_env(), timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return {"error": f"timed out after {timeout:.0f} s", "wall_seconds": time.perf_counter() - t0}
+    wall = time.perf_counter() - t0
+    for ln in p.stdout.splitlines():
+        if ln.startswith(RESULT_PREFIX):
+            res = json.loads(ln[len(RESULT_PREFIX):])
+            res["wall_seconds"] = wall
+            return res
+    return {"error": f"exit status {p.returncode}, no result line (see {LOGS / f'{set_path.stem}.{method}.log'})",
+            "wall_seconds": wall}
+
+
+def mean_ranks(table: dict[str, dict[str, float]], methods: list[str]) -> dict[str, float]:
+    """Mean over sets of each method's rank on the set (1 = highest AUROC; ties share the mean rank)."""
+    from scipy.stats import rankdata
+
+    ranks = {m: [] for m in methods}
+    for row in table.values():
+        if not all(np.isfinite(row.get(m, np.nan)) for m in methods):
+            continue
+        r = rankdata([-row[m] for m in methods])
+        for m, v in zip(methods, r):
+            ranks[m].append(float(v))
+    return {m: float(np.mean(v)) if v else float("nan") for m, v in ranks.items()}
+
+
+def summarize(results: dict[str, dict[str, dict]], methods: list[str], sets: list[str]) -> dict:
+    """Per-set mean AUROC (x100) over seeds, means over sets, mean ranks, mean seconds per (set, seed)."""
+    table, secs, problems = {}, {m: [] for m in methods}, []
+    for s in sets:
+        table[s] = {}
+        prints = {}
+        for m in methods:
+            r = results[s].get(m, {})
+            if "error" in r or not r.get("runs"):
+                table[s][m] = float("nan")
+                problems.append(f"{s} / {m}: {r.get('error', 'no result')}")
+                continue
+            a = [x["auroc"] for x in r["runs"]]
+            table[s][m] = 100.0 * float(np.mean(a)) if all(np.isfinite(a)) else float("nan")
+            secs[m] += [x["fit_seconds"] + x["score_seconds"] for x in r["runs"]]
+            for x in r["runs"]:
+                prints.setdefault(x["seed"], set()).add(x["split"])
+            for x in r["runs"]:
+                if x.get("nonfinite"):
+                    problems.append(f"{s} / {m} seed {x['seed']}: {x['nonfinite']} non-finite scores ({x['note']})")
+        for seed, fp in prints.items():
+            if len(fp) > 1:
+                problems.append(f"{s} seed {seed}: the methods saw different splits ({sorted(fp)})")
+    complete = [s for s in sets if all(np.isfinite(table[s][m]) for m in methods)]
+    mean_auroc = {m: float(np.mean([table[s][m] for s in complete])) if complete else float("nan") for m in methods}
+    return {"table": table, "complete_sets": complete, "mean_auroc": mean_auroc,
+            "mean_rank": mean_ranks({s: table[s] for s in complete}, methods),
+            "mean_seconds": {m: float(np.mean(v)) if v else float("nan") for m, v in secs.items()},
+            "problems": problems}
+
+
+def cpu_model() -> str:
+    try:
+        for ln in Path("/proc/cpuinfo").read_text().splitlines():
+            k, _, v = ln.partition(":")
+            if k.strip() == "model name":
+                return f"{v.strip()}, {os.cpu_count()} logical CPUs"
+    except OSError:
+        pass
+    return f"{platform.processor() or 'unknown CPU'}, {os.cpu_count()} logical CPUs"
+
+
+def code_version() -> str:
+    """The aekit commit measured, with "+changes" when src/ differs from it."""
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "../src"], cwd=HERE, capture_output=True,
+                               text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+    return (rev or "?") + ("+changes" if dirty else "")
+
+
+def loadavg() -> str:
+    try:
+        return Path("/proc/loadavg").read_text().split()[0]
+    except OSError:
+        return "?"
+
+
+def render(summary: dict, methods: list[str], meta: dict) -> str:
+    heads = [LABELS.get(m, m) for m in methods]
+    lines = ["# ADBench, unsupervised protocol: aekit side by side with pyod", "",
+             "Generated by `python benchmarks/adbench.py` (see its docstring for the protocol). Test AUROC x100, "
+             f"mean over seeds {meta['seeds']}; rank 1 = best on a set; seconds = fit + score per (set, seed), "
+             "measured inside each method's own subprocess (1 thread each).", "",
+             f"- command: `{meta['command']}`",
+             f"- date: {meta['date']}; wall time of the whole run: {meta['wall_minutes']:.1f} min "
+             f"({meta['jobs']} subprocess(es) at a time)",
+             f"- aekit: commit {meta['aekit_commit']}; {meta['aekit_detector']}",
+             f"- pyod: {meta['pyod_versions']} in benchmarks/.venvs/{PYOD_VENV} ({TORCH_PIN} installed first, "
+             f"then {' '.join(PYOD_REQS)}); pyod's detectors with their default settings, as ADBench runs them",
+             f"- machine: {meta['machine']}; Python {meta['python']}; load average {meta['load_start']} at the "
+             f"start, {meta['load_end']} at the end (the machine is shared: seconds are noisy, compare within a "
+             "row of sets run back to back)",
+             f"- data: {meta['n_sets']} sets from `{meta['data_dir']}`", ""]
+    s = summary
+    lines += ["## Summary", "", "| method | mean AUROC | mean rank | mean seconds (fit+score) |", "|---|---|---|---|"]
+    for m, h in zip(methods, heads):
+        lines.append(f"| {h} | {s['mean_auroc'][m]:.2f} | {s['mean_rank'][m]:.2f} | {s['mean_seconds'][m]:.2f} |")
+    lines += ["", f"Means over the {len(s['complete_sets'])} sets where every method has a result.", ""]
+    lines += ["## Per set", "", "| set | " + " | ".join(heads) + " |", "|---" * (len(methods) + 1) + "|"]
+    for name, row in s["table"].items():
+        best = max((v for v in row.values() if np.isfinite(v)), default=float("nan"))
+        cells = [f"**{row[m]:.1f}**" if np.isfinite(row[m]) and row[m] == best else
+                 (f"{row[m]:.1f}" if np.isfinite(row[m]) else "-") for m in methods]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if s["problems"]:
+        lines += ["", "## Notes", ""] + [f"- {p}" for p in s["problems"]]
+    if meta.get("notes"):
+        lines += ["", "## About the methods", ""] + [f"- {n}" for n in meta["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def print_table(summary: dict, methods: list[str]) -> None:
+    w = 9
+    print(f"{'set':22}" + "".join(f"{m[:w]:>{w + 1}}" for m in methods))
+    for name, row in summary["table"].items():
+        print(f"{name[:22]:22}" + "".join(f"{row[m]:{w + 1}.1f}" for m in methods))
+    for key, fmt in (("mean_auroc", "{:.2f}"), ("mean_rank", "{:.2f}"), ("mean_seconds", "{:.2f}")):
+        print(f"{key:22}" + "".join(f"{fmt.format(summary[key][m]):>{w + 1}}" for m in methods))
+
+
+NOTES = [
+    "aekit joint score (selected): StandInDetector in benchmarks/adbench.py, the configuration this benchmark "
+    "selected (see benchmarks/README.md): an ae D-64-64-16-64-64-D trained ~150 Adam steps on standardized "
+    "inputs; score = Mahalanobis distance of the code + squared residuals in units of each feature's typical "
+    "residual, statistics refitted 3 times on the 80% of the train split with the lowest score. It trains "
+    "through aekit's public API (datasets.from_arrays, build, fit, encode, reconstruct).",
+    "aekit.Detector(): aekit's detector class with the defaults it has at the commit measured (when the class "
+    "does not exist, the stand-in above).",
+    "aekit plain ae: `aekit.build('ae')` and `aekit.TrainConfig()` defaults (MLP D-256-16-256-D, 20 epochs), "
+    "standardized inputs, reconstruction error as the score; its training and scoring are one call, counted "
+    "as fit.",
+    "pyod's PCA with its defaults weights each component by 1/explained-variance ratio; on sets with constant "
+    "columns (after subsampling) some ratios are exactly 0 and every score is +inf: every test example ties "
+    "(AUROC 0.5). The side ranks scores (+inf above every finite score) rather than failing; the count of "
+    "non-finite scores is listed in the notes.",
+    "pyod's AutoEncoder and VAE default to random_state=42 (the same initial weights at every seed), as in "
+    "ADBench; only verbose=0 is passed.",
+]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("data_dir", help="folder of ADBench-format .npz files (X, y)")
+    p.add_argument("--seeds", default=",".join(map(str, SEEDS)))
+    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {', '.join(METHODS)}")
+    p.add_argument("--sets", default="", help="comma-separated set names (file stems); default: every .npz")
+    p.add_argument("--jobs", type=int, default=1, help="subprocesses at a time (default 1)")
+    p.add_argument("--timeout", type=float, default=3600.0, help="seconds per subprocess")
+    p.add_argument("--no-write", action="store_true", help="print only; leave RESULTS_adbench.* as they are")
+    p.add_argument("--side", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    if args.side:
+        aekit_side(args.side, args.data_dir, seeds)
+        return 0
+
+    data = Path(args.data_dir)
+    files = sorted(data.glob("*.npz"), key=lambda f: (int(f.stem.split("_")[0]) if f.stem.split("_")[0].isdigit()
+                                                       else 10**9, f.stem))
+    if args.sets:
+        want = args.sets.split(",")
+        files = [f for f in files if f.stem in want]
+    if not files:
+        print(f"no .npz files{' matching --sets' if args.sets else ''} in {data}", file=sys.stderr)
+        return 2
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        print(f"unknown method(s) {', '.join(bad)}; expected some of {', '.join(METHODS)}", file=sys.stderr)
+        return 2
+    LOGS.mkdir(parents=True, exist_ok=True)
+    pyod_py, pyod_versions = None, {}
+    if any(m in PYOD_METHODS for m in methods):
+        with open(LOGS / "install-pyod.log", "a") as log:
+            pyod_py, why = ensure_pyod(log)
+        if pyod_py is None:
+            print(f"[setup] pyod skipped: {why}", flush=True)
+            methods = [m for m in methods if m not in PYOD_METHODS]
+        else:
+            pyod_versions = versions(pyod_py, ["pyod", "torch", "scikit-learn", "numpy"])
+    load_start, t0 = loadavg(), time.perf_counter()
+    results = {f.stem: {} for f in files}
+    # one (set, method) pair per subprocess; a set's methods back to back, sets in order of the files
+    pairs = [(f, m) for f in files for m in methods]
+
+    def work(pair):
+        f, m = pair
+        r = run_one(m, f, seeds, pyod_py, args.timeout)
+        results[f.stem][m] = r
+        aucs = " ".join(f"{x['auroc'] * 100:.1f}" for x in r.get("runs", []))
+        secs = sum(x["fit_seconds"] + x["score_seconds"] for x in r.get("runs", []))
+        print(f"  {f.stem:22} {m:10} {r.get('error') or f'AUROC {aucs}  ({secs:.1f} s fit+score)'}", flush=True)
+
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as ex:
+        list(ex.map(work, pairs))
+    wall = time.perf_counter() - t0
+    sets = [f.stem for f in files]
+    summary = summarize(results, methods, sets)
+    print()
+    print_table(summary, methods)
+    for pr in summary["problems"]:
+        print("note:", pr)
+    detector = "; ".join(f"{m}: " + next((r["detector"] for s in sets for mm, r in results[s].items()
+                                           if mm == m and r.get("detector")), "no result")
+                         for m in methods if m in AEKIT_METHODS) or "not run"
+    meta = {"command": "python benchmarks/adbench.py " + shlex.join(sys.argv[1:] if argv is None else argv),
+            "date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"), "wall_minutes": wall / 60, "jobs": args.jobs,
+            "aekit_commit": code_version(), "aekit_detector": detector,
+            "pyod_versions": ", ".join(f"{k} {v}" for k, v in pyod_versions.items()) or "not run",
+            "machine": cpu_model(), "python": platform.python_version(), "load_start": load_start,
+            "load_end": loadavg(), "n_sets": len(sets), "data_dir": str(args.data_dir), "seeds": seeds,
+            "notes": NOTES}
+    print(f"\nwall time {wall / 60:.1f} min")
+    if not args.no_write:
+        RESULTS_MD.write_text(render(summary, methods, meta))
+        RESULTS_JSON.write_text(json.dumps({"meta": meta, "methods": methods, "summary": summary,
+                                            "raw": results}, indent=1, default=float) + "\n")
+        print(f"wrote {RESULTS_MD.relative_to(HERE.parent)} and {RESULTS_JSON.relative_to(HERE.parent)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
