@@ -386,15 +386,11 @@ def cpu_model() -> str:
 
 
 def code_version() -> str:
-    """The aekit commit measured, with "+changes" when src/ differs from it."""
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True,
-                             timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "../src"], cwd=HERE, capture_output=True,
-                               text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "?"
-    return (rev or "?") + ("+changes" if dirty else "")
+    """The aekit commit measured (benchmarks/run.py's: "+changes" when src/ differs from it)."""
+    sys.path.insert(0, str(HERE))
+    from run import code_version as of_harness  # the main harness, beside this script
+
+    return of_harness()
 
 
 def loadavg() -> str:
