@@ -173,3 +173,14 @@ def adversarial_generator_loss(fake_logits: Tensor) -> Tensor:
     fake_logits (B,) -> scalar (batch mean).
     """
     return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
+
+
+def r1_penalty(grad_real: Tensor) -> Tensor:
+    """R1 gradient penalty (Mescheder, Geiger & Nowozin, ICML 2018, eq. 9) without its weight gamma:
+
+        R1 = 1/2 E_{z~p(z)} ||grad_z D(z)||^2,    D the discriminator's logit,
+
+    grad_real (B, K): the gradient at B prior samples -> scalar (batch mean). It vanishes where D is flat on
+    the prior's samples, and keeps the alternating game from circling around its equilibrium.
+    """
+    return 0.5 * grad_real.pow(2).sum(1).mean()

@@ -9,8 +9,7 @@ from aekit import registry, trainer
 from aekit.config import TrainConfig
 from aekit.errors import ConfigError
 from aekit.metrics import prior_mmd_metrics
-from aekit.models.aae import r1_penalty
-from aekit.regularizers import adversarial_discriminator_loss, adversarial_generator_loss
+from aekit.regularizers import adversarial_discriminator_loss, adversarial_generator_loss, r1_penalty
 
 
 def tiny(ds, **opts):

@@ -6,7 +6,7 @@ codes. Three kinds of update phase per batch (the trainer runs them, each steppi
     autoencoder:    min_g      -log p(x | g(f(x)))        (the decoder; codes held fixed)
     discriminator:  min_D      -E_{z~p(z)} log D(z) - E_x log(1 - D(f(x))) + gamma/2 E_{z~p} |grad_z D(z)|^2
                     (``disc_steps`` times, each on fresh prior samples; the two losses are in
-                    regularizers.py, the penalty is ``r1_penalty`` below, gamma = ``disc_penalty``)
+                    regularizers.py, with the penalty ``r1_penalty``, gamma = ``disc_penalty``)
     generator:      min_f      -log p(x | g(f(x))) - adv_weight * E_x log D(f(x))     (non-saturating)
 
 The paper's scheme, one step of each with the encoder in both the reconstruction and the generator phase,
@@ -53,7 +53,7 @@ from ..config import ModelConfig, opt
 from ..errors import ConfigError
 from ..likelihoods import build_likelihood
 from ..nets import MLP, Decoder, Encoder
-from ..regularizers import adversarial_discriminator_loss, adversarial_generator_loss
+from ..regularizers import adversarial_discriminator_loss, adversarial_generator_loss, r1_penalty
 from .base import Autoencoder, Capabilities, Output, check_count, class_labels
 
 
@@ -286,14 +286,3 @@ class AAE(Autoencoder):
             *[("discriminator", self.discriminator_loss)] * self.config.disc_steps,
             ("generator", self.generator_loss),
         ]
-
-
-def r1_penalty(grad_real: Tensor) -> Tensor:
-    """R1 gradient penalty (Mescheder, Geiger & Nowozin, ICML 2018, eq. 9) without its weight gamma:
-
-        R1 = 1/2 E_{z~p(z)} ||grad_z D(z)||^2,    D the discriminator's logit,
-
-    grad_real (B, K): the gradient at B prior samples -> scalar (batch mean). It vanishes where D is flat on
-    the prior's samples, and keeps the alternating game from circling around its equilibrium.
-    """
-    return 0.5 * grad_real.pow(2).sum(1).mean()
