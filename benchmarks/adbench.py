@@ -1,6 +1,6 @@
 """ADBench's unsupervised protocol, aekit side by side with pyod. Not part of the test suite.
 
-    python benchmarks/adbench.py DATA_DIR [--seeds 1,2,3] [--methods aekit-joint,iforest,...] [--sets A,B] [--jobs 2]
+    python benchmarks/adbench.py DATA_DIR [--seeds 1,2,3] [--methods aekit,iforest,...] [--sets A,B] [--jobs 2]
 
 DATA_DIR is a folder of ADBench-format ``.npz`` files (``X`` (n, d) features, ``y`` (n,) with 1 = anomaly),
 e.g. a copy of ADBench's ``adbench/datasets/Classical`` folder; aekit bundles none of them.
@@ -17,9 +17,9 @@ setting), reproduced here call for call so that numpy's global random stream is 
   train split with its default settings, after ``np.random.seed(seed)`` again (ADBench's ``PYOD.fit``);
 - test AUROC (``roc_auc_score``), averaged over the seeds; fit and score wall times per (set, seed).
 
-aekit's methods: ``aekit-joint`` (the configuration this benchmark selected, ``StandInDetector`` below, written
-with aekit's public training API), ``aekit`` (``aekit.Detector()`` with the defaults of the commit measured)
-and ``aekit-ae`` (the plain autoencoder with the library's defaults, reconstruction error as the score).
+aekit's methods: ``aekit`` (``aekit.Detector()`` with the defaults of the commit measured: the configuration
+this benchmark selected, see benchmarks/README.md) and ``aekit-ae`` (the plain autoencoder with the library's
+defaults, reconstruction error as the score).
 
 Every (method, set) is one subprocess that runs all seeds and prints one ``BENCH_RESULT {json}`` line, as the
 other benchmarks' side scripts do: aekit's methods run in this interpreter's environment (this file with
@@ -119,79 +119,6 @@ def split_fingerprint(split: dict[str, np.ndarray]) -> str:
 # aekit's side
 
 
-class StandInDetector:
-    """aekit's anomaly detector as chosen by this benchmark, written with aekit's public training API; the
-    benchmark uses it when ``aekit.Detector`` does not exist yet.
-
-    fit(X): inputs standardized with X's mean and std (``aekit.datasets.from_arrays``, 10% held out to pick the
-    best epoch); an ``ae`` (MLP D-64-64-16-64-64-D, ReLU, linear code, Gaussian likelihood: squared error) trained with
-    Adam (lr 1e-3, batch 128) for about ``steps`` optimizer steps (epochs = round(steps / batches per epoch),
-    at least 1). Then the statistics of the score, on the whole of X: the codes z = f(x) and the residuals
-    r = x - g(f(x)) (standardized units) give a Gaussian for the codes (mean, covariance with a ridge of 1e-3 x
-    its mean variance) and a standard deviation per feature for the residuals (at least 1e-3). The score is
-
-        score(x) = (z - mu)' S^-1 (z - mu) + sum_d (r_d / sigma_d)^2
-
-    i.e. -2 log p(x) up to a constant under "code ~ N(mu, S), x | code ~ N(g(code), diag sigma^2)": distance in
-    code space plus the reconstruction error of each feature in units of its typical error. The statistics are
-    robust to the anomalies of the train data: they are refitted ``concentration`` times on the (1 - trim)
-    share of X with the lowest score.
-    """
-
-    def __init__(self, model: str = "ae", latent_dim: int = 16, hidden=(64, 64), steps: int = 150, trim: float = 0.2,
-                 concentration: int = 3, batch_size: int = 128, lr: float = 1e-3, val_fraction: float = 0.1,
-                 random_state: int | None = None):
-        self.model, self.latent_dim, self.hidden, self.steps = model, latent_dim, list(hidden), steps
-        self.trim, self.concentration, self.batch_size, self.lr = trim, concentration, batch_size, lr
-        self.val_fraction, self.random_state = val_fraction, random_state
-
-    def _outputs(self, X):
-        import torch
-
-        x = (torch.as_tensor(np.asarray(X), dtype=torch.float32) - self.mean_) / self.std_
-        with torch.no_grad():
-            z = self.net_.encode(x)
-            r = x - self.net_.reconstruct(x)
-        return z.double().numpy(), r.double().numpy()
-
-    def _score(self, z, r):
-        d = z - self.mu_
-        return np.einsum("ij,jk,ik->i", d, self.prec_, d) + ((r / self.sigma_) ** 2).sum(1)
-
-    def _fit_stats(self, z, r):
-        self.mu_ = z.mean(0)
-        cov = np.atleast_2d(np.cov(z - self.mu_, rowvar=False))
-        k = cov.shape[0]
-        cov = cov + (1e-3 * np.trace(cov) / k + 1e-12) * np.eye(k)
-        self.prec_ = np.linalg.pinv(cov)
-        self.sigma_ = np.maximum(r.std(0), 1e-3)
-
-    def fit(self, X, y=None):
-        import aekit
-
-        seed = 0 if self.random_state is None else int(self.random_state)
-        X = np.asarray(X, dtype=np.float64)
-        ds = aekit.datasets.from_arrays(X, kind="table", val_fraction=self.val_fraction, test_fraction=0.0,
-                                        seed=seed)
-        self.mean_, self.std_ = ds.mean, ds.std
-        self.net_ = aekit.build(self.model, dataset=ds, seed=seed, latent_dim=self.latent_dim, hidden=self.hidden)
-        per_epoch = max(1, -(-len(ds.x_train) // self.batch_size))
-        epochs = max(1, round(self.steps / per_epoch))
-        aekit.fit(self.net_, ds, aekit.TrainConfig(epochs=epochs, batch_size=self.batch_size, lr=self.lr,
-                                                  seed=seed), quiet=True)
-        z, r = self._outputs(X)
-        self._fit_stats(z, r)
-        for _ in range(self.concentration):
-            s = self._score(z, r)
-            keep = s <= np.quantile(s, 1.0 - self.trim)
-            self._fit_stats(z[keep], r[keep])
-        self.decision_scores_ = self._score(z, r)
-        return self
-
-    def decision_function(self, X):
-        return self._score(*self._outputs(X))
-
-
 def plain_ae_scores(X_train: np.ndarray, X_test: np.ndarray, seed: int) -> np.ndarray:
     """aekit's plain autoencoder with the library's defaults: ``build("ae")`` (MLP D-256-16-256-D, ReLU, Gaussian
     likelihood for tables), ``TrainConfig(epochs=20, batch 128, Adam 1e-3)``, 10% of the train split held out
@@ -224,13 +151,9 @@ def aekit_side(method: str, set_path: str, seeds: list[int]) -> None:
         d = protocol_split(X, y, seed)
         _set_seed(seed)
         with stdout_to_stderr():
-            if method in ("aekit", "aekit-joint"):
-                if method == "aekit" and hasattr(aekit, "Detector"):
-                    which = "aekit.Detector() with its defaults, random_state=seed"
-                    det = aekit.Detector(random_state=seed)
-                else:
-                    which = "StandInDetector() (this file: the selected configuration), random_state=seed"
-                    det = StandInDetector(random_state=seed)
+            if method == "aekit":
+                which = "aekit.Detector() with its defaults, random_state=seed"
+                det = aekit.Detector(random_state=seed)
                 with Timer() as tf:
                     det.fit(d["X_train"])
                 with Timer() as ts:
@@ -251,10 +174,10 @@ def aekit_side(method: str, set_path: str, seeds: list[int]) -> None:
 # --------------------------------------------------------------------------------------------------
 # The harness
 
-AEKIT_METHODS = ("aekit-joint", "aekit", "aekit-ae")
+AEKIT_METHODS = ("aekit", "aekit-ae")
 PYOD_METHODS = ("iforest", "ecod", "pca", "pyod-ae", "pyod-vae")
 METHODS = AEKIT_METHODS + PYOD_METHODS
-LABELS = {"aekit-joint": "aekit joint score (selected)", "aekit": "aekit.Detector()", "aekit-ae": "aekit plain ae",
+LABELS = {"aekit": "aekit.Detector()", "aekit-ae": "aekit plain ae",
           "iforest": "pyod IForest", "ecod": "pyod ECOD", "pca": "pyod PCA",
           "pyod-ae": "pyod AutoEncoder", "pyod-vae": "pyod VAE"}
 
@@ -444,13 +367,10 @@ def print_table(summary: dict, methods: list[str]) -> None:
 
 
 NOTES = [
-    "aekit joint score (selected): StandInDetector in benchmarks/adbench.py, the configuration this benchmark "
-    "selected (see benchmarks/README.md): an ae D-64-64-16-64-64-D trained ~150 Adam steps on standardized "
-    "inputs; score = Mahalanobis distance of the code + squared residuals in units of each feature's typical "
-    "residual, statistics refitted 3 times on the 80% of the train split with the lowest score. It trains "
-    "through aekit's public API (datasets.from_arrays, build, fit, encode, reconstruct).",
-    "aekit.Detector(): aekit's detector class with the defaults it has at the commit measured (when the class "
-    "does not exist, the stand-in above).",
+    "aekit.Detector(): aekit's detector class with the defaults of the commit measured: an ae D-64-64-16-64-64-D "
+    "trained ~150 Adam steps on standardized inputs; score = Mahalanobis distance of the code + squared "
+    "residuals in units of each feature's typical residual, statistics refitted 3 times on the 80% of the train "
+    "split with the lowest score (the configuration selected in benchmarks/README.md).",
     "aekit plain ae: `aekit.build('ae')` and `aekit.TrainConfig()` defaults (MLP D-256-16-256-D, 20 epochs), "
     "standardized inputs, reconstruction error as the score; its training and scoring are one call, counted "
     "as fit.",

@@ -76,7 +76,7 @@ def test_planted_outliers_are_found(planted):
     assert labels.dtype.kind == "i" and set(np.unique(labels)) == {0, 1}
     np.testing.assert_array_equal(labels, det.labels_)
     assert det.n_features_in_ == 8 and det.feature_names_ == [f"f{i}" for i in range(8)]
-    assert det.anomaly_score_ == "recon_error" and det.kind_ == "table"
+    assert det.anomaly_score_ == "joint" and det.kind_ == "table"
 
 
 def test_predict_proba_and_confidence_follow_pyod(planted):
@@ -144,7 +144,8 @@ def test_images_one_digit_normal_the_others_anomalous(digits, tmp_path):
                                rtol=1e-6)
     maps = det.explain(x, png=tmp_path / "maps.png")
     assert maps["maps"].shape == (20, 8, 8) and maps["reconstruction"].shape == (20, 1, 8, 8)
-    np.testing.assert_allclose(maps["maps"].sum(axis=(1, 2)), det.decision_function(x), rtol=1e-5)
+    np.testing.assert_allclose(maps["maps"].sum(axis=(1, 2)) + maps.get("code_distance", 0.0),
+                               det.decision_function(x), rtol=1e-5)
     assert (tmp_path / "maps.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(DataError, match=r"images of shape \(1, 6, 6\), but the detector was fitted on images of "
                                         r"shape \(1, 8, 8\)"):
@@ -157,9 +158,11 @@ def test_explain_splits_the_score_by_feature(planted):
     X, _, det = planted
     out = det.explain(X[:30])
     assert out["contributions"].shape == (30, 8) and out["feature_names"] == det.feature_names_
-    np.testing.assert_allclose(out["contributions"].sum(1), det.decision_function(X[:30]), rtol=1e-5)
+    np.testing.assert_allclose(out["contributions"].sum(1) + out["code_distance"], det.decision_function(X[:30]),
+                               rtol=1e-5)
     std = np.asarray(det.data_spec_.stats["std"])
-    np.testing.assert_allclose(out["contributions_user_units"], out["contributions"] * std**2)
+    sigma = det.joint_[0].sigma  # the joint score's parts are squared errors in units of each feature's own
+    np.testing.assert_allclose(out["contributions_user_units"], out["contributions"] * sigma**2 * std**2)
     # the reconstruction is in the user's units: its squared error there is contributions_user_units
     np.testing.assert_allclose((X[:30] - out["reconstruction"]) ** 2, out["contributions_user_units"], rtol=1e-3,
                                atol=1e-6)
@@ -247,7 +250,7 @@ def test_bad_input_is_one_clear_error(planted):
     (dict(contamination=0.7), r"contamination=0.7\): expected a number in \(0, 0.5\]"),
     (dict(contamination=0), r"contamination=0\)"),
     (dict(anomaly_score="neg_elbo"), "needs a probabilistic model"),
-    (dict(anomaly_score="likelihood"), "choose one of 'auto', 'recon_error', 'neg_elbo'"),
+    (dict(anomaly_score="likelihood"), "choose one of 'auto', 'joint', 'recon_error', 'neg_elbo'"),
     (dict(model_options={"latent_dim": 3}), r"'latent_dim' is set by Detector\(latent_dim=...\)"),
     (dict(model_options={"noise": "mask"}), "unknown option.*noise"),
     (dict(n_estimators=0), r"n_estimators=0\): expected an integer >= 1"),
@@ -265,17 +268,21 @@ def test_model_options_reach_the_family():
     det = Detector(model="dae", model_options={"noise": "mask", "noise_level": 0.2}, random_state=0,
                    **{**FAST, "epochs": 2}).fit(table(100, 0))
     cfg = det.models_[0].config
-    assert (cfg.noise, cfg.noise_level, cfg.hidden, cfg.latent_dim) == ("mask", 0.2, (32,), 2)
+    assert (cfg.noise, cfg.noise_level, cfg.hidden, cfg.latent_dim) == ("mask", 0.2, (32,), 16)  # TABLE_LATENT
     vae = Detector(model="vae", random_state=0, **{**FAST, "epochs": 2}).fit(table(100, 0))
-    assert vae.anomaly_score_ == "neg_elbo"
+    assert vae.anomaly_score_ == "joint"  # "auto" is the joint score for every family
     np.testing.assert_array_equal(vae.decision_function(table(20, 1)), vae.decision_function(table(20, 1)))
 
 
 def test_default_budget_and_preprocessing():
     X = table(300, 4)
-    det = Detector(random_state=0, hidden=(16,)).fit(X)  # epochs=None: ~1500 steps, early stopping on val
-    assert det.train_config_.epochs == 200 and det.train_config_.patience == 10  # 3 steps per epoch
-    assert len(det.history_) <= 200 and det.models_[0].config.latent_dim == 2  # max(2, min(32, 8 // 4))
+    det = Detector(random_state=0).fit(X)  # a table: about 150 steps, no early stopping, best val epoch kept
+    assert det.train_config_.epochs == 50 and det.train_config_.patience == 0  # 270 rows: 3 steps per epoch
+    cfg = det.models_[0].config
+    assert len(det.history_) == 50 and (cfg.latent_dim, cfg.hidden) == (16, (64, 64))
+    assert det.anomaly_score_ == "joint"
+    big = Detector(random_state=0, hidden=(8,), latent_dim=2).fit(table(30000, 4))  # 211 steps per epoch
+    assert big.train_config_.epochs == 1
     mm = Detector(preprocessing="minmax", random_state=0, **{**FAST, "epochs": 1}).fit(X)
     np.testing.assert_allclose(mm.data_spec_.stats["mean"], X.min(0), rtol=1e-6)
     np.testing.assert_allclose(mm.data_spec_.stats["std"], X.max(0) - X.min(0), rtol=1e-6)
@@ -285,7 +292,8 @@ def test_default_budget_and_preprocessing():
 
 def test_ensemble_and_robust_training(planted):
     X, y, _ = planted
-    ens = Detector(n_estimators=3, contamination=0.05, random_state=0, **{**FAST, "epochs": 8}).fit(X)
+    ens = Detector(n_estimators=3, contamination=0.05, random_state=0, anomaly_score="recon_error",
+                   **{**FAST, "epochs": 8}).fit(X)
     assert len(ens.models_) == 3 and ens.normalization_.shape == (3, 2)
     assert roc_auc_score(y, ens.decision_scores_) > 0.9
     # each member's training scores, normalized by their median and IQR, averaged
@@ -415,4 +423,53 @@ def test_a_damaged_detector_state_is_one_run_error(tmp_path):
                    {"normalization": None}, {"n_decision_scores": 7}, {"params": {"colour": 1}}):
         (path / "detector.json").write_text(json.dumps({**good, **change}))
         with pytest.raises(aekit.RunError, match="detector"):
+            Detector.load(path)
+
+
+# --- the joint score ---------------------------------------------------------------------------------------
+
+
+def test_joint_score_is_minus_two_log_likelihood(planted):
+    """score(x) = -2 log p(x) + const under code ~ N(mu, S), x | code ~ N(g(code), diag sigma^2): checked
+    against scipy's densities with the fitted statistics."""
+    from scipy.stats import multivariate_normal, norm
+
+    from aekit.detector import _codes_and_residuals
+
+    X, _, det = planted
+    stats = det.joint_[0]
+    z, r = _codes_and_residuals(det.models_[0], det._model_input(X[:40]))
+    logp = multivariate_normal(stats.mu, np.linalg.pinv(stats.prec), allow_singular=True).logpdf(z) + \
+        norm(0.0, stats.sigma).logpdf(r).sum(axis=1)
+    scores = det.decision_function(X[:40])
+    np.testing.assert_allclose(scores - scores[0], -2.0 * (logp - logp[0]), rtol=1e-6, atol=1e-6)
+
+
+def test_joint_statistics_resist_contamination():
+    """The statistics refitted on the lowest-scoring 80% ignore a 10% cluster of far outliers."""
+    from aekit.detector import _JointStats
+
+    rng = np.random.default_rng(0)
+    z = np.vstack([rng.normal(size=(900, 3)), rng.normal(size=(100, 3)) + 12.0])
+    r = np.vstack([0.1 * rng.normal(size=(900, 5)), 3.0 * rng.normal(size=(100, 5))])
+    plain, robust = _JointStats.estimate(z, r), _JointStats.fit(z, r)
+    assert np.abs(plain.mu).max() > 1.0 and np.abs(robust.mu).max() < 0.15
+    assert plain.sigma.min() > 0.5 and robust.sigma.max() < 0.12
+    s = robust.score(z, r)
+    assert s[900:].min() > s[:900].max()
+
+
+def test_damaged_joint_statistics_are_one_run_error(planted, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    _, _, det = planted
+    path = det.save(tmp_path / "det")
+    tensors = load_file(path / "detector.safetensors")
+    for name, value in (("joint0/sigma", None), ("joint0/prec", torch.zeros(3, 3, dtype=torch.float64)),
+                        ("joint0/sigma", -torch.ones(8, dtype=torch.float64))):
+        bad = {k: v for k, v in tensors.items() if k != name}
+        if value is not None:
+            bad[name] = value
+        save_file(bad, path / "detector.safetensors")
+        with pytest.raises(aekit.RunError, match="joint score's statistics"):
             Detector.load(path)

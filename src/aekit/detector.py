@@ -31,21 +31,30 @@ table is scaled with statistics of the training rows that are saved with the mod
 "standard" = mean and std, "minmax" = min and range, "none"; images are used as they are, in [0, 1]).
 New data at predict time is read the same way with the same statistics, in the caller's row order.
 
-Defaults (a first version; the ADBench benchmark decides the final ones):
+Defaults: chosen by benchmarks/adbench.py (ADBench's unsupervised protocol, 33 tables, 3 seeds; evidence in
+benchmarks/RESULTS_adbench.md) for tables, and on a validation split of Fashion-MNIST's training images for
+images (benchmarks/fmnist_oneclass.py; RESULTS_fmnist_oneclass.md):
 
 - ``model="ae"``: the plain autoencoder; any family of ``aekit.MODELS`` that trains without labels (cvae and
   the supervised aae need labels: a ConfigError). ``model_options``: that family's own options.
-- ``latent_dim=None``: ``max(2, min(32, d // 4))`` for d values per sample (64 pixels of digits -> 16).
-  ``hidden=None``: the family's default (one hidden layer of 256 units for MLPs).
-- ``epochs=None``: a budget that follows the data, ``ceil(TARGET_STEPS / steps_per_epoch)`` capped at
-  ``MAX_EPOCHS`` (about 1500 optimizer steps, at most 200 epochs), with early stopping after ``PATIENCE``
-  epochs without improvement of the loss on the held-out ``val_fraction`` of X; the weights of the best
-  validation epoch are kept. An explicit ``epochs`` trains that many epochs (best validation weights kept).
-  With fewer than ``1 / val_fraction`` rows there is no validation part.
-- ``anomaly_score="auto"``: ``"neg_elbo"`` (-ELBO in nats, ``MC_SAMPLES`` posterior samples from a fixed seed) for
-  probabilistic families (vae, iwae), ``"recon_error"`` (sum of squared errors of the reconstruction, in
-  the model's units) for the others. The Monte-Carlo -ELBO of a row depends slightly on the other rows of
-  its batch (one generator draws for the batch); ``recon_error`` is a deterministic function of the row.
+- ``latent_dim=None``: 16 for a table (``TABLE_LATENT``); ``max(2, min(32, d // 4))`` for images of d values.
+  ``hidden=None``: (64, 64) for a table with an MLP (``TABLE_HIDDEN``); the family's default for images.
+- ``epochs=None``: tables: about ``TABLE_STEPS`` = 150 optimizer steps (``round(150 / steps_per_epoch)``
+  epochs, at least 1), no early stopping, the weights of the best validation epoch kept; ADBench's tables are
+  small and a short budget generalizes best there. Images: ``ceil(TARGET_STEPS / steps_per_epoch)`` epochs
+  capped at ``MAX_EPOCHS`` (about 1500 steps, at most 200 epochs), with early stopping after ``PATIENCE``
+  epochs without improvement of the loss on the held-out ``val_fraction`` of X. An explicit ``epochs`` trains
+  that many epochs (best validation weights kept). With fewer than ``1 / val_fraction`` rows there is no
+  validation part.
+- ``anomaly_score="auto"``: ``"joint"`` for every family (``_JointStats``): with z = f(x) the code and
+  r = x - g(f(x)) the residual in the model's units, ``(z - mu)' S^-1 (z - mu) + sum_d (r_d / sigma_d)^2``,
+  i.e. -2 log p(x) + const under "code ~ N(mu, S), x | code ~ N(g(code), diag sigma^2)", its statistics fitted
+  on the training rows and refitted on their least anomalous 80%. ``"recon_error"``: the sum of squared
+  errors of the reconstruction (model units). ``"neg_elbo"``: -ELBO in nats, ``MC_SAMPLES`` posterior samples
+  from a fixed seed, for probabilistic families (vae, iwae); the Monte-Carlo -ELBO of a row depends slightly
+  on the other rows of its batch (one generator draws for the batch). A plain run directory of ``aekit
+  train`` opened with ``load`` has no joint statistics: there "auto" is "neg_elbo" for probabilistic families
+  and "recon_error" for the others.
 - ``n_estimators=1``: members trained from different seeds. With several, each member's scores are
   normalized by the median and interquartile range of its own training scores, ``(s - median) / IQR``, and
   averaged (not ranks: a rank saturates beyond the largest training score, where the outliers are).
@@ -96,7 +105,16 @@ MC_SAMPLES = 10  # posterior samples of the -ELBO score
 SCORE_SEED = 0  # the -ELBO score's samples come from this seed: the same X gives the same scores
 PNG_IMAGES = 16  # explain(png=...) draws the first images only
 FORMAT = 1  # detector.json's format
-SCORES = ("auto", "recon_error", "neg_elbo")
+SCORES = ("auto", "joint", "recon_error", "neg_elbo")
+# the defaults for tables, chosen by benchmarks/adbench.py (ADBench's unsupervised protocol, 33 sets, 3 seeds)
+TABLE_LATENT = 16  # latent_dim=None on a table
+TABLE_HIDDEN = (64, 64)  # hidden=None on a table with an MLP family
+TABLE_STEPS = 150  # epochs=None on a table: about this many optimizer steps, best validation epoch kept
+# the joint score's statistics (see _JointStats)
+JOINT_TRIM = 0.2  # refitted on the (1 - JOINT_TRIM) share of the training rows with the lowest score ...
+JOINT_REFITS = 3  # ... this many times
+JOINT_RIDGE = 1e-3  # added to the code covariance: this times its mean variance
+JOINT_SIGMA_FLOOR = 1e-3  # smallest residual standard deviation of a feature (model units)
 PREPROCESSING = ("standard", "minmax", "none")
 _SET_BY_DETECTOR = {"latent_dim": "Detector(latent_dim=...)", "hidden": "Detector(hidden=...)",
                     "input_shape": "the data", "num_classes": "the data (a detector has no labels)"}
@@ -152,7 +170,12 @@ class Detector(BaseEstimator):
             fitted = [self._train_member(ds, seed) for seed in seeds[1:]]  # (TrainConfig, FitResult) each
             models = [result.model for _, result in fitted]
             score = _resolve_score(self.anomaly_score, models[0])
-            raw = _raw_scores(models, _tensor(arr, kind, ds.spec.stats), score)
+            x = _tensor(arr, kind, ds.spec.stats)
+            joint = None
+            if score == "joint":  # its statistics come from the rows the members trained on
+                trained_on = x if rows is arr else _tensor(rows, kind, ds.spec.stats)
+                joint = [_JointStats.fit(*_codes_and_residuals(m, trained_on)) for m in models]
+            raw = _raw_scores(models, x, score, joint)
             norm = _normalization(raw)
             scores = _combine(raw, norm)
             if self.robust and attempt == 0:  # drop the rows that look like outliers, train again
@@ -163,6 +186,7 @@ class Detector(BaseEstimator):
         self.models_ = models
         self.model_name_ = self.model
         self.anomaly_score_ = score
+        self.joint_ = joint
         self.kind_ = kind
         self.input_shape_ = tuple(ds.shape)
         self.n_features_in_ = math.prod(ds.shape)
@@ -242,14 +266,21 @@ class Detector(BaseEstimator):
         options = dict(self.model_options or {})
         if self.hidden is not None:
             options["hidden"] = self.hidden
-        latent = self.latent_dim if self.latent_dim is not None else max(2, min(32, ds.dim // 4))
+        table = ds.kind == "table"
+        if self.hidden is None and table and options.get("arch", "mlp") == "mlp":
+            options.setdefault("hidden", TABLE_HIDDEN)
+        latent = self.latent_dim if self.latent_dim is not None else (
+            TABLE_LATENT if table else max(2, min(32, ds.dim // 4)))
         model = registry.build_for(self.model, ds, seed=seed, latent_dim=int(latent), **options)
         if model.capabilities.uses_labels:  # e.g. the supervised aae
             raise _needs_labels(self.model, " with these model_options")
         _resolve_score(self.anomaly_score, model)
         n_train = len(ds.x_train)
-        if self.epochs is None:
-            epochs = min(MAX_EPOCHS, max(1, math.ceil(TARGET_STEPS / math.ceil(n_train / int(self.batch_size)))))
+        per_epoch = math.ceil(n_train / int(self.batch_size))
+        if self.epochs is None and table:  # a short budget, the best validation epoch kept (benchmarks/adbench.py)
+            epochs, patience = max(1, round(TABLE_STEPS / per_epoch)), 0
+        elif self.epochs is None:
+            epochs = min(MAX_EPOCHS, max(1, math.ceil(TARGET_STEPS / per_epoch)))
             patience = PATIENCE if len(ds.x_val) else 0
         else:
             epochs, patience = int(self.epochs), 0
@@ -261,7 +292,8 @@ class Detector(BaseEstimator):
         """Anomaly scores of X, (n,) float64: higher = more anomalous (the score ``anomaly_score_``, or the members'
         normalized mean)."""
         check_is_fitted(self, "models_")
-        return _combine(_raw_scores(self.models_, self._model_input(X), self.anomaly_score_), self.normalization_)
+        return _combine(_raw_scores(self.models_, self._model_input(X), self.anomaly_score_, self.joint_),
+                        self.normalization_)
 
     def predict(self, X, return_confidence: bool = False):
         """0 (normal) / 1 (outlier) per row, (n,) int64: decision_function(X) > threshold_.
@@ -365,28 +397,41 @@ class Detector(BaseEstimator):
 
     # --- explanations ---------------------------------------------------------------------------
     def explain(self, X, png=None) -> dict:
-        """What makes each row anomalous: its squared reconstruction error, part by part.
+        """What makes each row anomalous, part by part.
 
-        Tables: ``contributions`` (n, D), the squared error of each feature in the model's (scaled) units,
-        which sums to the ``recon_error`` score; ``contributions_user_units`` (n, D), the same in the user's
-        units, ((x - x_hat) * std)^2; ``reconstruction`` (n, D) in the user's units; ``feature_names``.
-        Images: ``maps`` (n, H, W), the squared error of each pixel summed over channels, and
-        ``reconstruction`` (n, C, H, W). With several members, the members' squared errors and
-        reconstructions are averaged. ``png``: write a figure of the first images (inputs, reconstructions,
-        anomaly maps) to this path (images only).
+        ``contributions`` (n, *shape): each value's part of the score. For the ``joint`` score, (r_d /
+        sigma_d)^2, the squared reconstruction error of value d in units of its typical error, and
+        ``code_distance`` (n,), the code's Mahalanobis term: together they sum to the score of one member.
+        For ``recon_error`` and ``neg_elbo``, the squared reconstruction error of each value in the model's
+        (scaled) units (it sums to ``recon_error``). Tables also get ``contributions_user_units`` (n, D),
+        the squared error in the user's units, ((x - x_hat) * std)^2; ``reconstruction`` (n, D) in the user's
+        units; ``feature_names``. Images get ``maps`` (n, H, W), the contributions summed over channels, and
+        ``reconstruction`` (n, C, H, W). With several members, the members' parts and reconstructions are
+        averaged. ``png``: write a figure of the first images (inputs, reconstructions, anomaly maps) to this
+        path (images only).
         """
         check_is_fitted(self, "models_")
         x = self._model_input(X)
         recs = torch.stack([metrics.reconstructions(m, x) for m in self.models_])  # (k, n, *shape)
-        err2 = (recs - x).pow(2).mean(0).double().numpy()
+        err2 = (recs - x).pow(2).double().numpy()
         x_hat = recs.mean(0).double().numpy()
+        out = {}
+        if self.anomaly_score_ == "joint":
+            flat = err2.reshape(len(self.models_), len(x), -1)
+            parts = np.mean([flat[j] / stats.sigma**2 for j, stats in enumerate(self.joint_)], axis=0)
+            out["code_distance"] = np.mean([stats.code_distance(metrics.codes(m, x).flatten(1).double().cpu().numpy())
+                                            for m, stats in zip(self.models_, self.joint_)], axis=0)
+            contributions = parts.reshape(err2.shape[1:])
+        else:
+            contributions = err2.mean(0)
+        err2 = err2.mean(0)
         if self.kind_ == "table":
             if png is not None:
                 raise ConfigError("explain(png=...) draws anomaly maps of images; this detector was fitted on a table")
             mean, std = _stats_arrays(self.data_spec_.stats, self.n_features_in_)
-            return {"contributions": err2, "contributions_user_units": err2 * std**2,
+            return {**out, "contributions": contributions, "contributions_user_units": err2 * std**2,
                     "reconstruction": x_hat * std + mean, "feature_names": list(self.feature_names_)}
-        maps = err2.sum(axis=1)
+        maps = contributions.sum(axis=1)
         if png is not None:
             show = slice(0, PNG_IMAGES)
             peak = float(maps[show].max()) or 1.0
@@ -394,7 +439,7 @@ class Detector(BaseEstimator):
             fig = plots.image_rows([x[show], torch.from_numpy(x_hat[show]).float(), heat],
                                    ["input", "output", "error"])
             plots.save(fig, png)
-        return {"maps": maps, "reconstruction": x_hat}
+        return {**out, "contributions": contributions, "maps": maps, "reconstruction": x_hat}
 
     # --- data -----------------------------------------------------------------------------------
     def _model_input(self, X) -> torch.Tensor:
@@ -454,6 +499,8 @@ class Detector(BaseEstimator):
     def _write_state(self, run: Run) -> None:
         tensors = {f"member{k}/{name}": t for k, m in enumerate(self.models_) if k
                    for name, t in m.state_dict().items()}
+        for j, stats in enumerate(self.joint_ or []):
+            tensors.update(stats.tensors(f"joint{j}/"))
         for name in ("decision_scores", "calibration_scores"):
             value = getattr(self, name + "_", None)
             if value is not None:
@@ -519,8 +566,8 @@ class Detector(BaseEstimator):
             self.data_spec_ = DataConfig(name_or_path=None)
         features = self.data_spec_.features
         self.feature_names_ = list(features) if features else [f"f{i}" for i in range(self.n_features_in_)]
-        self.anomaly_score_ = _resolve_score(self.anomaly_score, self.models_[0])
-        self.seeds_, self.normalization_, self.decision_scores_ = [None, run.train.seed], None, None
+        self.anomaly_score_ = _resolve_score(self.anomaly_score, self.models_[0], fitted=False)
+        self.seeds_, self.normalization_, self.decision_scores_, self.joint_ = [None, run.train.seed], None, None, None
         self._set_threshold(None, None, None)
 
     def _restore(self, run: Run, state: dict, where: torch.device) -> None:
@@ -554,7 +601,17 @@ class Detector(BaseEstimator):
             raise RunError(f"{file}: not a detector state this aekit can read ({type(e).__name__}: {e}); the "
                            "run directory may be damaged") from None
         member_bytes = sum(t.numel() * t.element_size() for t in self.models_[0].state_dict().values())
-        tensors, _ = files.load_tensors(run.path / DETECTOR_TENSORS, (k - 1) * member_bytes + 8 * sum(counts))
+        code, values = int(self.models_[0].latent_dim), self.n_features_in_
+        joint_bytes = k * 8 * (code + code * code + values) if self.anomaly_score_ == "joint" else 0
+        tensors, _ = files.load_tensors(run.path / DETECTOR_TENSORS,
+                                        (k - 1) * member_bytes + 8 * sum(counts) + joint_bytes)
+        self.joint_ = None
+        if self.anomaly_score_ == "joint":
+            try:
+                self.joint_ = [_JointStats.from_tensors(tensors, f"joint{j}/", code, values) for j in range(k)]
+            except ValueError as e:
+                raise RunError(f"{run.path / DETECTOR_TENSORS}: the joint score's statistics do not match the "
+                               f"model ({e}); the run directory may be damaged") from None
         for j in range(1, k):
             member = registry.instantiate(run.model_name, run.model_config, seed=0)  # seeded: no global RNG draw
             prefix = f"member{j}/"
@@ -645,20 +702,98 @@ def _tensor(arr: np.ndarray, kind: str, stats: dict | None) -> torch.Tensor:
     return x
 
 
-def _resolve_score(score: str, model) -> str:
+def _resolve_score(score: str, model, *, fitted: bool = True) -> str:
+    """The score ``score`` names for ``model``. "auto" is "joint", except for a plain run directory that was
+    never fitted as a detector (``fitted=False``: no statistics for the joint score), where it is "neg_elbo"
+    for probabilistic families and "recon_error" for the others."""
     probabilistic = model.capabilities.probabilistic
     if score == "auto":
-        return "neg_elbo" if probabilistic else "recon_error"
+        return "joint" if fitted else "neg_elbo" if probabilistic else "recon_error"
+    if score == "joint" and not fitted:
+        raise ConfigError("anomaly_score='joint' needs the statistics of the training codes and residuals, which a "
+                          "plain run directory does not have: fit a Detector, or use anomaly_score='auto' here")
     if score == "neg_elbo" and not probabilistic:
         raise ConfigError(f"Detector(anomaly_score='neg_elbo') needs a probabilistic model (vae, iwae); model "
                           f"{model.name} has no ELBO: use anomaly_score='recon_error' or 'auto'")
     return score
 
 
-def _raw_scores(models, x: torch.Tensor, score: str) -> np.ndarray:
+class _JointStats:
+    """The joint score of one member: -2 log p(x) up to a constant under "code ~ N(mu, S), x | code ~
+    N(g(code), diag sigma^2)", i.e. with z = f(x) the code and r = x - g(f(x)) the residual (model units),
+
+        score(x) = (z - mu)' S^-1 (z - mu) + sum_d (r_d / sigma_d)^2
+
+    the distance of the code from the training codes plus the reconstruction error of each value in units
+    of its typical error. ``fit`` estimates mu, S (with a ridge of JOINT_RIDGE x its mean variance; the
+    pseudo-inverse) and sigma (at least JOINT_SIGMA_FLOOR) on the training rows, then refits them
+    JOINT_REFITS times on the (1 - JOINT_TRIM) share of the rows with the lowest score, so that the anomalies
+    of a contaminated training set do not widen them.
+    """
+
+    def __init__(self, mu: np.ndarray, prec: np.ndarray, sigma: np.ndarray):
+        self.mu, self.prec, self.sigma = mu, prec, sigma
+
+    @classmethod
+    def estimate(cls, z: np.ndarray, r: np.ndarray) -> _JointStats:
+        mu = z.mean(axis=0)
+        cov = np.atleast_2d(np.cov(z - mu, rowvar=False)) if len(z) > 1 else np.zeros((z.shape[1],) * 2)
+        k = cov.shape[0]
+        cov = cov + (JOINT_RIDGE * np.trace(cov) / k + 1e-12) * np.eye(k)
+        return cls(mu, np.linalg.pinv(cov, hermitian=True), np.maximum(r.std(axis=0), JOINT_SIGMA_FLOOR))
+
+    @classmethod
+    def fit(cls, z: np.ndarray, r: np.ndarray) -> _JointStats:
+        stats = cls.estimate(z, r)
+        for _ in range(JOINT_REFITS):
+            s = stats.score(z, r)
+            keep = s <= np.quantile(s, 1.0 - JOINT_TRIM)
+            if keep.sum() >= 2:
+                stats = cls.estimate(z[keep], r[keep])
+        return stats
+
+    def score(self, z: np.ndarray, r: np.ndarray) -> np.ndarray:
+        return self.code_distance(z) + self.residual_terms(r).sum(axis=1)
+
+    def code_distance(self, z: np.ndarray) -> np.ndarray:
+        d = z - self.mu
+        return np.einsum("ij,jk,ik->i", d, self.prec, d)
+
+    def residual_terms(self, r: np.ndarray) -> np.ndarray:
+        return (r / self.sigma) ** 2
+
+    def tensors(self, prefix: str) -> dict[str, torch.Tensor]:
+        return {f"{prefix}{name}": torch.from_numpy(np.ascontiguousarray(getattr(self, name), dtype=np.float64))
+                for name in ("mu", "prec", "sigma")}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict, prefix: str, k: int, d: int) -> _JointStats:
+        """The statistics saved by ``tensors``; a ValueError when one is missing or of the wrong shape."""
+        got = {}
+        for name, shape in (("mu", (k,)), ("prec", (k, k)), ("sigma", (d,))):
+            t = tensors.get(prefix + name)
+            if t is None or tuple(t.shape) != shape:
+                raise ValueError(f"{prefix}{name} is missing or not of shape {shape}")
+            got[name] = t.double().numpy()
+        if not (np.isfinite(got["prec"]).all() and np.isfinite(got["mu"]).all() and (got["sigma"] > 0).all()):
+            raise ValueError(f"{prefix}: non-finite statistics or a residual std <= 0")
+        return cls(**got)
+
+
+def _codes_and_residuals(model, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """(codes (n, K), residuals x - reconstruction (n, values)) of x, float64 numpy."""
+    z = metrics.codes(model, x).flatten(1)
+    r = (x - metrics.reconstructions(model, x)).flatten(1)
+    return z.double().cpu().numpy(), r.double().cpu().numpy()
+
+
+def _raw_scores(models, x: torch.Tensor, score: str, joint: list[_JointStats] | None = None) -> np.ndarray:
     """Each member's scores of x: (members, n) float64."""
     out = []
-    for m in models:
+    for j, m in enumerate(models):
+        if score == "joint":
+            out.append(joint[j].score(*_codes_and_residuals(m, x)))
+            continue
         if score == "recon_error":  # without the -ELBO that anomaly_scores adds for probabilistic models
             s = metrics.sse_per_example(x, metrics.reconstructions(m, x))
         else:
