@@ -114,7 +114,9 @@ TABLE_STEPS = 150  # epochs=None on a table: about this many optimizer steps, be
 JOINT_TRIM = 0.2  # refitted on the (1 - JOINT_TRIM) share of the training rows with the lowest score ...
 JOINT_REFITS = 3  # ... this many times
 JOINT_RIDGE = 1e-3  # added to the code covariance: this times its mean variance
-JOINT_SIGMA_FLOOR = 1e-3  # smallest residual standard deviation of a feature (model units)
+# the smallest residual standard deviation of a value (model units): standardized table columns; image pixels in
+# [0, 1], where pixels that never vary in training (a border) would otherwise dominate the score
+JOINT_SIGMA_FLOOR = {"table": 1e-3, "image": 0.1}
 PREPROCESSING = ("standard", "minmax", "none")
 _SET_BY_DETECTOR = {"latent_dim": "Detector(latent_dim=...)", "hidden": "Detector(hidden=...)",
                     "input_shape": "the data", "num_classes": "the data (a detector has no labels)"}
@@ -174,7 +176,8 @@ class Detector(BaseEstimator):
             joint = None
             if score == "joint":  # its statistics come from the rows the members trained on
                 trained_on = x if rows is arr else _tensor(rows, kind, ds.spec.stats)
-                joint = [_JointStats.fit(*_codes_and_residuals(m, trained_on)) for m in models]
+                joint = [_JointStats.fit(*_codes_and_residuals(m, trained_on), floor=JOINT_SIGMA_FLOOR[kind])
+                         for m in models]
             raw = _raw_scores(models, x, score, joint)
             norm = _normalization(raw)
             scores = _combine(raw, norm)
@@ -212,7 +215,17 @@ class Detector(BaseEstimator):
     def set_contamination(self, X_train, contamination: float):
         """Score the data the model was trained on, ``X_train``, and set ``threshold_`` as ``fit`` does: the
         (1 - contamination) percentile of those scores (for a detector loaded from a plain run, whose training
-        scores were never computed). Returns self."""
+        scores were never computed). A plain run loaded with ``anomaly_score`` "auto" or "joint" gets the joint
+        score's statistics from X_train here, as ``fit`` would (earlier calibration scores are dropped: they
+        were of another score). Returns self."""
+        check_is_fitted(self, "models_")
+        _check_number("contamination", contamination, 0.0, 0.5, lo_open=True)
+        if self.joint_ is None and self.anomaly_score in ("auto", "joint"):
+            x = self._model_input(X_train)
+            self.joint_ = [_JointStats.fit(*_codes_and_residuals(m, x), floor=JOINT_SIGMA_FLOOR[self.kind_])
+                           for m in self.models_]
+            self.anomaly_score_ = "joint"
+            self.__dict__.pop("calibration_scores_", None)
         self.contamination = contamination
         self.decision_scores_ = self.decision_function(X_train)
         self._threshold_from_contamination()
@@ -726,7 +739,7 @@ class _JointStats:
 
     the distance of the code from the training codes plus the reconstruction error of each value in units
     of its typical error. ``fit`` estimates mu, S (with a ridge of JOINT_RIDGE x its mean variance; the
-    pseudo-inverse) and sigma (at least JOINT_SIGMA_FLOOR) on the training rows, then refits them
+    pseudo-inverse) and sigma (at least JOINT_SIGMA_FLOOR of the data's kind) on the training rows, then refits them
     JOINT_REFITS times on the (1 - JOINT_TRIM) share of the rows with the lowest score, so that the anomalies
     of a contaminated training set do not widen them.
     """
@@ -735,21 +748,21 @@ class _JointStats:
         self.mu, self.prec, self.sigma = mu, prec, sigma
 
     @classmethod
-    def estimate(cls, z: np.ndarray, r: np.ndarray) -> _JointStats:
+    def estimate(cls, z: np.ndarray, r: np.ndarray, floor: float) -> _JointStats:
         mu = z.mean(axis=0)
         cov = np.atleast_2d(np.cov(z - mu, rowvar=False)) if len(z) > 1 else np.zeros((z.shape[1],) * 2)
         k = cov.shape[0]
         cov = cov + (JOINT_RIDGE * np.trace(cov) / k + 1e-12) * np.eye(k)
-        return cls(mu, np.linalg.pinv(cov, hermitian=True), np.maximum(r.std(axis=0), JOINT_SIGMA_FLOOR))
+        return cls(mu, np.linalg.pinv(cov, hermitian=True), np.maximum(r.std(axis=0), floor))
 
     @classmethod
-    def fit(cls, z: np.ndarray, r: np.ndarray) -> _JointStats:
-        stats = cls.estimate(z, r)
+    def fit(cls, z: np.ndarray, r: np.ndarray, floor: float = JOINT_SIGMA_FLOOR["table"]) -> _JointStats:
+        stats = cls.estimate(z, r, floor)
         for _ in range(JOINT_REFITS):
             s = stats.score(z, r)
             keep = s <= np.quantile(s, 1.0 - JOINT_TRIM)
             if keep.sum() >= 2:
-                stats = cls.estimate(z[keep], r[keep])
+                stats = cls.estimate(z[keep], r[keep], floor)
         return stats
 
     def score(self, z: np.ndarray, r: np.ndarray) -> np.ndarray:
