@@ -279,6 +279,7 @@ class ModelConfig(ConfigBase):
 AUTO_STEPS = 2000  # optimizer steps the automatic epoch budget aims at (a small set gets more epochs)
 AUTO_EPOCHS = (20, 500)  # bounds on the automatic number of epochs
 AUTO_PATIENCE = 10  # early stopping of an automatic budget
+DEVICE_AUTO = "auto"  # TrainConfig.device: the best device here, chosen by resolve_device
 
 
 @dataclass(frozen=True)
@@ -287,6 +288,8 @@ class TrainConfig(ConfigBase):
 
     ``epochs``, ``patience`` and ``threads`` may be left automatic (None); ``resolved_for(n_train)`` chooses
     them from the size of the training split, and the trainer records the chosen values in the run.
+    ``device`` ("auto" by default) is made concrete for this process by ``resolved_for`` too (``resolve_device``),
+    so a run records the device it trained on.
     """
 
     epochs: int | None = opt(None, f"passes over the training split (default: enough for {AUTO_STEPS} optimizer "
@@ -302,7 +305,9 @@ class TrainConfig(ConfigBase):
     grad_clip: float = opt(0.0, "clip the gradient norm to this value (0: off)")
     binarize: str = opt("none", "binarize [0,1] inputs: dynamic (fresh sample per batch) or static (one seeded sample)",
                         choices=("none", "dynamic", "static"))
-    device: str = opt("cpu", "torch device, e.g. cpu or cuda")
+    device: str = opt(DEVICE_AUTO, "torch device: auto (CUDA if this torch sees a GPU, else Apple MPS, else CPU; under "
+                                   "torchrun each process's cuda:LOCAL_RANK), cpu, cuda, cuda:1 or mps; the device "
+                                   "used is recorded in the run")
     compile: bool = opt(False, "wrap the model's update phases in torch.compile")
     amp: str = opt("none", "mixed precision autocast", choices=("none", "bf16", "fp16"))
     threads: int | None = opt(None, "torch CPU threads while training (default: 1, which measured 5-20x faster "
@@ -321,26 +326,100 @@ class TrainConfig(ConfigBase):
         check_device(self.device)
 
     def resolved_for(self, n_train: int) -> TrainConfig:
-        """The automatic values chosen for a training split of ``n_train`` examples: epochs for at least
-        AUTO_STEPS optimizer steps (within AUTO_EPOCHS) with early stopping after AUTO_PATIENCE epochs without
-        improvement; given epochs keep early stopping off unless ``patience`` is given; one thread."""
+        """The automatic values chosen for a training split of ``n_train`` examples, in this process: epochs for
+        at least AUTO_STEPS optimizer steps (within AUTO_EPOCHS) with early stopping after AUTO_PATIENCE epochs
+        without improvement; given epochs keep early stopping off unless ``patience`` is given; one thread; the
+        concrete device (``resolve_device``: a ConfigError when it does not exist here)."""
         epochs, patience = self.epochs, self.patience
         if epochs is None:
             steps = max(1, math.ceil(n_train / self.batch_size))
             epochs = min(max(math.ceil(AUTO_STEPS / steps), AUTO_EPOCHS[0]), AUTO_EPOCHS[1])
             patience = AUTO_PATIENCE if patience is None else patience
-        return dataclasses.replace(self, epochs=epochs, patience=patience or 0, threads=self.threads or 1)
+        return dataclasses.replace(self, epochs=epochs, patience=patience or 0, threads=self.threads or 1,
+                                   device=resolve_device(self.device))
 
 
-def check_device(device) -> torch.device:
-    """``device`` parsed by torch.device; a ConfigError for a string torch cannot parse or the meta device.
+def check_device(device) -> torch.device | None:
+    """``device`` parsed by torch.device (None for "auto"); a ConfigError for a string torch cannot parse or the
+    meta device.
 
-    Whether the device exists here (e.g. cuda on a machine without one) is the trainer's check.
+    Whether the device exists here (e.g. cuda on a machine without one) is checked when it is resolved
+    (``resolve_device``), on the machine that trains.
     """
+    if device == DEVICE_AUTO:
+        return None
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
-        raise ConfigError(f"option device={device!r} is not a torch device; use e.g. cpu, cuda or cuda:1") from None
+        raise ConfigError(f"option device={device!r} is not a torch device; use auto, cpu, cuda, cuda:1 or "
+                          "mps") from None
     if dev.type == "meta":
-        raise ConfigError("option device='meta' holds no data and cannot train; use e.g. cpu or cuda")
+        raise ConfigError("option device='meta' holds no data and cannot train; use e.g. auto, cpu or cuda")
     return dev
+
+
+def resolve_device(device) -> str:
+    """The concrete device that ``device`` (a string or torch.device) names for this process, as a string.
+
+    ``"auto"``: CUDA when this torch sees a CUDA device, else Apple's MPS (``torch.backends.mps.is_available()``),
+    else the CPU. CUDA without an index becomes an indexed device: torch's current one, or under torchrun
+    (LOCAL_RANK in the environment) this process's own GPU, cuda:LOCAL_RANK; under torchrun "auto" without
+    CUDA is the CPU (gloo, the CPU backend, has no MPS). With several torchrun processes (WORLD_SIZE > 1) every
+    CUDA device means cuda:LOCAL_RANK, whatever index it names (one process per GPU, as torchrun launches
+    them; a run written by rank 0 records cuda:0 and resumes on any rank). Any other device is kept as given.
+    A device this machine does not have is a ConfigError that says what it has.
+    """
+    name = str(device)
+    check_device(name)
+    local_rank = _torchrun_local_rank()
+    if name == DEVICE_AUTO:
+        if torch.cuda.is_available():
+            name = "cuda"
+        elif local_rank is None and torch.backends.mps.is_available():
+            return "mps"
+        else:
+            return "cpu"
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {name!r} was asked for, but this torch sees no CUDA device "
+                              f"({'a CPU-only build of torch' if torch.version.cuda is None else 'no GPU or driver'}); "
+                              "use --device auto or cpu")
+        count = torch.cuda.device_count()
+        several = local_rank is not None and _torchrun_world_size() > 1
+        if local_rank is not None and (dev.index is None or several):
+            if local_rank >= count:
+                raise ConfigError(f"torchrun started this process with LOCAL_RANK={local_rank}, but it sees {count} "
+                                  f"CUDA device(s); start at most {count} process(es) per machine "
+                                  "(--nproc-per-node), or train with --device cpu")
+            return f"cuda:{local_rank}"
+        index = torch.cuda.current_device() if dev.index is None else dev.index
+        if index >= count:
+            raise ConfigError(f"device {name!r} was asked for, but this machine has {count} CUDA device(s) "
+                              f"(cuda:0 to cuda:{count - 1}); choose one of them or --device auto")
+        return f"cuda:{index}"
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {name!r} was asked for, but Apple's MPS is not available here "
+                          "(torch.backends.mps.is_available() is False); use --device auto or cpu")
+    backend = getattr(torch, dev.type, None)  # other accelerators (xpu, ...) that torch can query
+    if dev.type not in ("cpu", "mps") and callable(getattr(backend, "is_available", None)) \
+            and not backend.is_available():
+        raise ConfigError(f"device {name!r} was asked for, but torch.{dev.type}.is_available() is False here; "
+                          "use --device auto or cpu")
+    return name
+
+
+def _torchrun_local_rank() -> int | None:
+    """LOCAL_RANK as torchrun sets it, or None outside torchrun; a ConfigError for a value that is no index."""
+    text = os.environ.get("LOCAL_RANK", "").strip()
+    if not text:
+        return None
+    if not text.isdigit():
+        raise ConfigError(f"environment variable LOCAL_RANK={text!r} is not a process index (torchrun sets it to "
+                          "0, 1, ...); unset it outside torchrun")
+    return int(text)
+
+
+def _torchrun_world_size() -> int:
+    text = os.environ.get("WORLD_SIZE", "").strip()
+    return int(text) if text.isdigit() else 1

@@ -61,7 +61,8 @@ images (benchmarks/fmnist_oneclass.py; RESULTS_fmnist_oneclass.md):
 - ``robust=False``: when True, a first pass is trained on all rows, the rows above the (1 - contamination)
   quantile of its training scores are dropped, and the detector is trained again on the rest (preprocessing
   statistics included).
-- ``contamination=0.1`` in (0, 0.5], ``batch_size=128``, ``lr=1e-3``, ``val_fraction=0.1``, ``device="cpu"``.
+- ``contamination=0.1`` in (0, 0.5], ``batch_size=128``, ``lr=1e-3``, ``val_fraction=0.1``, ``device="auto"`` (CUDA, else MPS,
+  else the CPU; ``load`` puts the models on the saved device where it exists here, else on the CPU).
 
 Calibration. ``calibrate(X_normal, fpr)`` keeps held-out normal data's scores and sets ``threshold_`` to the
 ``ceil((n + 1)(1 - fpr))``-th smallest of them (split-conformal): under exchangeability a new normal
@@ -91,7 +92,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from . import files, metrics, plots, registry, trainer
-from .config import TrainConfig
+from .config import TrainConfig, resolve_device
 from .datasets import DataConfig, from_arrays
 from .datasets.arrays import _as_array
 from .datasets.source import _preview
@@ -140,7 +141,7 @@ class Detector(BaseEstimator):
 
     def __init__(self, model="ae", model_options=None, latent_dim=None, hidden=None, epochs=None, batch_size=128,
                  lr=1e-3, contamination=0.1, anomaly_score="auto", preprocessing="standard", val_fraction=0.1,
-                 n_estimators=1, robust=False, random_state=None, device="cpu", verbose=False):
+                 n_estimators=1, robust=False, random_state=None, device="auto", verbose=False):
         self.model = model
         self.model_options = model_options
         self.latent_dim = latent_dim
@@ -556,9 +557,13 @@ class Detector(BaseEstimator):
             det = cls(**params)
         except (TypeError, KeyError, ValueError) as e:
             raise RunError(f"{run.path / DETECTOR}: not a detector state this aekit can read ({e})") from None
-        where = torch.device(det.device if device is None else device)
-        if device is None and where.type == "cuda" and not torch.cuda.is_available():
-            where = torch.device("cpu")
+        if device is not None:
+            where = torch.device(resolve_device(device))
+        else:  # the detector's own device ("auto": the best one here), or the CPU when it is not here
+            try:
+                where = torch.device(resolve_device(det.device))
+            except ConfigError:
+                where = torch.device("cpu")
         det.model = det.model_name_ = run.model_name
         det.models_ = [run.model(device=where)]
         det.train_config_, det.data_spec_, det.history_, det.summary_ = run.train, run.data, run.history, run.summary

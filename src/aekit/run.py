@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from . import files, registry
-from .config import TrainConfig
+from .config import TrainConfig, resolve_device
 from .datasets import DataConfig
 from .datasets import load as load_dataset
 from .errors import AekitError, RunError
@@ -228,7 +228,9 @@ class Run:
 
     # --- what a run holds -----------------------------------------------------------------------
     def model(self, weights: str = "best", device: str | torch.device | None = None):
-        """The model rebuilt from config.json with its best weights (``weights="last"``: the checkpoint's)."""
+        """The model rebuilt from config.json with its best weights (``weights="last"``: the checkpoint's), in
+        eval mode. ``device``: None leaves it on the CPU, whatever device the run trained on; "auto" takes the
+        best device here (``config.resolve_device``); a device this machine does not have is a ConfigError."""
         from .errors import ConfigError
 
         if weights not in ("best", "last"):
@@ -247,7 +249,7 @@ class Run:
             first = str(e).strip().splitlines()[-1].strip()
             raise RunError(f"{path}: weights do not match the model in {CONFIG} ({first})") from None
         model.eval()
-        return model if device is None else model.to(device)
+        return model if device is None else model.to(resolve_device(device))
 
     def dataset(self, **overrides):
         """The dataset the run was trained on, with DataConfig fields replaced by ``overrides`` (JSON or
@@ -402,8 +404,8 @@ def _read_config(path: Path) -> dict[str, Any]:
 
 
 def load(run_dir: str | Path, weights: str = "best", device: str | torch.device | None = None):
-    """Rebuild the model of a run directory exactly, with its best (or ``weights="last"``) weights:
-    ``Run.open(run_dir).model(weights, device)``."""
+    """Rebuild the model of a run directory exactly, with its best (or ``weights="last"``) weights, on the CPU
+    or ``device`` ("auto": the best device here): ``Run.open(run_dir).model(weights, device)``."""
     return Run.open(run_dir).model(weights, device)
 
 
