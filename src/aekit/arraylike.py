@@ -46,6 +46,7 @@ Result = Tensor | dict[str, Tensor]
 
 def as_array(x, what: str = "the data") -> Tensor | np.ndarray:
     """A tensor as it is, anything else as a numpy array of real numbers; a DataError for other contents."""
+    x = x.materialize() if callable(getattr(type(x), "materialize", None)) else x  # a datasets Store: its tensor
     if isinstance(x, Tensor):
         if x.is_complex():
             raise DataError(f"{what} must hold real numbers, got a {x.dtype} tensor")

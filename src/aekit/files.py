@@ -7,6 +7,7 @@ to shadow the standard library's ``io``.)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
@@ -95,6 +96,54 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         if isinstance(e, OSError):
             raise _write_error(path, e) from None
         raise
+    _fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def new_file(path: str | os.PathLike):
+    """A binary file to write that appears at ``path`` only once complete, and never over an existing file.
+
+    Written through a temporary file in the same folder (fsync'ed, given the mode ``open()`` would give), then
+    hard-linked to ``path``, which fails if something is there: even a file that appeared meanwhile is never
+    replaced (where a filesystem has no hard links, a rename after a last check). On any failure the temporary
+    file is removed and ``path`` is untouched; write failures are a RunError naming the path.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    except OSError as e:
+        raise _write_error(path, e) from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fchmod(f.fileno(), _file_mode())
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise RunError(f"{path}: a file appeared there while it was written; it was left as it is and nothing "
+                           "was written: remove it or choose another path") from None
+        except OSError:  # no hard links here (some network and FAT filesystems)
+            if os.path.lexists(path):
+                raise FileExistsError(path) from None
+            os.rename(tmp, path)
+    except BaseException as e:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        if isinstance(e, FileExistsError):
+            raise RunError(f"{path}: a file appeared there while it was written; it was left as it is and nothing "
+                           "was written: remove it or choose another path") from None
+        if isinstance(e, OSError):
+            raise _write_error(path, e) from None
+        raise
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:  # renamed
+        pass
     _fsync_dir(path.parent)
 
 

@@ -396,15 +396,17 @@ def test_pillow_decompression_bomb_is_a_clean_error(tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["npy", "image", "csv"])
-def test_budget_is_the_float32_tensors_plus_the_raw_bytes(tmp_path, monkeypatch, kind):
+def test_budget_is_what_the_data_takes_in_memory(tmp_path, monkeypatch, kind):
+    """What stays resident: a memory-mapped .npy its index (24 bytes per sample), 8-bit images their bytes
+    (decoded, stacked, and the splits' uint8 copies), a table its text and float tensors."""
     options = {}
     if kind == "npy":
         path = tmp_path / "t.npy"
         path.write_bytes(npy_bytes(np.ones((100, 10))))
-        need = 100 * 10 * (4 + 8)
+        need = 100 * 24
     elif kind == "image":
         path = image_folder(tmp_path)
-        need = 6 * 6 * 5 * (4 + 1)
+        need = 6 * 6 * 5 * 3
     else:  # the text twice (decoded, and encoded for numpy's reader), and a str object per label
         path = tmp_path / "t.csv"
         path.write_text(table_text(n=30))

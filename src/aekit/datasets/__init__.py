@@ -1,4 +1,4 @@
-"""Datasets: every source becomes one ``Dataset`` of float32 tensors in memory.
+"""Datasets: every source becomes one ``Dataset`` of float32 samples, split into train / val / test.
 
 Sources (``load(name_or_path, ...)``, or ``load(config)`` with a :class:`DataConfig`):
 
@@ -9,9 +9,10 @@ Sources (``load(name_or_path, ...)``, or ``load(config)`` with a :class:`DataCon
   Pixels are uint8 / 255; shape (1, 28, 28); 10 classes. The official 60k/10k train/test split is
   kept; the validation split is the *last* ``val_fraction`` of a seeded permutation of the official
   training set, and ``test_fraction`` does not apply.
-- a ``.npy`` file (one array) or ``.npz`` file (``x`` and optional ``y``): a 2-D array (N, D) is a
-  table; (N, H, W), (N, H, W, C) with C in {1, 3, 4} or (N, C, H, W) with C in {1, 3} are images
-  (when both 4-D layouts fit, channels-first wins). Image arrays are uint8 (divided by 255) or
+- a ``.npy`` file (one array, memory-mapped; labels from ``DATA.labels.npy`` beside ``DATA.npy`` when it
+  exists) or ``.npz`` file (``x`` and optional ``y``): a 2-D array (N, D) is a table; (N, H, W),
+  (N, H, W, C) with C in {1, 3, 4} or (N, C, H, W) with C in {1, 3} are images (when both 4-D layouts
+  fit, channels-first wins). Image arrays are uint8 (divided by 255) or
   numbers already in [0, 1].
 - a ``.csv`` / ``.tsv`` file (``.txt``: delimiter sniffed) with a header row: a table.
 - a folder of ``.png`` / ``.jpg`` / ``.jpeg`` images: one class per subfolder when there are
@@ -21,6 +22,13 @@ Sources (``load(name_or_path, ...)``, or ``load(config)`` with a :class:`DataCon
   DataFrame) reads ``x`` with the rules of a ``.npy`` file, without writing one.
 
 Built-in names win over paths: to load a folder called ``digits`` write ``./digits``.
+
+Storage (``storage``). 8-bit images (IDX files, PNG/JPEG folders, uint8 arrays) are held as uint8
+(``ByteStore``: a quarter of float32's memory) and a ``.npy`` file is memory-mapped (``MappedStore``: a split
+is the file's rows it owns, nothing is read until a batch is); both give float32 batches, bit for bit the
+values a float32 tensor would hold. ``Dataset.split(name)`` materializes a store's split (within the memory
+budget) for whole-split uses. ``pack(source, "data.npy")`` (``aekit pack``) writes an image folder, a table,
+an IDX pair or a .npz archive as such a .npy file with its labels beside it.
 
 Splits. Sources without a fixed test split are split with one seeded permutation
 (``torch.Generator().manual_seed(seed)``): after ``limit`` keeps the first samples of the permutation,
@@ -38,15 +46,17 @@ the user's files.
 
 Hostile or broken files. Only regular files are read (a FIFO, a device such as a link to /dev/zero,
 or a folder in place of a file is a DataError naming it). Sizes are checked from headers before
-anything is allocated: the float32 tensors plus the raw (decompressed) bytes of an array, IDX file,
-table or image folder may not exceed ``max_data_bytes()``: the environment variable
+anything is allocated: what stays in memory (the float32 tensors or uint8 copies, plus the raw
+(decompressed) bytes of an array, IDX file, table or image folder; for a memory-mapped .npy file its index,
+24 bytes per sample) may not exceed ``max_data_bytes()``: the environment variable
 ``AEKIT_MAX_DATA_BYTES`` (bytes), else half of the machine's memory. Gzipped IDX files are inflated in
 bounded chunks, never past what their header announces. Values beyond float32's range are rejected
 like NaN/Inf, and messages quote at most 20 names of a file, each cut to 40 characters.
 
 Layout: ``config`` (DataConfig and the option checks), ``dataset`` (Dataset), ``source`` (the
 ``_Source`` seam, shared helpers, the regular-file and memory-budget guards), one module per source
-(``idx``, ``arrays``, ``tables``, ``images``) and ``splitting`` (split sizes, permutation, standardization).
+(``idx``, ``arrays``, ``tables``, ``images``), ``splitting`` (split sizes, permutation, standardization),
+``storage`` (the stores) and ``pack``.
 """
 
 from __future__ import annotations
@@ -62,12 +72,14 @@ from .config import DataConfig, _check_name
 from .dataset import Dataset
 from .idx import BUILTIN_NAMES, FASHION_MNIST_DIR, _load_digits, _load_idx_dataset, available
 from .images import IMAGE_SUFFIXES, _load_image_folder, image_files
+from .pack import Packed, pack
 from .source import _only_for, _Source, max_data_bytes
 from .splitting import _assemble, _one_class
+from .storage import ByteStore, MappedStore, Store
 from .tables import TABLE_DELIMITERS, _load_table_file
 
 __all__ = ["Dataset", "DataConfig", "load", "from_arrays", "available", "max_data_bytes", "image_files",
-           "BUILTIN_NAMES", "FASHION_MNIST_DIR"]
+           "BUILTIN_NAMES", "FASHION_MNIST_DIR", "pack", "Packed", "Store", "ByteStore", "MappedStore"]
 
 ACCEPTED = ".npy, .npz, .csv, .tsv or .txt file, or a folder of .png/.jpg/.jpeg images"
 

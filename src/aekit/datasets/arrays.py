@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import lzma
 import math
+import os
 import struct
 import tokenize
 import zipfile
@@ -23,6 +24,7 @@ from .config import DataConfig
 from .dataset import Dataset
 from .source import _check_budget, _check_finite, _encode_labels, _open_regular, _preview, _reason, _Source
 from .splitting import _assemble, _one_class
+from .storage import Mapping, chunk_rows
 
 KINDS = ("auto", "table", "image")
 
@@ -108,14 +110,27 @@ def _check_feature_names(names, src: _Source) -> list[str]:
     return list(names)
 
 
+LABELS_SUFFIX = ".labels.npy"  # a .npy file's labels, beside it: data.npy -> data.labels.npy (aekit pack writes it)
+MAPPED_BYTES_PER_SAMPLE = 24  # a memory-mapped array's resident index: the split permutation, split rows, a batch order
+
+
+def labels_path(p: Path) -> Path:
+    """Where the labels of the .npy file ``p`` are looked for: ``data.npy`` -> ``data.labels.npy``."""
+    return p.with_name(p.name[: -len(p.suffix)] + LABELS_SUFFIX)
+
+
 def _load_array_file(p: Path) -> _Source:
-    """A .npy file (one array) or .npz file (``x`` and optional ``y``), read only after its headers.
+    """A .npy file (one array, memory-mapped; labels from ``labels_path(p)`` when it exists) or .npz file
+    (``x`` and optional ``y``, read into memory), read only after its headers.
 
     The shape and dtype in each array's header (and, in a .npz, each member's decompressed size) are
     checked against the memory budget before any data is read; numpy allocates what a header
-    announces, so a lying header would otherwise decide how much memory is taken.
+    announces, so a lying header would otherwise decide how much memory is taken. A memory-mapped array
+    takes no memory of its own: its budget is its index (``MAPPED_BYTES_PER_SAMPLE`` per sample), and its
+    length is checked against the file's before it is mapped.
     """
     is_npy = p.suffix.lower() == ".npy"
+    mapping = y = None
     f, size = _open_regular(p)
     with f:
         try:
@@ -129,12 +144,20 @@ def _load_array_file(p: Path) -> _Source:
                 )
             f.seek(0)
             if is_npy:
-                xkey, y = None, None
-                shape, dtype = _npy_header(f, str(p))
-                _check_budget(str(p), _array_bytes(shape, dtype, 4), f"an array of shape {shape} {dtype}")
-                _check_length(size - f.tell(), shape, dtype, str(p))
-                f.seek(0)
-                x = np.lib.format.read_array(f, allow_pickle=False)
+                xkey = None
+                shape, dtype, fortran = _npy_header(f, str(p), fortran=True)
+                n = shape[0] if shape else 1
+                _check_budget(str(p), n * MAPPED_BYTES_PER_SAMPLE,
+                              f"an array of shape {shape} {dtype} (memory-mapped: its index of "
+                              f"{MAPPED_BYTES_PER_SAMPLE} bytes per sample is held in memory)")
+                offset = f.tell()
+                _check_length(size - offset, shape, dtype, str(p))
+                if math.prod(shape) == 0 or not shape:  # nothing to map; refused below with its reason
+                    f.seek(0)
+                    x = np.lib.format.read_array(f, allow_pickle=False)
+                else:  # mapped from the descriptor checked above (a path could be swapped meanwhile)
+                    x = np.memmap(f, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
+                    mapping = Mapping(x, str(p), fd=os.dup(f.fileno()), offset=offset)
             else:
                 xkey, x, y = _read_npz(f, p)
         except AekitError:  # DataError, and ConfigError for a bad AEKIT_MAX_DATA_BYTES (both are ValueErrors)
@@ -146,9 +169,36 @@ def _load_array_file(p: Path) -> _Source:
         except (OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error, lzma.LZMAError) as e:
             raise DataError(f"{p}: not a valid or complete {p.suffix} file ({_reason(e)}); save it again with "
                             "numpy") from e
-
+    owner = str(p)
+    if is_npy and labels_path(p).exists():
+        owner = str(labels_path(p))
+        y = _read_npy_in_memory(labels_path(p), per_value=8)
     what = f"{p}" if xkey in (None, "x") else f"{p} (array {xkey!r})"
-    return _array_source(x, y, name=p.name, what=what, owner=str(p))
+    return _array_source(x, y, name=p.name, what=what, owner=owner, mapping=mapping)
+
+
+def _read_npy_in_memory(p: Path, per_value: int) -> np.ndarray:
+    """A small .npy file (labels) read into memory, with the checks of ``_load_array_file``."""
+    f, size = _open_regular(p)
+    with f:
+        try:
+            if not f.read(6).startswith(b"\x93NUMPY"):
+                raise DataError(f"{p}: not a .npy file (it does not start with the NumPy magic bytes); write the "
+                                "labels with np.save, or remove the file")
+            f.seek(0)
+            shape, dtype = _npy_header(f, str(p))
+            _check_budget(str(p), _array_bytes(shape, dtype, per_value), f"an array of shape {shape} {dtype}")
+            _check_length(size - f.tell(), shape, dtype, str(p))
+            f.seek(0)
+            return np.lib.format.read_array(f, allow_pickle=False)
+        except AekitError:
+            raise
+        except _HEADER_ERRORS as e:
+            if isinstance(e, ValueError) and "pickle" in str(e).lower():
+                raise _pickled(p) from e
+            raise DataError(f"{p}: not a valid .npy file ({_reason(e)}); save it again with numpy") from e
+        except (OSError, EOFError) as e:
+            raise DataError(f"{p}: not a valid or complete .npy file ({_reason(e)}); save it again with numpy") from e
 
 
 # what a damaged header or zip archive raises besides OSError/EOFError/BadZipFile: ValueError (most),
@@ -161,8 +211,9 @@ _HEADER_ERRORS = (ValueError, TypeError, SyntaxError, tokenize.TokenError, Overf
 _MAX_NPY_HEADER = 65536  # bytes; numpy refuses header text beyond 10000 characters
 
 
-def _npy_header(f, what: str) -> tuple[tuple[int, ...], np.dtype]:
-    """(shape, dtype) from the .npy header at ``f``'s position, which ends at the start of the data."""
+def _npy_header(f, what: str, fortran: bool = False):
+    """(shape, dtype) from the .npy header at ``f``'s position, which ends at the start of the data
+    (with ``fortran``: (shape, dtype, fortran_order))."""
     version = np.lib.format.read_magic(f)
     length_bytes = 2 if version == (1, 0) else 4
     length = int.from_bytes(f.read(length_bytes), "little")
@@ -171,13 +222,13 @@ def _npy_header(f, what: str) -> tuple[tuple[int, ...], np.dtype]:
                         "the file is damaged: save it again with numpy")
     f.seek(f.tell() - length_bytes)
     read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-    shape, _, dtype = read(f)  # a version (3, 0) header is UTF-8: the same layout as (2, 0)
+    shape, fortran_order, dtype = read(f)  # a version (3, 0) header is UTF-8: the same layout as (2, 0)
     if dtype.hasobject:
         raise _pickled(what)
     if any(d < 0 for d in shape):
         raise DataError(f"{what}: the header announces the shape {shape}, with a negative size; the file is "
                         "damaged: save it again with numpy")
-    return shape, dtype
+    return (shape, dtype, bool(fortran_order)) if fortran else (shape, dtype)
 
 
 def _array_bytes(shape, dtype: np.dtype, per_value: int) -> int:
@@ -222,7 +273,8 @@ def _read_npz(f, p: Path) -> tuple[str, np.ndarray, np.ndarray | None]:
                                     "np.savez(path, x=features, y=labels)")
                 m.seek(0)
                 shape, dtype = _npy_header(m, what)
-                per_value = 4 if role == "x" else 8  # float32 tensors, int64 labels
+                # float32 tensors (8-bit images: uint8 copies, see storage.ByteStore), int64 labels
+                per_value = (1 if dtype == np.uint8 and len(shape) in (3, 4) else 4) if role == "x" else 8
                 sizes.append((_array_bytes(shape, dtype, per_value), f"{wanted[role]!r} of shape {shape} {dtype}"))
                 _check_budget(str(p), sum(n for n, _ in sizes),
                               f"the array{'s' if len(sizes) > 1 else ''} {' and '.join(h for _, h in sizes)}")
@@ -241,14 +293,16 @@ def _pickled(what) -> DataError:
     )
 
 
-def _array_source(x, y, *, name: str, what: str, owner: str) -> _Source:
+def _array_source(x, y, *, name: str, what: str, owner: str, mapping: Mapping | None = None) -> _Source:
     """Interpret an array x (N, ...) and optional labels y (N,) as a table or images.
 
     The rules of .npy files, shared with ``from_arrays``: a 2-D array is a table (float64), 3-D and 4-D
     arrays are images (see ``_image_array``); NaN/Inf are rejected. ``what`` names x in messages,
-    ``owner`` names the holder of y.
+    ``owner`` names the holder of y. With ``mapping`` (x memory-mapped), x is checked in chunks and kept as
+    it is (its dtype; images as an (N, C, H, W) view): the stores convert each batch.
     """
-    x = np.asarray(x)
+    if mapping is None:
+        x = np.asarray(x)
     if x.dtype.kind not in "biuf":
         raise DataError(f"{what}: expected numbers, got an array of dtype {x.dtype}; convert it to float "
                         "or uint8 first")
@@ -257,11 +311,11 @@ def _array_source(x, y, *, name: str, what: str, owner: str) -> _Source:
     if x.ndim == 2:
         if x.shape[1] == 0:
             raise DataError(f"{what}: the table has 0 columns (shape {x.shape}); the dataset is empty")
-        table = x.astype(np.float64)
-        _check_finite(table, what, table=True)
-        src = _Source(name=name, what=what, kind="table", x=table)
+        table = x if mapping is not None else x.astype(np.float64)
+        _check_finite(table, what, table=True, mapping=mapping)
+        src = _Source(name=name, what=what, kind="table", x=table, mapping=mapping)
     elif x.ndim in (3, 4):
-        src = _Source(name=name, what=what, kind="image", x=_image_array(x, what))
+        src = _Source(name=name, what=what, kind="image", x=_image_array(x, what, mapping), mapping=mapping)
     else:
         raise DataError(
             f"{what}: cannot tell what an array of shape {x.shape} holds; expected (N, D) for a table, "
@@ -279,15 +333,17 @@ def _array_source(x, y, *, name: str, what: str, owner: str) -> _Source:
     return src
 
 
-def _image_array(x: np.ndarray, what: str) -> np.ndarray:
-    """(N, H, W) / (N, H, W, C) / (N, C, H, W) -> (N, C, H, W), uint8 or float32 in [0, 1]."""
-    _check_finite(x, what, table=False)  # positions in the user's layout
+def _image_array(x: np.ndarray, what: str, mapping: Mapping | None = None) -> np.ndarray:
+    """(N, H, W) / (N, H, W, C) / (N, C, H, W) -> (N, C, H, W), uint8 or float32 in [0, 1].
+
+    With ``mapping``: the values are checked in chunks and the result is a view of x in its own dtype."""
+    _check_finite(x, what, table=False, mapping=mapping)  # positions in the user's layout
     if x.ndim == 3:
         x = x[:, None]
     elif x.shape[1] in (1, 3):  # channels first wins when both layouts fit
         pass
     elif x.shape[3] in (1, 3, 4):
-        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        x = x.transpose(0, 3, 1, 2) if mapping is not None else np.ascontiguousarray(x.transpose(0, 3, 1, 2))
     else:
         raise DataError(
             f"{what}: an image array of shape {x.shape} has no channel axis of size 1/3/4 in last place "
@@ -298,11 +354,24 @@ def _image_array(x: np.ndarray, what: str) -> np.ndarray:
         raise DataError(f"{what}: images of shape {x.shape[1:]} hold no pixels; the dataset is empty")
     if x.dtype == np.uint8:
         return x
-    lo, hi = float(x.min()), float(x.max())
+    lo, hi = _value_range(x, mapping)
     if lo < 0.0 or hi > 1.0:
         raise DataError(
             f"{what}: image values must lie in [0, 1] but range from {lo:g} to {hi:g}; scale them to "
             "[0, 1] (e.g. divide 8-bit pixels by 255, or save them as uint8), or pass a 2-D (N, D) "
             "array to treat the data as a table (standardized per feature)"
         )
-    return x.astype(np.float32)
+    return x if mapping is not None else x.astype(np.float32)
+
+
+def _value_range(x: np.ndarray, mapping: Mapping | None) -> tuple[float, float]:
+    """(min, max) of x, read in chunks of rows when it is memory-mapped."""
+    if mapping is None:
+        return float(x.min()), float(x.max())
+    lo, hi = math.inf, -math.inf
+    step = chunk_rows(x)
+    for a in range(0, len(x), step):
+        c = x[a:a + step]
+        lo, hi = min(lo, float(c.min())), max(hi, float(c.max()))
+        mapping.touched(c.size * c.dtype.itemsize)
+    return lo, hi

@@ -1,4 +1,5 @@
-"""The ``Dataset``: float32 tensors in memory, split into train / val / test, with the config that rebuilt them."""
+"""The ``Dataset``: train / val / test samples (float32 tensors, or stores that gather float32 batches), with the
+config that rebuilt them."""
 
 from __future__ import annotations
 
@@ -12,16 +13,20 @@ import torch
 from ..errors import ConfigError, DataError
 from .config import DataConfig
 from .source import _preview
+from .storage import Store, as_tensor, take
 
 _SPLITS = ("train", "val", "test")
 
 
 @dataclass(eq=False, repr=False)
 class Dataset:
-    """Tensors in memory for one data source, split into train / val / test.
+    """One data source, split into train / val / test.
 
-    ``x_*`` are float32 (N, *shape); images lie in [0, 1] with shape (C, H, W), tables are
-    standardized with ``mean`` / ``std`` of the train split and have shape (D,). ``y_*`` are int64
+    ``x_*`` hold float32 samples (N, *shape); images lie in [0, 1] with shape (C, H, W), tables are
+    standardized with ``mean`` / ``std`` of the train split and have shape (D,). Each is a float32 tensor,
+    or a :class:`~aekit.datasets.storage.Store` that holds the samples compactly (8-bit images as uint8,
+    a memory-mapped .npy file as its rows) and returns float32 tensors: ``x[idx]`` gathers a batch, and
+    ``split(name)`` (or ``x.materialize()``) gives the whole split's tensor. ``y_*`` are int64
     (N,) class indices 0..num_classes-1, or None for unlabeled data; ``class_names[k]`` is the
     original label value of class k as a string. ``spec`` is the :class:`DataConfig` that rebuilds
     exactly these tensors with ``datasets.load(spec)`` (absolute paths, the table statistics, the
@@ -31,9 +36,9 @@ class Dataset:
     name: str
     kind: str
     shape: tuple[int, ...]
-    x_train: torch.Tensor
-    x_val: torch.Tensor
-    x_test: torch.Tensor
+    x_train: torch.Tensor | Store
+    x_val: torch.Tensor | Store
+    x_test: torch.Tensor | Store
     y_train: torch.Tensor | None
     y_val: torch.Tensor | None
     y_test: torch.Tensor | None
@@ -51,10 +56,26 @@ class Dataset:
         return math.prod(self.shape)
 
     def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(x, y) of the split ``"train"``, ``"val"`` or ``"test"``; y is None when unlabeled."""
+        """(x, y) of the split ``"train"``, ``"val"`` or ``"test"``; y is None when unlabeled.
+
+        x is the split's float32 tensor: a store is materialized (a DataError when it would exceed the memory
+        budget; evaluate on a smaller part, e.g. ``limit``). For batches of a large split, index
+        ``x_train`` / ``x_val`` / ``x_test`` instead."""
         if name not in _SPLITS:
             raise ConfigError(f"split: unknown split {name!r}; valid splits are: {', '.join(_SPLITS)}")
-        return getattr(self, f"x_{name}"), getattr(self, f"y_{name}")
+        return as_tensor(getattr(self, f"x_{name}")), getattr(self, f"y_{name}")
+
+    @property
+    def resident_bytes(self) -> int:
+        """Bytes the samples and labels take in memory (a memory-mapped file counts only its row index)."""
+        total = 0
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, Store):
+                total += v.resident_bytes
+            elif isinstance(v, torch.Tensor):
+                total += v.numel() * v.element_size()
+        return total
 
     def to_user_units(self, x: torch.Tensor) -> torch.Tensor:
         """Undo the standardization of a table: x * std + mean, x of shape (..., D). Images: x."""
@@ -63,11 +84,12 @@ class Dataset:
         return x * self.std.to(device=x.device, dtype=x.dtype) + self.mean.to(device=x.device, dtype=x.dtype)
 
     def to(self, device) -> Dataset:
-        """A copy whose tensors are all on ``device``."""
+        """A copy whose tensors are all on ``device``; stores gather onto ``device`` (8-bit images move there
+        as uint8, a memory-mapped file stays on the host)."""
         moved = {}
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
-            if isinstance(v, torch.Tensor):
+            if isinstance(v, (torch.Tensor, Store)):
                 moved[f.name] = v.to(device)
         return dataclasses.replace(self, **moved)
 
@@ -107,8 +129,8 @@ class Dataset:
         keep_val = self.y_val == k
         return dataclasses.replace(
             self,
-            x_train=self.x_train[keep_train], y_train=self.y_train[keep_train],
-            x_val=self.x_val[keep_val], y_val=self.y_val[keep_val],
+            x_train=take(self.x_train, keep_train), y_train=self.y_train[keep_train],
+            x_val=take(self.x_val, keep_val), y_val=self.y_val[keep_val],
             spec=dataclasses.replace(self.spec, normal_class=k),
         )
 

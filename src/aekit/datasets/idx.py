@@ -205,7 +205,7 @@ def _idx_header(raw, path: Path, kind: str) -> _Header:
 def _idx_budget(header: _Header, path: Path, kind: str) -> int:
     """The data length the header announces, in bytes, once it is known to fit the memory budget."""
     need = math.prod(header.dims)
-    per_value = 4 if kind == "images" else 8  # float32 pixels, int64 labels
+    per_value = 1 if kind == "images" else 8  # the splits' uint8 copies (storage.ByteStore), int64 labels
     _check_budget(str(path), need * (1 + per_value), f"the header's {'x'.join(map(str, header.dims))} {kind}")
     return need
 

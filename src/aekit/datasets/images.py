@@ -32,6 +32,29 @@ def image_files(folder: str | Path) -> list[Path]:
 
 
 def _load_image_folder(folder: Path) -> _Source:
+    files, labeled, (w, h), channels = _folder_plan(folder)
+    # 8-bit pixels: the decoded images, their stacked array and the splits' uint8 copies (storage.ByteStore)
+    _check_budget(str(folder), len(files) * w * h * channels * 3,
+                  f"{len(files)} images of {w}x{h} pixels ({'gray' if channels == 1 else 'RGB'})")
+    arrays = [_decode(folder, files[0], (w, h), rel) for rel in files]
+    if all(a.ndim == 2 for a in arrays):
+        x = np.stack(arrays)[:, None]  # (N, 1, H, W)
+    else:
+        x = np.stack([_chw(a, 3, folder / rel) for a, rel in zip(arrays, files, strict=True)])  # (N, 3, H, W)
+    src = _Source(name=folder.name, what=str(folder), kind="image", x=x)
+    if labeled:
+        src.y, src.class_names = _folder_labels(folder, files)
+    return src
+
+
+def _folder_labels(folder: Path, files: list[Path]) -> tuple[np.ndarray, list[str]]:
+    return _encode_labels(np.array([r.parts[0] for r in files], dtype=str), str(folder))
+
+
+def _folder_plan(folder: Path) -> tuple[list[Path], bool, tuple[int, int], int]:
+    """(the image files, labeled by subfolder?, (width, height), channels: 1 when all are gray, else 3), from
+    the files' headers:
+    the whole folder is checked (one size, readable images) before anything is decoded."""
     files = image_files(folder)
     if not files:
         others = sorted({q.suffix.lower() for q in folder.rglob("*") if q.is_file() and q.suffix})
@@ -53,50 +76,45 @@ def _load_image_folder(folder: Path) -> _Source:
             "labeled data put every image in a subfolder named after its class, for unlabeled data "
             "point at a folder without class subfolders"
         )
-    labeled = bool(nested)
-
-    # first the headers (sizes, modes): the whole folder is checked against the budget before decoding
     meta = []
     for rel in files:
         with _image(folder / rel) as im:
             meta.append((im.size, im.mode))
         _check_same_size(folder, files[0], meta[0][0], rel, meta[-1][0])
-    (w, h), n_gray = meta[0][0], sum(mode in _GRAY_MODES for _, mode in meta)
-    channels = 1 if n_gray == len(meta) else 3
-    _check_budget(str(folder), len(files) * w * h * channels * (1 + 4),  # 8-bit pixels, float32 tensors
-                  f"{len(files)} images of {w}x{h} pixels ({'gray' if channels == 1 else 'RGB'})")
+    n_gray = sum(mode in _GRAY_MODES for _, mode in meta)
+    return files, bool(nested), meta[0][0], 1 if n_gray == len(meta) else 3
 
-    arrays, gray = [], []
-    for rel in files:
-        path = folder / rel
-        with _image(path) as im:
-            _check_same_size(folder, files[0], meta[0][0], rel, im.size)  # in case the file changed meanwhile
-            im.load()
-            mode = im.mode
-            if mode in _GRAY_MODES:
-                arr = np.asarray(im.convert("L"))
-            elif mode in _COLOR_MODES:
-                if mode == "P" and "transparency" in im.info:
-                    im = im.convert("RGBA")  # the palette's alpha, else Pillow warns
-                arr = np.asarray(im.convert("RGB"))
-            else:
-                kind = "16-bit or floating point pixels" if mode.startswith(("I", "F")) else "unusual mode"
-                raise DataError(
-                    f"{path}: image mode {mode!r} ({kind}) is not supported; save the image with 8-bit "
-                    "pixels (grayscale L or RGB)"
-                )
-        arrays.append(arr)
-        gray.append(arr.ndim == 2)
-    if all(gray):
-        x = np.stack(arrays)[:, None]  # (N, 1, H, W)
-    else:
-        # L -> RGB replicates the gray value in all three channels, which is what Pillow would do
-        x = np.stack([np.repeat(a[:, :, None], 3, axis=2) if a.ndim == 2 else a for a in arrays])
-        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))  # (N, 3, H, W)
-    src = _Source(name=folder.name, what=str(folder), kind="image", x=x)
-    if labeled:
-        src.y, src.class_names = _encode_labels(np.array([r.parts[0] for r in files], dtype=str), str(folder))
-    return src
+
+def _decode(folder: Path, first: Path, size, rel: Path) -> np.ndarray:
+    """The pixels of one image: (H, W) uint8 for gray images, (H, W, 3) for color ones."""
+    path = folder / rel
+    with _image(path) as im:
+        _check_same_size(folder, first, size, rel, im.size)  # in case the file changed meanwhile
+        im.load()
+        mode = im.mode
+        if mode in _GRAY_MODES:
+            return np.asarray(im.convert("L"))
+        if mode in _COLOR_MODES:
+            if mode == "P" and "transparency" in im.info:
+                im = im.convert("RGBA")  # the palette's alpha, else Pillow warns
+            return np.asarray(im.convert("RGB"))
+        kind = "16-bit or floating point pixels" if mode.startswith(("I", "F")) else "unusual mode"
+        raise DataError(
+            f"{path}: image mode {mode!r} ({kind}) is not supported; save the image with 8-bit "
+            "pixels (grayscale L or RGB)"
+        )
+
+
+def _chw(a: np.ndarray, channels: int, path: Path) -> np.ndarray:
+    """(H, W) or (H, W, 3) uint8 -> (C, H, W); a gray image in a color folder has its value in all three
+    channels (what Pillow's L -> RGB gives)."""
+    if channels == 1:
+        if a.ndim != 2:
+            raise DataError(f"{path}: the image changed while it was read (now in color); read the folder again")
+        return a[None]
+    if a.ndim == 2:
+        a = np.repeat(a[:, :, None], 3, axis=2)
+    return a.transpose(2, 0, 1)
 
 
 @contextlib.contextmanager

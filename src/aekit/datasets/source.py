@@ -31,6 +31,7 @@ class _Source:
     feature_where: object = None      # callable(row, col) -> str, for CSV positions in messages
     x_test: np.ndarray | None = None  # a fixed test split (IDX)
     y_test: np.ndarray | None = None
+    mapping: object = None            # storage.Mapping when x is (a view of) a memory-mapped file
 
 
 def _only_for(what: str, **options):
@@ -83,39 +84,66 @@ def _encode_labels(y: np.ndarray, what: str, where=None) -> tuple[np.ndarray, li
     return inv.astype(np.int64).reshape(-1), [str(u.item()) for u in uniq]
 
 
-def _check_finite(x: np.ndarray, what: str, *, table: bool, where=None) -> None:
+def _check_finite(x: np.ndarray, what: str, *, table: bool, where=None, mapping=None) -> None:
     """DataError naming the count and the first position of NaN/Inf values, if any; likewise for values
     whose magnitude is beyond float32's finite range (finite in float64, they would become inf in the
-    float32 tensors aekit builds)."""
-    if x.dtype.kind != "f":
+    float32 tensors aekit builds).
+
+    Read in chunks of rows (a memory-mapped file is never read whole; ``mapping`` releases its pages)."""
+    if x.dtype.kind != "f" or x.size == 0:
         return
-    bad = ~np.isfinite(x)
-    count = int(bad.sum())
+    check_big = x.dtype.itemsize > 4
+    big = np.finfo(np.float32).max
+    row_bytes = max(1, x.size // len(x) * x.dtype.itemsize)
+    step = max(1, CHUNK_BYTES // row_bytes)
+    count = n_nan = n_big = 0
+    first = first_big = None
+    for a in range(0, len(x), step):
+        c = x[a:a + step]
+        bad = ~np.isfinite(c)
+        k = int(bad.sum())
+        if k:
+            count += k
+            n_nan += int(np.isnan(c).sum())
+            if first is None:
+                first = _first(bad, a)
+        if check_big and not count:
+            with np.errstate(invalid="ignore"):
+                huge = (c > big) | (c < -big)
+            k = int(huge.sum())
+            if k:
+                n_big += k
+                if first_big is None:
+                    first_big = _first(huge, a)
+        if mapping is not None:
+            mapping.touched(c.nbytes)
     if count:
-        n_nan = int(np.isnan(x).sum())
         fix = ("remove those rows or fill the values (e.g. with the column's mean)" if table
                else "remove those images or replace the values")
         raise DataError(
             f"{what}: {count} non-finite value(s) ({n_nan} NaN, {count - n_nan} Inf), first at "
-            f"{_position(bad, table, where)}; {fix} before loading"
+            f"{_position(first, table, where)}; {fix} before loading"
         )
-    if x.dtype.itemsize <= 4:
-        return
-    big = np.finfo(np.float32).max
-    bad = (x > big) | (x < -big)
-    count = int(bad.sum())
-    if count:
+    if n_big:
         fix = ("rescale the column (e.g. divide it by a constant) or remove those rows" if table
                else "scale the images to [0, 1]")
         raise DataError(
-            f"{what}: {count} value(s) beyond float32's range (magnitude above {big:.2g}), "
-            f"first at {_position(bad, table, where)}; aekit computes in float32: {fix} before loading"
+            f"{what}: {n_big} value(s) beyond float32's range (magnitude above {big:.2g}), "
+            f"first at {_position(first_big, table, where)}; aekit computes in float32: {fix} before loading"
         )
 
 
-def _position(bad: np.ndarray, table: bool, where) -> str:
-    """The first True of ``bad`` as messages name it: ``where(row, col)``, a table cell or an image index."""
+CHUNK_BYTES = 32 * 2**20  # bytes of rows read at once by whole-array passes (checks, statistics, materialize)
+
+
+def _first(bad: np.ndarray, offset: int) -> tuple[int, ...]:
+    """The index of the first True of ``bad`` (a chunk of rows starting at row ``offset``)."""
     first = np.unravel_index(int(np.flatnonzero(bad.reshape(-1))[0]), bad.shape)
+    return (int(first[0]) + offset, *(int(i) for i in first[1:]))
+
+
+def _position(first: tuple[int, ...], table: bool, where) -> str:
+    """The position ``first`` as messages name it: ``where(row, col)``, a table cell or an image index."""
     if where is not None:
         return where(int(first[0]), int(first[1]))
     if table:

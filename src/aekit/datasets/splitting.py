@@ -11,7 +11,8 @@ import torch
 from ..errors import ConfigError, DataError
 from .config import DataConfig
 from .dataset import Dataset
-from .source import _clip, _Source
+from .source import CHUNK_BYTES, _clip, _Source
+from .storage import ByteStore, MappedStore, take_rows
 
 
 def _round(n: int, fraction: float) -> int:
@@ -51,6 +52,9 @@ def _assemble(src: _Source, spec: DataConfig, fit_class: int | None = None) -> D
 
     ``fit_class``: fit a table's statistics on the training rows of this class only (one-class training:
     the rows the model trains on), when it has any.
+
+    What each split holds: 8-bit images a ``ByteStore`` (uint8), a memory-mapped source a ``MappedStore``
+    (the rows of the split, nothing copied), everything else a float32 tensor.
     """
     val_fraction, test_fraction, limit, stats = spec.val_fraction, spec.test_fraction, spec.limit, spec.stats
     g = torch.Generator().manual_seed(spec.seed)
@@ -60,7 +64,7 @@ def _assemble(src: _Source, spec: DataConfig, fit_class: int | None = None) -> D
     if src.x_test is None:
         n_train, n_val, _ = _checked_sizes(len(perm), val_fraction, test_fraction, src.what, limit)
         idx = {"train": perm[:n_train], "val": perm[n_train:n_train + n_val], "test": perm[n_train + n_val:]}
-        xs = {k: src.x[i] for k, i in idx.items()}
+        source = dict.fromkeys(idx, src.x)
         ys = {k: (None if src.y is None else src.y[i]) for k, i in idx.items()}
     else:
         # fixed test split: validation is the last val_fraction of the permuted training set
@@ -70,20 +74,30 @@ def _assemble(src: _Source, spec: DataConfig, fit_class: int | None = None) -> D
                         else np.arange(len(src.x_test)))[:limit]
         else:
             test_idx = np.arange(len(src.x_test))
-        xs = {"train": src.x[perm[:n_train]], "val": src.x[perm[n_train:]], "test": src.x_test[test_idx]}
+        idx = {"train": perm[:n_train], "val": perm[n_train:], "test": test_idx}
+        source = {"train": src.x, "val": src.x, "test": src.x_test}
         ys = {"train": src.y[perm[:n_train]], "val": src.y[perm[n_train:]], "test": src.y_test[test_idx]}
+    mapping = src.mapping
+
+    def what(k):
+        return f"{src.what} ({k} split)"
 
     mean = std = spec_stats = None
     if src.kind == "image":
-        tensors = {k: _image_tensor(v) for k, v in xs.items()}
+        if mapping is not None:
+            tensors = {k: MappedStore(mapping, source[k], i, what(k)) for k, i in idx.items()}
+        elif src.x.dtype == np.uint8:
+            tensors = {k: ByteStore(torch.from_numpy(np.ascontiguousarray(source[k][i])), what(k))
+                       for k, i in idx.items()}
+        else:
+            tensors = {k: _image_tensor(source[k][i]) for k, i in idx.items()}
     else:
         d = src.x.shape[1]
         if stats is None:
-            train = xs["train"]
+            rows = idx["train"]
             if fit_class is not None and (ys["train"] == fit_class).any():
-                train = train[ys["train"] == fit_class]
-            m64 = train.mean(axis=0)
-            s64 = train.std(axis=0)
+                rows = rows[ys["train"] == fit_class]
+            m64, s64 = _column_stats(src.x, rows, mapping)
             mean = torch.from_numpy(m64.astype(np.float32))
             std32 = s64.astype(np.float32)
             # constant columns: float64 rounding leaves a tiny nonzero std; treat it as zero
@@ -92,10 +106,15 @@ def _assemble(src: _Source, spec: DataConfig, fit_class: int | None = None) -> D
         else:
             mean, std = _check_stats(stats, d, src.what)
         m, s = mean.double().numpy(), std.double().numpy()
-        with np.errstate(over="ignore"):  # reported below, with the column
-            tensors = {k: torch.from_numpy(((v - m) / s).astype(np.float32)) for k, v in xs.items()}
-        for k, t in tensors.items():
-            _check_standardized(t, k, src, std, given=stats is not None)
+        if mapping is not None:
+            for k, i in idx.items():
+                _check_standardized_extremes(src.x, i, m, s, k, src, std, stats is not None, mapping)
+            tensors = {k: MappedStore(mapping, src.x, i, what(k), mean=m, std=s) for k, i in idx.items()}
+        else:
+            with np.errstate(over="ignore"):  # reported below, with the column
+                tensors = {k: torch.from_numpy(((source[k][i] - m) / s).astype(np.float32)) for k, i in idx.items()}
+            for k, t in tensors.items():
+                _check_standardized(t, k, src, std, given=stats is not None)
         spec_stats = {"mean": mean.tolist(), "std": std.tolist()}
     labels = {k: (None if v is None else torch.from_numpy(np.ascontiguousarray(v, dtype=np.int64)))
               for k, v in ys.items()}
@@ -109,6 +128,48 @@ def _assemble(src: _Source, spec: DataConfig, fit_class: int | None = None) -> D
         feature_names=None if src.feature_names is None else list(src.feature_names),
         mean=mean, std=std, spec=dataclasses.replace(spec, stats=spec_stats), fixed_test=src.x_test is not None,
     )
+
+
+def _column_stats(x: np.ndarray, rows: np.ndarray, mapping=None) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and population std (float64, (D,)) of the rows ``rows`` of the table x (N, D), in that order.
+
+    Up to ``CHUNK_BYTES`` of float64 rows: numpy's ``mean`` / ``std`` of those rows. Beyond: the same
+    two-pass formula over chunks of rows (the chunk sums added in order), so that a memory-mapped table and
+    the same table in memory give the same bits either way.
+    """
+    step = max(1, CHUNK_BYTES // (8 * x.shape[1]))
+    if len(rows) <= step:
+        t = take_rows(x, rows, mapping, out=np.empty((len(rows), x.shape[1]), np.float64))
+        return t.mean(axis=0), t.std(axis=0)
+    buf = np.empty((step, x.shape[1]), np.float64)
+    total = np.zeros(x.shape[1], np.float64)
+    for a in range(0, len(rows), step):
+        r = rows[a:a + step]
+        total += take_rows(x, r, mapping, out=buf[:len(r)]).sum(axis=0)
+    mean = total / len(rows)
+    sq = np.zeros(x.shape[1], np.float64)
+    for a in range(0, len(rows), step):
+        r = rows[a:a + step]
+        sq += ((take_rows(x, r, mapping, out=buf[:len(r)]) - mean) ** 2).sum(axis=0)
+    return mean, np.sqrt(sq / len(rows))
+
+
+def _check_standardized_extremes(x, rows, m, s, split: str, src: _Source, std, given: bool, mapping) -> None:
+    """``_check_standardized`` for a memory-mapped table, from each column's extremes over ``rows`` (the
+    standardization is monotonic in each column): the first column whose standardized extremes overflow."""
+    if not len(rows):
+        return
+    lo = np.full(x.shape[1], np.inf)
+    hi = np.full(x.shape[1], -np.inf)
+    step = max(1, CHUNK_BYTES // (8 * x.shape[1]))
+    buf = np.empty((step, x.shape[1]), np.float64)
+    for a in range(0, len(rows), step):
+        r = np.sort(rows[a:a + step])
+        c = take_rows(x, r, mapping, out=buf[:len(r)])
+        lo, hi = np.minimum(lo, c.min(axis=0)), np.maximum(hi, c.max(axis=0))
+    with np.errstate(over="ignore"):
+        ext = np.stack([((lo - m) / s).astype(np.float32), ((hi - m) / s).astype(np.float32)])
+    _check_standardized(torch.from_numpy(ext), split, src, std, given)
 
 
 def _check_standardized(t: torch.Tensor, split: str, src: _Source, std: torch.Tensor, given: bool) -> None:
