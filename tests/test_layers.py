@@ -9,7 +9,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "aekit"
 
 # bottom to top, as in docs/design.md ("Layers")
 LAYERS = [
-    {"errors", "config", "files", "arraylike"},
+    {"errors", "config", "files", "arraylike", "distributed"},
     {"nets", "likelihoods", "regularizers", "bounds", "posterior", "reference"},
     {"models"},
     {"registry", "datasets"},

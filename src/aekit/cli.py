@@ -14,7 +14,7 @@ import sys
 import typing
 from pathlib import Path
 
-from . import __version__, files, registry
+from . import __version__, distributed, files, registry
 from .config import AUTO_EPOCHS, AUTO_STEPS, ModelConfig, TrainConfig
 from .datasets import DataConfig
 from .errors import AekitError, ConfigError
@@ -121,12 +121,13 @@ def _open(args):
 def cmd_train(args) -> int:
     from . import datasets, metrics, trainer
 
+    distributed.init_from_env()  # under torchrun: every rank trains its share; rank 0 alone writes and prints
     train_opts = _given(args, TrainConfig)
     data_opts = _given(args, DataConfig, DATA_PREFIX)
     model_names = set(ModelConfig.field_names()) | {f for c in registry.MODELS.values() for f in c.Config.field_names()}
     model_opts = {k: v for k, v in vars(args).items() if k in model_names}
     if args.resume:
-        run = Run.open(args.resume)
+        run = distributed.agree(lambda: Run.open(args.resume), main_only=True, share=True)  # rank 0 reads it
         for k in train_opts:  # only the epoch budget may change on resume
             if k != "epochs":
                 raise ConfigError(f"{_flag(k)} cannot change on --resume; only --epochs can")
@@ -158,9 +159,15 @@ def cmd_train(args) -> int:
                 for k in wrong))
         tcfg = TrainConfig.from_dict(train_opts)
         dcfg = DataConfig.from_dict(data_opts, what="data")
-        out = Path(args.out) if args.out else _default_out(args.model, dcfg.name_or_path)
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):  # before the data is read (Run.create checks too)
-            raise ConfigError(f"{out} already exists and is not empty; choose another --out (nothing was overwritten)")
+
+        def choose_out() -> Path:  # on rank 0 alone under torchrun: the other ranks create nothing
+            out = Path(args.out) if args.out else _default_out(args.model, dcfg.name_or_path)
+            if out.exists() and (not out.is_dir() or any(out.iterdir())):  # before the data is read
+                raise ConfigError(f"{out} already exists and is not empty; choose another --out "
+                                  "(nothing was overwritten)")  # (Run.create checks too)
+            return out
+
+        out = distributed.agree(choose_out, main_only=True, share=True)
         try:
             ds = datasets.load(dcfg)
             model = registry.build_for(args.model, ds, seed=tcfg.seed, **model_opts)
@@ -168,9 +175,11 @@ def cmd_train(args) -> int:
             args.run_dir = out
             result = trainer.fit(model, ds, tcfg, out_dir=out, quiet=args.quiet or None, model_name=name)
         except AekitError:
-            if not args.out and not any(out.iterdir()):
+            if not args.out and distributed.is_main() and not any(out.iterdir()):
                 out.rmdir()  # the default folder this command made, still empty: no trace of a failed start
             raise
+    if not distributed.is_main():
+        return 0
     test = metrics.reconstruction_metrics(result.model, ds, "test")
     used = result.config
     if not args.resume and "epochs" not in train_opts:  # say what the automatic budget chose
@@ -202,9 +211,12 @@ def evaluation_key(model, split: str, iw_samples: int, mc_samples: int, seed: in
 
 
 def cmd_eval(args) -> int:
-    run, model, ds, opts = _open(args)
-    res = _evaluate_with_likelihood(args, model, ds, opts)
-    res.update(_anomaly_eval(args, run, model, ds, opts))
+    shard = distributed.init_from_env()  # under torchrun the per-example work is shared across ranks
+    run, model, ds, opts = _open_on_every_rank(args) if shard else _open(args)
+    res = _evaluate_with_likelihood(args, model, ds, opts, shard)
+    res.update(_anomaly_eval(args, run, model, ds, opts, shard))
+    if not distributed.is_main():  # rank 0 alone writes and prints
+        return 0
     if not _given(args, DataConfig, DATA_PREFIX) and not args.anomaly_data:  # `aekit report` reuses it
         normal = args.normal_class if args.normal_class is not None else opts.normal_class
         iw = 100 if args.iw_samples is None else args.iw_samples  # metrics.evaluate's defaults
@@ -219,7 +231,18 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def _anomaly_eval(args, run, model, ds, opts) -> dict:
+def _open_on_every_rank(args):
+    """``_open`` under torchrun: rank 0 reads the run folder and hands its configs and weights to the other
+    ranks (which need the data, not the run folder); every rank loads the data."""
+    run = distributed.agree(lambda: Run.open(args.run), main_only=True, share=True)
+    model = distributed.agree(run.model if distributed.is_main() else
+                              lambda: registry.instantiate(run.model_name, run.model_config, seed=0).eval())
+    distributed.broadcast_tensors(model.state_dict().values())  # rank 0's weights
+    overrides = _given(args, DataConfig, DATA_PREFIX)
+    return run, model, run.dataset(**overrides), run.evaluation_options(other_data="name_or_path" in overrides)
+
+
+def _anomaly_eval(args, run, model, ds, opts, shard: bool = False) -> dict:
     """Anomaly metrics for --normal-class / --anomaly-data, or the normal class the run was trained on."""
     from . import metrics
 
@@ -232,10 +255,10 @@ def _anomaly_eval(args, run, model, ds, opts) -> dict:
         anomalies = extra.x_train
     if normal is None and anomalies is None:
         return {}
-    return metrics.anomaly_evaluation(model, ds, args.split, normal_class=normal, anomalies=anomalies)
+    return metrics.anomaly_evaluation(model, ds, args.split, normal_class=normal, anomalies=anomalies, shard=shard)
 
 
-def _evaluate_with_likelihood(args, model, ds, opts) -> dict:
+def _evaluate_with_likelihood(args, model, ds, opts, shard: bool = False) -> dict:
     """metrics.evaluate with the eval options --iw-samples / --mc-samples (probabilistic models only), on
     the data the run's evaluation options name (a static binarization for runs trained on binary data)."""
     from . import metrics
@@ -245,8 +268,8 @@ def _evaluate_with_likelihood(args, model, ds, opts) -> dict:
         if given:
             raise ConfigError(f"{', '.join(_flag(k) for k in given)} applies to probabilistic models "
                               f"(with an ELBO, e.g. vae, iwae, cvae); model {model.name} has no likelihood")
-        return metrics.evaluate(model, ds, args.split)
-    res = metrics.evaluate(model, ds, args.split, binarize_seed=opts.binarize_seed, **given)
+        return metrics.evaluate(model, ds, args.split, shard=shard)
+    res = metrics.evaluate(model, ds, args.split, binarize_seed=opts.binarize_seed, shard=shard, **given)
     note = opts.likelihood_note(args.split)
     if note:
         res["likelihood_data"] = note
@@ -496,6 +519,20 @@ def cmd_datasets(args) -> int:
     return 0
 
 
+def cmd_pack(args) -> int:
+    from . import datasets
+    from .datasets.source import _size
+
+    features = None if args.features is None else [f.strip() for f in args.features.split(",") if f.strip()]
+    r = datasets.pack(args.source, args.out, label_column=args.label_column, features=features)
+    print(f"wrote {r.path}: {r.shape[0]} samples of shape {tuple(r.shape[1:])}, {r.dtype} ({_size(r.nbytes)})")
+    if r.labels_path:
+        print(f"labels: {r.labels_path} ({len(r.classes)} classes: {', '.join(r.classes[:10])}"
+              f"{', ...' if len(r.classes) > 10 else ''})")
+    print(f"train from it (memory-mapped): aekit train MODEL --dataset {r.path}")
+    return 0
+
+
 def build_parser():
     p = _Parser(prog="aekit", description="Train, evaluate and use autoencoders.")
     p.add_argument("--version", action="version", version=f"aekit {__version__}")
@@ -595,6 +632,17 @@ def build_parser():
                      "as score)")
     cal.add_argument("--fpr", type=float, default=0.01, help="the false-positive rate to hold on normal data")
 
+    pk = sub.add_parser("pack", help="write an image folder, a CSV/TSV table, an IDX file or a .npz archive as a "
+                        ".npy file (and its labels) that training memory-maps")
+    pk.add_argument("source", help="image folder (one subfolder per class gives labels), .csv/.tsv/.txt table, "
+                    "IDX images file (*-images-idx3-ubyte[.gz], labels from the *-labels-idx1-ubyte file beside it) "
+                    "or .npz archive")
+    pk.add_argument("--out", required=True, help="the .npy file to create (labels go to OUT.labels.npy beside it); "
+                    "an existing file is never overwritten")
+    pk.add_argument("--label-column", help="CSV/TSV: the column of class labels")
+    pk.add_argument("--features", help="CSV/TSV: comma-separated feature columns (default: every column but the "
+                    "label)")
+
     sub.add_parser("models", help="list the model families")
     sub.add_parser("datasets", help="list the datasets available here")
     return p
@@ -610,19 +658,27 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    ok = False
     try:
-        return {"train": cmd_train, "eval": cmd_eval, "reconstruct": cmd_reconstruct, "encode": cmd_encode,
+        code = {"train": cmd_train, "eval": cmd_eval, "reconstruct": cmd_reconstruct, "encode": cmd_encode,
                 "sample": cmd_sample, "models": cmd_models, "datasets": cmd_datasets,
                 "plot": cmd_plot, "report": cmd_report, "compare": cmd_compare, "score": cmd_score,
-                "calibrate": cmd_calibrate}[args.command](args)
+                "calibrate": cmd_calibrate, "pack": cmd_pack}[args.command](args)
+        ok = True
+        return code
     except AekitError as e:
-        print(f"aekit {args.command}: error: {e}", file=sys.stderr)
+        if distributed.is_main():
+            print(f"aekit {args.command}: error: {e}", file=sys.stderr)
+        elif getattr(e, "from_rank", None) is None:  # an error no other rank knows of (rank 0 prints the others)
+            print(f"aekit {args.command} (rank {distributed.rank()}): error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         run = getattr(args, "run_dir", None)
         hint = f"; the training run continues with `aekit train --resume {run}`" if run else ""
         print(f"aekit {args.command}: interrupted{hint}", file=sys.stderr)
         return 130
+    finally:
+        distributed.cleanup(wait=ok)  # under torchrun: the ranks part together after a success
 
 
 if __name__ == "__main__":

@@ -35,6 +35,15 @@ dropout or batch norm), and runs them under ``torch.no_grad``, which is per thre
 
 Data of another sample shape than the model's ``config.input_shape`` is refused with one DataError line
 naming both shapes (``Autoencoder.check_input``).
+
+Several ranks (``shard=True`` under torch.distributed, e.g. ``aekit eval`` under torchrun): the expensive
+per-example work, the likelihood estimates and the anomaly scores, is cut into blocks of ``CHUNK_ROWS`` rows,
+block i drawing from its own generator (seed ``chunk_seed(seed, i)``; block 0 from ``seed`` itself, so a split
+of at most CHUNK_ROWS rows gets the numbers it always got). Rank r computes blocks r, r + world, ...; the
+per-block sums and per-example scores are gathered in the original order before anything is computed on the
+whole split (means, AUROC), so the numbers do not depend on the number of ranks: ``shard=True`` on N ranks
+gives what one process gives. The rest (reconstruction, representation, clustering, diagnostics: one
+deterministic pass over the split) runs on rank 0, which hands its results to the others.
 """
 
 from __future__ import annotations
@@ -50,9 +59,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .arraylike import map_rows
+from . import distributed
+from .arraylike import as_array, map_rows
 from .config import check_seed
 from .errors import ConfigError, DataError
+from .likelihoods import binarize_static
 from .models.base import Autoencoder
 from .posterior import DiagonalGaussian
 from .reference import reference_classifier, subsample
@@ -62,6 +73,37 @@ from .reference import reference_classifier, subsample
 
 
 EVAL_BINARIZE_SEED = 0  # runs trained on binarized data: likelihoods on this static binarization of the split
+CHUNK_ROWS = 1024  # rows per seeded block of likelihood and score computations (the unit ranks share)
+
+
+def chunk_seed(seed: int, block: int) -> int:
+    """The seed of block ``block`` of a seeded per-example computation: ``seed`` for block 0, else 63 bits of
+    numpy's SeedSequence of (seed, block). Blocks draw independently of which rank computes them."""
+    if block == 0:
+        return seed
+    state = np.random.SeedSequence([int(seed) % 2**64, 0x61656B, block]).generate_state(2, np.uint32)
+    return (int(state[0]) << 31 | int(state[1]) >> 1) & (2**63 - 1)
+
+
+def _sharded(shard: bool) -> bool:
+    return shard and distributed.world_size() > 1
+
+
+def _my_blocks(n_blocks: int, shard: bool) -> range:
+    """The blocks this rank computes: all of them, or every world-th from its rank when sharded."""
+    if not _sharded(shard):
+        return range(n_blocks)
+    return range(distributed.rank(), n_blocks, distributed.world_size())
+
+
+class _Rows:
+    """A block of rows of a split, for functions that read ``dataset.split(name)`` and ``dataset.name``."""
+
+    def __init__(self, name: str, x: Tensor, y: Tensor | None):
+        self.name, self._xy = name, (x, y)
+
+    def split(self, name: str):
+        return self._xy
 
 def _batched(fn, tensors: list[Tensor | None], batch_size: int, device) -> list:
     n = tensors[0].shape[0]
@@ -129,8 +171,28 @@ def reconstruction_metrics(model: Autoencoder, dataset, split: str = "test") -> 
     if dataset.kind == "image":
         out["psnr_db"] = psnr(x, x_hat)
         out["bce_nats"] = bce(x, x_hat)
-    else:  # the error in the user's units, per feature
-        out["rmse_user_units"] = math.sqrt(F.mse_loss(dataset.to_user_units(x_hat), dataset.to_user_units(x)).item())
+    else:  # tables: a scale-free summary, then each column's error in that column's own units
+        out.update(column_errors(dataset, x, x_hat))
+    return out
+
+
+COLUMN_RMSE = "rmse:"  # prefix of the per-column errors of a table: "rmse:<column name>"
+
+
+def column_errors(dataset, x: Tensor, x_hat: Tensor) -> dict[str, float]:
+    """A table's reconstruction errors as a user reads them: ``r2``, the share of each column's variance that
+    the reconstruction explains, averaged over the columns that vary (scale-free, so columns in different
+    units can be averaged), and ``rmse:<column>``, the root mean squared error of each column in its own
+    units (an average across columns in mixed units would mean nothing)."""
+    xu = dataset.to_user_units(x).double().flatten(1)
+    err2 = (dataset.to_user_units(x_hat).double().flatten(1) - xu).pow(2).mean(0)
+    var = xu.var(0, unbiased=False)
+    out = {}
+    varies = var > 0
+    if bool(varies.any()):
+        out["r2"] = float((1.0 - err2[varies] / var[varies]).mean())
+    names = dataset.feature_names or [f"f{i}" for i in range(xu.shape[1])]
+    out.update({f"{COLUMN_RMSE}{name}": float(e) for name, e in zip(names, err2.sqrt().tolist())})
     return out
 
 
@@ -139,21 +201,63 @@ def reconstruction_metrics(model: Autoencoder, dataset, split: str = "test") -> 
 
 
 def likelihood_metrics(model: Autoencoder, dataset, split: str = "test", *, iw_samples: int = 100,
-                       mc_samples: int = 1, seed: int = 0, binarize_seed: int | None = None) -> dict[str, float]:
+                       mc_samples: int = 1, seed: int = 0, binarize_seed: int | None = None,
+                       shard: bool = False) -> dict[str, float]:
     """Test ELBO and the importance-weighted log-likelihood estimate (``aekit.bounds``), in nats and bits/dim.
 
     Only for models with ``capabilities.probabilistic``; ``iw_samples`` importance samples per example
     (Burda et al. 2016; 0 skips the estimate), ``mc_samples`` Monte Carlo samples of the ELBO (both checked
     by ``bounds.likelihood_metrics``). ``binarize_seed``: evaluate on a static binarization of the split
     (for runs trained on binarized data). Empty for other models.
+
+    The split is estimated in blocks of CHUNK_ROWS rows, block i with seed ``chunk_seed(seed, i)``, and the
+    per-block sums added in block order. ``shard``: under torch.distributed every rank must call this; each
+    computes its blocks (see the module docstring) and every rank returns the numbers one process returns.
     """
     if not model.capabilities.probabilistic:
         return {}
     from . import bounds
+    from .likelihoods import bits_per_dim
 
-    res = bounds.likelihood_metrics(model, dataset, split, iw_samples, mc_samples, seed=seed,
-                                    binarize_seed=binarize_seed)
-    return {k: _number(v) for k, v in res.items()}
+    x, y = dataset.split(split)
+    n = x.shape[0]
+    if n <= CHUNK_ROWS:  # one block: bounds' own numbers (rank 0 computes them when sharded)
+        res = distributed.agree(lambda: bounds.likelihood_metrics(model, dataset, split, iw_samples, mc_samples,
+                                                                  seed=seed, binarize_seed=binarize_seed),
+                                main_only=True, share=True) if _sharded(shard) else \
+            bounds.likelihood_metrics(model, dataset, split, iw_samples, mc_samples, seed=seed,
+                                      binarize_seed=binarize_seed)
+        return {k: _number(v) for k, v in res.items()}
+    # the checks bounds makes, on the whole split, before any block
+    mc_samples, iw_samples = bounds._count(mc_samples, "--mc-samples", 1), bounds._count(iw_samples, "--iw-samples", 0)
+    seed = check_seed(seed)
+    bounds._check_work(n, iw_samples, mc_samples)
+    if binarize_seed is not None:  # the binarization of the whole split, as bounds draws it
+        x = binarize_static(x.to(model.device), check_seed(binarize_seed, "binarize_seed"))
+    starts = range(0, n, CHUNK_ROWS)
+    keys = ("elbo_nats", "recon_nats", "kl_nats") + (("iw_log_likelihood_nats",) if iw_samples else ())
+    sums = torch.zeros(len(starts), len(keys), dtype=torch.float64)  # per block: sums over its rows
+
+    def mine():
+        for i in _my_blocks(len(starts), shard):
+            lo, hi = starts[i], min(starts[i] + CHUNK_ROWS, n)
+            part = _Rows(dataset.name, x[lo:hi], None if y is None else y[lo:hi])
+            r = bounds.likelihood_metrics(model, part, split, iw_samples, mc_samples, seed=chunk_seed(seed, i))
+            sums[i] = torch.tensor([r[k] * (hi - lo) for k in keys], dtype=torch.float64)
+
+    if _sharded(shard):
+        distributed.agree(mine)
+        distributed.gather_rows(sums)
+    else:
+        mine()
+    total = {k: sum(sums[:, j].tolist()) / n for j, k in enumerate(keys)}  # in block order, on every rank
+    dim = math.prod(x.shape[1:])
+    out = {"elbo_nats": total["elbo_nats"], "neg_elbo_bits_per_dim": bits_per_dim(-total["elbo_nats"], dim),
+           "recon_nats": total["recon_nats"], "kl_nats": total["kl_nats"], "mc_samples": int(mc_samples)}
+    if iw_samples:
+        ll = total["iw_log_likelihood_nats"]
+        out.update(iw_log_likelihood_nats=ll, iw_nll_bits_per_dim=bits_per_dim(-ll, dim), iw_samples=int(iw_samples))
+    return {k: _number(v) for k, v in out.items()}
 
 
 def _number(v):
@@ -267,7 +371,7 @@ def representation_metrics(model: Autoencoder, dataset, split: str = "test", *, 
 
 
 def anomaly_scores(model: Autoencoder, x, y=None, *, mc_samples: int = 10, seed: int = 0,
-                   batch_size: int = 1024) -> dict:
+                   batch_size: int = 1024, shard: bool = False) -> dict:
     """Per-example anomaly scores (higher = more anomalous), each (N,), tensors on x's device (numpy for
     numpy arrays and lists):
 
@@ -275,17 +379,49 @@ def anomaly_scores(model: Autoencoder, x, y=None, *, mc_samples: int = 10, seed:
     - ``neg_elbo`` (probabilistic models): -ELBO(x) in nats, averaged over ``mc_samples`` samples of q(z|x).
 
     ``y``: labels handed to models that need them (e.g. the normal class for a conditional model).
+    The samples of block i of CHUNK_ROWS rows come from a generator seeded with ``chunk_seed(seed, i)``.
+    ``shard``: under torch.distributed every rank must call this; each scores its blocks and every rank
+    returns all N scores, in order, bit for bit what one process computes.
     """
     probabilistic = model.capabilities.probabilistic
-    g = torch.Generator(device=model.device).manual_seed(seed) if probabilistic else None
+    y = _labels_for(model, y)
 
-    def scores(xb: Tensor, yb: Tensor | None) -> dict[str, Tensor]:
-        out = {"recon_error": sse_per_example(xb, model.reconstruct(xb, yb))}
-        if probabilistic:
-            out["neg_elbo"] = -model.elbo(xb, yb, mc_samples=mc_samples, generator=g)["elbo"]
-        return out
+    def block(i: int, lo: int | None = None, hi: int | None = None):
+        """The scores of block i: rows lo:hi (None: all of x, as given)."""
+        g = torch.Generator(device=model.device).manual_seed(chunk_seed(seed, i)) if probabilistic else None
 
-    return _by_rows(model, scores, x, _labels_for(model, y), batch_size)
+        def scores(xb: Tensor, yb: Tensor | None) -> dict[str, Tensor]:
+            out = {"recon_error": sse_per_example(xb, model.reconstruct(xb, yb))}
+            if probabilistic:
+                out["neg_elbo"] = -model.elbo(xb, yb, mc_samples=mc_samples, generator=g)["elbo"]
+            return out
+
+        if lo is None:
+            return _by_rows(model, scores, x, y, batch_size)
+        return _by_rows(model, scores, x[lo:hi], None if y is None else y[lo:hi], batch_size)
+
+    xa = as_array(x)
+    n = xa.shape[0] if xa.ndim else 0
+    if xa.ndim == 0 or (n <= CHUNK_ROWS and not _sharded(shard)):  # one block (map_rows checks the input)
+        return block(0)
+    if y is not None and as_array(y, "the labels y").shape[:1] != (n,):
+        raise DataError(f"the labels y have shape {tuple(as_array(y).shape)} but the data has {n} rows; give one "
+                        "label (or condition vector) per row")
+    starts = range(0, n, CHUNK_ROWS)
+    if not _sharded(shard):
+        parts = [block(i, lo, min(lo + CHUNK_ROWS, n)) for i, lo in enumerate(starts)]
+        cat = torch.cat if isinstance(parts[0]["recon_error"], Tensor) else np.concatenate
+        return {k: cat([p[k] for p in parts]) for k in parts[0]}
+    parts = distributed.agree(lambda: {i: block(i, starts[i], min(starts[i] + CHUNK_ROWS, n))
+                                       for i in _my_blocks(len(starts), shard)})
+    like = next(iter(parts.values())) if parts else block(0, 0, 0)  # the kind and dtype of the result
+    full = torch.zeros(len(like), n, dtype=torch.float64)  # this rank's rows filled, the others 0
+    for i, p in parts.items():
+        for j, k in enumerate(like):
+            full[j, starts[i] : starts[i] + CHUNK_ROWS] = torch.as_tensor(p[k]).detach().cpu().double()
+    distributed.gather_rows(full)
+    return {k: full[j].to(device=like[k].device, dtype=like[k].dtype) if isinstance(like[k], Tensor)
+            else full[j].numpy().astype(like[k].dtype) for j, k in enumerate(like)}
 
 
 def detection_metrics(scores, is_anomaly) -> tuple[float, float]:
@@ -306,17 +442,18 @@ def detection_metrics(scores, is_anomaly) -> tuple[float, float]:
 
 
 def anomaly_metrics(model: Autoencoder, x_test: Tensor, is_anomaly, y: Tensor | None = None, *,
-                    seed: int = 0, mc_samples: int = 10) -> dict[str, float]:
+                    seed: int = 0, mc_samples: int = 10, shard: bool = False) -> dict[str, float]:
     """AUROC and average precision of every score of ``anomaly_scores`` on (x_test, is_anomaly).
 
     Keys: ``anomaly_auroc_<score>``, ``anomaly_ap_<score>`` and ``anomaly_fraction`` (share of positives,
-    the average precision of a random score).
+    the average precision of a random score). ``shard``: the scores are computed across ranks and gathered
+    (``anomaly_scores``) before the AUROC and average precision, which every rank then computes alike.
     """
     target = torch.as_tensor(_np(is_anomaly)).bool()
     if target.shape[0] != x_test.shape[0]:
         raise DataError(f"is_anomaly has {target.shape[0]} entries but x_test has {x_test.shape[0]} examples")
     out = {"anomaly_fraction": target.float().mean().item()}
-    for name, s in anomaly_scores(model, x_test, y, mc_samples=mc_samples, seed=seed).items():
+    for name, s in anomaly_scores(model, x_test, y, mc_samples=mc_samples, seed=seed, shard=shard).items():
         out[f"anomaly_auroc_{name}"], out[f"anomaly_ap_{name}"] = detection_metrics(s, target)
     return out
 
@@ -549,7 +686,8 @@ METRIC_INFO: dict[str, tuple[str, str]] = {  # name -> (what it is, "higher"/"lo
     "sse_per_example": ("sum of squared reconstruction errors per example", "lower"),
     "psnr_db": ("peak signal-to-noise ratio of reconstructions (peak 1), dB", "higher"),
     "bce_nats": ("Bernoulli cross-entropy of reconstructions, nats per example", "lower"),
-    "rmse_user_units": ("root mean squared reconstruction error in the data's own units", "lower"),
+    "r2": ("share of each table column's variance the reconstruction explains (R^2), mean over columns",
+           "higher"),
     "elbo_nats": ("evidence lower bound, nats per example", "higher"),
     "neg_elbo_bits_per_dim": ("negative ELBO in bits per data dimension", "lower"),
     "recon_nats": ("expected reconstruction negative log-likelihood -E_q log p(x|z), nats", "lower"),
@@ -591,7 +729,7 @@ METRIC_INFO: dict[str, tuple[str, str]] = {  # name -> (what it is, "higher"/"lo
 def evaluate(model: Autoencoder, dataset, split: str = "test", *, iw_samples: int = 100, mc_samples: int = 1,
              normal_class: int | str | None = None, anomalies: Tensor | None = None, seed: int = 0,
              binarize_seed: int | None = None, representation: bool = True,
-             diagnostics: bool = True) -> dict[str, float]:
+             diagnostics: bool = True, shard: bool = False) -> dict[str, float]:
     """Every metric that applies to the model on ``split``, as a flat dict of numbers.
 
     ``iw_samples`` / ``mc_samples``: importance and Monte Carlo samples of the likelihood estimates.
@@ -604,24 +742,34 @@ def evaluate(model: Autoencoder, dataset, split: str = "test", *, iw_samples: in
     Data whose samples do not have the model's input shape, and a seed torch does not accept, are refused
     with one line (DataError / ConfigError) before any work. Safe to call from several threads at once on
     one model (see the module docstring).
+
+    ``shard``: under torch.distributed (e.g. torchrun), every rank calls ``evaluate`` alike; the likelihood
+    estimates and anomaly scores are computed across ranks, the rest on rank 0, and every rank returns rank
+    0's dict: the numbers one process computes (module docstring). False (the default): this process
+    computes everything, as without torch.distributed (call it on one rank alone, or on each).
     """
     seed = check_seed(seed)
     model.check_input(dataset.split(split)[0], f"dataset {dataset.name!r}")
-    out = reconstruction_metrics(model, dataset, split)
+    lead = not _sharded(shard) or distributed.is_main()  # who computes the parts that are not sharded
+
+    def on_lead(fn):
+        return distributed.agree(fn, main_only=True) if _sharded(shard) else fn()
+
+    out = on_lead(lambda: reconstruction_metrics(model, dataset, split)) or {}
     out.update(likelihood_metrics(model, dataset, split, iw_samples=iw_samples, mc_samples=mc_samples, seed=seed,
-                                  binarize_seed=binarize_seed))
+                                  binarize_seed=binarize_seed, shard=shard))
     if representation:
-        out.update(representation_metrics(model, dataset, split, seed=seed))
+        out.update(on_lead(lambda: representation_metrics(model, dataset, split, seed=seed)) or {})
     if diagnostics:
-        out.update(diagnostic_metrics(model, dataset, split, seed=seed))
+        out.update(on_lead(lambda: diagnostic_metrics(model, dataset, split, seed=seed)) or {})
     if normal_class is not None or anomalies is not None:
         out.update(anomaly_evaluation(model, dataset, split, normal_class=normal_class, anomalies=anomalies,
-                                      seed=seed))
-    return out
+                                      seed=seed, shard=shard))
+    return distributed.broadcast_object(out if lead else None) if _sharded(shard) else out
 
 
 def anomaly_evaluation(model: Autoencoder, dataset, split: str = "test", *, normal_class: int | str | None = None,
-                       anomalies: Tensor | None = None, seed: int = 0) -> dict[str, float]:
+                       anomalies: Tensor | None = None, seed: int = 0, shard: bool = False) -> dict[str, float]:
     """Anomaly metrics for a normal class of ``dataset`` and/or extra anomalous examples (see ``evaluate``).
 
     Models that take labels are given the normal class as the label of every example: the score is
@@ -649,4 +797,4 @@ def anomaly_evaluation(model: Autoencoder, dataset, split: str = "test", *, norm
             raise ConfigError(f"model {model.name} needs labels: name the normal class (--normal-class) so its "
                               "label can be given to every example")
         labels = torch.full((x.shape[0],), k, dtype=torch.long)
-    return anomaly_metrics(model, x, is_anom, labels, seed=seed)
+    return anomaly_metrics(model, x, is_anom, labels, seed=seed, shard=shard)
