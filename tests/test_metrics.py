@@ -450,5 +450,14 @@ def test_table_dataset_metrics(tmp_path):
     m = aekit.build("dae", dataset=ds, seed=0, latent_dim=3, hidden=[16])
     aekit.fit(m, ds, aekit.TrainConfig(epochs=2), quiet=True)
     res = metrics.evaluate(m, ds)
-    assert "rmse_user_units" in res and "psnr_db" not in res and "denoise_psnr_noisy_db" not in res
+    assert "r2" in res and "psnr_db" not in res and "denoise_psnr_noisy_db" not in res
+    # each column's error in its own units: independent of the standardization
+    x_hat = metrics.reconstructions(m, ds.x_test)
+    user = ds.to_user_units(x_hat).double().numpy()
+    raw = ds.to_user_units(ds.x_test).double().numpy()
+    want = np.sqrt(((user - raw) ** 2).mean(0))
+    got = [res[f"rmse:{name}"] for name in (ds.feature_names or [f"f{i}" for i in range(5)])]
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    r2 = 1 - ((user - raw) ** 2).mean(0) / raw.var(0)
+    assert res["r2"] == pytest.approx(r2.mean(), rel=1e-6)
     assert "denoise_psnr_gain_db" in res and "probe_linear_accuracy" in res

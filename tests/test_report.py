@@ -180,3 +180,19 @@ def test_a_fixed_test_set_is_not_reported_as_a_fraction(cli, tmp_path):
     assert code == 0, err
     text = report.render(tmp_path / "r")
     assert "does not apply: the source&#x27;s own test set (200 examples)" in text
+
+
+def test_a_table_reports_each_column_in_its_own_units(cli, tmp_path):
+    """A table's report shows R^2 and one RMSE per column (not an average across mixed units)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 3)) * [1.0, 100.0, 0.01]
+    (tmp_path / "t.csv").write_text("width,mass,ratio\n" + "\n".join(",".join(f"{v:.6f}" for v in r) for r in x))
+    code, _, err = cli("train", "ae", "--dataset", tmp_path / "t.csv", "--epochs", 2, "--latent-dim", 2, "--quiet",
+                       "--out", tmp_path / "r")
+    assert code == 0, err
+    code, _, err = cli("report", tmp_path / "r")
+    assert code == 0, err
+    text = (tmp_path / "r" / "report.html").read_text()
+    assert "Reconstruction error per column" in text and "rmse_user_units" not in text
+    cells = parse(text).text
+    assert all(name in cells for name in ("width", "mass", "ratio")) and "r2" in cells

@@ -98,10 +98,17 @@ def page(title: str, body: str) -> str:
 
 
 def metrics_table(values: dict) -> str:
-    from .metrics import METRIC_INFO
+    """The metrics, and a table's per-column errors (``rmse:<column>``) in a table of their own."""
+    from .metrics import COLUMN_RMSE, METRIC_INFO
 
-    rows = [[k, fmt(v), (METRIC_INFO.get(k) or ("", ""))[0]] for k, v in values.items()]
-    return table_html(["metric", "value", "meaning"], rows, num_cols={1})
+    rows = [[k, fmt(v), (METRIC_INFO.get(k) or ("", ""))[0]] for k, v in values.items()
+            if not k.startswith(COLUMN_RMSE)]
+    html = table_html(["metric", "value", "meaning"], rows, num_cols={1})
+    columns = [[k[len(COLUMN_RMSE):], fmt(v)] for k, v in values.items() if k.startswith(COLUMN_RMSE)]
+    if columns:
+        html += ("<h3>Reconstruction error per column</h3><p class=\"meta\">Root mean squared error of each "
+                 "column, in that column's own units.</p>" + table_html(["column", "RMSE"], columns, num_cols={1}))
+    return html
 
 
 def _dict_table(d: dict | None) -> str:
