@@ -175,7 +175,10 @@ def _positions(key, n: int):
 
 
 def _check_range(pos, n: int) -> None:
-    if isinstance(pos, slice) or len(pos) == 0:
+    """An IndexError for a position outside [-n, n). Not for index tensors on an accelerator (the trainer's
+    permutation on CUDA): reading their min and max would make the host wait for the device at every step,
+    and torch's own indexing checks them there."""
+    if isinstance(pos, slice) or len(pos) == 0 or (isinstance(pos, Tensor) and pos.device.type != "cpu"):
         return
     lo, hi = int(pos.min()), int(pos.max())
     if lo < -n or hi >= n:
