@@ -75,28 +75,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     The file gets the mode a plain ``open()`` would give it (the umask applies). A failure (a read-only
     folder, a full disk, a path below a file) is a RunError naming the path; the old file stays as it was.
     """
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
-    except OSError as e:
-        raise _write_error(path, e) from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fchmod(f.fileno(), _file_mode())
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        if isinstance(e, OSError):
-            raise _write_error(path, e) from None
-        raise
-    _fsync_dir(path.parent)
+    with _staged(Path(path), os.replace) as f:
+        f.write(data)
 
 
 @contextlib.contextmanager
@@ -108,7 +88,30 @@ def new_file(path: str | os.PathLike):
     replaced (where a filesystem has no hard links, a rename after a last check). On any failure the temporary
     file is removed and ``path`` is untouched; write failures are a RunError naming the path.
     """
-    path = Path(path)
+    with _staged(Path(path), _link_new) as f:
+        yield f
+
+
+def _link_new(tmp: str, path: Path) -> None:
+    """Put the finished file ``tmp`` at ``path`` unless something is there (FileExistsError)."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError:  # no hard links here (some network and FAT filesystems)
+        if os.path.lexists(path):
+            raise FileExistsError(path) from None
+        os.rename(tmp, path)
+        return
+    os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def _staged(path: Path, place):
+    """A temporary file beside ``path`` to write; once the block is done it is flushed, given the mode
+    ``open()`` would give, fsync'ed and handed to ``place(tmp, path)``, then the folder is fsync'ed. On any
+    failure the temporary file is removed and ``path`` is as it was: a RunError naming the path for an OS
+    error (a file that appeared at ``path`` for ``new_file``)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
@@ -120,15 +123,7 @@ def new_file(path: str | os.PathLike):
             f.flush()
             os.fchmod(f.fileno(), _file_mode())
             os.fsync(f.fileno())
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            raise RunError(f"{path}: a file appeared there while it was written; it was left as it is and nothing "
-                           "was written: remove it or choose another path") from None
-        except OSError:  # no hard links here (some network and FAT filesystems)
-            if os.path.lexists(path):
-                raise FileExistsError(path) from None
-            os.rename(tmp, path)
+        place(tmp, path)
     except BaseException as e:
         try:
             os.unlink(tmp)
@@ -140,10 +135,6 @@ def new_file(path: str | os.PathLike):
         if isinstance(e, OSError):
             raise _write_error(path, e) from None
         raise
-    try:
-        os.unlink(tmp)
-    except FileNotFoundError:  # renamed
-        pass
     _fsync_dir(path.parent)
 
 
