@@ -61,8 +61,9 @@ images (benchmarks/fmnist_oneclass.py; RESULTS_fmnist_oneclass.md):
 - ``robust=False``: when True, a first pass is trained on all rows, the rows above the (1 - contamination)
   quantile of its training scores are dropped, and the detector is trained again on the rest (preprocessing
   statistics included).
-- ``contamination=0.1`` in (0, 0.5], ``batch_size=128``, ``lr=1e-3``, ``val_fraction=0.1``, ``device="auto"`` (CUDA, else MPS,
-  else the CPU; ``load`` puts the models on the saved device where it exists here, else on the CPU).
+- ``contamination=0.1`` in (0, 0.5], ``batch_size=128``, ``lr=1e-3``, ``val_fraction=0.1``,
+  ``device="auto"`` (CUDA, else MPS, else the CPU; ``load`` puts the models on the saved device where it
+  exists here, else on the CPU).
 
 Calibration. ``calibrate(X_normal, fpr)`` keeps held-out normal data's scores and sets ``threshold_`` to the
 ``ceil((n + 1)(1 - fpr))``-th smallest of them (split-conformal): under exchangeability a new normal
