@@ -45,6 +45,19 @@ def test_eval_json(cli, run):
     assert 0 < res["mse"] < 1 and res["psnr_db"] > 0
 
 
+def test_eval_device(cli, run, monkeypatch):
+    """--device auto (the default) is the CPU here and gives the numbers of --device cpu; a device this machine
+    lacks is one line."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    got = [json.loads(cli("eval", run, "--json", *dev)[1]) for dev in ([], ["--device", "cpu"])]
+    assert got[0] == got[1]
+    one_line_error(*cli("eval", run, "--device", "cuda"), "no CUDA device")
+    one_line_error(*cli("eval", run, "--device", "gpu"), "not a torch device")
+
+
 def test_reconstruct_png(cli, run, tmp_path):
     code, out, err = cli("reconstruct", run, "--out", tmp_path / "r.png", "-n", "8")
     assert code == 0, err

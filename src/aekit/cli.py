@@ -15,7 +15,7 @@ import typing
 from pathlib import Path
 
 from . import __version__, distributed, files, registry
-from .config import AUTO_EPOCHS, AUTO_STEPS, ModelConfig, TrainConfig
+from .config import AUTO_EPOCHS, AUTO_STEPS, ModelConfig, TrainConfig, resolve_device
 from .datasets import DataConfig
 from .errors import AekitError, ConfigError
 from .run import Run
@@ -115,7 +115,8 @@ def _open(args):
     run = Run.open(args.run)
     overrides = _given(args, DataConfig, DATA_PREFIX)
     ds = run.dataset(**overrides)
-    return run, run.model(), ds, run.evaluation_options(other_data="name_or_path" in overrides)
+    model = run.model(device=getattr(args, "device", None))  # eval --device; the other commands: the CPU
+    return run, model, ds, run.evaluation_options(other_data="name_or_path" in overrides)
 
 
 def cmd_train(args) -> int:
@@ -238,6 +239,7 @@ def _open_on_every_rank(args):
     model = distributed.agree(run.model if distributed.is_main() else
                               lambda: registry.instantiate(run.model_name, run.model_config, seed=0).eval())
     distributed.broadcast_tensors(model.state_dict().values())  # rank 0's weights
+    model.to(resolve_device(args.device))  # under torchrun a CUDA device is this rank's own, cuda:LOCAL_RANK
     overrides = _given(args, DataConfig, DATA_PREFIX)
     return run, model, run.dataset(**overrides), run.evaluation_options(other_data="name_or_path" in overrides)
 
@@ -569,6 +571,8 @@ def build_parser():
                        "classes of the split are the anomalies (default: the class the run was trained on)")
         c.add_argument("--anomaly-data", metavar="PATH", help="anomaly detection: a file/folder of anomalous "
                        "examples (all of them), scored against the split's examples as the normal ones")
+        c.add_argument("--device", default="auto", help="where to evaluate: auto (CUDA, else MPS, else the CPU; "
+                       "under torchrun each process's own GPU), cpu, cuda, cuda:1, mps [default: auto]")
     run_cmd("eval", "evaluate a trained run on its test split", _eval)
 
     def _plot(c):
