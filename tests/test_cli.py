@@ -209,3 +209,15 @@ def test_class_names_are_matched_without_case_and_interrupts_name_the_run(cli, t
     monkeypatch.setattr(trainer, "fit", interrupted)
     code, _, err = cli("train", "ae", *FAST, "--out", tmp_path / "r2")
     assert code == 130 and f"aekit train --resume {tmp_path / 'r2'}" in err
+
+
+@pytest.mark.parametrize("command", [["compare", "--models", "ae"], ["report", "RUN"], ["score", "RUN", "x.csv"],
+                                     ["pack", "x.csv", "--out", "y.npy"]])
+def test_commands_of_one_process_refuse_torchrun(cli, monkeypatch, tmp_path, command):
+    """Under torchrun only train and eval share their work; any other command would run once per process and
+    every process would write the same files: one line instead, before anything is read or written."""
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.chdir(tmp_path)
+    one_line_error(*cli(*command), f"aekit {command[0]} runs in one process", "without torchrun")
+    assert list(tmp_path.iterdir()) == []

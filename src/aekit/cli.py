@@ -652,6 +652,9 @@ def build_parser():
     return p
 
 
+SEVERAL_PROCESSES = ("train", "eval")  # the commands that share their work across torchrun's processes
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -664,6 +667,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     ok = False
     try:
+        if args.command not in SEVERAL_PROCESSES and distributed.launched():  # every rank would write its files
+            raise ConfigError(f"aekit {args.command} runs in one process; launch it without torchrun (only "
+                              f"{' and '.join(SEVERAL_PROCESSES)} use several processes)")
         code = {"train": cmd_train, "eval": cmd_eval, "reconstruct": cmd_reconstruct, "encode": cmd_encode,
                 "sample": cmd_sample, "models": cmd_models, "datasets": cmd_datasets,
                 "plot": cmd_plot, "report": cmd_report, "compare": cmd_compare, "score": cmd_score,
