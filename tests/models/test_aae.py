@@ -239,3 +239,25 @@ def test_default_training_matches_the_prior(digits):
     assert prior_mmd_metrics(res.model, digits)["prior_mmd2"] < 0.02
     last = res.history[-1]["train"]
     assert {"recon", "disc", "disc_penalty", "gen"} <= set(last) and last["disc"] < 2 * math.log(2) + 0.2
+
+
+def test_gradient_penalty_covers_prior_samples_and_codes(digits):
+    """The penalty is gamma/2 of the mean of E_p |grad D|^2 (R1, prior samples) and E_q |grad D|^2 (R2, the
+    codes), against autograd. With R1 alone the discriminator carved a dip around the codes it sees again and
+    again, whose gradient pulled them inwards (docs/theory.md, section 5)."""
+    m = tiny(digits, disc_penalty=0.7)
+    z_fake = torch.randn(9, 4, generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(3)
+    loss, pen = m._disc(z_fake, None, 0.7)
+    torch.manual_seed(3)  # the same prior draw
+    z_real = m.prior_sample(9).requires_grad_(True)
+    fake = z_fake.clone().requires_grad_(True)
+    real_logits, fake_logits = m._disc_logits(z_real, None), m._disc_logits(fake, None)
+    (g_real,) = torch.autograd.grad(real_logits.sum(), z_real)
+    (g_fake,) = torch.autograd.grad(fake_logits.sum(), fake)
+    assert g_fake.abs().sum() > 0
+    want = 0.7 / 2 * (g_real.pow(2).sum(1).mean() + g_fake.pow(2).sum(1).mean()) / 2
+    torch.testing.assert_close(pen, want)
+    torch.testing.assert_close(loss, adversarial_discriminator_loss(real_logits, fake_logits))
+    (w_grad,) = torch.autograd.grad(pen, m.discriminator.layers[0].weight)  # the discriminator learns from it
+    assert w_grad.abs().sum() > 0
