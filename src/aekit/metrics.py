@@ -552,11 +552,12 @@ def aggregate_posterior_sample(model: Autoencoder, x: Tensor, y: Tensor | None =
                                generator: torch.Generator | None = None) -> Tensor:
     """One code per example drawn from the aggregated posterior q(z) = E_x q(z|x): (N, K), on the CPU.
 
-    Probabilistic models: a draw of ``model.posterior`` (a DiagonalGaussian) with ``generator`` (a CPU
-    generator); others: the deterministic code ``model.encode`` (their q(z|x) is a point mass).
+    Models whose ``capabilities.has_posterior`` (the VAE family, an AAE with a Gaussian posterior): a draw of
+    ``model.posterior`` (a DiagonalGaussian) with ``generator`` (a CPU generator); others: the deterministic
+    code ``model.encode`` (their q(z|x) is a point mass).
     """
     y = _labels_for(model, y)
-    if not model.capabilities.probabilistic:
+    if not model.capabilities.has_posterior:
         return codes(model, x, y)
     with torch.no_grad():
         parts = _batched(model.posterior, [x, y], 1024, model.device)

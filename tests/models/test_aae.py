@@ -1,4 +1,5 @@
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -261,3 +262,77 @@ def test_gradient_penalty_covers_prior_samples_and_codes(digits):
     torch.testing.assert_close(loss, adversarial_discriminator_loss(real_logits, fake_logits))
     (w_grad,) = torch.autograd.grad(pen, m.discriminator.layers[0].weight)  # the discriminator learns from it
     assert w_grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("opts", [{}, {"prior": "mixture", "supervised": True}])
+def test_gaussian_posterior_is_sampled_in_training_and_encode_gives_its_mean(digits, opts):
+    m = tiny(digits, posterior="gaussian", **opts)
+    assert m.capabilities.stochastic_encoder and m.capabilities.has_posterior and not m.capabilities.probabilistic
+    assert not tiny(digits, **opts).capabilities.has_posterior  # the default stays deterministic
+    x, y = digits.x_train[:32], digits.y_train[:32]
+    q = m.posterior(x)
+    assert q.mean.shape == q.logvar.shape == (32, 4)
+    assert torch.equal(m.encode(x), q.mean) and torch.equal(m.encode(x), m.encode(x))  # deterministic codes
+    assert torch.equal(m.reconstruct(x), m.decode(q.mean))
+    torch.manual_seed(5)
+    z = m._codes(x)  # what every training phase uses: one reparameterized draw from torch's global generator
+    torch.manual_seed(5)
+    torch.testing.assert_close(z, q.mean + torch.exp(0.5 * q.logvar) * torch.randn(32, 4))
+    assert not torch.allclose(z, q.mean)
+    m.zero_grad(set_to_none=True)
+    torch.manual_seed(5)
+    gen = m.generator_loss(x, y)
+    torch.manual_seed(5)
+    yd = y if opts else None
+    want = -m.recon_log_prob(x, m.decoder(z)).mean() + 5.0 * adversarial_generator_loss(m._disc_logits(z, yd))
+    torch.testing.assert_close(gen.loss, want)
+    gen.loss.backward()  # the noise scale learns through the reparameterization
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m.encoder.parameters())
+    torch.manual_seed(5)
+    a = m.discriminator_loss(x, y).loss
+    torch.manual_seed(6)
+    assert not torch.equal(a, m.discriminator_loss(x, y).loss)  # fresh codes (and prior samples) per step
+
+
+def test_prior_mmd_samples_the_gaussian_posterior(digits):
+    """The prior MMD draws the codes of a Gaussian-posterior AAE from q(z|x), as it does the VAE's (one draw per
+    example with the diagnostic's generator), and uses the deterministic codes otherwise."""
+    from aekit.metrics import aggregate_posterior_sample, codes, mmd2
+
+    m = tiny(digits, posterior="gaussian")
+    x = digits.x_test[:50]
+    got = aggregate_posterior_sample(m, x, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        q = m.posterior(x)
+    torch.testing.assert_close(got, q.sample(1, torch.Generator().manual_seed(3))[0])
+    plain = tiny(digits)
+    assert torch.equal(aggregate_posterior_sample(plain, x, generator=torch.Generator().manual_seed(3)),
+                       codes(plain, x))
+    assert math.isfinite(mmd2(got, torch.randn(50, 4)))
+    with pytest.raises(ConfigError, match="--posterior gaussian"):
+        plain.posterior(x)
+
+
+def test_old_configs_without_the_posterior_key_stay_deterministic(digits):
+    """Runs written before the option (config.json without "posterior") rebuild the deterministic encoder they
+    were trained with; the v0.1.0 fixture's numbers are checked in tests/test_run.py."""
+    cfg = tiny(digits).config.to_dict()
+    assert cfg.pop("posterior") == "deterministic"
+    old = registry.get("aae").Config.from_dict(cfg)
+    assert old.posterior == "deterministic"
+    m = registry.instantiate("aae", old, seed=0)
+    assert m.encoder(digits.x_test[:2]).shape == (2, 4) and not m.capabilities.has_posterior
+    loaded = aekit.load(Path(__file__).parents[1] / "fixtures" / "runs_v0_1_0" / "aae-digits-supervised")
+    assert loaded.config.posterior == "deterministic" and not loaded.capabilities.has_posterior
+
+
+def test_gaussian_posterior_save_and_load(digits, tmp_path):
+    m = tiny(digits, posterior="gaussian")
+    res = trainer.fit(m, digits, TrainConfig(epochs=2, batch_size=64, seed=0), out_dir=tmp_path / "r", quiet=True)
+    loaded = aekit.load(tmp_path / "r")
+    assert loaded.config.posterior == "gaussian" and loaded.capabilities.stochastic_encoder
+    x = digits.x_test[:16]
+    assert torch.equal(loaded.encode(x), res.model.encode(x))
+    assert prior_mmd_metrics(loaded, digits) == prior_mmd_metrics(res.model, digits)  # seeded draws
+    with pytest.raises(ConfigError, match="posterior"):
+        tiny(digits, posterior="normal")

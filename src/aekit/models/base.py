@@ -65,12 +65,19 @@ class Capabilities:
     probabilistic: bool = False  # has posterior(), elbo() and log_likelihood()
     conditional: bool = False  # encode / decode take y
     needs_labels: bool = False  # training needs class labels
+    stochastic_encoder: bool = False  # has posterior(x, y) (a posterior.DiagonalGaussian) without being probabilistic
     diagnostics: tuple[str, ...] = ()  # the diagnostics that apply (see the module docstring)
 
     @property
     def uses_labels(self) -> bool:
         """The model takes class labels somewhere (its networks, its prior or its discriminator)."""
         return self.conditional or self.needs_labels
+
+    @property
+    def has_posterior(self) -> bool:
+        """Codes are drawn from q(z|x) = ``posterior(x, y)``, a DiagonalGaussian (``encode`` gives its mean);
+        otherwise q(z|x) is a point mass at ``encode(x, y)``."""
+        return self.probabilistic or self.stochastic_encoder
 
 
 # The public methods whose first argument is data x (True) or codes z (False): each family's definition of
