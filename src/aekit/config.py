@@ -234,7 +234,14 @@ def _coerce(name: str, value: Any, hint: Any, what: str) -> Any:
 
 @dataclass(frozen=True)
 class ModelConfig(ConfigBase):
-    """Options shared by every family. ``input_shape`` comes from the data."""
+    """Options shared by every family. ``input_shape`` comes from the data.
+
+    ``LEGACY`` (a class attribute, not an option): for options added after runs were first written, the value a
+    saved config.json that lacks the key was trained with; ``aekit.Run`` fills those in when it reads a run,
+    while a config built now takes the option's default.
+    """
+
+    LEGACY: typing.ClassVar[dict[str, Any]] = {}
 
     input_shape: tuple[int, ...] = opt((1, 8, 8), "sample shape (C,H,W) or (D,); set from the dataset")
     latent_dim: int = opt(16, "size of the code z")

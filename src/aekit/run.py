@@ -148,7 +148,10 @@ class Run:
         raw = _read_config(cfg_path)
         try:
             cls_ = registry.get(raw["model"])
-            model_config = cls_.Config.from_dict(raw["config"], what=f"model {raw['model']}")
+            saved = raw["config"]
+            if isinstance(saved, dict):  # options added since the run was written: the values it had then
+                saved = {**cls_.Config.LEGACY, **saved}
+            model_config = cls_.Config.from_dict(saved, what=f"model {raw['model']}")
             registry.check_model_size(raw["model"], model_config)  # before anything is allocated
             train = TrainConfig.from_dict(raw.get("train") or {}, what="train")
             data = None if raw.get("data") is None else DataConfig.from_dict(raw["data"], what="data")

@@ -66,8 +66,38 @@ def test_gradients_reach_every_parameter_across_phases(digits):
         assert not missing, (opts, missing)
 
 
+def test_mixture_centres_lie_on_axes_or_on_the_circle(digits):
+    """'axes' (the default): centre i at +radius on axis i, then -radius (a direction each); more components
+    than 2 x latent_dim, or 'circle': the circle in dims 1-2."""
+    c = tiny(digits, prior="mixture", n_components=6, mixture_radius=3.0).centers  # latent_dim 4
+    want = torch.zeros(6, 4)
+    want[[0, 1, 2, 3], [0, 1, 2, 3]] = 3.0
+    want[[4, 5], [0, 1]] = -3.0
+    assert torch.equal(c, want)
+    many = tiny(digits, prior="mixture", n_components=9, mixture_radius=3.0).centers
+    assert torch.equal(many, tiny(digits, prior="mixture", n_components=9, mixture_radius=3.0,
+                                  mixture_layout="circle").centers)
+    assert torch.equal(many[:, 2:], torch.zeros(9, 2))
+
+
+def test_a_saved_mixture_config_without_a_layout_keeps_the_circle(tmp_path, digits):
+    """Runs written before mixture_layout existed were trained with the circle; aekit.Run rebuilds them so,
+    while a config built now gets the axes."""
+    import json
+
+    m = tiny(digits, prior="mixture", n_components=6)
+    run = aekit.save(m, tmp_path / "r").path
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["config"].pop("mixture_layout") == "axes"
+    (run / "config.json").write_text(json.dumps(cfg))
+    old = aekit.Run.open(run)
+    assert old.model_config.mixture_layout == "circle"
+    assert torch.equal(old.model().centers, tiny(digits, prior="mixture", n_components=6,
+                                                 mixture_layout="circle").centers)
+
+
 def test_mixture_prior_components(digits):
-    m = tiny(digits, prior="mixture", n_components=6, mixture_radius=3.0, mixture_std=0.2)
+    m = tiny(digits, prior="mixture", n_components=6, mixture_radius=3.0, mixture_std=0.2, mixture_layout="circle")
     c = m.centers
     assert c.shape == (6, 4)
     torch.testing.assert_close(c[:, :2].norm(dim=1), torch.full((6,), 3.0))
