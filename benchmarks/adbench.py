@@ -182,34 +182,13 @@ LABELS = {"aekit": "aekit.Detector()", "aekit-ae": "aekit plain ae",
           "pyod-ae": "pyod AutoEncoder", "pyod-vae": "pyod VAE"}
 
 
-def ensure_pyod(log) -> tuple[Path | None, str]:
-    """benchmarks/.venvs/pyod-adbench's python, created on first use: torch 2.13.0 first, then pinned pyod."""
-    venv = VENVS / PYOD_VENV
-    py = venv / "bin" / "python"
-    marker = venv / ".bench-installed"
-    want = "\n".join([TORCH_PIN, *PYOD_REQS])
-    if py.exists() and marker.exists() and marker.read_text() == want:
-        return py, "ok"
-    print(f"[setup] installing pyod into {venv.relative_to(HERE.parent)} ...", flush=True)
-    if not py.exists():
-        p = subprocess.run([sys.executable, "-m", "venv", str(venv)], stdout=log, stderr=subprocess.STDOUT)
-        if p.returncode != 0 or not py.exists():
-            return None, f"could not create the virtual environment (python -m venv exited {p.returncode})"
-    for reqs in ([TORCH_PIN], PYOD_REQS):
-        cmd = [str(py), "-m", "pip", "install", "--quiet", *reqs]
-        log.write(f"$ {shlex.join(cmd)}\n")
-        log.flush()
-        p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        log.write(p.stdout)
-        if p.returncode != 0:
-            lines = [ln for ln in p.stdout.splitlines() if ln.strip() and not ln.startswith("WARNING: Location")]
-            return None, f"pip install {' '.join(reqs)} failed: {lines[-1] if lines else p.returncode}"
-    check = subprocess.run([str(py), "-c", "import torch, pyod; print(torch.__version__)"], capture_output=True,
-                           text=True)
-    if check.returncode != 0 or not check.stdout.startswith(TORCH_PIN.split("==")[1]):
-        return None, f"installed, but torch/pyod do not import as pinned: {check.stdout.strip() or check.stderr[-200:]}"
-    marker.write_text(want)
-    return py, "ok"
+def ensure_pyod() -> tuple[Path | None, str]:
+    """benchmarks/.venvs/pyod-adbench's python, created on first use (benchmarks/run.py's installer: torch
+    2.13.0 first, then the pinned pyod)."""
+    sys.path.insert(0, str(HERE))
+    from run import ensure_venv  # the main harness, beside this script
+
+    return ensure_venv(VENVS / PYOD_VENV, PYOD_REQS, "pyod", LOGS / "install-pyod.log")
 
 
 def versions(py: Path, names: list[str]) -> dict[str, str]:
@@ -417,8 +396,7 @@ def main(argv=None) -> int:
     LOGS.mkdir(parents=True, exist_ok=True)
     pyod_py, pyod_versions = None, {}
     if any(m in PYOD_METHODS for m in methods):
-        with open(LOGS / "install-pyod.log", "a") as log:
-            pyod_py, why = ensure_pyod(log)
+        pyod_py, why = ensure_pyod()
         if pyod_py is None:
             print(f"[setup] pyod skipped: {why}", flush=True)
             methods = [m for m in methods if m not in PYOD_METHODS]

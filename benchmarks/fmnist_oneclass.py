@@ -136,8 +136,7 @@ def main() -> None:
     pyod_py = None
     LOGS.mkdir(parents=True, exist_ok=True)
     if "pyod-ae" in methods:
-        with open(LOGS / "setup.log", "a") as log:
-            pyod_py, why = ensure_pyod(log)
+        pyod_py, why = ensure_pyod()
         if pyod_py is None:
             print(f"[skip] pyod-ae: {why}")
             methods.remove("pyod-ae")

@@ -76,15 +76,21 @@ def _run_pip(py: Path, args: list[str], log) -> tuple[bool, str]:
 def ensure_peer(name: str) -> tuple[Path | None, str]:
     """The peer's venv python, creating the venv if needed; (None, reason) when it cannot be installed."""
     reqs, module = PEERS[name]
-    venv = VENVS / name
+    return ensure_venv(VENVS / name, reqs, module, LOGS / f"install-{name}.log")
+
+
+def ensure_venv(venv: Path, reqs: list[str], module: str, log_path: Path) -> tuple[Path | None, str]:
+    """``venv``'s python with TORCH_PIN then ``reqs`` installed (created on first use, reused while its marker
+    names the same requirements); (None, reason) when it cannot be installed. The install log goes to
+    ``log_path``."""
     py = venv / "bin" / "python"
     marker = venv / ".bench-installed"
     want = "\n".join([TORCH_PIN, *reqs])
     if py.exists() and marker.exists() and marker.read_text() == want:
         return py, "ok"
-    LOGS.mkdir(parents=True, exist_ok=True)
-    with open(LOGS / f"install-{name}.log", "w") as log:
-        print(f"[setup] installing peer {name} into {venv.relative_to(HERE.parent)} ...", flush=True)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w") as log:
+        print(f"[setup] installing {' '.join(reqs)} into {venv.relative_to(HERE.parent)} ...", flush=True)
         if not py.exists():
             p = subprocess.run([sys.executable, "-m", "venv", str(venv)], stdout=log, stderr=subprocess.STDOUT)
             if p.returncode != 0 or not py.exists():
@@ -98,7 +104,7 @@ def ensure_peer(name: str) -> tuple[Path | None, str]:
             return None, f"pip install {' '.join(reqs)} failed: {why}"
         p = subprocess.run([str(py), "-c", f"import {module}"], stdout=log, stderr=subprocess.STDOUT)
         if p.returncode != 0:
-            return None, f"installed, but `import {module}` fails (see {LOGS / f'install-{name}.log'})"
+            return None, f"installed, but `import {module}` fails (see {log_path})"
         check = subprocess.run([str(py), "-c", "import torch; print(torch.__version__)"],
                                capture_output=True, text=True)
         if not check.stdout.startswith(TORCH_PIN.split("==")[1]):
