@@ -176,11 +176,12 @@ class Detector(BaseEstimator):
             score = _resolve_score(self.anomaly_score, models[0])
             x = _tensor(arr, kind, ds.spec.stats)
             joint = None
-            if score == "joint":  # its statistics come from the rows the members trained on
-                trained_on = x if rows is arr else _tensor(rows, kind, ds.spec.stats)
-                joint = [_JointStats.fit(*_codes_and_residuals(m, trained_on), floor=JOINT_SIGMA_FLOOR[kind])
-                         for m in models]
-            raw = _raw_scores(models, x, score, joint)
+            if score == "joint" and rows is arr:  # statistics and scores from one pass over the rows
+                joint, raw = _fit_joint(models, x, kind)
+            else:
+                if score == "joint":  # the statistics come from the rows the members trained on
+                    joint = _fit_joint(models, _tensor(rows, kind, ds.spec.stats), kind)[0]
+                raw = _raw_scores(models, x, score, joint)
             norm = _normalization(raw)
             scores = _combine(raw, norm)
             if self.robust and attempt == 0:  # drop the rows that look like outliers, train again
@@ -223,13 +224,13 @@ class Detector(BaseEstimator):
         check_is_fitted(self, "models_")
         _check_number("contamination", contamination, 0.0, 0.5, lo_open=True)
         if self.joint_ is None and self.anomaly_score in ("auto", "joint"):
-            x = self._model_input(X_train)
-            self.joint_ = [_JointStats.fit(*_codes_and_residuals(m, x), floor=JOINT_SIGMA_FLOOR[self.kind_])
-                           for m in self.models_]
+            self.joint_, raw = _fit_joint(self.models_, self._model_input(X_train), self.kind_)
             self.anomaly_score_ = "joint"
             self.__dict__.pop("calibration_scores_", None)
+            self.decision_scores_ = _combine(raw, self.normalization_)
+        else:
+            self.decision_scores_ = self.decision_function(X_train)
         self.contamination = contamination
-        self.decision_scores_ = self.decision_function(X_train)
         self._threshold_from_contamination()
         return self
 
@@ -804,6 +805,17 @@ def _codes_and_residuals(model, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray
     z = metrics.codes(model, x).flatten(1)
     r = (x - metrics.reconstructions(model, x)).flatten(1)
     return z.double().cpu().numpy(), r.double().cpu().numpy()
+
+
+def _fit_joint(models, x: torch.Tensor, kind: str) -> tuple[list[_JointStats], np.ndarray]:
+    """Each member's joint-score statistics fitted on x, and its scores of x ((members, n) float64), from
+    one pass of each member over x."""
+    joint, raw = [], []
+    for m in models:
+        z, r = _codes_and_residuals(m, x)
+        joint.append(_JointStats.fit(z, r, floor=JOINT_SIGMA_FLOOR[kind]))
+        raw.append(joint[-1].score(z, r))
+    return joint, np.stack(raw)
 
 
 def _raw_scores(models, x: torch.Tensor, score: str, joint: list[_JointStats] | None = None) -> np.ndarray:
