@@ -84,14 +84,12 @@ def likelihood_metrics(model, dataset, split: str = "test", iw_samples: int = 10
     The model's training flag is neither read nor changed (``elbo`` and ``log_likelihood`` do not depend
     on it), so several threads may evaluate one model at once.
     """
-    mc_samples, iw_samples = _count(mc_samples, "--mc-samples", 1), _count(iw_samples, "--iw-samples", 0)
-    seed = check_seed(seed)
     if binarize_seed is not None:
         binarize_seed = check_seed(binarize_seed, "binarize_seed")
     x, y = dataset.split(split)
     if x.shape[0] == 0:
         raise ConfigError(f"split {split!r} of dataset {dataset.name!r} is empty; choose another --split")
-    _check_work(x.shape[0], iw_samples, mc_samples)
+    mc_samples, iw_samples, seed = check_options(x.shape[0], iw_samples, mc_samples, seed)
     device = model.device
     x = x.to(device)
     y = y.to(device) if y is not None else None
@@ -120,6 +118,16 @@ def likelihood_metrics(model, dataset, split: str = "test", iw_samples: int = 10
         out["iw_nll_bits_per_dim"] = bits_per_dim(-sums["ll"] / n, dim)
         out["iw_samples"] = int(iw_samples)
     return out
+
+
+def check_options(n: int, iw_samples, mc_samples, seed) -> tuple[int, int, int]:
+    """(mc_samples, iw_samples, seed) of an evaluation of n examples, checked: the counts as Python ints
+    (mc >= 1, iw >= 0), the seed one torch accepts, and the decoder rows they cost within the ceiling; a
+    ConfigError naming the option otherwise."""
+    mc_samples, iw_samples = _count(mc_samples, "--mc-samples", 1), _count(iw_samples, "--iw-samples", 0)
+    seed = check_seed(seed)
+    _check_work(n, iw_samples, mc_samples)
+    return mc_samples, iw_samples, seed
 
 
 def _count(value, option: str, minimum: int) -> int:

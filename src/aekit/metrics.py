@@ -229,9 +229,7 @@ def likelihood_metrics(model: Autoencoder, dataset, split: str = "test", *, iw_s
                                       binarize_seed=binarize_seed)
         return {k: _number(v) for k, v in res.items()}
     # the checks bounds makes, on the whole split, before any block
-    mc_samples, iw_samples = bounds._count(mc_samples, "--mc-samples", 1), bounds._count(iw_samples, "--iw-samples", 0)
-    seed = check_seed(seed)
-    bounds._check_work(n, iw_samples, mc_samples)
+    mc_samples, iw_samples, seed = bounds.check_options(n, iw_samples, mc_samples, seed)
     if binarize_seed is not None:  # the binarization of the whole split, as bounds draws it
         x = binarize_static(x.to(model.device), check_seed(binarize_seed, "binarize_seed"))
     starts = range(0, n, CHUNK_ROWS)
