@@ -32,10 +32,12 @@ that remove them:
 
 Together: MMD^2 0.0017-0.0019 on digits (0.0020-0.0027 with R1 alone, 0.13-0.21 with the paper's scheme) and
 a lower reconstruction error (mse 0.009 against 0.019), at several times the VAE's time per epoch.
-Still above the VAE's 0.0001-0.0004 on digits: the deterministic codes stay 5-6% narrower than the
+Still above the default VAE's 0.0001-0.0006 on digits: the deterministic codes stay 5-6% narrower than the
 prior, and no setting of the adversary tried (more or faster discriminator steps, its size, the penalty's
-weight, adv_weight, other generator losses, instance noise, label smoothing, batch statistics) closed that
-gap (docs/theory.md, section 5).
+weight, adv_weight, other generator losses, instance noise, label smoothing, batch statistics, moment or MMD
+terms, weight averaging) closed that gap. But that VAE figure is taken at 3.8x the AAE's reconstruction error;
+a beta-VAE that reconstructs about as well (beta <= 0.3) matches its prior worse than the AAE, on digits and on
+Fashion-MNIST (benchmarks/aae_prior.py; docs/theory.md, section 5).
 
 Posterior (``posterior``): ``deterministic`` (the default) z = f(x), or the paper's "Gaussian posterior"
 (section 2): q(z|x) = N(mu(x), diag sigma(x)^2), a posterior.DiagonalGaussian (``posterior(x)``), with z
