@@ -1,7 +1,7 @@
 """How closely the adversarial autoencoder and the VAE match their prior, at each one's reconstruction error.
 
     python benchmarks/aae_prior.py [--dataset digits] [--seeds 0,1,2] [--epochs 50] [--jobs 2]
-                                   [--points "aae vae vae:beta=0.3 ..."] [--keep-others]
+                                   [--points "aae vae vae:beta=0.3 ..."] [--keep-others] [--report-only]
 
 Issue 12 asked that the default AAE match its prior "at least as well as the VAE's aggregate posterior does,
 measured by the same MMD". That MMD (``aekit.metrics.prior_mmd_metrics``: MMD^2 between the test codes, one
@@ -17,9 +17,9 @@ size (mean and standard deviation over 50 draws).
 
 Every (point, seed) is one process (``--jobs`` at a time), ``aekit.build`` + ``aekit.fit(TrainConfig(epochs,
 seed, threads=1))`` + the test split's ``prior_mmd_metrics`` and ``reconstruction_metrics``. Results: stdout,
-and benchmarks/RESULTS_aae_prior_<dataset>.md and .json. With ``--keep-others`` the runs of other points already
-in that .json (same dataset, epochs and code size) are kept, so a point can be added without rerunning the rest;
-the .md lists every command that contributed.
+and benchmarks/RESULTS_aae_prior_<dataset>.md and .json. With ``--keep-others`` the runs of other (point, seed) pairs
+already in that .json (same dataset, epochs and code size) are kept, so a point or a seed can be added without
+rerunning the rest; the .md lists every command that contributed. ``--report-only`` rewrites the .md from the .json.
 """
 
 from __future__ import annotations
@@ -132,12 +132,12 @@ def report(summary: list[dict], floor: tuple[float, float, int], args, commands:
              f"Code size {args.latent_dim}, {args.epochs} epochs, one torch thread per run, test split. MMD^2: "
              "`aekit.metrics.prior_mmd_metrics`; mse: `reconstruction_metrics`. Commands:", "",
              *[f"- {c}" for c in commands], "",
-             "| model | mean test mse | mean prior MMD^2 | MMD^2 per seed | VAE curve at this mse "
+             "| model | mean test mse | mean prior MMD^2 | MMD^2 (seed: value) | VAE curve at this mse "
              "| s per run (median) |",
              "|---|---|---|---|---|---|"]
     for s in summary:
         at = vae_curve_at(summary, s["mse_mean"]) if not s["point"].startswith("vae") else ""
-        per = " / ".join(f"{v:.5f}" for v in s["prior_mmd2"])
+        per = " / ".join(f"{seed}: {v:.5f}" for seed, v in zip(s["seeds"], s["prior_mmd2"]))
         lines.append(f"| `{s['point']}` | {s['mse_mean']:.4f} | {s['mmd_mean']:.5f} | {per} | "
                      f"{at} | {s['seconds_median']:.1f} |")
     mean, std, n = floor
@@ -156,8 +156,11 @@ def main(argv=None) -> int:
     ap.add_argument("--points", default=" ".join(DEFAULT_POINTS),
                     help="space-separated models, each NAME or NAME:key=value,key=value")
     ap.add_argument("--no-write", action="store_true", help="print only; do not write RESULTS_aae_prior_*")
+    ap.add_argument("--report-only", action="store_true",
+                    help="rewrite RESULTS_aae_prior_<dataset>.md from its .json without training anything")
     ap.add_argument("--keep-others", action="store_true",
-                    help="keep the runs of other points from the existing RESULTS_aae_prior_<dataset>.json")
+                    help="keep the runs of other (point, seed) pairs from the existing "
+                         "RESULTS_aae_prior_<dataset>.json")
     args = ap.parse_args(argv)
     points = args.points.split()
     for p in points:
@@ -165,13 +168,24 @@ def main(argv=None) -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     stem = HERE / f"RESULTS_aae_prior_{args.dataset.replace('-', '_')}"
     kept, commands = [], []
+    if args.report_only:
+        if not stem.with_suffix(".json").exists():
+            raise SystemExit(f"aae_prior: --report-only needs {stem.name}.json; run the benchmark first")
+        old = json.loads(stem.with_suffix(".json").read_text())
+        args = argparse.Namespace(**old["args"])
+        rows = old["runs"]
+        points = sorted(dict.fromkeys(r["point"] for r in rows), key=lambda p: p.split(":")[0])
+        text = report(summarize(rows, points), noise_floor(args.dataset, args.latent_dim), args, old["commands"])
+        print(text)
+        stem.with_suffix(".md").write_text(text)
+        return 0
     if args.keep_others and stem.with_suffix(".json").exists():
         old = json.loads(stem.with_suffix(".json").read_text())
         same = all(old["args"][k] == getattr(args, k) for k in ("dataset", "epochs", "latent_dim"))
         if not same:
             raise SystemExit(f"aae_prior: {stem.name}.json was measured with other settings ({old['args']}); "
                              "drop --keep-others or use the same --dataset, --epochs and --latent-dim")
-        kept = [r for r in old["runs"] if r["point"] not in points]
+        kept = [r for r in old["runs"] if not (r["point"] in points and r["seed"] in seeds)]
         commands = old.get("commands", [])
     jobs = [(args.dataset, p, s, args.epochs, args.latent_dim) for p in points for s in seeds]
     rows = []
