@@ -22,7 +22,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +35,7 @@ from aekit.config import TrainConfig
 from aekit.errors import ConfigError, TrainingDiverged
 from aekit.likelihoods import bernoulli_sample
 from aekit.models.ae import AE
+from hostile import wait_for_epochs
 
 TORCHRUN = Path(sys.executable).parent / "torchrun"
 WEIGHT_ATOL, LOSS_RTOL = 1e-6, 1e-6
@@ -368,12 +368,7 @@ def test_kill_9_of_one_rank_then_resume_ends_bit_identical(tmp_path):
     done = _torchrun(*args, "--out", ref)
     assert done.wait(timeout=300) == 0, done.stderr.read()[-2000:]
     proc = _torchrun(*args, "--out", run)
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        m = run / "metrics.jsonl"
-        if m.exists() and len(m.read_text().splitlines()) >= 3:
-            break
-        time.sleep(0.005)
+    wait_for_epochs(run, 3, timeout=240)
     os.kill(_pids_of_ranks(proc.pid)[1], signal.SIGKILL)
     assert proc.wait(timeout=120) != 0
     epochs = len((run / "metrics.jsonl").read_text().splitlines())

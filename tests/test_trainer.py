@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -17,6 +16,7 @@ from aekit.config import TrainConfig
 from aekit.errors import ConfigError, RunError, TrainingDiverged
 from aekit.models.ae import AE
 from aekit.run import Run
+from hostile import wait_for_epochs
 
 
 def small(ds, name="ae", **kw):
@@ -84,12 +84,7 @@ def test_kill_9_then_resume_ends_bit_identical(digits, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "aekit.cli", *args, "--out", str(run)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        m = run / "metrics.jsonl"
-        if m.exists() and len(m.read_text().splitlines()) >= 3:
-            break
-        time.sleep(0.005)
+    wait_for_epochs(run, 3, timeout=120)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     done = len((run / "metrics.jsonl").read_text().splitlines())
