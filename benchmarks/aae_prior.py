@@ -39,21 +39,28 @@ DEFAULT_POINTS = ("aae", "aae:adv_weight=20", "aae:posterior=gaussian,disc_penal
 
 
 def parse_point(text: str) -> tuple[str, dict]:
-    """'vae:beta=0.3,free_bits=0' -> ('vae', {'beta': 0.3, 'free_bits': 0})."""
+    """'vae:beta=0.3,free_bits=0' -> ('vae', {'beta': '0.3', 'free_bits': '0'}). The values stay text: the
+    model's Config (``from_dict``, as for command-line options) gives them their types when the model is built."""
     name, _, rest = text.partition(":")
     options = {}
     for item in filter(None, rest.split(",")):
         key, eq, value = item.partition("=")
         if not eq:
             raise SystemExit(f"aae_prior: point {text!r}: option {item!r} is not key=value")
-        for kind in (int, float):
-            try:
-                value = kind(value)
-                break
-            except ValueError:
-                pass
         options[key] = value
     return name, options
+
+
+def check_point(text: str) -> None:
+    """An unknown model or option is refused before any training (registry.get, Config.from_dict)."""
+    from aekit import registry
+    from aekit.errors import ConfigError
+
+    name, options = parse_point(text)
+    try:
+        registry.get(name).Config.from_dict(options, what=f"point {text!r}")
+    except ConfigError as e:
+        raise SystemExit(f"aae_prior: {e}") from None
 
 
 def run_one(job: tuple[str, str, int, int, int]) -> dict:
@@ -164,7 +171,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     points = args.points.split()
     for p in points:
-        parse_point(p)
+        check_point(p)
     seeds = [int(s) for s in args.seeds.split(",")]
     stem = HERE / f"RESULTS_aae_prior_{args.dataset.replace('-', '_')}"
     kept, commands = [], []

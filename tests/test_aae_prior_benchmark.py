@@ -21,11 +21,19 @@ def bench():
 
 
 def test_points_parse_to_a_family_and_typed_options(bench):
+    import aekit
+
     assert bench.parse_point("aae") == ("aae", {})
-    assert bench.parse_point("vae:beta=0.3,kl_warmup_epochs=2") == ("vae", {"beta": 0.3, "kl_warmup_epochs": 2})
+    name, options = bench.parse_point("vae:beta=0.3,kl_warmup_epochs=2")
+    config = aekit.build(name, latent_dim=2, **options).config  # the model's Config types the text
+    assert (name, config.beta, config.kl_warmup_epochs) == ("vae", 0.3, 2)
     assert bench.parse_point("aae:posterior=gaussian") == ("aae", {"posterior": "gaussian"})
     with pytest.raises(SystemExit, match="not key=value"):
         bench.parse_point("vae:beta")
+    with pytest.raises(SystemExit, match="unknown option.*bta"):
+        bench.check_point("vae:bta=0.3")
+    with pytest.raises(SystemExit, match="unknown model 'vea'"):
+        bench.check_point("vea")
 
 
 def test_the_vae_curve_is_interpolated_in_log_log_and_says_when_it_cannot_reach(bench):
