@@ -14,10 +14,29 @@ from aekit.config import ModelConfig, TrainConfig
 from aekit.models.base import Capabilities, Output
 
 FAMILIES = list(registry.MODELS)
-ARCHS = ["mlp", "conv"]
+ARCHS = ["mlp", "conv", "custom"]  # custom: a user's conv encoder and decoder (tests/custom_nets.py) on 3x64x64
+CUSTOM = {"encoder": "custom_nets:ConvEncoder", "encoder_args": {"width": 4}, "decoder": "custom_nets:ConvDecoder",
+          "decoder_args": {"width": 4}}
+
+
+@pytest.fixture(scope="module")
+def images64():
+    """48 random 3x64x64 colour images in 3 classes (custom networks are tried on them)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    return aekit.datasets.from_arrays(rng.random((48, 3, 64, 64), dtype=np.float32), rng.integers(0, 3, 48),
+                                      kind="image", name="images64")
+
+
+@pytest.fixture
+def data(arch, digits, request):
+    return request.getfixturevalue("images64") if arch == "custom" else digits
 
 
 def tiny(name, ds, arch):
+    if arch == "custom":
+        return registry.build_for(name, ds, latent_dim=4, **CUSTOM)
     hidden = [32] if arch == "mlp" else [8, 16]
     return registry.build_for(name, ds, latent_dim=4, arch=arch, hidden=hidden)
 
@@ -28,10 +47,10 @@ def batch(ds, n=16):
 
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("name", FAMILIES)
-def test_shapes_and_finite_loss(name, arch, digits):
+def test_shapes_and_finite_loss(name, arch, data):
     torch.manual_seed(0)
-    m = tiny(name, digits, arch)
-    x, y = batch(digits)
+    m = tiny(name, data, arch)
+    x, y = batch(data)
     out = m(x, y)
     assert isinstance(out, Output)
     assert out.loss.dim() == 0 and torch.isfinite(out.loss)
@@ -49,7 +68,7 @@ def test_shapes_and_finite_loss(name, arch, digits):
     torch.testing.assert_close(m.reconstruct(x, y), m.reconstruct(x, y))  # deterministic
     if m.capabilities.generative:
         s = m.sample(5, y[:5] if m.capabilities.needs_labels else None, generator=torch.Generator().manual_seed(0))
-        assert s.shape == (5, *digits.shape)
+        assert s.shape == (5, *data.shape)
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -115,11 +134,11 @@ def test_no_module_outside_the_families_names_their_internals(path):
 
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("name", FAMILIES)
-def test_gradients_reach_every_parameter(name, arch, digits):
+def test_gradients_reach_every_parameter(name, arch, data):
     torch.manual_seed(0)
-    m = tiny(name, digits, arch)
+    m = tiny(name, data, arch)
     m.train()
-    x, y = batch(digits, 64)
+    x, y = batch(data, 64)
     reached = set()
     groups = m.param_groups()
     for group, objective in m.update_phases():
@@ -132,13 +151,14 @@ def test_gradients_reach_every_parameter(name, arch, digits):
     assert not names, f"no gradient reached {names}"
 
 
+@pytest.mark.parametrize("arch", ["mlp", "custom"])
 @pytest.mark.parametrize("name", FAMILIES)
-def test_save_then_load_identical(name, digits, tmp_path):
-    m = tiny(name, digits, "mlp")
-    res = trainer.fit(m, digits, TrainConfig(epochs=1, seed=1), out_dir=tmp_path / "run", quiet=True)
+def test_save_then_load_identical(name, arch, data, tmp_path):
+    m = tiny(name, data, arch)
+    res = trainer.fit(m, data, TrainConfig(epochs=1, seed=1), out_dir=tmp_path / "run", quiet=True)
     loaded = aekit.load(tmp_path / "run")
     assert type(loaded) is type(res.model)
-    x, y = batch(digits, 32)
+    x, y = batch(data, 32)
     res.model.eval()
     torch.testing.assert_close(loaded.reconstruct(x, y), res.model.reconstruct(x, y), rtol=0, atol=0)
     torch.testing.assert_close(loaded.encode(x, y), res.model.encode(x, y), rtol=0, atol=0)

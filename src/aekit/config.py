@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 import numbers
 import operator
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -34,6 +36,8 @@ import torch
 
 from .errors import ConfigError
 
+NETWORK_ROLES = ("encoder", "decoder")  # the networks a user may bring (ModelConfig.encoder / .decoder)
+IMPORT_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*(:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*)?")
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "linear", "leaky_relu", "elu")
 LIKELIHOODS = ("bernoulli", "gaussian")
 
@@ -185,6 +189,24 @@ def env_limit(name: str, default: int) -> int:
     return value
 
 
+def json_object(value: Any, what: str) -> dict[str, Any]:
+    """``value`` (a dict, or its JSON text as the command line gives it) as a fresh dict of JSON values with
+    string keys; a ConfigError naming ``what`` otherwise. NaN and infinities are refused (not JSON)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as e:
+            raise ConfigError(f"{what} expects a JSON object such as '{{\"width\": 64}}', got {value!r} ({e})") \
+                from None
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise ConfigError(f"{what} expects a JSON object (a dict with string keys), got {value!r}")
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))  # a copy: the config never shares the caller's dict
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{what}: every value must be JSON (numbers, strings, booleans, null, lists, objects); "
+                          f"{e}") from None
+
+
 def _coerce(name: str, value: Any, hint: Any, what: str) -> Any:
     """Turn a JSON value into the annotated field type (lists -> tuples), with a clear error."""
     origin = typing.get_origin(hint)
@@ -200,6 +222,8 @@ def _coerce(name: str, value: Any, hint: Any, what: str) -> Any:
             raise ConfigError(f"{what}: option {name} expects {tnames}, got {value!r}")
         hint = kinds[0]
         origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is dict:
+        return json_object(value, f"{what}: option {name}")
     try:
         if origin is tuple:
             if isinstance(value, str):
@@ -256,12 +280,29 @@ class ModelConfig(ConfigBase):
     sigma: float = opt(1.0, "Gaussian likelihood: fixed standard deviation (or initial value when learned)")
     learn_sigma: str = opt("none", "Gaussian likelihood: learn sigma", choices=("none", "shared", "per_dim"))
     num_classes: int = opt(0, "number of label classes (conditional and supervised models); set from the dataset")
+    encoder: str | None = opt(None, "custom encoder: import path 'package.module:Class' of an nn.Module that maps x "
+                                    "(B, *input_shape) to features (B, F) of any width F; aekit adds the family's "
+                                    "code head (replaces --arch/--hidden for the encoder)")
+    encoder_args: dict | None = opt(None, "keyword arguments of the custom encoder, a JSON object, e.g. "
+                                          "'{\"width\": 64}'")
+    decoder: str | None = opt(None, "custom decoder: import path 'package.module:Class' of an nn.Module that maps "
+                                    "codes (B, latent_dim) to (B, *input_shape): logits (bernoulli) or means "
+                                    "(gaussian) (replaces --arch/--hidden for the decoder)")
+    decoder_args: dict | None = opt(None, "keyword arguments of the custom decoder, a JSON object")
 
     def resolved(self):
         c = super().resolved()
         if c.hidden is None:
             c = dataclasses.replace(c, hidden=(256,) if c.arch == "mlp" else (32, 64))
+        for role in NETWORK_ROLES:  # a custom network's arguments are explicit, {} when none were given
+            if getattr(c, role) is not None and getattr(c, f"{role}_args") is None:
+                c = dataclasses.replace(c, **{f"{role}_args": {}})
         return c
+
+    @property
+    def builtin_arch(self) -> str | None:
+        """The arch of aekit's own networks in this model: None when both networks are custom."""
+        return None if self.encoder is not None and self.decoder is not None else self.arch
 
     def validate(self) -> None:
         if not self.input_shape or any(int(s) < 1 for s in self.input_shape):
@@ -271,7 +312,15 @@ class ModelConfig(ConfigBase):
         self._check_range("num_classes", 0)
         if any(h < 1 for h in self.hidden):
             raise ConfigError(f"hidden sizes must be positive integers, got {','.join(map(str, self.hidden))}")
-        if self.arch == "conv":
+        for role in NETWORK_ROLES:
+            path, args = getattr(self, role), getattr(self, f"{role}_args")
+            if path is None and args is not None:
+                raise ConfigError(f"{role}_args applies to a custom {role}: add --{role} package.module:Class or drop "
+                                  f"--{role}-args")
+            if path is not None and not IMPORT_PATH.fullmatch(path):
+                raise ConfigError(f"option {role}={path!r} is not an import path; write 'package.module:Class' "
+                                  "(an nn.Module subclass importable here)")
+        if self.builtin_arch == "conv":
             if len(self.input_shape) != 3:
                 raise ConfigError(
                     f"arch=conv needs image data of shape (C,H,W), got shape {self.input_shape}; "

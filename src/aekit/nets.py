@@ -6,17 +6,38 @@ mirrors them with transposed convolutions whose output padding is chosen so the 
 
 Conditioning (conditional models) concatenates a vector ``y`` (e.g. one-hot labels) to the flattened
 input of the MLP, or to the flattened conv features before the last linear layer.
+
+Custom networks (``ModelConfig.encoder`` / ``decoder``: an import path ``package.module:Class`` and JSON
+keyword arguments ``encoder_args`` / ``decoder_args``). ``build_network`` imports the class (it must be an
+``nn.Module`` subclass: nothing else named in a config.json is ever called) and calls it with those arguments,
+adding ``input_shape`` and ``latent_dim`` where its ``__init__`` names them and the arguments do not. A custom
+encoder maps x (B, *input_shape) to features of any shape (B, ...), flattened to (B, F); aekit's head, the last
+linear layer, maps them (with y appended for conditional models) to the family's output, its width F found by a
+dry forward pass on zeros. A custom decoder maps codes (B, latent_dim) to (B, *input_shape), checked by a dry
+forward pass at build time; for conditional models aekit's head first maps [z, y] to latent_dim with a linear
+layer, so the user's decoder reads a code of latent_dim whatever the condition. ``network_spec`` recovers the
+import path and the arguments of an instance (see its docstring), so that a model is saved as a config, never
+as a pickle.
 """
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import json
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import ModelConfig
+from .config import ModelConfig, json_object
+from .errors import ConfigError
+
+__all__ = ["MLP", "Encoder", "Decoder", "TiedDecoder", "activation", "activation_derivative", "build_network",
+           "import_network", "network_spec", "DATA_ARGS"]
+
+DATA_ARGS = ("input_shape", "latent_dim")  # what aekit passes to a custom network's __init__ that names them
 
 
 def activation(name: str) -> nn.Module:
@@ -94,7 +115,14 @@ class Encoder(nn.Module):
         super().__init__()
         self.arch, self.cond_dim = cfg.arch, cond_dim
         shape = tuple(cfg.input_shape)
-        if cfg.arch == "mlp":
+        if cfg.encoder is not None:  # the user's network, then aekit's head sized by a dry forward pass
+            self.arch = "custom"
+            net = build_network(cfg.encoder, cfg.encoder_args, role="encoder", input_shape=shape,
+                                latent_dim=cfg.latent_dim)
+            self.body = CustomBody(net)
+            feat = _dry_run(self.body, shape, f"custom encoder {cfg.encoder}").shape[1]
+            self.mlp = MLP([feat + cond_dim, out_dim], cfg.activation, out_act)
+        elif cfg.arch == "mlp":
             self.body = None
             self.mlp = MLP([math.prod(shape) + cond_dim, *cfg.hidden, out_dim], cfg.activation, out_act)
         else:
@@ -106,6 +134,11 @@ class Encoder(nn.Module):
             hs, ws = _conv_sizes(h, len(cfg.hidden)), _conv_sizes(w, len(cfg.hidden))
             feat = chans[-1] * hs[-1] * ws[-1]
             self.mlp = MLP([feat + cond_dim, out_dim], cfg.activation, out_act)
+
+    @property
+    def custom(self) -> nn.Module | None:
+        """The user's network (ModelConfig.encoder), or None for aekit's own."""
+        return self.body.net if isinstance(self.body, CustomBody) else None
 
     def features(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """The input of the final MLP: flattened x (mlp) or conv features, with y appended."""
@@ -133,7 +166,18 @@ class Decoder(nn.Module):
         super().__init__()
         self.shape, self.cond_dim = tuple(cfg.input_shape), cond_dim
         zin = cfg.latent_dim + cond_dim
-        if cfg.arch == "mlp":
+        self.custom = None
+        if cfg.decoder is not None:  # aekit's head ([z, y] -> latent_dim, conditional models only), then the user's
+            self.custom = build_network(cfg.decoder, cfg.decoder_args, role="decoder", input_shape=self.shape,
+                                        latent_dim=cfg.latent_dim)
+            self.mlp = MLP([zin, cfg.latent_dim], "linear") if cond_dim else None
+            self.body = None
+            out = _dry_run(self.custom, (cfg.latent_dim,), f"custom decoder {cfg.decoder}")
+            if tuple(out.shape[1:]) != self.shape:
+                raise ConfigError(f"custom decoder {cfg.decoder} maps codes of shape (2, {cfg.latent_dim}) to "
+                                  f"{tuple(out.shape)}, but the likelihood reads (B, {', '.join(map(str, self.shape))})"
+                                  " (the data's shape); make its output the shape of x")
+        elif cfg.arch == "mlp":
             self.mlp = MLP([zin, *reversed(cfg.hidden), math.prod(self.shape)], cfg.activation)
             self.body = None
         else:
@@ -154,6 +198,8 @@ class Decoder(nn.Module):
     def forward(self, z: Tensor, y: Tensor | None = None) -> Tensor:
         if self.cond_dim:
             z = torch.cat([z, y.to(z.dtype)], dim=1)
+        if self.custom is not None:
+            return self.custom(z if self.mlp is None else self.mlp(z))
         h = self.mlp(z)
         if self.body is None:
             return h.view(-1, *self.shape)
@@ -181,3 +227,143 @@ class TiedDecoder(nn.Module):
             if i < self.n - 1:
                 h = self._acts[i](h)
         return h.view(-1, *self.shape)
+
+
+# --- custom networks ------------------------------------------------------------------------------
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
+
+
+def import_network(path: str, role: str = "network") -> type[nn.Module]:
+    """The nn.Module subclass that ``path`` ('package.module:Class', or 'package.module.Class') names.
+
+    A ConfigError (one line) when the module cannot be imported, has no such attribute, or the attribute is
+    not an nn.Module subclass: only such classes are ever called with a config's arguments.
+    """
+    module_name, _, qualname = path.partition(":") if ":" in path else path.rpartition(".")
+    if not module_name or not qualname:
+        raise ConfigError(f"custom {role} {path!r}: write the import path as 'package.module:Class'")
+    try:
+        obj = importlib.import_module(module_name)
+    except Exception as e:  # noqa: BLE001 -- whatever the user's module raises, one line
+        raise ConfigError(f"custom {role} {path!r}: cannot import module {module_name!r} ({_first_line(e)}); "
+                          "install it or put its folder on PYTHONPATH") from None
+    for part in qualname.split("."):
+        if not hasattr(obj, part):
+            raise ConfigError(f"custom {role} {path!r}: module {module_name!r} has no attribute {qualname!r}")
+        obj = getattr(obj, part)
+    if not (inspect.isclass(obj) and issubclass(obj, nn.Module)):
+        raise ConfigError(f"custom {role} {path!r} is not an nn.Module subclass (got {type(obj).__name__}); name "
+                          "the class of the network")
+    return obj
+
+
+def build_network(path: str, args: dict | None, *, role: str, input_shape, latent_dim: int) -> nn.Module:
+    """``Class(**args)`` for the class at import path ``path``, with ``input_shape`` (a tuple) and ``latent_dim``
+    added where ``Class.__init__`` names them and ``args`` do not. Any failure is one ConfigError line."""
+    cls = import_network(path, role)
+    kwargs = dict(args or {})
+    try:
+        params = inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        params = {}
+    data = {"input_shape": tuple(int(s) for s in input_shape), "latent_dim": int(latent_dim)}
+    kwargs.update({k: v for k, v in data.items() if k in params and k not in kwargs})
+    try:
+        net = cls(**kwargs)
+    except Exception as e:  # noqa: BLE001 -- the user's constructor: any error, one line
+        raise ConfigError(f"custom {role} {path}({_kwargs_text(kwargs)}) could not be built ({_first_line(e)}); "
+                          f"check --{role}-args") from None
+    if not isinstance(net, nn.Module):
+        raise ConfigError(f"custom {role} {path} did not return an nn.Module")
+    return net
+
+
+def _kwargs_text(kwargs: dict) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+
+
+def network_spec(module: nn.Module, role: str = "network") -> tuple[str, dict]:
+    """(import path, JSON keyword arguments) that rebuild an instance's network in another process.
+
+    The class must be importable under its own name (not defined in ``__main__`` or inside a function). Its
+    arguments come from ``module.get_config()`` when the class defines it (a dict, as Keras' layers do), else,
+    as scikit-learn's ``get_params`` reads them, from the attributes named like the parameters of ``__init__``
+    (``self.width = width``); ``input_shape`` and ``latent_dim`` may be left out (aekit passes them). Anything
+    else is a ConfigError that says to use the import-path form (``encoder="package.module:Class"`` with
+    ``encoder_args``). ``registry.build`` then checks that the rebuilt network has the instance's parameters and
+    copies its weights.
+    """
+    cls = type(module)
+    path = f"{cls.__module__}:{cls.__qualname__}"
+    fix = (f"pass {role}='package.module:Class' and {role}_args={{...}} instead of an instance (aekit saves a "
+           "network as its import path and arguments, never as a pickle)")
+    if cls.__module__ == "__main__" or "<locals>" in cls.__qualname__:
+        raise ConfigError(f"custom {role}: class {cls.__qualname__} is defined in {cls.__module__} "
+                          f"{'(a script)' if cls.__module__ == '__main__' else 'inside a function'}, so another "
+                          f"process cannot import it; move it to a module, or {fix}")
+    try:
+        found = import_network(path, role)
+    except ConfigError:
+        found = None
+    if found is not cls:
+        raise ConfigError(f"custom {role}: class {cls.__qualname__} cannot be imported again as {path}; {fix}")
+    if callable(getattr(module, "get_config", None)):
+        args = module.get_config()
+        if not isinstance(args, dict):
+            raise ConfigError(f"custom {role} {path}: get_config() must return a dict of __init__ arguments, got "
+                              f"{type(args).__name__}")
+    else:
+        args = {}
+        for name, p in inspect.signature(cls).parameters.items():
+            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                continue
+            if name in DATA_ARGS:
+                continue  # aekit passes it from the model's config
+            value = getattr(module, name, inspect.Parameter.empty)
+            if value is inspect.Parameter.empty:
+                raise ConfigError(f"custom {role} {path}: the argument {name!r} of {cls.__qualname__}() cannot be "
+                                  f"recovered from the instance (no attribute {name!r} and no get_config()); store "
+                                  f"each __init__ argument as an attribute of the same name, define get_config(), or "
+                                  f"{fix}")
+            args[name] = list(value) if isinstance(value, tuple) else value
+    args = {k: v for k, v in args.items() if k not in DATA_ARGS}
+    try:
+        json.dumps(args, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"custom {role} {path}: its arguments {_kwargs_text(args)} are not all JSON values ({e}); "
+                          f"{fix}") from None
+    return path, json_object(args, f"custom {role} {path}")
+
+
+def _dry_run(net: nn.Module, shape: tuple[int, ...], what: str) -> Tensor:
+    """net(zeros (2, *shape)) in eval mode without autograd, on the current default device (the meta device while
+    registry sizes a model): the output's shape is what a custom network is checked and sized by."""
+    was = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            out = net(torch.zeros((2, *shape)))
+    except Exception as e:  # noqa: BLE001 -- the user's forward: any error, one line
+        raise ConfigError(f"{what} failed on a batch of zeros of shape {(2, *shape)} ({_first_line(e)})") from None
+    finally:
+        net.train(was)
+    if not isinstance(out, Tensor) or out.dim() < 1 or out.shape[0] != 2:
+        got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ConfigError(f"{what} must return one tensor with the batch first, (B, ...), got {got} for a batch "
+                          f"of 2")
+    return out
+
+
+class CustomBody(nn.Module):
+    """A user's encoder network, its output flattened: x (B, *input_shape) -> (B, F)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x).flatten(1)

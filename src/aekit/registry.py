@@ -6,6 +6,10 @@ parameters and buffers, and refuses with a ConfigError a model larger than ``max
 (default: a quarter of this machine's physical memory in float32 values; environment variable
 AEKIT_MAX_MODEL_PARAMS), so a config.json with ``latent_dim`` 10**9 is one line, not a MemoryError or a
 swapping machine. The meta build of a usual model takes about a millisecond.
+
+Custom networks: ``build`` also takes an ``nn.Module`` instance as ``encoder`` / ``decoder``; it is turned into
+its import path and arguments (``nets.network_spec``), the model is built from the config as always, and the
+instance's weights are copied into the rebuilt network, which must have exactly the instance's parameters.
 """
 
 from __future__ import annotations
@@ -13,9 +17,10 @@ from __future__ import annotations
 import os
 
 import torch
+from torch import nn
 
-from .config import ModelConfig, check_seed, env_limit
-from .errors import ConfigError
+from .config import NETWORK_ROLES, ModelConfig, check_seed, env_limit
+from .errors import AekitError, ConfigError
 from .models.aae import AAE
 from .models.ae import AE
 from .models.base import Autoencoder
@@ -25,6 +30,10 @@ from .models.dae import DAE
 from .models.iwae import IWAE
 from .models.sae import SAE
 from .models.vae import VAE
+from .nets import network_spec
+
+__all__ = ["MODELS", "get", "build", "build_for", "instantiate", "data_options", "model_size", "check_model_size",
+           "max_model_params", "physical_memory_bytes", "MAX_PARAMS_ENV"]
 
 MODELS: dict[str, type[Autoencoder]] = {
     "ae": AE,
@@ -74,6 +83,8 @@ def model_size(name: str, config: ModelConfig) -> tuple[int, int]:
     try:
         with torch.device("meta"):
             model = cls(config)
+    except AekitError:  # a custom network's own message
+        raise
     except (RuntimeError, TypeError, ValueError, OverflowError, MemoryError) as e:  # sizes past int64
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
         raise ConfigError(f"model {name} cannot be built with these options: torch cannot create tensors that "
@@ -113,13 +124,52 @@ def instantiate(name: str, config: ModelConfig, seed: int | None = None) -> Auto
 
 
 def build(name: str, seed: int | None = None, **options) -> Autoencoder:
-    """Build model ``name`` from its options (JSON types), e.g. build("ae", input_shape=(1, 8, 8)).
+    """Build model ``name`` from its options (JSON types), e.g. ``build("ae", input_shape=(1, 8, 8))``.
 
-    ``seed``: initialize the weights from this seed (the caller's global RNG is left untouched);
-    None draws them from torch's global RNG. A model too large for this machine is refused (``instantiate``).
+    Parameters
+    ----------
+    name : str
+        A family of ``MODELS``.
+    seed : int, optional
+        Initialize the weights from this seed (the caller's global RNG is left untouched); None draws them from
+        torch's global RNG.
+    **options
+        The family's config options (``MODELS[name].Config``). ``encoder`` / ``decoder`` may also be an
+        ``nn.Module`` instance whose class and arguments can be recovered (``nets.network_spec``): its weights
+        are the initial weights of that network.
+
+    Returns
+    -------
+    Autoencoder
+        The model. A model too large for this machine is refused (``instantiate``).
     """
+    instances = {}
+    for role in NETWORK_ROLES:
+        net = options.get(role)
+        if isinstance(net, nn.Module):
+            if options.get(f"{role}_args") is not None:
+                raise ConfigError(f"{role}_args goes with an import path; the arguments of an {role} instance are "
+                                  "read from the instance: drop one of them")
+            path, args = network_spec(net, role)
+            options = {**options, role: path, f"{role}_args": args}
+            instances[role] = net
     config = get(name).Config.from_dict(options, what=f"model {name}")
-    return instantiate(name, config, seed)
+    model = instantiate(name, config, seed)
+    for role, net in instances.items():
+        _adopt_weights(model.custom_networks()[role], net, role, getattr(config, role))
+    return model
+
+
+def _adopt_weights(rebuilt: nn.Module, instance: nn.Module, role: str, path: str) -> None:
+    """Copy an instance's weights into the network rebuilt from its recovered arguments, which must hold the very
+    same tensors (names and shapes): else the arguments did not describe the instance, a ConfigError."""
+    mine, theirs = rebuilt.state_dict(), instance.state_dict()
+    if {k: tuple(v.shape) for k, v in mine.items()} != {k: tuple(v.shape) for k, v in theirs.items()}:
+        diff = sorted(set(mine) ^ set(theirs)) or [k for k in mine if mine[k].shape != theirs[k].shape]
+        raise ConfigError(f"custom {role} {path}: the network rebuilt from the instance's recovered arguments does "
+                          f"not have the instance's parameters (first difference: {diff[0]}); pass {role}="
+                          f"'{path}' with {role}_args instead")
+    rebuilt.load_state_dict(theirs)
 
 
 def data_options(name: str, dataset) -> dict:

@@ -35,6 +35,9 @@ class AEConfig(ModelConfig):
         super().validate()
         if self.tied and self.arch != "mlp":
             raise ConfigError("tied weights need arch=mlp; drop --tied or use --arch mlp")
+        if self.tied and (self.encoder is not None or self.decoder is not None):
+            raise ConfigError("tied weights transpose aekit's own MLP encoder; drop --tied with a custom --encoder "
+                              "or --decoder")
 
 
 SATURATION_THRESHOLD = 0.05

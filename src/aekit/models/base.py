@@ -204,6 +204,11 @@ class Autoencoder(nn.Module):
         """Called by the trainer before each epoch (0-based), e.g. for KL warm-up. Default: nothing."""
 
     # --- helpers ------------------------------------------------------------------------------
+    def custom_networks(self) -> dict[str, nn.Module]:
+        """The user's networks in this model (ModelConfig.encoder / decoder), by role: {} for aekit's own."""
+        nets = {role: getattr(getattr(self, role, None), "custom", None) for role in ("encoder", "decoder")}
+        return {role: net for role, net in nets.items() if net is not None}
+
     def check_input(self, x: Tensor, what: str = "the data") -> None:
         """One DataError line unless x is (B, *config.input_shape): the model cannot read other samples."""
         shape = tuple(self.config.input_shape)

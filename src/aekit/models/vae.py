@@ -164,7 +164,9 @@ class VAE(Autoencoder):
         """Decoder rows (example, sample pairs) per call in evaluation, from a rough activation budget."""
         cfg = self.config
         d = math.prod(cfg.input_shape)
-        if cfg.arch == "mlp":
+        if cfg.decoder is not None:  # a custom decoder: a guess of a few activations of the output's size
+            per_row = 16 * d
+        elif cfg.arch == "mlp":
             per_row = 4 * d + sum(cfg.hidden)
         else:  # stride-2 layer i has hidden[i] channels on (H*W) / 4^(i+1) positions
             hw = math.prod(cfg.input_shape[1:])
