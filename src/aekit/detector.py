@@ -37,6 +37,8 @@ images (benchmarks/fmnist_oneclass.py; RESULTS_fmnist_oneclass.md):
 
 - ``model="ae"``: the plain autoencoder; any family of ``aekit.MODELS`` that trains without labels (cvae and
   the supervised aae need labels: a ConfigError). ``model_options``: that family's own options.
+  ``encoder`` / ``decoder`` (with ``encoder_args`` / ``decoder_args``): custom networks, as ``aekit.build`` takes
+  them (an import path 'package.module:Class', or an instance whose arguments can be recovered).
 - ``latent_dim=None``: 16 for a table (``TABLE_LATENT``); ``max(2, min(32, d // 4))`` for images of d values.
   ``hidden=None``: (64, 64) for a table with an MLP (``TABLE_HIDDEN``); the family's default for images.
 - ``epochs=None``: tables: about ``TABLE_STEPS`` = 150 optimizer steps (``round(150 / steps_per_epoch)``
@@ -142,7 +144,8 @@ class Detector(BaseEstimator):
 
     def __init__(self, model="ae", model_options=None, latent_dim=None, hidden=None, epochs=None, batch_size=128,
                  lr=1e-3, contamination=0.1, anomaly_score="auto", preprocessing="standard", val_fraction=0.1,
-                 n_estimators=1, robust=False, random_state=None, device="auto", verbose=False):
+                 n_estimators=1, robust=False, random_state=None, device="auto", verbose=False, encoder=None,
+                 encoder_args=None, decoder=None, decoder_args=None):
         self.model = model
         self.model_options = model_options
         self.latent_dim = latent_dim
@@ -159,6 +162,10 @@ class Detector(BaseEstimator):
         self.random_state = random_state
         self.device = device
         self.verbose = verbose
+        self.encoder = encoder  # custom networks: passed to the model as they are (aekit.build's options)
+        self.encoder_args = encoder_args
+        self.decoder = decoder
+        self.decoder_args = decoder_args
 
     # --- training -------------------------------------------------------------------------------
     def fit(self, X, y=None):
@@ -280,6 +287,8 @@ class Detector(BaseEstimator):
     def _train_member(self, ds, seed: int):
         """One autoencoder trained on ds from ``seed``: (its TrainConfig, the trainer's FitResult)."""
         options = dict(self.model_options or {})
+        options.update({k: getattr(self, k) for k in ("encoder", "encoder_args", "decoder", "decoder_args")
+                        if getattr(self, k) is not None})
         if self.hidden is not None:
             options["hidden"] = self.hidden
         table = ds.kind == "table"
@@ -526,6 +535,10 @@ class Detector(BaseEstimator):
 
     def _state_json(self) -> dict:
         params = {k: _plain(v) for k, v in self.get_params(deep=False).items()}
+        for role in ("encoder", "decoder"):  # an nn.Module instance: saved as the path and arguments of its model
+            if isinstance(params[role], torch.nn.Module):
+                cfg = self.models_[0].config
+                params[role], params[f"{role}_args"] = getattr(cfg, role), getattr(cfg, f"{role}_args")
         if not isinstance(params["random_state"], (int, type(None))):
             params["random_state"] = None  # a RandomState object is not JSON; seeds holds what it drew
         calibration = getattr(self, "calibration_scores_", None)

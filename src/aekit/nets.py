@@ -292,7 +292,8 @@ def network_spec(module: nn.Module, role: str = "network") -> tuple[str, dict]:
     The class must be importable under its own name (not defined in ``__main__`` or inside a function). Its
     arguments come from ``module.get_config()`` when the class defines it (a dict, as Keras' layers do), else,
     as scikit-learn's ``get_params`` reads them, from the attributes named like the parameters of ``__init__``
-    (``self.width = width``); ``input_shape`` and ``latent_dim`` may be left out (aekit passes them). Anything
+    (``self.width = width``); ``input_shape`` and ``latent_dim`` are left out (aekit passes them), and so are
+    torch's factory arguments ``device`` and ``dtype``. Anything
     else is a ConfigError that says to use the import-path form (``encoder="package.module:Class"`` with
     ``encoder_args``). ``registry.build`` then checks that the rebuilt network has the instance's parameters and
     copies its weights.
@@ -321,8 +322,8 @@ def network_spec(module: nn.Module, role: str = "network") -> tuple[str, dict]:
         for name, p in inspect.signature(cls).parameters.items():
             if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
                 continue
-            if name in DATA_ARGS:
-                continue  # aekit passes it from the model's config
+            if name in DATA_ARGS or name in ("device", "dtype"):
+                continue  # aekit passes the first from the model's config and builds on its own device and dtype
             value = getattr(module, name, inspect.Parameter.empty)
             if value is inspect.Parameter.empty:
                 raise ConfigError(f"custom {role} {path}: the argument {name!r} of {cls.__qualname__}() cannot be "
@@ -331,11 +332,12 @@ def network_spec(module: nn.Module, role: str = "network") -> tuple[str, dict]:
                                   f"{fix}")
             args[name] = list(value) if isinstance(value, tuple) else value
     args = {k: v for k, v in args.items() if k not in DATA_ARGS}
-    try:
-        json.dumps(args, allow_nan=False)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"custom {role} {path}: its arguments {_kwargs_text(args)} are not all JSON values ({e}); "
-                          f"{fix}") from None
+    for name, value in args.items():
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError):
+            raise ConfigError(f"custom {role} {path}: its arguments are not all JSON values (argument {name!r} is a "
+                              f"{type(value).__name__}); {fix}") from None
     return path, json_object(args, f"custom {role} {path}")
 
 
