@@ -25,9 +25,31 @@ from .trainer import FitResult, fit  # noqa: E402
 
 
 def build(name: str, dataset=None, seed: int | None = None, **options):
-    """Build model ``name``; with ``dataset`` the input shape, likelihood and label count come from it.
+    """Build a model of family ``name``.
 
-    ``seed`` makes the initial weights reproducible without touching the global RNG.
+    Parameters
+    ----------
+    name : str
+        A family of ``aekit.MODELS`` ("ae", "dae", "sae", "cae", "vae", "iwae", "cvae", "aae").
+    dataset : aekit.datasets.Dataset, optional
+        With a dataset, the input shape, a likelihood that suits its values and the label count come from it.
+    seed : int, optional
+        Makes the initial weights reproducible without touching the global RNG.
+    **options
+        The family's options (``aekit.MODELS[name].Config``), e.g. ``latent_dim=8``, ``arch="conv"``. Custom
+        networks: ``encoder="package.module:Class"`` with ``encoder_args={...}`` (JSON values), and the same for
+        ``decoder``; or an ``nn.Module`` instance whose class and arguments can be recovered (docs/design.md,
+        "Custom networks").
+
+    Returns
+    -------
+    aekit.models.base.Autoencoder
+        The model, in training mode.
+
+    Raises
+    ------
+    ConfigError
+        An unknown family or option, a bad value, a custom network that cannot be imported or built.
     """
     if dataset is not None:
         return _build_for(name, dataset, seed=seed, **options)
@@ -35,16 +57,21 @@ def build(name: str, dataset=None, seed: int | None = None, **options):
 
 
 def __getattr__(name: str):
-    """``aekit.Detector`` is imported on first use: it brings in scikit-learn, which the CLI need not load."""
+    """``aekit.Detector`` and ``aekit.Encoder`` are imported on first use: they bring in scikit-learn's estimator
+    machinery, which the CLI need not load."""
     if name == "Detector":
         from .detector import Detector
 
         return Detector
+    if name == "Encoder":
+        from .encoder import Encoder
+
+        return Encoder
     raise AttributeError(f"module 'aekit' has no attribute {name!r}")
 
 
 __all__ = [
     "__version__", "datasets", "metrics", "build", "fit", "load", "save", "evaluate", "Run", "TrainConfig",
-    "DataConfig", "FitResult", "MODELS", "Detector",
+    "DataConfig", "FitResult", "MODELS", "Detector", "Encoder",
     "AekitError", "ConfigError", "DataError", "RunError", "TrainingDiverged",
 ]

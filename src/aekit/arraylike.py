@@ -39,6 +39,9 @@ from torch import Tensor
 
 from .errors import DataError
 
+__all__ = ["BATCH_ROWS", "as_array", "to_numpy", "sample_rows", "integer_extent", "to_model", "labels_to_model",
+           "call_converted", "map_rows"]
+
 BATCH_ROWS = 1024  # rows per model call when arrays are processed in batches (read at call time)
 
 Result = Tensor | dict[str, Tensor]
@@ -59,6 +62,64 @@ def as_array(x, what: str = "the data") -> Tensor | np.ndarray:
     if a.dtype.kind not in "fiub":
         raise DataError(f"{what} must hold real numbers (float, int or bool), got an array of dtype {a.dtype}")
     return a
+
+
+def to_numpy(a, what: str = "the data") -> np.ndarray:
+    """A numpy array on the CPU from a numpy array, a tensor (any dtype, layout or device; detached), nested lists
+    or anything ``np.asarray`` takes (a pandas DataFrame), without a copy where possible. bfloat16 and float8
+    tensors become float32 (numpy has no such dtype); an object array of strings becomes a string array. A
+    DataError (one line) for ragged lists."""
+    if isinstance(a, Tensor):
+        t = a.detach()
+        if t.layout != torch.strided:
+            t = t.to_dense()
+        t = t.cpu().resolve_conj().resolve_neg()
+        if t.is_floating_point() and t.dtype not in (torch.float16, torch.float32, torch.float64):
+            t = t.to(torch.float32)
+        try:
+            return t.numpy()
+        except (TypeError, RuntimeError) as e:
+            raise DataError(f"{what} is a tensor of dtype {t.dtype}, which numpy cannot hold ({e}); convert it to "
+                            "float32, int64 or uint8 first") from None
+    try:
+        arr = np.asarray(a)
+    except (TypeError, ValueError) as e:
+        raise DataError(f"{what} is not one rectangular array ({str(e).splitlines()[0]}); give every sample the "
+                        "same shape, e.g. pad or resize them first") from None
+    if arr.dtype == object and arr.size and all(isinstance(v, str) for v in arr.flat):
+        arr = arr.astype(str)  # e.g. a pandas column of strings
+    return arr
+
+
+def sample_rows(X, what: str = "X") -> tuple[np.ndarray, list[str] | None]:
+    """Samples as scikit-learn estimators take them: (a numpy array of real numbers with the samples first, a
+    DataFrame's column names or None).
+
+    The errors scikit-learn's estimator checks expect, each one line: a sparse matrix (TypeError: pass
+    X.toarray()), complex numbers, a 1-D array ("Reshape your data"), no samples, no features (DataError, a
+    ValueError). Numbers held as Python objects are converted to float64. What the rows hold (a table or images,
+    NaN/Inf) is for ``aekit.datasets.from_arrays`` to check.
+    """
+    if callable(getattr(X, "toarray", None)) and hasattr(X, "nnz"):  # scipy.sparse, without importing it
+        raise TypeError(f"{what} is a sparse matrix; aekit needs dense data: pass {what}.toarray()")
+    columns = getattr(X, "columns", None)
+    columns = None if columns is None else [str(c) for c in columns]
+    arr = to_numpy(X, what)
+    if arr.dtype.kind == "c":
+        raise DataError(f"{what}: Complex data not supported (dtype {arr.dtype}); pass real numbers")
+    if arr.dtype.kind == "O":  # numbers held as Python objects; a TypeError or ValueError for anything else
+        arr = arr.astype(np.float64)
+    if arr.dtype.kind not in "fiub":
+        raise DataError(f"{what} must hold real numbers (float, int or bool), got an array of dtype {arr.dtype}")
+    if arr.ndim >= 1 and arr.shape[0] == 0:
+        raise DataError(f"{what} holds no samples (shape {arr.shape}); pass at least one row")
+    if arr.ndim < 2:
+        raise DataError(f"{what} is a {arr.ndim}-D array of shape {arr.shape}, expected 2-D (N, D) rows or images; "
+                        f"Reshape your data with {what}.reshape(-1, 1) for one feature or {what}.reshape(1, -1) for "
+                        "one sample")
+    if arr.ndim == 2 and arr.shape[1] == 0:
+        raise DataError(f"{what} has 0 feature(s) (shape={arr.shape}) while a minimum of 1 is required.")
+    return arr, columns
 
 
 def integer_extent(a: Tensor | np.ndarray) -> tuple[int, int] | None:

@@ -17,8 +17,8 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from ..arraylike import to_numpy
 from ..errors import AekitError, ConfigError, DataError
 from .config import DataConfig
 from .dataset import Dataset
@@ -42,6 +42,7 @@ def from_arrays(
     stats: dict | None = None,
     normal_class: int | str | None = None,
     feature_names: list[str] | None = None,
+    shuffle: bool = True,
 ) -> Dataset:
     """A :class:`Dataset` from arrays in memory, without writing a file.
 
@@ -52,10 +53,11 @@ def from_arrays(
     ``y``: one class label per sample (integers or strings), or None. The split options are those of
     ``load``; ``name`` becomes ``Dataset.name`` and names the data in error messages. The dataset's
     ``spec`` has ``name_or_path=None``: ``load(spec)`` cannot re-read arrays, pass them again.
+    ``shuffle=False`` keeps the rows in x's order (with no validation or test part: x's rows as given).
     Raises DataError for unusable data and ConfigError for bad options.
     """
     spec = DataConfig(name_or_path=None, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
-                      limit=limit, stats=stats)
+                      limit=limit, stats=stats, shuffle=shuffle)
     if kind not in KINDS:
         raise ConfigError(f"kind: expected one of {', '.join(map(repr, KINDS))}, got {kind!r}")
     if not isinstance(name, str) or not name:
@@ -75,27 +77,8 @@ def from_arrays(
 
 
 def _as_array(a, what: str, role: str) -> np.ndarray:
-    """A numpy array on the CPU from an array, a tensor (any device), nested lists, ... (no copy if possible)."""
-    if isinstance(a, torch.Tensor):
-        t = a.detach()
-        if t.layout != torch.strided:
-            t = t.to_dense()
-        t = t.cpu().resolve_conj().resolve_neg()
-        if t.is_floating_point() and t.dtype not in (torch.float16, torch.float32, torch.float64):
-            t = t.to(torch.float32)  # bfloat16 and float8 have no numpy dtype
-        try:
-            return t.numpy()
-        except (TypeError, RuntimeError) as e:
-            raise DataError(f"{what}: {role} is a tensor of dtype {t.dtype}, which numpy cannot hold ({e}); "
-                            "convert it to float32, int64 or uint8 first") from e
-    try:
-        arr = np.asarray(a)
-    except (TypeError, ValueError) as e:
-        raise DataError(f"{what}: {role} is not one rectangular array ({e}); give every sample the same "
-                        "shape, e.g. pad or resize them first") from e
-    if arr.dtype == object and arr.size and all(isinstance(v, str) for v in arr.flat):
-        arr = arr.astype(str)  # e.g. a pandas column of strings
-    return arr
+    """``arraylike.to_numpy`` under the name detector.py imports until branch export's merge (remove it then)."""
+    return to_numpy(a, f"{what}: {role}")
 
 
 def _check_feature_names(names, src: _Source) -> list[str]:
