@@ -117,7 +117,7 @@ def test_bernoulli_single_sample_with_a_leading_dimension_uses_the_same_values()
 
 
 def test_binarize_static_is_one_seeded_bernoulli_sample():
-    from aekit import bounds, metrics
+    from aekit import bounds, run
     from aekit.likelihoods import binarize_static
 
     x = torch.rand(50, 1, 8, 8)
@@ -126,4 +126,4 @@ def test_binarize_static_is_one_seeded_bernoulli_sample():
     assert torch.equal(a, binarize_static(x, 3)) and not torch.equal(a, binarize_static(x, 4))
     assert set(a.unique().tolist()) <= {0.0, 1.0}
     assert bounds.binarize_static is binarize_static  # the likelihood estimate binarizes with this one
-    assert metrics.EVAL_BINARIZE_SEED == 0
+    assert run.EVAL_BINARIZE_SEED == 0

@@ -59,7 +59,19 @@ def test_mse_sse_bce_by_hand():
     assert metrics.mse(x, x_hat) == pytest.approx(d2.mean().item())
     assert torch.allclose(metrics.sse_per_example(x, x_hat), d2.sum(1))
     ce = -(x * torch.log(x_hat) + (1 - x) * torch.log(1 - x_hat))
-    assert metrics.bce(x, x_hat) == pytest.approx(ce.sum().item() / 2, rel=1e-5)
+    logits = torch.logit(x_hat)
+    assert metrics.bce(x, logits) == pytest.approx(ce.sum().item() / 2, rel=1e-5)
+    assert metrics.bce(x, logits) == pytest.approx(torch.nn.BCEWithLogitsLoss(reduction="sum")(logits, x).item() / 2,
+                                                   rel=1e-6)
+
+
+def test_bce_is_computed_from_logits():
+    """Far in the tails, where a probability would have to be clamped: x = 1 under logit -40 costs softplus(40)
+    = 40 nats (a probability clamped at 1e-7 would say 16.1)."""
+    x = torch.tensor([[1.0, 0.0]])
+    logits = torch.tensor([[-40.0, -40.0]])
+    assert metrics.bce(x, logits) == pytest.approx(40.0 + torch.nn.functional.softplus(torch.tensor(-40.0)).item(),
+                                                   rel=1e-6)
 
 
 # --------------------------------------------------------------------------------------------------

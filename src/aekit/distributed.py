@@ -259,12 +259,6 @@ def gather_rows(values: Tensor) -> Tensor:
     return sum_(values)
 
 
-def barrier() -> None:
-    """Wait for every rank (no-op without a process group)."""
-    if active():
-        torch.distributed.barrier()
-
-
 def _picklable(err: BaseException) -> BaseException:
     try:
         pickle.loads(pickle.dumps(err))

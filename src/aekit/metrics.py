@@ -72,7 +72,6 @@ from .reference import reference_classifier, subsample
 # Batched model calls
 
 
-EVAL_BINARIZE_SEED = 0  # runs trained on binarized data: likelihoods on this static binarization of the split
 CHUNK_ROWS = 1024  # rows per seeded block of likelihood and score computations (the unit ranks share)
 
 
@@ -151,10 +150,10 @@ def sse_per_example(x: Tensor, x_hat: Tensor) -> Tensor:
     return (x_hat - x).pow(2).flatten(1).sum(1)
 
 
-def bce(x: Tensor, x_hat: Tensor, eps: float = 1e-7) -> float:
-    """Bernoulli cross-entropy in nats per example (sum over dimensions), x and x_hat in [0,1]."""
-    p = x_hat.clamp(eps, 1 - eps)
-    return F.binary_cross_entropy(p, x, reduction="sum").item() / x.shape[0]
+def bce(x: Tensor, logits: Tensor) -> float:
+    """Bernoulli cross-entropy in nats per example (sum over dimensions) of x in [0, 1] under Bernoulli(sigmoid(
+    logits)), computed from the logits (``binary_cross_entropy_with_logits``), never from clamped probabilities."""
+    return F.binary_cross_entropy_with_logits(logits, x, reduction="sum").item() / x.shape[0]
 
 
 def psnr(x: Tensor, x_hat: Tensor, peak: float = 1.0) -> float:
@@ -170,7 +169,10 @@ def reconstruction_metrics(model: Autoencoder, dataset, split: str = "test") -> 
     out = {"mse": mse(x, x_hat), "sse_per_example": sse_per_example(x, x_hat).mean().item()}
     if dataset.kind == "image":
         out["psnr_db"] = psnr(x, x_hat)
-        out["bce_nats"] = bce(x, x_hat)
+        if model.config.likelihood == "bernoulli":  # the decoder's logits (a Gaussian decoder has none)
+            y_in = _labels_for(model, y)
+            out["bce_nats"] = bce(x, _by_rows(model, lambda xb, yb: model.decode_params(model.encode(xb, yb), yb),
+                                              x, y_in, 1024))
     else:  # tables: a scale-free summary, then each column's error in that column's own units
         out.update(column_errors(dataset, x, x_hat))
     return out
