@@ -416,7 +416,7 @@ def test_eval_under_torchrun_equals_one_process(tmp_path):
     run = tmp_path / "vae"
     subprocess.run([sys.executable, "-m", "aekit", "train", "vae", "--epochs", "2", "--latent-dim", "4",
                     "--hidden", "16", "--quiet", "--out", run], env=env, check=True, capture_output=True)
-    args = ["eval", run, "--iw-samples", "50", "--split", "train", "--normal-class", "3", "--json"]
+    args = ["eval", run, "--eval-iw-samples", "50", "--split", "train", "--normal-class", "3", "--json"]
     one = subprocess.run([sys.executable, "-m", "aekit", *args], env=env, capture_output=True, text=True,
                          timeout=300)
     assert one.returncode == 0, one.stderr

@@ -70,7 +70,7 @@ def test_report_is_one_self_contained_page(runs, cli):
 
 
 def test_report_out_file(runs, cli, tmp_path):
-    code, out, err = cli("report", runs / "vae", "--out", tmp_path / "r.html", "--iw-samples", "3")
+    code, out, err = cli("report", runs / "vae", "--out", tmp_path / "r.html", "--eval-iw-samples", "3")
     assert code == 0, err
     assert '<td>iw_samples</td><td class="num">3</td>' in (tmp_path / "r.html").read_text()
 

@@ -38,7 +38,7 @@ def test_fixture_holds_the_old_runs():
 
 @pytest.mark.parametrize("name", OLD_RUNS)
 def test_runs_written_by_0_1_0_evaluate_to_the_same_numbers(cli, old, name):
-    args = ["--iw-samples", "10"] if name.startswith("vae") else []
+    args = ["--eval-iw-samples", "10"] if name.startswith("vae") else []
     code, out, err = cli("eval", old / name, "--json", *args)
     assert code == 0, err
     got, want = json.loads(out), EXPECTED[name]

@@ -124,7 +124,7 @@ def check_options(n: int, iw_samples, mc_samples, seed) -> tuple[int, int, int]:
     """(mc_samples, iw_samples, seed) of an evaluation of n examples, checked: the counts as Python ints
     (mc >= 1, iw >= 0), the seed one torch accepts, and the decoder rows they cost within the ceiling; a
     ConfigError naming the option otherwise."""
-    mc_samples, iw_samples = _count(mc_samples, "--mc-samples", 1), _count(iw_samples, "--iw-samples", 0)
+    mc_samples, iw_samples = _count(mc_samples, "--eval-mc-samples", 1), _count(iw_samples, "--eval-iw-samples", 0)
     seed = check_seed(seed)
     _check_work(n, iw_samples, mc_samples)
     return mc_samples, iw_samples, seed
@@ -152,7 +152,8 @@ def _check_work(n: int, iw_samples: int, mc_samples: int) -> None:
     rows, limit = n * (iw_samples + mc_samples), decoder_rows_limit()
     if rows > limit:
         raise ConfigError(
-            f"--iw-samples {iw_samples} and --mc-samples {mc_samples} on {n:,} examples would take {rows:,} decoder "
-            f"evaluations, more than the limit of {limit:,} ({MAX_DECODER_ROWS_ENV}); published test log-likelihoods "
-            f"use K = {USUAL_IW_SAMPLES} ({n * USUAL_IW_SAMPLES:,} here): use fewer samples or a smaller split"
+            f"--eval-iw-samples {iw_samples} and --eval-mc-samples {mc_samples} on {n:,} examples would take "
+            f"{rows:,} decoder evaluations, more than the limit of {limit:,} ({MAX_DECODER_ROWS_ENV}); published test "
+            f"log-likelihoods use K = {USUAL_IW_SAMPLES} ({n * USUAL_IW_SAMPLES:,} here): use fewer samples or a "
+            "smaller split"
         )

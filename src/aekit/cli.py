@@ -21,6 +21,8 @@ from .errors import AekitError, ConfigError
 from .run import Run
 
 DATA_FIXED = {"input_shape", "num_classes"}  # model options that come from the dataset
+NORMAL_CLASS_HELP = ("anomaly detection: the normal class, an index or a class name in any case (train: the model "
+                     "learns from its examples only; eval, report: the other classes of the split are the anomalies)")
 DATA_PREFIX = "data__"  # argparse dest of DataConfig options (train's --seed and the data's --split-seed differ)
 
 
@@ -31,6 +33,35 @@ class _Parser(argparse.ArgumentParser):
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+class _Renamed(argparse.Action):
+    """An option with a deprecated old spelling: both store into one dest; the old one also warns on stderr.
+
+    ``old``: {old spelling: why it was renamed}. The new spelling is the first of the option strings."""
+
+    def __init__(self, option_strings, dest, old=None, **kw):
+        self.old = old or {}
+        super().__init__(option_strings, dest, **kw)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if option_string in self.old:
+            print(f"{parser.prog}: warning: {option_string} is deprecated here, use {self.option_strings[0]} "
+                  f"({self.old[option_string]})", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+# the evaluation's sample counts were spelled like the model options of `aekit train`, which set the training
+# objective: the evaluation's own are --eval-iw-samples / --eval-mc-samples (the old spellings warn)
+_EVAL_SAMPLES_WHY = "in `aekit train` {} sets the model's training objective"
+
+
+def _eval_samples(c, what: str, default=None):
+    """--eval-iw-samples (and its deprecated spelling --iw-samples) of an evaluating command."""
+    c.add_argument("--eval-iw-samples", "--iw-samples", dest="iw_samples", type=int, default=default,
+                   action=_Renamed, old={"--iw-samples": _EVAL_SAMPLES_WHY.format("--iw-samples")},
+                   help=f"probabilistic models: importance samples K of the {what} (--iw-samples: the old, "
+                        "deprecated spelling)")
 
 
 def _add_config_options(p, classes, *, skip=(), show_defaults=False, prefix=""):
@@ -293,16 +324,11 @@ def cmd_sample(args) -> int:
         raise ConfigError(f"--out {out}: table samples are written as CSV; name a .csv or .tsv file")
     ds = None if image else run.dataset()
     label = args.label
-    if label is not None:
-        try:
-            label = int(label)
-        except ValueError:  # a class name
-            ds = ds or run.dataset()
-            names = [c.casefold() for c in ds.class_names or []]
-            if label.casefold() not in names:  # "sneaker" names the class "Sneaker"
-                raise ConfigError(f"--label {label!r} is neither a class index nor a class name of dataset "
-                                  f"{ds.name!r} (classes: {', '.join(ds.class_names or []) or 'none'})") from None
-            label = names.index(label.casefold())
+    if label is not None and not (label.strip().isdigit() and run.data is not None and run.data.name_or_path is None):
+        ds = ds or run.dataset()  # class names are looked up as everywhere (Dataset.class_index)
+        label = ds.class_index(label, "--label")
+    elif label is not None:  # a run of arrays in memory: its data (and class names) cannot be read again
+        label = int(label)
     gen = torch.Generator(device=model.device).manual_seed(args.seed)
     with torch.no_grad():
         x = model.sample(args.n, y=label, generator=gen)
@@ -409,7 +435,13 @@ def cmd_compare(args) -> int:
         raise ConfigError(f"--threads must be at least 1, got {args.threads}")
     from . import datasets
 
-    ds = datasets.load(DataConfig.from_dict({"seed": args.seed, **_given(args, DataConfig, DATA_PREFIX)}, what="data"))
+    split = _given(args, DataConfig, DATA_PREFIX)
+    if args.seed is not None and "seed" not in split:  # until 0.1.0 --seed set the data split too
+        print(f"aekit compare: warning: --seed {args.seed} seeds the weights and the training only (as in `aekit "
+              f"train`); the data split follows --split-seed (default 0): add --split-seed {args.seed} for the split "
+              "earlier versions made", file=sys.stderr)
+    args.seed = 0 if args.seed is None else args.seed
+    ds = datasets.load(DataConfig.from_dict(split, what="data"))
     if args.out is None:
         args.out = str(_default_out("compare", "", with_dataset=False))
     results = compare.compare(ds, args.out, models=models, epochs=args.epochs, latent_dim=latent_dim,
@@ -564,11 +596,12 @@ def build_parser():
 
     def _eval(c):
         c.add_argument("--json", action="store_true", help="print JSON")
-        c.add_argument("--iw-samples", type=int, help="probabilistic models: importance samples K of the "
-                       "test log-likelihood estimate (default: that of aekit.metrics.evaluate)")
-        c.add_argument("--mc-samples", type=int, help="probabilistic models: Monte-Carlo samples of the ELBO")
-        c.add_argument("--normal-class", help="anomaly detection: the normal class (index or name); the other "
-                       "classes of the split are the anomalies (default: the class the run was trained on)")
+        _eval_samples(c, "test log-likelihood estimate (default: that of aekit.metrics.evaluate)")
+        c.add_argument("--eval-mc-samples", "--mc-samples", dest="mc_samples", type=int, action=_Renamed,
+                       old={"--mc-samples": _EVAL_SAMPLES_WHY.format("--mc-samples")},
+                       help="probabilistic models: Monte-Carlo samples of the ELBO (--mc-samples: the old, "
+                            "deprecated spelling)")
+        c.add_argument("--normal-class", help=NORMAL_CLASS_HELP + " (default: the class the run was trained on)")
         c.add_argument("--anomaly-data", metavar="PATH", help="anomaly detection: a file/folder of anomalous "
                        "examples (all of them), scored against the split's examples as the normal ones")
         c.add_argument("--device", default="auto", help="where to evaluate: auto (CUDA, else MPS, else the CPU; "
@@ -583,9 +616,8 @@ def build_parser():
 
     def _report(c):
         c.add_argument("--out", help="HTML file to write (default: RUN/report.html)")
-        c.add_argument("--iw-samples", type=int, default=100, help="probabilistic models: importance samples "
-                       "of the log-likelihood estimate")
-        c.add_argument("--normal-class", help="also report anomaly detection with this normal class")
+        _eval_samples(c, "log-likelihood estimate", default=100)
+        c.add_argument("--normal-class", help=NORMAL_CLASS_HELP + " (default: the class the run was trained on)")
         c.add_argument("--seed", type=int, default=0, help="seed of samples, probes and estimates")
     run_cmd("report", "write a self-contained HTML report of a run (config, metrics, curves, figures)", _report)
 
@@ -597,8 +629,9 @@ def build_parser():
     cmp_.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help="epochs per family")
     cmp_.add_argument("--latent-dim", default=str(DEFAULT_LATENT_DIM), help="code size for every family, or 'own' "
                       f"for each family's default (default: {DEFAULT_LATENT_DIM}: families compared at one code size)")
-    cmp_.add_argument("--seed", type=int, default=0, help="seed of data split, weights and training")
-    cmp_.add_argument("--iw-samples", type=int, default=100, help="importance samples of the log-likelihood")
+    cmp_.add_argument("--seed", type=int, help="seed of the weights and the training, as in `aekit train` (the data "
+                      "split has its own --split-seed) [default: 0]")
+    _eval_samples(cmp_, "log-likelihood estimate", default=100)
     cmp_.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest for small models "
                       "and on a busy machine; raise it for large conv models on idle cores)")
     cmp_.add_argument("--out", help="folder for the runs and comparison.md / comparison.html "

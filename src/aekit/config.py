@@ -19,6 +19,7 @@ read from an environment variable, for the resource limits of registry and bound
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import json
@@ -222,8 +223,12 @@ def _coerce(name: str, value: Any, hint: Any, what: str) -> Any:
             raise ConfigError(f"{what}: option {name} expects {tnames}, got {value!r}")
         hint = kinds[0]
         origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is dict:
-        return json_object(value, f"{what}: option {name}")
+    if hint is dict:  # JSON text (the command line) or a dict, copied: a config never shares the caller's dict
+        if isinstance(value, str):
+            return json_object(value, f"{what}: option {name}")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{what}: option {name} expects a JSON object (a dict), got {value!r}")
+        return copy.deepcopy(value)
     try:
         if origin is tuple:
             if isinstance(value, str):
@@ -320,6 +325,8 @@ class ModelConfig(ConfigBase):
             if path is not None and not IMPORT_PATH.fullmatch(path):
                 raise ConfigError(f"option {role}={path!r} is not an import path; write 'package.module:Class' "
                                   "(an nn.Module subclass importable here)")
+            if args is not None:
+                json_object(args, f"option {role}_args")  # saved in config.json: JSON values only
         if self.builtin_arch == "conv":
             if len(self.input_shape) != 3:
                 raise ConfigError(

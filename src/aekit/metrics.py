@@ -458,22 +458,6 @@ def anomaly_metrics(model: Autoencoder, x_test: Tensor, is_anomaly, y: Tensor | 
     return out
 
 
-def class_index(dataset, cls: int | str) -> int:
-    """Index of class ``cls`` (an index, or a class name as in dataset.class_names)."""
-    names = dataset.class_names or []
-    if isinstance(cls, str):
-        if cls in names:
-            return names.index(cls)
-        if cls.lstrip("-").isdigit():
-            cls = int(cls)
-    if isinstance(cls, (int, np.integer)) and not isinstance(cls, bool) and 0 <= int(cls) < dataset.num_classes:
-        return int(cls)
-    raise DataError(
-        f"{dataset.name}: {cls!r} is not a class of this dataset; use an index 0..{max(dataset.num_classes - 1, 0)}"
-        + (f" or a class name ({', '.join(names[:10])}{', ...' if len(names) > 10 else ''})" if names else "")
-    )
-
-
 # --------------------------------------------------------------------------------------------------
 # Diagnostics: the generic pieces, the diagnostics shared across families, and the dispatch
 
@@ -781,7 +765,7 @@ def anomaly_evaluation(model: Autoencoder, dataset, split: str = "test", *, norm
         if y is None:
             raise DataError(f"{dataset.name}: --normal-class needs a labelled dataset; for unlabeled data give "
                             "the anomalous examples as a separate file")
-        k = class_index(dataset, normal_class)
+        k = dataset.class_index(normal_class, "normal class")
         is_anom = y != k
     else:
         k = None

@@ -259,7 +259,7 @@ def test_an_hours_long_likelihood_evaluation_is_refused_up_front(digits, vae, iw
 def test_an_importance_sample_count_that_is_not_a_count_is_one_line(digits, vae, bad):
     with pytest.raises(ConfigError) as e:
         bounds.likelihood_metrics(vae, digits, "test", bad)
-    one_line(e, "--iw-samples")
+    one_line(e, "--eval-iw-samples")
 
 
 def test_k_5000_on_the_fashion_mnist_test_set_stays_allowed(monkeypatch):
@@ -295,7 +295,7 @@ def test_eval_with_a_billion_importance_samples_is_one_line(cli, tmp_path, monke
 
     monkeypatch.setattr(VAE, "log_likelihood", lambda *a, **k: pytest.fail("the evaluation started"))
     shutil.copytree(FIXTURE_RUNS / "vae-digits-binarized", tmp_path / "run")
-    code, out, err = cli("eval", tmp_path / "run", "--iw-samples", "1000000000")
+    code, out, err = cli("eval", tmp_path / "run", "--eval-iw-samples", "1000000000")
     lines = [x for x in err.splitlines() if x.strip()]
     assert code == 2 and len(lines) == 1 and "decoder evaluations" in lines[0] and "Traceback" not in err, err
 

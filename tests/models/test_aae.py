@@ -211,7 +211,7 @@ def test_cli(cli, tmp_path):
     assert code == 0 and "class 2" in out, err
     code, out, err = cli("eval", run)
     assert code == 0, err
-    code, _, err = cli("eval", run, "--iw-samples", "10")
+    code, _, err = cli("eval", run, "--eval-iw-samples", "10")
     assert code == 2 and "probabilistic" in err and len(err.strip().splitlines()) == 1
     code, _, err = cli("train", "aae", "--supervised", "--out", tmp_path / "bad")
     assert code == 2 and "--prior mixture" in err and len(err.strip().splitlines()) == 1

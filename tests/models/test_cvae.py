@@ -124,7 +124,7 @@ def test_cli(cli, tmp_path):
     assert code == 0, err
     code, out, err = cli("sample", run, "-n", "8", "--label", "3", "--out", tmp_path / "s.png")
     assert code == 0 and "class 3" in out, err
-    code, out, err = cli("eval", run, "--iw-samples", "50")
+    code, out, err = cli("eval", run, "--eval-iw-samples", "50")
     assert code == 0, err
     assert "iw_log_likelihood_nats" in out
     for argv, match in (([], "pass y"), (["--label", "12"], "0..9"), (["--label", "seven"], "class name")):

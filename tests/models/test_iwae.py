@@ -82,7 +82,7 @@ def test_cli(cli, tmp_path):
                        "--latent-dim", "3", "--quiet", "--out", run)
     assert code == 0, err
     assert json.loads((run / "config.json").read_text())["config"]["iw_samples"] == 3
-    code, out, err = cli("eval", run, "--iw-samples", "50", "--json")
+    code, out, err = cli("eval", run, "--eval-iw-samples", "50", "--json")
     assert code == 0, err
     assert json.loads(out)["iw_samples"] == 50
     code, _, err = cli("sample", run, "-n", "4", "--out", tmp_path / "s.png")

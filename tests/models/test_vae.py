@@ -174,7 +174,7 @@ def test_cli_train_sample_eval(vae_run, cli, tmp_path):
     code, out, err = cli("sample", vae_run, "-n", "12", "--seed", "1", "--out", tmp_path / "s.png")
     assert code == 0, err
     assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
-    code, out, err = cli("eval", vae_run, "--iw-samples", "50", "--mc-samples", "2", "--json")
+    code, out, err = cli("eval", vae_run, "--eval-iw-samples", "50", "--eval-mc-samples", "2", "--json")
     assert code == 0, err
     import json
 
@@ -192,7 +192,7 @@ def test_cli_train_sample_eval(vae_run, cli, tmp_path):
     (["sample", "RUN", "--label", "3", "--out", "x.png"], "unconditional"),
     (["sample", "RUN", "--out", "x.jpg"], "PNG"),
     (["sample", "RUN", "-n", "0", "--out", "x.png"], "-n"),
-    (["eval", "RUN", "--mc-samples", "0"], "mc-samples"),
+    (["eval", "RUN", "--eval-mc-samples", "0"], "mc-samples"),
 ])
 def test_cli_mistakes_exit_2_with_one_line(vae_run, cli, tmp_path, argv, match):
     argv = [str(vae_run) if a == "RUN" else a for a in argv]
@@ -211,7 +211,7 @@ def test_cli_eval_of_a_binarized_run_says_so(cli, tmp_path):
     code, _, err = cli("train", "vae", "--epochs", "1", "--limit", "200", "--binarize", "dynamic", "--quiet",
                        "--hidden", "16", "--latent-dim", "2", "--out", run)
     assert code == 0, err
-    code, out, err = cli("eval", run, "--iw-samples", "5")
+    code, out, err = cli("eval", run, "--eval-iw-samples", "5")
     assert code == 0, err
     assert "statically binarized" in out and "iw_log_likelihood_nats" in out
 
@@ -230,4 +230,4 @@ def test_fashion_mnist_vae_end_to_end(tmp_path):
     assert 0 < r["iw_nll_bits_per_dim"] < r["neg_elbo_bits_per_dim"]
     from aekit.cli import main
 
-    assert main(["eval", str(tmp_path / "run"), "--iw-samples", "20", "--limit", "500"]) == 0
+    assert main(["eval", str(tmp_path / "run"), "--eval-iw-samples", "20", "--limit", "500"]) == 0

@@ -37,7 +37,8 @@ class DataConfig(ConfigBase):
         None, "table standardization statistics {'mean': [...], 'std': [...]}; set from the training split",
         cli=False)
     normal_class: int | str | None = opt(
-        None, "one-class training: keep only this class (index or name) in train and val")
+        None, "anomaly detection: the normal class, an index or a class name in any case; one-class training keeps "
+              "only its examples in train and val")
     shuffle: bool = opt(True, "permute the samples (with the split seed) before splitting; --no-shuffle keeps the "
                               "source's order: the splits are consecutive blocks (scoring new data row by row)")
 

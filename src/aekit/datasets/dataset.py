@@ -93,6 +93,45 @@ class Dataset:
                 moved[f.name] = v.to(device)
         return dataclasses.replace(self, **moved)
 
+    def class_index(self, cls: int | str, what: str = "class") -> int:
+        """The index of class ``cls``: the one place class names are looked up (``--normal-class``, ``--label``,
+        ``normal_class=`` of the Python API alike).
+
+        Parameters
+        ----------
+        cls : int or str
+            A class index 0..num_classes-1, or a class name: its exact spelling first, then an index written as
+            text ("3"), then the name in any case ("sneaker" for "Sneaker", when only one class matches).
+        what : str, default="class"
+            What ``cls`` is, for the message of the error.
+
+        Returns
+        -------
+        int
+            The class index.
+
+        Raises
+        ------
+        DataError
+            ``cls`` names no class of this dataset (the message lists the valid indices and names).
+        """
+        names = self.class_names or []
+        if isinstance(cls, str):
+            folded = [n for n in names if n.casefold() == cls.strip().casefold()]
+            if cls in names:
+                return names.index(cls)
+            if cls.strip().isdigit() and int(cls) < self.num_classes:
+                return int(cls)
+            if len(folded) == 1:
+                return names.index(folded[0])
+        elif isinstance(cls, (int, np.integer)) and not isinstance(cls, bool) and 0 <= int(cls) < self.num_classes:
+            return int(cls)
+        raise DataError(
+            f"{self.name}: {what} {cls!r} is not a class of this dataset; use an index "
+            f"0..{max(self.num_classes - 1, 0)}"
+            + (f" or one of the class names (any case): {_preview(names)}" if names else "")
+        )
+
     def subset_class(self, normal_class: int | str) -> Dataset:
         """Keep only samples of one class in train and val; test keeps every class.
 
@@ -106,20 +145,7 @@ class Dataset:
                 "give a label column (--label-column) for CSV files, a 'y' array in .npz files, "
                 "or class subfolders in an image folder"
             )
-        k = None
-        if isinstance(normal_class, (int, np.integer)) and not isinstance(normal_class, bool):
-            if 0 <= int(normal_class) < self.num_classes:
-                k = int(normal_class)
-        elif isinstance(normal_class, str):
-            if normal_class in self.class_names:
-                k = self.class_names.index(normal_class)
-            elif normal_class.lstrip("-").isdigit() and 0 <= int(normal_class) < self.num_classes:
-                k = int(normal_class)
-        if k is None:
-            raise DataError(
-                f"{self.name}: normal class {normal_class!r} is not a class of this dataset; use an index "
-                f"0..{self.num_classes - 1} or one of the class names: {_preview(self.class_names)}"
-            )
+        k = self.class_index(normal_class, "normal class")
         keep_train = self.y_train == k
         if not bool(keep_train.any()):
             raise DataError(
