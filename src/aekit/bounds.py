@@ -29,6 +29,9 @@ from .config import check_seed, env_limit
 from .errors import ConfigError
 from .likelihoods import LOG_2PI, binarize_static, bits_per_dim
 
+__all__ = ["MAX_DECODER_ROWS", "MAX_DECODER_ROWS_ENV", "USUAL_IW_SAMPLES", "gaussian_log_density",
+           "log_importance_weights", "iw_bound", "likelihood_metrics", "check_options", "decoder_rows_limit"]
+
 # The ceiling on the work of one likelihood evaluation, in decoder rows: examples x (iw_samples +
 # mc_samples). K = 5000 importance samples, the usual count for published test log-likelihoods, on the
 # 10,000 Fashion-MNIST test images is 5e7 rows; 1e9 (K = 100,000 on that set) is already hours on a CPU.

@@ -20,6 +20,10 @@ from .datasets import DataConfig
 from .errors import AekitError, ConfigError
 from .run import Run
 
+__all__ = ["DATA_FIXED", "NORMAL_CLASS_HELP", "DATA_PREFIX", "cmd_train", "evaluation_key", "cmd_eval", "cmd_sample",
+           "cmd_reconstruct", "cmd_encode", "cmd_plot", "cmd_report", "cmd_compare", "cmd_score", "cmd_calibrate",
+           "cmd_models", "cmd_datasets", "cmd_pack", "build_parser", "SEVERAL_PROCESSES", "main"]
+
 DATA_FIXED = {"input_shape", "num_classes"}  # model options that come from the dataset
 NORMAL_CLASS_HELP = ("anomaly detection: the normal class, an index or a class name in any case (train: the model "
                      "learns from its examples only; eval, report: the other classes of the split are the anomalies)")
@@ -555,11 +559,10 @@ def cmd_datasets(args) -> int:
 
 def cmd_pack(args) -> int:
     from . import datasets
-    from .datasets.source import _size
 
     features = None if args.features is None else [f.strip() for f in args.features.split(",") if f.strip()]
     r = datasets.pack(args.source, args.out, label_column=args.label_column, features=features)
-    print(f"wrote {r.path}: {r.shape[0]} samples of shape {tuple(r.shape[1:])}, {r.dtype} ({_size(r.nbytes)})")
+    print(f"wrote {r.path}: {r.shape[0]} samples of shape {tuple(r.shape[1:])}, {r.dtype} ({r.size_text})")
     if r.labels_path:
         print(f"labels: {r.labels_path} ({len(r.classes)} classes: {', '.join(r.classes[:10])}"
               f"{', ...' if len(r.classes) > 10 else ''})")

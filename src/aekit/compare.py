@@ -19,6 +19,9 @@ from urllib.parse import quote
 from . import files
 from .run import Run
 
+__all__ = ["DEFAULT_EPOCHS", "SIDE_BY_SIDE", "DEFAULT_LATENT_DIM", "FamilyResult", "check_out_dir", "compare", "fmt_s",
+           "write_comparison"]
+
 # Epochs per family when none are given. `aekit compare` on digits with every registered family (8) and
 # one torch thread took 27 s in all (training, evaluation, figures, reports) on 2 CPU cores that other jobs
 # kept busy (load average 4); tests/test_compare.py's slow test holds it under 2 minutes.

@@ -37,6 +37,10 @@ import torch
 
 from .errors import ConfigError
 
+__all__ = ["NETWORK_ROLES", "IMPORT_PATH", "ACTIVATIONS", "LIKELIHOODS", "opt", "ConfigBase", "check_seed",
+           "env_limit", "json_object", "ModelConfig", "AUTO_STEPS", "AUTO_EPOCHS", "AUTO_PATIENCE", "DEVICE_AUTO",
+           "TrainConfig", "check_device", "resolve_device"]
+
 NETWORK_ROLES = ("encoder", "decoder")  # the networks a user may bring (ModelConfig.encoder / .decoder)
 IMPORT_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*(:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*)?")
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "linear", "leaky_relu", "elu")
@@ -60,7 +64,15 @@ def opt(default, help: str, choices: tuple | None = None, flag: str | None = Non
 
 
 class ConfigBase:
-    """Mixin: dict round-trip, validation helpers, unknown-key rejection."""
+    """Mixin: dict round-trip, validation helpers, unknown-key rejection.
+
+    Each subclass's docstring gets a numpydoc "Parameters" section made from its fields' help text
+    (``document``, called by ``__init_subclass__``), so ``help(aekit.TrainConfig)`` lists every option.
+    """
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        document(cls)
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -142,6 +154,32 @@ class ConfigBase:
 
     def validate(self) -> None:
         """Check the (resolved) values; raise ConfigError saying what to change. Subclasses add checks."""
+
+
+def document(cls) -> None:
+    """Append a numpydoc "Parameters" section to config class ``cls``'s docstring: one entry per field (inherited
+    ones included), its type, default and help text. Runs when the class body is created, before ``dataclass``
+    processes it, so the fields are read from the ``opt()`` Field objects of the class and its dataclass bases."""
+    fields: dict[str, dataclasses.Field] = {}
+    for base in reversed(cls.__mro__[1:]):
+        if dataclasses.is_dataclass(base):
+            fields.update({f.name: f for f in dataclasses.fields(base)})
+    annotations = cls.__dict__.get("__annotations__", {})
+    fields.update({n: v for n, v in cls.__dict__.items() if isinstance(v, dataclasses.Field) and n in annotations})
+    if not fields:
+        return
+    hints = {}
+    for base in reversed(cls.__mro__):
+        hints.update(getattr(base, "__dict__", {}).get("__annotations__", {}))
+    lines = ["", "Parameters", "----------"]
+    for name, f in fields.items():
+        kind = hints.get(name, "")
+        kind = kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
+        default = f.default if f.default is not dataclasses.MISSING else None
+        lines.append(f"{name} : {kind}, default={default!r}")
+        lines.append(f"    {f.metadata.get('help', '')}")
+    doc = (cls.__dict__.get("__doc__") or f"The options of {cls.__module__.rsplit('.', 1)[-1]} models.").rstrip()
+    cls.__doc__ = doc + "\n" + "\n".join("    " + line if line else "" for line in lines) + "\n"
 
 
 @functools.cache

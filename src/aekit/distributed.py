@@ -37,6 +37,10 @@ from torch import Tensor
 
 from .errors import ConfigError
 
+__all__ = ["BUCKET_BYTES", "launched", "init_from_env", "cleanup", "active", "rank", "world_size", "is_main",
+           "local_rank", "device_for", "rank_seed", "average_gradients", "broadcast_tensors", "broadcast_object",
+           "sum_", "all_true", "gather_rows", "agree"]
+
 T = TypeVar("T")
 BUCKET_BYTES = 25 * 2**20  # gradients per all_reduce: DistributedDataParallel's default bucket size
 _STARTED_HERE = False  # whether init_from_env started the process group (then cleanup ends it)

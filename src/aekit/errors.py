@@ -7,6 +7,8 @@ that message on one line and exits with status 2; Python callers can catch the s
 
 from __future__ import annotations
 
+__all__ = ["AekitError", "DataError", "ConfigError", "RunError", "TrainingDiverged"]
+
 
 class AekitError(Exception):
     """Base class of every user-facing aekit error."""

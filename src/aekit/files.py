@@ -23,6 +23,10 @@ from safetensors.torch import save as st_save
 
 from .errors import RunError
 
+__all__ = ["TMP_SUFFIX", "MAX_TEXT_BYTES", "MAX_HEADER_BYTES", "atomic_write_bytes", "new_file", "atomic_write_text",
+           "write_json", "read_bytes", "read_text", "read_json", "save_tensors", "load_tensors",
+           "optimizer_to_tensors", "optimizer_from_tensors"]
+
 TMP_SUFFIX = ".tmp"  # atomic writes go through ".<name>.<random>.tmp" in the target's folder
 MAX_TEXT_BYTES = 256 * 2**20  # config.json, metrics.jsonl, summary.json: far above any real run's
 MAX_HEADER_BYTES = 100 * 2**20  # safetensors' own limit on the JSON header

@@ -19,6 +19,9 @@ from torch import Tensor, nn
 
 from .config import ModelConfig
 
+__all__ = ["LOG_2PI", "bernoulli_sample", "binarize_static", "Likelihood", "Bernoulli", "Gaussian", "build_likelihood",
+           "bits_per_dim"]
+
 LOG_2PI = math.log(2 * math.pi)
 
 

@@ -68,6 +68,14 @@ from .models.base import Autoencoder
 from .posterior import DiagonalGaussian
 from .reference import reference_classifier, subsample
 
+__all__ = ["CHUNK_ROWS", "chunk_seed", "reconstructions", "codes", "mse", "sse_per_example", "bce", "psnr",
+           "reconstruction_metrics", "COLUMN_RMSE", "column_errors", "likelihood_metrics", "linear_probe_accuracy",
+           "knn_accuracy", "clustering_accuracy", "kmeans_metrics", "representation_metrics", "anomaly_scores",
+           "detection_metrics", "anomaly_metrics", "sparsity_stats", "active_units", "active_units_metrics",
+           "MMD_SCALES", "mmd2", "aggregate_posterior_sample", "prior_mmd_metrics", "conditional_accuracy_metrics",
+           "DiagnosticData", "Diagnostic", "SHARED_DIAGNOSTICS", "diagnostic_function", "diagnostic_metrics",
+           "METRIC_INFO", "evaluate", "anomaly_evaluation"]
+
 # --------------------------------------------------------------------------------------------------
 # Batched model calls
 
@@ -732,6 +740,38 @@ def evaluate(model: Autoencoder, dataset, split: str = "test", *, iw_samples: in
     estimates and anomaly scores are computed across ranks, the rest on rank 0, and every rank returns rank
     0's dict: the numbers one process computes (module docstring). False (the default): this process
     computes everything, as without torch.distributed (call it on one rank alone, or on each).
+
+    Parameters
+    ----------
+    model : aekit.models.base.Autoencoder
+        The model to evaluate.
+    dataset : aekit.datasets.Dataset
+        Its data (``Dataset``), read from ``split``.
+    split : {"train", "val", "test"}, default="test"
+        The split evaluated.
+    iw_samples : int, default=100
+        Importance samples K of the log-likelihood estimate (probabilistic models).
+    mc_samples : int, default=1
+        Monte-Carlo samples of the ELBO (probabilistic models).
+    normal_class : int or str, optional
+        Anomaly detection: the normal class (an index or a class name in any case).
+    anomalies : torch.Tensor of shape (N_a, *shape), optional
+        Anomaly detection: extra anomalous examples.
+    seed : int, default=0
+        Seed of every random draw of the evaluation.
+    binarize_seed : int, optional
+        Runs trained on binarized data: the seed of the split's static binarization.
+    representation : bool, default=True
+        Compute the representation metrics (probes, clustering) on labelled data.
+    diagnostics : bool, default=True
+        Compute the family's diagnostics.
+    shard : bool, default=False
+        Share the work across the ranks of torch.distributed.
+
+    Returns
+    -------
+    dict of str to float
+        The metrics (``METRIC_INFO`` describes each).
     """
     seed = check_seed(seed)
     model.check_input(dataset.split(split)[0], f"dataset {dataset.name!r}")

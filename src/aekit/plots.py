@@ -22,6 +22,9 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
+__all__ = ["mosaic", "image_rows", "image_grid", "reconstructions", "class_grid", "latent_manifold", "latent_scatter",
+           "training_curves", "run_figures", "save_run_figures", "to_png", "save"]
+
 
 def _to_hwc(img: Tensor) -> np.ndarray:
     a = img.detach().float().cpu().clamp(0, 1).numpy()

@@ -17,6 +17,8 @@ from torch import Tensor
 from .bounds import gaussian_log_density
 from .regularizers import kl_normal_standard
 
+__all__ = ["DiagonalGaussian"]
+
 
 class DiagonalGaussian:
     """N(mean, diag exp(logvar)) per example: ``mean`` and ``logvar`` (B, K)."""

@@ -28,6 +28,8 @@ from torch import Tensor
 
 from .errors import DataError
 
+__all__ = ["CACHE_SIZE", "subsample", "dataset_key", "reference_classifier"]
+
 CACHE_SIZE = 4
 _CACHE: OrderedDict[str, tuple[torch.nn.Module, float]] = OrderedDict()
 _CACHE_LOCK = threading.Lock()

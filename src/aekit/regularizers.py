@@ -11,6 +11,10 @@ from torch import Tensor
 
 from .nets import Encoder
 
+__all__ = ["kl_normal_standard", "l1_activity", "kl_sparsity", "gram", "encoder_jacobian_sq_norm",
+           "encoder_jacobian_sq_norm_estimate", "adversarial_discriminator_loss", "adversarial_generator_loss",
+           "r1_penalty"]
+
 
 def kl_normal_standard(mu: Tensor, logvar: Tensor) -> Tensor:
     """KL( N(mu, diag exp(logvar)) || N(0, I) ) = 1/2 sum_k (mu_k^2 + sigma_k^2 - 1 - log sigma_k^2).

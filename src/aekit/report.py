@@ -17,6 +17,9 @@ from pathlib import Path
 from . import files
 from .run import Run
 
+__all__ = ["CSS", "esc", "fmt", "png_data_uri", "img_tag", "figure_html", "table_html", "page", "metrics_table",
+           "render", "write_report"]
+
 CSS = """
 body{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;margin:24px auto;max-width:1150px;
 color:#1d232a;padding:0 16px;line-height:1.4}

@@ -34,6 +34,10 @@ from .datasets import DataConfig
 from .datasets import load as load_dataset
 from .errors import AekitError, RunError
 
+__all__ = ["CONFIG", "WEIGHTS", "CHECKPOINT", "METRICS", "SUMMARY", "MARKER", "LOCK", "REPORT", "FIGURES", "DETECTOR",
+           "DETECTOR_TENSORS", "EVALUATION", "OWN_FILES", "EVAL_BINARIZE_SEED", "EvaluationOptions", "Checkpoint",
+           "Run", "load", "save"]
+
 CONFIG, WEIGHTS, CHECKPOINT, METRICS, SUMMARY = (
     "config.json", "model.safetensors", "checkpoint.safetensors", "metrics.jsonl", "summary.json",
 )
@@ -88,8 +92,20 @@ class Checkpoint:
 class Run:
     """One run directory. Build it with ``Run.create`` or ``Run.open``; attributes are read-only views.
 
-    ``model_name`` (the family), ``model_config`` (its resolved Config), ``train`` (TrainConfig),
-    ``data`` (DataConfig, or None when the run was trained on data it cannot re-read), ``aekit_version``.
+    Parameters
+    ----------
+    path : pathlib.Path
+        The run directory.
+    model_name : str
+        The family (a key of ``aekit.MODELS``).
+    model_config : aekit.config.ModelConfig
+        The family's resolved config.
+    train : aekit.TrainConfig
+        The training options.
+    data : aekit.DataConfig or None
+        How the data was read; None when the run was trained on data it cannot re-read.
+    aekit_version : str
+        The aekit version that wrote the run.
     """
 
     def __init__(self, path: Path, model_name: str, model_config, train: TrainConfig, data, aekit_version: str):
@@ -407,8 +423,28 @@ def _read_config(path: Path) -> dict[str, Any]:
 
 
 def load(run_dir: str | Path, weights: str = "best", device: str | torch.device | None = None):
-    """Rebuild the model of a run directory exactly, with its best (or ``weights="last"``) weights, on the CPU
-    or ``device`` ("auto": the best device here): ``Run.open(run_dir).model(weights, device)``."""
+    """Rebuild the model of a run directory exactly: ``Run.open(run_dir).model(weights, device)``.
+
+    Parameters
+    ----------
+    run_dir : str or pathlib.Path
+        A run directory written by ``aekit.fit``, ``aekit.save`` or ``aekit train``.
+    weights : {"best", "last"}, default="best"
+        The weights of the best validation epoch, or of the last one.
+    device : str or torch.device, optional
+        Where to put the model: the CPU by default, "auto" for the best device here.
+
+    Returns
+    -------
+    aekit.models.base.Autoencoder
+        The model in eval mode. Custom networks are imported again by the import paths config.json names.
+
+    Raises
+    ------
+    RunError
+        The folder is not a run this aekit can rebuild (a missing or damaged file, a custom network that cannot be
+        imported here), with the file and the reason on one line.
+    """
     return Run.open(run_dir).model(weights, device)
 
 
@@ -479,9 +515,25 @@ def _unlock(fd: int) -> None:
 
 
 def save(model, path: str | Path, train: TrainConfig | None = None, data=None) -> Run:
-    """Write ``model`` (trained in any way) as a run directory that ``load`` and every command read:
-    config.json (its resolved config, ``train`` and the DataConfig ``data`` when known) and its weights.
-    ``path`` must be new or empty, as for a training run."""
+    """Write ``model`` (trained in any way) as a run directory that ``load`` and every command read.
+
+    Parameters
+    ----------
+    model : aekit.models.base.Autoencoder
+        The model; its resolved config goes to config.json (custom networks as import path and arguments), its
+        weights to model.safetensors. Nothing is pickled.
+    path : str or pathlib.Path
+        The run directory to create: new or empty, as for a training run.
+    train : aekit.TrainConfig, optional
+        The training options to record (default: ``TrainConfig()``).
+    data : aekit.DataConfig, optional
+        How the data was read, when known (``Dataset.spec``).
+
+    Returns
+    -------
+    Run
+        The run written.
+    """
     run = Run.create(path, model.name, model.config, train or TrainConfig(), data)
     try:
         run.save_weights(model.state_dict())

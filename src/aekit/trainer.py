@@ -52,6 +52,8 @@ from .likelihoods import bernoulli_sample, binarize_static
 from .models.base import Autoencoder
 from .run import Checkpoint, Run
 
+__all__ = ["CHECK_EVERY", "FitResult", "fit", "STILL_FALLING", "still_improving", "EXPLODED", "evaluate_loss"]
+
 CHECK_EVERY = 100  # steps between finiteness checks (one host sync each)
 
 

@@ -101,6 +101,19 @@ def load(name_or_path: str | os.PathLike | DataConfig = "digits", **options) -> 
     that for JSON and command-line text). The result's ``spec`` rebuilds it: ``load(ds.spec)``.
     Raises DataError for unusable data (and for a config of in-memory arrays, which cannot be
     re-read), ConfigError for bad options (or a bad AEKIT_MAX_DATA_BYTES), TypeError for an unknown option.
+
+    Parameters
+    ----------
+    name_or_path : str, os.PathLike or DataConfig, default="digits"
+        A built-in name ("digits", "fashion-mnist", "mnist"), a file or folder, or a DataConfig.
+    **options
+        The other fields of ``DataConfig`` (``help(aekit.DataConfig)`` lists them): ``val_fraction``,
+        ``test_fraction``, ``seed``, ``limit``, ``label_column``, ``features``, ``stats``, ``normal_class``, ...
+
+    Returns
+    -------
+    Dataset
+        The samples, split into train / val / test; ``spec`` rebuilds them.
     """
     max_data_bytes()  # a bad AEKIT_MAX_DATA_BYTES is a ConfigError even where no file is read
     unknown = sorted(set(options) - set(DataConfig.field_names()))

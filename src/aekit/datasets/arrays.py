@@ -26,6 +26,8 @@ from .source import _check_budget, _check_finite, _encode_labels, _open_regular,
 from .splitting import _assemble, _one_class
 from .storage import Mapping, chunk_rows
 
+__all__ = ["KINDS", "from_arrays", "LABELS_SUFFIX", "MAPPED_BYTES_PER_SAMPLE", "labels_path"]
+
 KINDS = ("auto", "table", "image")
 
 
@@ -55,6 +57,35 @@ def from_arrays(
     ``spec`` has ``name_or_path=None``: ``load(spec)`` cannot re-read arrays, pass them again.
     ``shuffle=False`` keeps the rows in x's order (with no validation or test part: x's rows as given).
     Raises DataError for unusable data and ConfigError for bad options.
+
+    Parameters
+    ----------
+    x : array-like of shape (N, D), (N, H, W), (N, H, W, C) or (N, C, H, W)
+        The samples: a table or images (uint8, or numbers in [0, 1]).
+    y : array-like of shape (N,), optional
+        One class label per sample (integers or strings).
+    kind : {"auto", "table", "image"}, default="auto"
+        What x holds; "auto" decides from its shape.
+    name : str, default="arrays"
+        ``Dataset.name``, naming the data in messages.
+    val_fraction, test_fraction : float, default=0.1, 0.2
+        Sizes of the validation and test splits.
+    seed : int, default=0
+        Seed of the split's permutation.
+    limit : int, optional
+        Keep the first ``limit`` samples of the permutation.
+    stats : dict, optional
+        ``{"mean": [...], "std": [...]}``: standardize a table with these instead of the training split's.
+    normal_class : int or str, optional
+        One-class training: keep only this class (an index or a class name in any case) in train and val.
+    feature_names : list of str, optional
+        A table's column names (a DataFrame's by default).
+    shuffle : bool, default=True
+        Permute the rows before splitting.
+
+    Returns
+    -------
+    Dataset
     """
     spec = DataConfig(name_or_path=None, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
                       limit=limit, stats=stats, shuffle=shuffle)

@@ -15,6 +15,8 @@ import numpy as np
 from ..config import ConfigBase, check_seed, opt
 from ..errors import ConfigError
 
+__all__ = ["DataConfig"]
+
 
 @dataclass(frozen=True)
 class DataConfig(ConfigBase):

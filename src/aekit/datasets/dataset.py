@@ -15,6 +15,8 @@ from .config import DataConfig
 from .source import _preview
 from .storage import Store, as_tensor, take
 
+__all__ = ["Dataset"]
+
 _SPLITS = ("train", "val", "test")
 
 

@@ -13,6 +13,8 @@ import numpy as np
 from ..errors import DataError
 from .source import _check_budget, _open_regular, _Source
 
+__all__ = ["BUILTIN_NAMES", "FASHION_MNIST_DIR", "FASHION_MNIST_CLASSES", "available"]
+
 BUILTIN_NAMES = ("digits", "fashion-mnist", "mnist")
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # read here by available() and the loader
 FASHION_MNIST_CLASSES = [

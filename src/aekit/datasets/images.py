@@ -12,6 +12,8 @@ from ..errors import AekitError, DataError
 from .source import _check_budget, _encode_labels, _open_regular, _reason, _Source
 from .tables import TABLE_DELIMITERS
 
+__all__ = ["IMAGE_SUFFIXES", "image_files"]
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _FORMATS = ("PNG", "JPEG")  # what the suffixes promise: Pillow's other decoders (EPS runs Ghostscript) stay shut
 _GRAY_MODES = {"1", "L"}

@@ -31,6 +31,8 @@ from .images import _chw, _decode, _folder_plan
 from .source import _encode_labels, _only_for, _size
 from .tables import TABLE_DELIMITERS, _load_table_file
 
+__all__ = ["Packed", "pack"]
+
 
 @dataclass(frozen=True)
 class Packed:
@@ -45,6 +47,11 @@ class Packed:
     @property
     def nbytes(self) -> int:
         return int(np.prod(self.shape)) * np.dtype(self.dtype).itemsize
+
+    @property
+    def size_text(self) -> str:
+        """``nbytes`` for people: '1.5 KiB'."""
+        return _size(self.nbytes)
 
 
 def pack(source: str | os.PathLike, out: str | os.PathLike, *, label_column: str | None = None,

@@ -18,6 +18,8 @@ import numpy as np
 
 from ..errors import ConfigError, DataError
 
+__all__ = ["CHUNK_BYTES", "max_data_bytes"]
+
 
 @dataclass
 class _Source:

@@ -14,6 +14,8 @@ from .dataset import Dataset
 from .source import CHUNK_BYTES, _clip, _Source
 from .storage import ByteStore, MappedStore, take_rows
 
+__all__: list[str] = []
+
 
 def _round(n: int, fraction: float) -> int:
     return int(math.floor(n * fraction + 0.5 + 1e-9))

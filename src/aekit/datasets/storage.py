@@ -43,6 +43,9 @@ from torch import Tensor
 from ..errors import DataError
 from .source import CHUNK_BYTES, _check_budget
 
+__all__ = ["RELEASE_BYTES", "Mapping", "take_rows", "chunk_rows", "Store", "ByteStore", "MappedStore", "as_tensor",
+           "take"]
+
 RELEASE_BYTES = 64 * 2**20  # file pages a whole-file pass may map before the mapping drops them from the process
 
 

@@ -25,6 +25,8 @@ from .source import (
     _Source,
 )
 
+__all__ = ["TABLE_DELIMITERS"]
+
 TABLE_DELIMITERS = {".csv": ",", ".tsv": "\t", ".txt": None}  # None: sniffed
 _SNIFF_CHARS = 4096     # csv.Sniffer takes quadratic time on quotes: 64 KiB of '," ' take half a minute
 _LABEL_BYTES = 64       # a str object per label (the fast path reads labels as Python strings)

@@ -79,6 +79,8 @@ from ..posterior import DiagonalGaussian
 from ..regularizers import adversarial_discriminator_loss, adversarial_generator_loss, r1_penalty
 from .base import Autoencoder, Capabilities, Output, check_count, class_labels
 
+__all__ = ["POSTERIORS", "LAYOUTS", "AAEConfig", "circle_centers", "mixture_centers", "AAE"]
+
 POSTERIORS = ("deterministic", "gaussian")
 LAYOUTS = ("axes", "circle")
 

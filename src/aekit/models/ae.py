@@ -25,6 +25,8 @@ from .base import Autoencoder, Capabilities, Output
 if TYPE_CHECKING:
     from ..metrics import DiagnosticData
 
+__all__ = ["AEConfig", "SATURATION_THRESHOLD", "contraction_metrics", "AE"]
+
 
 @dataclass(frozen=True)
 class AEConfig(ModelConfig):

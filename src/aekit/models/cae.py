@@ -21,6 +21,8 @@ from ..regularizers import encoder_jacobian_sq_norm, encoder_jacobian_sq_norm_es
 from .ae import AE, AEConfig
 from .base import Capabilities
 
+__all__ = ["CAEConfig", "CAE"]
+
 
 @dataclass(frozen=True)
 class CAEConfig(AEConfig):

@@ -19,6 +19,8 @@ from ..errors import ConfigError
 from .base import Capabilities, class_labels
 from .vae import VAE, VAEConfig
 
+__all__ = ["CVAEConfig", "CVAE"]
+
 
 @dataclass(frozen=True)
 class CVAEConfig(VAEConfig):

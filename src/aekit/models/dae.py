@@ -24,6 +24,8 @@ from .base import Capabilities
 if TYPE_CHECKING:
     from ..metrics import DiagnosticData
 
+__all__ = ["DAEConfig", "corrupt", "denoising_metrics", "DAE"]
+
 
 @dataclass(frozen=True)
 class DAEConfig(AEConfig):

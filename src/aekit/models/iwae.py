@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from ..config import opt
 from .vae import VAE, VAEConfig
 
+__all__ = ["IWAEConfig", "IWAE"]
+
 
 @dataclass(frozen=True)
 class IWAEConfig(VAEConfig):

@@ -25,6 +25,8 @@ from .base import Capabilities
 if TYPE_CHECKING:
     from ..metrics import DiagnosticData
 
+__all__ = ["SAEConfig", "sparsity_metrics", "SAE"]
+
 
 @dataclass(frozen=True)
 class SAEConfig(AEConfig):

@@ -35,6 +35,8 @@ from ..nets import Decoder, Encoder
 from ..posterior import DiagonalGaussian
 from .base import Autoencoder, Capabilities, Output, check_count
 
+__all__ = ["EVAL_BUDGET", "VAEConfig", "VAE"]
+
 # Rough budget (in float32 values) of activations per decoder call in log_likelihood / elbo evaluation:
 # 2**22 (16 MiB) keeps a call's activations in cache; 2**24 measured 1.25x slower for K=1000
 # (benchmarks/hotpath.py bernoulli).
