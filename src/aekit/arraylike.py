@@ -39,8 +39,8 @@ from torch import Tensor
 
 from .errors import DataError
 
-__all__ = ["BATCH_ROWS", "as_array", "to_numpy", "sample_rows", "integer_extent", "to_model", "labels_to_model",
-           "call_converted", "map_rows"]
+__all__ = ["BATCH_ROWS", "Result", "as_array", "to_numpy", "sample_rows", "integer_extent", "to_model",
+           "labels_to_model", "call_converted", "map_rows"]
 
 BATCH_ROWS = 1024  # rows per model call when arrays are processed in batches (read at call time)
 

@@ -38,8 +38,8 @@ import torch
 from .errors import ConfigError
 
 __all__ = ["NETWORK_ROLES", "IMPORT_PATH", "ACTIVATIONS", "LIKELIHOODS", "opt", "ConfigBase", "check_seed",
-           "env_limit", "json_object", "ModelConfig", "AUTO_STEPS", "AUTO_EPOCHS", "AUTO_PATIENCE", "DEVICE_AUTO",
-           "TrainConfig", "check_device", "resolve_device"]
+           "env_limit", "json_object", "document", "ModelConfig", "AUTO_STEPS", "AUTO_EPOCHS", "AUTO_PATIENCE",
+           "DEVICE_AUTO", "TrainConfig", "check_device", "resolve_device"]
 
 NETWORK_ROLES = ("encoder", "decoder")  # the networks a user may bring (ModelConfig.encoder / .decoder)
 IMPORT_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*(:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*)?")

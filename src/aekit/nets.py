@@ -34,8 +34,8 @@ from torch import Tensor, nn
 from .config import ModelConfig, json_object
 from .errors import ConfigError
 
-__all__ = ["MLP", "Encoder", "Decoder", "TiedDecoder", "activation", "activation_derivative", "build_network",
-           "import_network", "network_spec", "DATA_ARGS"]
+__all__ = ["MLP", "Encoder", "Decoder", "TiedDecoder", "CustomBody", "activation", "activation_derivative",
+           "build_network", "import_network", "network_spec", "DATA_ARGS"]
 
 DATA_ARGS = ("input_shape", "latent_dim")  # what aekit passes to a custom network's __init__ that names them
 
