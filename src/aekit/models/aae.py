@@ -11,50 +11,23 @@ codes. Three kinds of update phase per batch (the trainer runs them, each steppi
                     the prior's samples (R1) and on the codes (R2) alike)
     generator:      min_f      -log p(x | g(f(x))) - adv_weight * E_x log D(f(x))     (non-saturating)
 
-The paper's scheme, one step of each with the encoder in both the reconstruction and the generator phase,
-left the codes far from the prior at the compare budget (digits, latent_dim 16, 50 epochs: MMD^2 0.13-0.21
-over seeds 0-2, against 0.0001-0.0004 for the VAE; docs/theory.md, section 5). The causes, and the defaults
-that remove them:
-
-* Two Adam steps of equal size moved the encoder per batch, one along the steady reconstruction gradient
-  and one along the noisy adversarial one. Adam normalises each step, so reconstruction won and the codes
-  drifted (per-dimension means off by up to 2.6). The encoder now takes one step on the sum (the
-  generator phase), where the adversarial term counts in proportion to its gradient, and the autoencoder
-  phase trains the decoder alone; adding back a reconstruction-only step on the encoder gives 0.018.
-* One discriminator step per batch (500 in all on digits) lags behind the encoder: ``disc_steps=10``.
-* Without a penalty, repeated discriminator steps make the game swing around its equilibrium (Mescheder,
-  Geiger & Nowozin, ICML 2018): a gradient penalty (``disc_penalty``) damps it. It is taken on the codes
-  (their R2) as well as on the prior's samples (R1): the discriminator sees fresh prior samples every step
-  but the same finite set of codes again and again, and with R1 alone it carved a dip around the codes
-  themselves (it tells test codes from prior samples 80% of the time, while their means and scales differ by
-  a few percent), whose gradient pulled the codes inwards: scaling the codes of a trained model by 0.9
-  lowered the generator loss. With the penalty on both sides the adversarial gradient points outwards.
-
-Together: MMD^2 0.0017-0.0019 on digits (0.0020-0.0027 with R1 alone, 0.13-0.21 with the paper's scheme) and
-a lower reconstruction error (mse 0.009 against 0.019), at several times the VAE's time per epoch.
-Still above the default VAE's 0.0001-0.0006 on digits: the deterministic codes stay 5-6% narrower than the
-prior, and no setting of the adversary tried (more or faster discriminator steps, its size, the penalty's
-weight, adv_weight, other generator losses, instance noise, label smoothing, batch statistics, moment or MMD
-terms, weight averaging) closed that gap. But that VAE figure is taken at 3.8x the AAE's reconstruction error;
-a beta-VAE that reconstructs about as well (beta <= 0.3) matches its prior worse than the AAE, on digits and on
-Fashion-MNIST (benchmarks/aae_prior.py; docs/theory.md, section 5).
+Why these defaults (one encoder step on the sum of both its tasks, ``disc_steps=10``, the penalty on prior
+samples and codes alike) and what they measure against the paper's scheme and the VAE, at the ``compare``
+budget and at equal reconstruction error: docs/theory.md, section 5, and benchmarks/aae_prior.py
+(RESULTS_aae_prior_*.md).
 
 Posterior (``posterior``): ``deterministic`` (the default) z = f(x), or the paper's "Gaussian posterior"
 (section 2): q(z|x) = N(mu(x), diag sigma(x)^2), a posterior.DiagonalGaussian (``posterior(x)``), with z
-drawn by reparameterization in all three phases, so the aggregated posterior is a smooth density rather than
-a finite set of codes; ``encode`` gives the mean, and the prior MMD samples q(z|x) as it does the VAE's
-(capabilities.stochastic_encoder). It is not the default: on digits at the compare budget it reaches MMD^2
-0.0015-0.0041 over seeds 0-2 (the deterministic encoder 0.0017-0.0019, the VAE 0.0001-0.0004) at twice the
-reconstruction error (mse 0.019-0.021 against 0.009); the discriminator still tells sampled test codes
-from prior samples 69% of the time (82% deterministic), and the codes' scale swings between checkpoints
-(docs/theory.md, section 5). A saved config without the key (every run written before the option, as
-tests/fixtures/runs_v0_1_0) is deterministic, the default.
+drawn by reparameterization in all three phases; ``encode`` gives the mean, and the prior MMD samples q(z|x)
+as it does the VAE's (capabilities.stochastic_encoder). A saved config without the key (every run written
+before the option, as tests/fixtures/runs_v0_1_0) is deterministic, the default.
 
 Priors (``prior``): ``gaussian`` N(0, I); ``mixture`` of ``n_components`` Gaussians with std
-``mixture_std`` whose centres lie on a circle of radius ``mixture_radius`` in the first two code
-dimensions (zero elsewhere). ``supervised``: the label y picks the component of the prior sample and the
-discriminator also receives one-hot(y), so each class is mapped onto its own component (paper, fig. 6);
-``sample(n, y)`` then draws images of class y, and the model needs labels to train
+``mixture_std`` whose centres lie at distance ``mixture_radius`` from the origin, placed by ``mixture_layout``
+(``mixture_centers``: one code axis each, or the paper's circle in the first two code dimensions).
+``supervised``: the label y picks the component of the prior sample and the discriminator also receives
+one-hot(y), so each class is mapped onto its own component (paper, fig. 6); ``sample(n, y)`` then draws
+images of class y, and the model needs labels to train
 (``capabilities_for``). ``n_components=0`` stays in the config as given; ``resolved()`` makes it the
 number of classes (supervised) or 10. Diagnostics: the MMD between the codes and the prior, and for
 supervised=True the conditional-generation accuracy (shared ones, written in aekit.metrics).
@@ -160,11 +133,8 @@ def mixture_centers(n: int, radius: float, dim: int, layout: str) -> Tensor:
     (then -radius on axis i - dim, for dim < n <= 2 dim): every centre on a direction of its own, at distance
     radius sqrt(2) (or 2 radius) from the others. With more than 2 dim components, or ``circle``: the circle.
 
-    Why axes by default: on a circle in dims 1-2, the classes of the supervised AAE differ only in those two
-    dimensions, and what the decoder reads of the class in the others is left to the adversary's imperfect
-    match; at code size 16 on digits, samples of a class were judged that class 23-27% of the time (0.82 at
-    code size 2). With a direction per class: 99.8-99.9%, prior MMD^2 0.0015-0.0038 (was 0.0092-0.0116)
-    (seeds 0-2, 50 epochs; docs/theory.md, section 5)."""
+    Why axes by default (the circle leaves the class to the adversary's imperfect match in the other code
+    dimensions): docs/theory.md, section 5."""
     if layout == "circle" or n > 2 * dim:
         return circle_centers(n, radius, dim)
     c = torch.zeros(n, dim)
