@@ -62,7 +62,7 @@ _EVAL_SAMPLES_WHY = "in `aekit train` {} sets the model's training objective"
 
 def _eval_samples(c, what: str, default=None):
     """--eval-iw-samples (and its deprecated spelling --iw-samples) of an evaluating command."""
-    c.add_argument("--eval-iw-samples", "--iw-samples", dest="iw_samples", type=int, default=default,
+    c.add_argument("--eval-iw-samples", "--iw-samples", dest="iw_samples", type=int, default=default, metavar="K",
                    action=_Renamed, old={"--iw-samples": _EVAL_SAMPLES_WHY.format("--iw-samples")},
                    help=f"probabilistic models: importance samples K of the {what} (--iw-samples: the old, "
                         "deprecated spelling)")
@@ -600,7 +600,7 @@ def build_parser():
     def _eval(c):
         c.add_argument("--json", action="store_true", help="print JSON")
         _eval_samples(c, "test log-likelihood estimate (default: that of aekit.metrics.evaluate)")
-        c.add_argument("--eval-mc-samples", "--mc-samples", dest="mc_samples", type=int, action=_Renamed,
+        c.add_argument("--eval-mc-samples", "--mc-samples", dest="mc_samples", type=int, action=_Renamed, metavar="L",
                        old={"--mc-samples": _EVAL_SAMPLES_WHY.format("--mc-samples")},
                        help="probabilistic models: Monte-Carlo samples of the ELBO (--mc-samples: the old, "
                             "deprecated spelling)")
