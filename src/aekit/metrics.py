@@ -60,7 +60,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import distributed
-from .arraylike import as_array, map_rows
+from .arraylike import as_array, map_rows, to_numpy
 from .config import check_seed
 from .errors import ConfigError, DataError
 from .likelihoods import binarize_static
@@ -281,10 +281,6 @@ def _number(v):
 # Representation quality (labelled data)
 
 
-def _np(t) -> np.ndarray:
-    return t.detach().cpu().numpy() if isinstance(t, Tensor) else np.asarray(t)
-
-
 def linear_probe_accuracy(z_train, y_train, z_test, y_test, *, seed: int = 0, max_iter: int = 1000) -> float:
     """Accuracy on (z_test, y_test) of a logistic regression fitted on (z_train, y_train).
 
@@ -299,8 +295,8 @@ def linear_probe_accuracy(z_train, y_train, z_test, y_test, *, seed: int = 0, ma
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter, random_state=seed))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        clf.fit(_np(z_train), _np(y_train))
-    return float(clf.score(_np(z_test), _np(y_test)))
+        clf.fit(to_numpy(z_train), to_numpy(y_train))
+    return float(clf.score(to_numpy(z_test), to_numpy(y_test)))
 
 
 def knn_accuracy(z_train, y_train, z_test, y_test, *, k: int = 5) -> float:
@@ -311,10 +307,10 @@ def knn_accuracy(z_train, y_train, z_test, y_test, *, k: int = 5) -> float:
     """
     from sklearn.neighbors import KNeighborsClassifier
 
-    zt = _np(z_train)
+    zt = to_numpy(z_train)
     clf = KNeighborsClassifier(n_neighbors=min(k, len(zt)))
-    clf.fit(zt, _np(y_train))
-    return float(clf.score(_np(z_test), _np(y_test)))
+    clf.fit(zt, to_numpy(y_train))
+    return float(clf.score(to_numpy(z_test), to_numpy(y_test)))
 
 
 def clustering_accuracy(y_true, y_pred) -> float:
@@ -326,7 +322,7 @@ def clustering_accuracy(y_true, y_pred) -> float:
     """
     from scipy.optimize import linear_sum_assignment
 
-    yt, yp = _np(y_true).astype(np.int64).ravel(), _np(y_pred).astype(np.int64).ravel()
+    yt, yp = to_numpy(y_true).astype(np.int64).ravel(), to_numpy(y_pred).astype(np.int64).ravel()
     if yt.shape != yp.shape:
         raise ValueError(f"y_true and y_pred differ in length: {yt.shape[0]} and {yp.shape[0]}")
     if yt.size == 0:
@@ -345,9 +341,9 @@ def kmeans_metrics(z, y, n_clusters: int, *, seed: int = 0) -> dict[str, float]:
     from sklearn.cluster import KMeans
     from sklearn.metrics import normalized_mutual_info_score
 
-    pred = KMeans(n_clusters=n_clusters, n_init=10, random_state=seed).fit_predict(_np(z).astype(np.float64))
+    pred = KMeans(n_clusters=n_clusters, n_init=10, random_state=seed).fit_predict(to_numpy(z).astype(np.float64))
     return {"cluster_accuracy": clustering_accuracy(y, pred),
-            "cluster_nmi": float(normalized_mutual_info_score(_np(y), pred))}
+            "cluster_nmi": float(normalized_mutual_info_score(to_numpy(y), pred))}
 
 
 def representation_metrics(model: Autoencoder, dataset, split: str = "test", *, seed: int = 0, k: int = 5,
@@ -439,13 +435,13 @@ def detection_metrics(scores, is_anomaly) -> tuple[float, float]:
     """
     from sklearn.metrics import average_precision_score, roc_auc_score
 
-    target = _np(is_anomaly).astype(bool).ravel()
+    target = to_numpy(is_anomaly).astype(bool).ravel()
     if target.all() or not target.any():
         raise DataError(
             f"anomaly detection needs both normal and anomalous examples; got {int(target.sum())} anomalous "
             f"of {target.size}. Evaluate on a split that holds other classes than the normal one"
         )
-    s = _np(scores).astype(np.float64).ravel()
+    s = to_numpy(scores).astype(np.float64).ravel()
     return float(roc_auc_score(target, s)), float(average_precision_score(target, s))
 
 
@@ -457,7 +453,7 @@ def anomaly_metrics(model: Autoencoder, x_test: Tensor, is_anomaly, y: Tensor | 
     the average precision of a random score). ``shard``: the scores are computed across ranks and gathered
     (``anomaly_scores``) before the AUROC and average precision, which every rank then computes alike.
     """
-    target = torch.as_tensor(_np(is_anomaly)).bool()
+    target = torch.as_tensor(to_numpy(is_anomaly)).bool()
     if target.shape[0] != x_test.shape[0]:
         raise DataError(f"is_anomaly has {target.shape[0]} entries but x_test has {x_test.shape[0]} examples")
     out = {"anomaly_fraction": target.float().mean().item()}
