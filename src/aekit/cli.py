@@ -328,7 +328,8 @@ def cmd_sample(args) -> int:
         raise ConfigError(f"--out {out}: table samples are written as CSV; name a .csv or .tsv file")
     ds = None if image else run.dataset()
     label = args.label
-    if label is not None and not (label.strip().isdigit() and run.data is not None and run.data.name_or_path is None):
+    rereadable = run.data is not None and run.data.name_or_path is not None
+    if label is not None and (rereadable or not label.strip().isdigit()):
         ds = ds or run.dataset()  # class names are looked up as everywhere (Dataset.class_index)
         label = ds.class_index(label, "--label")
     elif label is not None:  # a run of arrays in memory: its data (and class names) cannot be read again
@@ -657,7 +658,8 @@ def build_parser():
     smp = sub.add_parser("sample", help="draw samples from a generative model (PNG grid or CSV)")
     smp.add_argument("run", help="run directory written by `aekit train`")
     smp.add_argument("-n", type=_positive_int, default=64, help="how many samples")
-    smp.add_argument("--label", help="class index or name to sample (conditional / supervised models)")
+    smp.add_argument("--label", help="the class to sample (conditional / supervised models): an index or a class "
+                     "name in any case, looked up as --normal-class is")
     smp.add_argument("--seed", type=int, default=0, help="seed of the prior samples")
     smp.add_argument("--out", required=True, help="PNG for images, CSV/TSV for tables")
 
