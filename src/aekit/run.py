@@ -128,7 +128,12 @@ class Run:
             raise RunError(f"{out}: cannot create the run folder ({e.strerror or e}); choose another --out") from None
         if taken:
             raise RunError(f"{out} already exists and is not empty; choose another --out (nothing was overwritten)")
-        if not _write_marker(out, __version__):
+        try:
+            marked = _write_marker(out, __version__)
+        except RunError:
+            _unstart(out, made)
+            raise
+        if not marked:
             raise RunError(f"{out}: another aekit process started a run in this folder at the same moment; "
                            "choose another --out (nothing was overwritten)")
         run = cls(out, model_name, model_config, train, data, __version__)

@@ -250,8 +250,7 @@ def fit(
     name = model_name or model.name
     if out is None and resume:
         raise ConfigError("resume needs the run directory (out_dir)")
-    if out is None and "tensorboard" in cfg.log:
-        raise ConfigError("log=tensorboard writes into the run directory: give out_dir (--out)")
+    loggers = distributed.agree(lambda: _loggers(cfg, out), main_only=True) or []  # (before a run is started)
     model.to(device)
     dataset = dataset.to(device)
 
@@ -276,7 +275,7 @@ def fit(
             loop.start(ck, out)
             built_in = [Divergence(), EarlyStopping(), *callbacks, *([Checkpoints(run)] if has_run else []),
                         *([] if quiet else [ProgressBar()])]
-            result = loop.run(built_in + _loggers(cfg, run, out))
+            result = loop.run(built_in + loggers)
             result.run_dir = None if out is None else str(out)
             return result
     finally:
@@ -285,13 +284,13 @@ def fit(
             run.release()
 
 
-def _loggers(cfg: TrainConfig, run: Run | None, out: Path | None) -> list[Callback]:
-    """The callbacks of ``cfg.log`` (on rank 0, which alone writes)."""
-    if not cfg.log or not distributed.is_main():
+def _loggers(cfg: TrainConfig, out: Path | None) -> list[Callback]:
+    """The callbacks of ``cfg.log`` (made on rank 0, which alone logs; a missing package is a ConfigError)."""
+    if not cfg.log:
         return []
     from .loggers import make_loggers
 
-    return make_loggers(cfg, run, out)
+    return make_loggers(cfg, out)
 
 
 def _check_shares(cfg: TrainConfig, n_train: int, world: int) -> None:
