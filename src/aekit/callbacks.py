@@ -80,9 +80,16 @@ def overrides(cb: Callback, event: str) -> bool:
     return getattr(type(cb), event) is not getattr(Callback, event)
 
 
-def state_copy(model: torch.nn.Module) -> dict[str, Tensor]:
-    """A detached copy of a model's state dict (on its device)."""
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+def state_copy(model: torch.nn.Module, into: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+    """A detached copy of a model's state dict (on its device); ``into``: a copy made before, overwritten in
+    place (no allocation: this runs every epoch)."""
+    state = model.state_dict()
+    if into is None or into.keys() != state.keys() or any(into[k].shape != v.shape for k, v in state.items()):
+        return {k: v.detach().clone() for k, v in state.items()}
+    with torch.no_grad():
+        for k, v in state.items():
+            into[k].copy_(v)
+    return into
 
 
 class Divergence(Callback):
@@ -106,7 +113,7 @@ class Divergence(Callback):
             what = "validation" if state.has_val else "training"
             raise self._diverged(state, f"the {what} loss exploded to {loss:.4g} (it was {state.initial_loss:.4g} "
                                         "before training)")
-        self.last_good = state_copy(state.model)
+        self.last_good = state_copy(state.model, into=self.last_good)
 
     def on_fit_end(self, state: TrainState) -> None:
         if state.stopped == "diverged":
@@ -127,7 +134,7 @@ class EarlyStopping(Callback):
         loss = state.record["val"]["loss"]
         if loss < state.best_val:
             state.best_val, state.best_epoch, state.bad_epochs = loss, state.record["epoch"], 0
-            state.best_state = state_copy(state.model)
+            state.best_state = state_copy(state.model, into=state.best_state)
             return
         state.bad_epochs += 1
         if state.config.patience and state.bad_epochs >= state.config.patience:

@@ -454,7 +454,7 @@ def _restore(st: TrainState, ck: Checkpoint, where: str) -> None:
     model, gen = st.model, st.generator
     try:
         model.load_state_dict(ck.model)
-        best = {k: v.to(gen.device) for k, v in ck.best.items()}
+        best = {k: v.to(gen.device, copy=True) for k, v in ck.best.items()}  # (updated in place later)
         model.load_state_dict(best)  # the same check for the best weights; ck.model is loaded again below
         model.load_state_dict(ck.model)
         rng = ck.rng["torch"], ck.rng["gen"], ck.rng.get("cuda")
