@@ -301,12 +301,15 @@ class Run:
 
     @property
     def history(self) -> list[dict]:
-        """The records of metrics.jsonl, one per finished epoch ([] before the first)."""
+        """The records of metrics.jsonl, one per finished epoch ([] before the first). A last line without its
+        newline is a record being appended (or torn by a crash) and is left out."""
         path = self.path / METRICS
         if not path.exists():
             return []
         out = []
-        for i, line in enumerate(files.read_text(path).splitlines()):
+        text = files.read_text(path)
+        lines = text.split("\n")[:-1]  # whole lines only
+        for i, line in enumerate(lines):
             if line.strip():
                 try:
                     rec = json.loads(line)

@@ -3,7 +3,7 @@
 The trainer knows nothing of model families: it asks the model for its parameter groups (one Adam each)
 and its update phases (group, objective) and runs every phase on every minibatch. Minibatches are slices
 of tensors held on the training device through a permuted index; metrics are accumulated on the device
-and read once per epoch (plus a cheap finiteness check every ``CHECK_EVERY`` steps).
+and read once per epoch (plus a cheap finiteness check every ``callbacks.CHECK_EVERY`` steps).
 
 The loop is ``_Loop.run``: a ``TrainState`` and a few steps (``batches``, ``update``, ``end_epoch``) with
 callback events between them (aekit.callbacks): divergence, early stopping, checkpoints, the progress bar
@@ -51,7 +51,6 @@ from torch import Tensor
 
 from . import distributed
 from .callbacks import (
-    CHECK_EVERY,  # noqa: F401 - the loop's check interval, named here too
     Callback,
     Checkpoints,
     Divergence,
@@ -592,6 +591,6 @@ def _has_ended(run: Run, ck: Checkpoint | None, cfg: TrainConfig) -> tuple[str, 
     if isinstance(stopped, str) and stopped != "completed":
         return stopped, f"{run.path} was stopped ({stopped}){at}; --resume trains no further"
     if ck is not None and ck.epoch >= cfg.epochs:
-        return "completed", (f"{run.path} has trained all its {ck.epoch} epochs; nothing to resume (give a larger "
-                             "--epochs to train on)")
+        return "completed", (f"{run.path} has trained {ck.epoch} epochs, all that --epochs {cfg.epochs} asks for; "
+                             "nothing to resume (give a larger --epochs to train on)")
     return None
