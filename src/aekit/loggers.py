@@ -89,8 +89,9 @@ class _Logger(Callback):
         touching the training's random streams."""
         from . import plots
 
-        dev = state.model.device
-        out = []
+        dev, out = state.model.device, []
+        if getattr(state.dataset, "kind", None) != "image":
+            return out
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
             for name, _, fig in plots.run_figures(state.model, state.dataset, None, n=8, split="val"):
                 if name == "latent":  # the figures after it are not wanted (and cost more)
