@@ -74,6 +74,20 @@ _summary = summary  # (the name aekit.detector uses)
 
 @dataclass
 class FitResult:
+    """What ``fit`` returns.
+
+    Attributes
+    ----------
+    model : the trained model, with its best weights, in eval mode.
+    history : one record per epoch, as in metrics.jsonl.
+    best_epoch, best_val_loss : the epoch of the lowest validation loss, and that loss.
+    stopped : "completed", "early_stopping", "diverged" or the reason a callback gave ``request_stop``.
+    run_dir, run : the run directory written (``out_dir``), and its ``Run``.
+    config : the training options used, automatic values resolved.
+    note : a warning worth reading (e.g. the validation loss was still falling fast), or None.
+    already_ended : on resume of a run that had ended, why, in one line (nothing was trained); else None.
+    """
+
     model: Autoencoder
     history: list[dict] = field(default_factory=list)
     best_epoch: int = 0
