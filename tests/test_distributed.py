@@ -363,7 +363,8 @@ def test_kill_9_of_one_rank_then_resume_ends_bit_identical(tmp_path):
     (torchrun then stops rank 0); --resume on 2 ranks ends bit-identical to an uninterrupted 2-rank run,
     and on 1 rank it finishes."""
     args = ["--nproc-per-node", "2", "-m", "aekit", "train", "dae", "--epochs", "12", "--batch-size", "32",
-            "--latent-dim", "4", "--hidden", "16", "--seed", "5", "--binarize", "dynamic", "--quiet"]
+            "--latent-dim", "4", "--hidden", "16", "--seed", "5", "--binarize", "dynamic", "--quiet",
+            "--checkpoint-every-epochs", "2"]
     ref, run = tmp_path / "ref", tmp_path / "run"
     done = _torchrun(*args, "--out", ref)
     assert done.wait(timeout=300) == 0, done.stderr.read()[-2000:]
@@ -373,6 +374,7 @@ def test_kill_9_of_one_rank_then_resume_ends_bit_identical(tmp_path):
     assert proc.wait(timeout=120) != 0
     epochs = len((run / "metrics.jsonl").read_text().splitlines())
     assert 3 <= epochs < 12, f"the run was not interrupted mid-way ({epochs} epochs)"
+    assert aekit.Run.open(run).load_checkpoint().epoch >= 2  # resumed from a checkpoint, not from the start
     other = tmp_path / "other"  # the same interrupted run, resumed on 1 rank below
     shutil.copytree(run, other)
 

@@ -14,8 +14,8 @@ LAYERS = [
     {"models"},
     {"registry", "datasets"},
     {"run"},
-    {"trainer"},
     {"metrics", "plots"},
+    {"trainer", "callbacks", "loggers"},  # the loggers of --log draw figures (plots) while training
     {"report", "compare", "detector", "encoder"},
     {"cli", "__init__", "__main__"},
 ]

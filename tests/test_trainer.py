@@ -77,7 +77,7 @@ def test_resume_in_process_is_bit_identical(digits, tmp_path):
 def test_kill_9_then_resume_ends_bit_identical(digits, tmp_path):
     """A real interruption: the CLI is killed with SIGKILL mid-run, then resumed."""
     args = ["train", "dae", "--epochs", "25", "--batch-size", "8", "--latent-dim", "4", "--hidden", "16",
-            "--seed", "5", "--quiet"]
+            "--seed", "5", "--quiet", "--checkpoint-every-epochs", "2"]
     ref = tmp_path / "ref"
     assert aekit.cli.main(args + ["--out", str(ref)]) == 0
     run = tmp_path / "run"
@@ -89,6 +89,7 @@ def test_kill_9_then_resume_ends_bit_identical(digits, tmp_path):
     proc.wait()
     done = len((run / "metrics.jsonl").read_text().splitlines())
     assert 3 <= done < 25, f"the run was not interrupted mid-way ({done} epochs)"
+    assert 2 <= Run.open(run).load_checkpoint().epoch <= done  # resumed from a checkpoint, not from the start
     assert aekit.cli.main(["train", "--resume", str(run), "--quiet"]) == 0
     for f in (run_files.WEIGHTS, run_files.CHECKPOINT):
         assert_same(files.load_tensors(ref / f, 2**30)[0], files.load_tensors(run / f, 2**30)[0])
@@ -213,3 +214,111 @@ def test_train_says_what_the_automatic_budget_chose(cli, tmp_path):
     assert "epochs: 500, chosen for 140 training examples" in out and "early stopping after 10" in out
     run = Run.open(tmp_path / "r")
     assert run.train.epochs == 500 and run.summary["stopped"] == "early_stopping"
+
+
+class Recorder(aekit.Callback):
+    """Records the events it sees."""
+
+    def __init__(self, stop_at=None):
+        self.events, self.stop_at = [], stop_at
+
+    def on_fit_start(self, state):
+        self.events.append(("start", len(state.history)))
+
+    def on_batch_end(self, state):
+        self.events.append(("batch", state.epoch, state.step))
+
+    def on_epoch_end(self, state):
+        self.events.append(("epoch", state.record["epoch"], state.best_epoch))
+        if state.record["epoch"] == self.stop_at:
+            state.request_stop("target_reached")
+
+    def on_fit_end(self, state):
+        self.events.append(("end", state.stopped, len(state.history)))
+
+
+def test_callbacks_see_every_event_in_order_and_can_stop(digits):
+    rec = Recorder()
+    res = trainer.fit(small(digits), digits, TrainConfig(epochs=2, batch_size=512), quiet=True, callbacks=[rec])
+    steps = math.ceil(digits.x_train.shape[0] / 512)
+    batches = [("batch", e, s) for e in range(2) for s in range(steps)]
+    assert rec.events == [("start", 0), *batches[:steps], ("epoch", 1, 1), *batches[steps:],
+                          ("epoch", 2, res.best_epoch), ("end", "completed", 2)]
+    rec = Recorder(stop_at=2)
+    res = trainer.fit(small(digits), digits, TrainConfig(epochs=5), quiet=True, callbacks=[rec])
+    assert res.stopped == "target_reached" and len(res.history) == 2 and rec.events[-1] == ("end", "target_reached", 2)
+
+
+def test_a_callback_changes_nothing_that_is_trained(digits):
+    plain = trainer.fit(small(digits, "dae"), digits, TrainConfig(epochs=2, seed=3), quiet=True)
+    watched = trainer.fit(small(digits, "dae"), digits, TrainConfig(epochs=2, seed=3), quiet=True,
+                          callbacks=[Recorder()])
+    assert_same(weights(plain.model), weights(watched.model))
+
+
+def _checkpoint_epochs(monkeypatch):
+    saved = []
+    real = Run.save_checkpoint
+    monkeypatch.setattr(Run, "save_checkpoint", lambda self, ck: (saved.append(ck.epoch), real(self, ck))[1])
+    return saved
+
+
+def test_checkpoints_every_n_epochs_and_at_the_end(digits, tmp_path, monkeypatch):
+    saved = _checkpoint_epochs(monkeypatch)
+    cfg = TrainConfig(epochs=5, checkpoint_every_epochs=2, checkpoint_every_seconds=0)
+    trainer.fit(small(digits), digits, cfg, out_dir=tmp_path / "a", quiet=True)
+    assert saved == [2, 4, 5]
+    saved.clear()
+    trainer.fit(small(digits), digits, cfg.replace(checkpoint_every_epochs=0), out_dir=tmp_path / "b", quiet=True)
+    assert saved == [5]  # at the end only
+    assert len((tmp_path / "b" / run_files.METRICS).read_text().splitlines()) == 5  # every epoch appended
+
+
+def test_checkpoints_every_t_seconds(digits, tmp_path, monkeypatch):
+    """A clock that advances 25 s per reading: with a 60 s policy a checkpoint every third epoch."""
+    import aekit.callbacks
+
+    clock = iter(range(0, 10**6, 25))
+    monkeypatch.setattr(aekit.callbacks.time, "monotonic", lambda: next(clock))
+    saved = _checkpoint_epochs(monkeypatch)
+    trainer.fit(small(digits), digits, TrainConfig(epochs=7, checkpoint_every_seconds=60), out_dir=tmp_path / "r",
+                quiet=True)
+    assert saved == [3, 6, 7]
+
+
+class Interrupt(aekit.Callback):
+    """Stands for a kill: raises in the middle of epoch ``at``'s end, before it is appended or checkpointed."""
+
+    def __init__(self, at):
+        self.at = at
+
+    def on_epoch_end(self, state):
+        if state.record["epoch"] == self.at:
+            raise KeyboardInterrupt
+
+
+def test_resume_cuts_metrics_back_to_the_checkpoint_and_ends_bit_identical(digits, tmp_path):
+    """Checkpoint at epoch 2, metrics.jsonl at 3 when interrupted: the resume trains epoch 3 again."""
+    cfg = TrainConfig(epochs=6, seed=1, binarize="dynamic", checkpoint_every_epochs=2)
+    ref = trainer.fit(small(digits, "dae"), digits, cfg, out_dir=tmp_path / "ref", quiet=True)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit(small(digits, "dae"), digits, cfg, out_dir=tmp_path / "r", quiet=True, callbacks=[Interrupt(4)])
+    run = Run.open(tmp_path / "r")
+    assert len(run.history) == 3 and run.load_checkpoint().epoch == 2
+    res = trainer.fit(small(digits, "dae"), digits, cfg, out_dir=tmp_path / "r", resume=True, quiet=True)
+    assert_same(weights(ref.model), weights(res.model))
+    strip = [{k: v for k, v in h.items() if k != "seconds"} for h in Run.open(tmp_path / "r").history]
+    assert strip == [{k: v for k, v in h.items() if k != "seconds"} for h in Run.open(tmp_path / "ref").history]
+    for f in (run_files.WEIGHTS, run_files.CHECKPOINT):
+        a, _ = files.load_tensors(tmp_path / "ref" / f, 2**30)
+        b, _ = files.load_tensors(tmp_path / "r" / f, 2**30)
+        assert_same(a, b)
+
+
+def test_checkpoint_and_logging_options_may_change_on_resume(cli, tmp_path):
+    assert cli("train", "ae", "--epochs", "1", "--latent-dim", "4", "--hidden", "16", "--limit", "200", "--quiet",
+               "--out", tmp_path / "r")[0] == 0
+    code, _, err = cli("train", "--resume", tmp_path / "r", "--epochs", "2", "--checkpoint-every-epochs", "1",
+                       "--quiet")
+    assert code == 0, err
+    assert Run.open(tmp_path / "r").train.checkpoint_every_epochs == 1

@@ -13,6 +13,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from . import datasets, metrics  # noqa: E402
+from .callbacks import Callback  # noqa: E402
 from .config import TrainConfig  # noqa: E402
 from .datasets import DataConfig  # noqa: E402
 from .errors import AekitError, ConfigError, DataError, RunError, TrainingDiverged  # noqa: E402
@@ -72,6 +73,6 @@ def __getattr__(name: str):
 
 __all__ = [
     "__version__", "datasets", "metrics", "build", "fit", "load", "save", "evaluate", "Run", "TrainConfig",
-    "DataConfig", "FitResult", "MODELS", "Detector", "Encoder",
+    "DataConfig", "FitResult", "Callback", "MODELS", "Detector", "Encoder",
     "AekitError", "ConfigError", "DataError", "RunError", "TrainingDiverged",
 ]

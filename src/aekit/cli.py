@@ -164,9 +164,10 @@ def cmd_train(args) -> int:
     model_opts = {k: v for k, v in vars(args).items() if k in model_names}
     if args.resume:
         run = distributed.agree(lambda: Run.open(args.resume), main_only=True, share=True)  # rank 0 reads it
-        for k in train_opts:  # only the epoch budget may change on resume
-            if k != "epochs":
-                raise ConfigError(f"{_flag(k)} cannot change on --resume; only --epochs can")
+        for k in train_opts:  # only the epoch budget (and how the run is checkpointed and watched) may change
+            if k not in TrainConfig.RESUMABLE:
+                raise ConfigError(f"{_flag(k)} cannot change on --resume; only "
+                                  f"{', '.join(_flag(o) for o in sorted(TrainConfig.RESUMABLE))} can")
         if model_opts:
             raise ConfigError(f"model options cannot change on --resume (got {', '.join(map(_flag, model_opts))})")
         if data_opts:
@@ -215,6 +216,9 @@ def cmd_train(args) -> int:
                 out.rmdir()  # the default folder this command made, still empty: no trace of a failed start
             raise
     if not distributed.is_main():
+        return 0
+    if result.already_ended:  # a finished run is left as it is
+        print(f"aekit train: {result.already_ended}")
         return 0
     test = metrics.reconstruction_metrics(result.model, ds, "test")
     used = result.config

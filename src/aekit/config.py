@@ -381,6 +381,7 @@ AUTO_STEPS = 2000  # optimizer steps the automatic epoch budget aims at (a small
 AUTO_EPOCHS = (20, 500)  # bounds on the automatic number of epochs
 AUTO_PATIENCE = 10  # early stopping of an automatic budget
 DEVICE_AUTO = "auto"  # TrainConfig.device: the best device here, chosen by resolve_device
+LOGGERS = ("tensorboard", "mlflow")  # TrainConfig.log: where training can be watched (aekit.loggers)
 
 
 @dataclass(frozen=True)
@@ -414,6 +415,21 @@ class TrainConfig(ConfigBase):
     threads: int | None = opt(None, "torch CPU threads while training (default: 1, which measured 5-20x faster "
                                     "than 2 for these small models on a busy 2-core machine; raise it for large "
                                     "conv models on idle cores); kept on --resume")
+    checkpoint_every_epochs: int = opt(0, "write a checkpoint (what --resume continues from) every N epochs (0: by "
+                                          "time only); one is always written when training ends")
+    checkpoint_every_seconds: float = opt(60.0, "write a checkpoint at the end of the first epoch that ends this many "
+                                                "seconds after the last one (0: by epochs only), so a kill -9 loses "
+                                                "at most this much work plus an epoch")
+    log: tuple[str, ...] = opt((), f"watch training: {' and/or '.join(LOGGERS)}, comma-separated (tensorboard: "
+                                   "event files in RUN/tensorboard/; mlflow: see --mlflow-uri)")
+    mlflow_uri: str | None = opt(None, "MLflow tracking URI of --log mlflow (default: file:./mlruns, a local file "
+                                       "store beside where aekit runs)")
+    log_figures_every: int | None = opt(None, "--log: epochs between reconstruction and sample figures (0: none; "
+                                              "default: about ten per run, and the last epoch)")
+
+    # options that change nothing the run computes: --resume may give new values
+    RESUMABLE: typing.ClassVar[frozenset[str]] = frozenset(
+        {"epochs", "checkpoint_every_epochs", "checkpoint_every_seconds", "log", "mlflow_uri", "log_figures_every"})
 
     def validate(self) -> None:
         self._check_range("epochs", 1)
@@ -423,6 +439,13 @@ class TrainConfig(ConfigBase):
         self._check_range("patience", 0)
         self._check_range("grad_clip", 0)
         self._check_range("threads", 1)
+        self._check_range("checkpoint_every_epochs", 0)
+        self._check_range("checkpoint_every_seconds", 0)
+        self._check_range("log_figures_every", 0)
+        unknown = [name for name in self.log if name not in LOGGERS]
+        if unknown or len(set(self.log)) != len(self.log):
+            raise ConfigError(f"TrainConfig: option log={','.join(self.log)!r} is not valid; give one or both of "
+                              f"{', '.join(LOGGERS)} (comma-separated, each once)")
         check_seed(self.seed)
         check_device(self.device)
 

@@ -8,6 +8,7 @@ to shadow the standard library's ``io``.)
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import stat
@@ -25,7 +26,7 @@ from .errors import RunError
 
 __all__ = ["TMP_SUFFIX", "MAX_TEXT_BYTES", "MAX_HEADER_BYTES", "atomic_write_bytes", "new_file", "atomic_write_text",
            "write_json", "read_bytes", "read_text", "read_json", "save_tensors", "load_tensors",
-           "optimizer_to_tensors", "optimizer_from_tensors"]
+           "optimizer_to_tensors", "optimizer_from_tensors", "AppendFile"]
 
 TMP_SUFFIX = ".tmp"  # atomic writes go through ".<name>.<random>.tmp" in the target's folder
 MAX_TEXT_BYTES = 256 * 2**20  # config.json, metrics.jsonl, summary.json: far above any real run's
@@ -140,6 +141,38 @@ def _staged(path: Path, place):
             raise _write_error(path, e) from None
         raise
     _fsync_dir(path.parent)
+
+
+class AppendFile:
+    """A file that grows by whole records: each ``write`` is one ``write()`` call at the end of the file
+    (O_APPEND), so a process killed between records leaves whole ones; ``sync`` makes them durable (fsync).
+    Opened on the first write (created with the mode ``open()`` would give); errors are a RunError naming it."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._fd: int | None = None
+
+    def write(self, data: bytes) -> None:
+        try:
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0),
+                                   0o666)
+            if os.write(self._fd, data) != len(data):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError as e:
+            raise _write_error(self.path, e) from None
+
+    def sync(self) -> None:
+        if self._fd is not None:
+            try:
+                os.fsync(self._fd)
+            except OSError as e:
+                raise _write_error(self.path, e) from None
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
 
 
 def atomic_write_text(path, text: str) -> None:

@@ -5,8 +5,10 @@
     RUN/model.safetensors       the best weights (lowest validation loss)
     RUN/checkpoint.safetensors  last and best weights, optimizer and RNG states (tensors); epoch, history,
                                 early-stopping state and optimizer scalars (JSON in the header metadata)
-    RUN/metrics.jsonl           one JSON object per finished epoch
+    RUN/metrics.jsonl           one JSON object per finished epoch, appended as each ends (on --resume cut back
+                                to the checkpoint's epochs, which are trained again)
     RUN/summary.json            how the run ended
+    RUN/tensorboard/            TensorBoard event files (`--log tensorboard`)
 
 ``Run.create(out, ...)`` starts a run (the trainer writes only through the returned object);
 ``Run.open(path)`` reads and checks config.json once and offers the model, the dataset, the history and
@@ -17,6 +19,7 @@ Run directories written by aekit 0.1.0 have the same format and open as they are
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
 import math
 import os
@@ -44,6 +47,7 @@ CONFIG, WEIGHTS, CHECKPOINT, METRICS, SUMMARY = (
 MARKER = ".aekit-run.json"  # written first, by exclusive create: this folder is an aekit run
 LOCK = ".aekit-lock.json"  # flock'ed by the one process that writes the run; holds its pid (a JSON number)
 REPORT, FIGURES = "report.html", "figures"  # what `aekit report` / `plot` / compare add by default
+TENSORBOARD = "tensorboard"  # the event files of `--log tensorboard` (aekit.loggers), and nothing else
 DETECTOR, DETECTOR_TENSORS = "detector.json", "detector.safetensors"  # an anomaly detector's state (Detector)
 EVALUATION = "evaluation.json"  # the last `aekit eval` of the run's own data, with the options it used
 OWN_FILES = {CONFIG, WEIGHTS, CHECKPOINT, METRICS, SUMMARY, MARKER, LOCK, REPORT, DETECTOR, DETECTOR_TENSORS,
@@ -132,6 +136,7 @@ class Run:
         out = Path(out)
         if out.exists() and not out.is_dir():
             raise RunError(f"{out} is a file, not a folder; choose another output folder (nothing was overwritten)")
+        made = not out.exists()
         try:
             out.mkdir(parents=True, exist_ok=True)
             taken = any(out.iterdir())
@@ -139,15 +144,21 @@ class Run:
             raise RunError(f"{out}: cannot create the run folder ({e.strerror or e}); choose another --out") from None
         if taken:
             raise RunError(f"{out} already exists and is not empty; choose another --out (nothing was overwritten)")
-        if not _write_marker(out, __version__):
+        try:
+            marked = _write_marker(out, __version__)
+        except RunError:
+            _unstart(out, made)
+            raise
+        if not marked:
             raise RunError(f"{out}: another aekit process started a run in this folder at the same moment; "
                            "choose another --out (nothing was overwritten)")
         run = cls(out, model_name, model_config, train, data, __version__)
-        run.claim()
         try:
+            run.claim()
             run._write_config()
-        except BaseException:
+        except BaseException:  # e.g. a full disk: leave nothing that would block a retry into the same folder
             run.release()
+            _unstart(out, made)
             raise
         return run
 
@@ -203,6 +214,7 @@ class Run:
                 p.unlink(missing_ok=True)
 
     def release(self) -> None:
+        self._close_metrics()
         fd, self._lock_fd = getattr(self, "_lock_fd", None), None
         if fd is not None:
             _unlock(fd)
@@ -217,12 +229,17 @@ class Run:
         names = {p.name for p in path.iterdir()}
         if MARKER not in names and CONFIG not in names:
             return "is not an aekit run directory"
-        foreign = sorted(n for n in names - OWN_FILES if not _is_temporary(n) and n != FIGURES)
+        foreign = sorted(n for n in names - OWN_FILES if not _is_temporary(n) and n not in (FIGURES, TENSORBOARD))
         if FIGURES in names:
             fig = path / FIGURES
             if not fig.is_dir() or fig.is_symlink() or any(not (q.suffix == ".png" or _is_temporary(q.name, ()))
                                                            for q in fig.iterdir()):
                 foreign.append(f"{FIGURES}/ (with other files than figures)")
+        if TENSORBOARD in names:
+            tb = path / TENSORBOARD
+            if not tb.is_dir() or tb.is_symlink() or any(not (q.name.startswith("events.out.tfevents.") and q.is_file()
+                                                              and not q.is_symlink()) for q in tb.iterdir()):
+                foreign.append(f"{TENSORBOARD}/ (with other files than TensorBoard's event files)")
         if foreign:
             return f"holds files aekit did not write ({', '.join(foreign[:5])})"
         if LOCK in names:
@@ -241,8 +258,13 @@ class Run:
         shutil.rmtree(path)
 
     @property
+    def has_weights(self) -> bool:
+        """Whether the best weights were written (at the first checkpoint, and when training ends)."""
+        return (self.path / WEIGHTS).exists()
+
+    @property
     def has_checkpoint(self) -> bool:
-        """Whether an epoch has finished (a run killed in its first epoch has none and restarts from zero)."""
+        """Whether a checkpoint was written (a run killed before its first one has none and restarts from zero)."""
         return (self.path / CHECKPOINT).exists()
 
     # --- what a run holds -----------------------------------------------------------------------
@@ -295,12 +317,15 @@ class Run:
 
     @property
     def history(self) -> list[dict]:
-        """The records of metrics.jsonl, one per finished epoch ([] before the first)."""
+        """The records of metrics.jsonl, one per finished epoch ([] before the first). A last line without its
+        newline is a record being appended (or torn by a crash) and is left out."""
         path = self.path / METRICS
         if not path.exists():
             return []
         out = []
-        for i, line in enumerate(files.read_text(path).splitlines()):
+        text = files.read_text(path)
+        lines = text.split("\n")[:-1]  # whole lines only
+        for i, line in enumerate(lines):
             if line.strip():
                 try:
                     rec = json.loads(line)
@@ -357,7 +382,33 @@ class Run:
 
     # --- what the trainer writes ----------------------------------------------------------------
     def write_history(self, history: list[dict]) -> None:
+        """Replace metrics.jsonl by ``history`` (atomically); ``append_history`` adds to it from then on."""
+        self._close_metrics()
         files.atomic_write_text(self.path / METRICS, "".join(json.dumps(h) + "\n" for h in history))
+
+    def append_history(self, record: dict, durable: bool = False) -> None:
+        """Add one epoch's record to metrics.jsonl (one write() of one line: a kill -9 leaves whole lines);
+        ``durable``: fsync it too (the trainer does when it writes a checkpoint, and at the end)."""
+        if getattr(self, "_metrics", None) is None:
+            self._metrics = files.AppendFile(self.path / METRICS)
+        self._metrics.write((json.dumps(record) + "\n").encode())
+        if durable:
+            self._metrics.sync()
+
+    def sync_history(self) -> None:
+        """Make the lines appended so far durable (fsync)."""
+        if getattr(self, "_metrics", None) is not None:
+            self._metrics.sync()
+
+    def _close_metrics(self) -> None:
+        metrics, self._metrics = getattr(self, "_metrics", None), None
+        if metrics is not None:
+            metrics.close()
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        """The folder of this run's TensorBoard event files (``--log tensorboard``); it holds nothing else."""
+        return self.path / TENSORBOARD
 
     def write_summary(self, summary: dict) -> None:
         files.write_json(self.path / SUMMARY, summary)
@@ -472,7 +523,8 @@ def _is_epoch_record(rec) -> bool:
 
 
 def _write_marker(folder: Path, version: str) -> bool:
-    """Create folder/MARKER exclusively; False when it exists already."""
+    """Create folder/MARKER exclusively; False when it exists already. A failed write (a full disk) removes
+    the marker again, so that it does not claim the folder."""
     path = folder / MARKER
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
@@ -480,10 +532,29 @@ def _write_marker(folder: Path, version: str) -> bool:
         return False
     except OSError as e:
         raise RunError(f"{path}: cannot write ({e.strerror or e}); choose another --out") from None
-    with os.fdopen(fd, "w") as f:
-        json.dump({"aekit_version": version, "created": dt.datetime.now(dt.timezone.utc).isoformat()}, f)
-        f.write("\n")
+    text = json.dumps({"aekit_version": version, "created": dt.datetime.now(dt.timezone.utc).isoformat()}) + "\n"
+    try:
+        try:
+            if os.write(fd, text.encode()) != len(text.encode()):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        finally:
+            os.close(fd)
+    except OSError as e:
+        path.unlink(missing_ok=True)
+        raise RunError(f"{path}: cannot write ({e.strerror or e}); free some space or choose another --out "
+                       "(nothing was left behind)") from None
     return True
+
+
+def _unstart(folder: Path, made: bool) -> None:
+    """Undo a run's start that failed: its marker and lock, and the folder when ``Run.create`` made it."""
+    for name in (MARKER, LOCK):
+        (folder / name).unlink(missing_ok=True)
+    if made:
+        try:
+            folder.rmdir()  # only if empty: nothing of anyone else's is ever removed
+        except OSError:
+            pass
 
 
 def _lock(folder: Path) -> int:

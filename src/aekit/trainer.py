@@ -3,12 +3,16 @@
 The trainer knows nothing of model families: it asks the model for its parameter groups (one Adam each)
 and its update phases (group, objective) and runs every phase on every minibatch. Minibatches are slices
 of tensors held on the training device through a permuted index; metrics are accumulated on the device
-and read once per epoch (plus a cheap finiteness check every ``CHECK_EVERY`` steps).
+and read once per epoch (plus a cheap finiteness check every ``callbacks.CHECK_EVERY`` steps).
+
+The loop is ``_Loop.run``: a ``TrainState`` and a few steps (``batches``, ``update``, ``end_epoch``) with
+callback events between them (aekit.callbacks): divergence, early stopping, checkpoints, the progress bar
+and the loggers of ``TrainConfig.log`` are callbacks, and a user's callbacks join them (``fit(callbacks=)``).
 
 Reproducibility: all randomness (permutations, binarization, the model's noise) comes from the trainer's
-seed, inside ``torch.random.fork_rng`` so the caller's global RNG is left as it was. A checkpoint at the
-end of every epoch holds weights, optimizer and RNG states, so a resumed CPU run ends bit-identical to an
-uninterrupted one.
+seed, inside ``torch.random.fork_rng`` so the caller's global RNG is left as it was. A checkpoint (written at
+the end of an epoch, by the policy of ``TrainConfig.checkpoint_every_*``, and when training ends) holds
+weights, optimizer and RNG states, so a CPU run resumed from it ends bit-identical to an uninterrupted one.
 
 Several ranks (torch.distributed, started from torchrun's environment by ``aekit.distributed``): every rank
 draws the same permutation from the shared generator and takes rows ``rank::world`` of each global batch of
@@ -34,11 +38,11 @@ assumption about the phases.
 
 from __future__ import annotations
 
-import functools
 import math
 import statistics
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,33 +50,123 @@ import torch
 from torch import Tensor
 
 from . import distributed
+from .callbacks import (
+    Callback,
+    Checkpoints,
+    Divergence,
+    EarlyStopping,
+    ProgressBar,
+    overrides,
+    state_copy,
+    still_improving,
+    summary,
+)
 from .config import TrainConfig
 from .errors import ConfigError, RunError, TrainingDiverged
 from .likelihoods import bernoulli_sample, binarize_static
 from .models.base import Autoencoder
-from .run import Checkpoint, Run
+from .run import CHECKPOINT, Checkpoint, Run
 
-__all__ = ["CHECK_EVERY", "FitResult", "fit", "STILL_FALLING", "still_improving", "EXPLODED", "evaluate_loss"]
+__all__ = ["fit", "FitResult", "TrainState", "evaluate_loss", "still_improving"]
 
-CHECK_EVERY = 100  # steps between finiteness checks (one host sync each)
+_summary = summary  # (the name aekit.detector uses)
 
 
 @dataclass
 class FitResult:
+    """What ``fit`` returns.
+
+    Attributes
+    ----------
+    model : the trained model, with its best weights, in eval mode.
+    history : one record per epoch, as in metrics.jsonl.
+    best_epoch, best_val_loss : the epoch of the lowest validation loss, and that loss.
+    stopped : "completed", "early_stopping", "diverged" or the reason a callback gave ``request_stop``.
+    run_dir, run : the run directory written (``out_dir``), and its ``Run``.
+    config : the training options used, automatic values resolved.
+    note : a warning worth reading (e.g. the validation loss was still falling fast), or None.
+    already_ended : on resume of a run that had ended, why, in one line (nothing was trained); else None.
+    """
+
     model: Autoencoder
     history: list[dict] = field(default_factory=list)
     best_epoch: int = 0
     best_val_loss: float = math.inf
-    stopped: str = "completed"  # "completed" | "early_stopping"
+    stopped: str = "completed"  # "completed" | "early_stopping" | "diverged" | a callback's reason
     run_dir: str | None = None
     run: Run | None = None  # the run directory written, when out_dir was given
     config: TrainConfig | None = None  # the training options used, automatic values resolved
     note: str | None = None  # a warning worth reading, e.g. the validation loss was still falling fast
+    already_ended: str | None = None  # resume of a run that had ended: why, in one line (nothing was trained)
 
     @property
     def seconds_per_epoch(self) -> float:
         secs = [h["seconds"] for h in self.history]
         return statistics.median(secs) if secs else float("nan")
+
+
+@dataclass(eq=False)
+class TrainState:
+    """The training loop's state, as callbacks see it (``aekit.callbacks``).
+
+    Attributes
+    ----------
+    model, config, name : the model trained, its resolved TrainConfig, the family's name.
+    dataset : the Dataset trained on (on the training device).
+    run : the run directory being written (rank 0, with ``out_dir``), else None.
+    rank, world : this process's rank and the number of ranks (0 and 1 without torchrun).
+    optimizers, generator : one Adam per parameter group; the generator of permutations and binarization.
+    epoch, step : the current epoch and minibatch, from 0.
+    steps_per_epoch : minibatches per epoch. ``seen``: this rank's rows trained on in the epoch so far.
+    sums : this rank's running sums of the loss and its terms (times the rows) in the epoch, on the device.
+    record : the last finished epoch's record (None during an epoch); ``history``: every record so far.
+    best_val, best_epoch, best_state, bad_epochs : the lowest validation loss, its epoch and weights, and
+        the epochs since (kept by ``EarlyStopping``).
+    initial_loss : the validation loss before training (the divergence reference; None for 0.1.0 runs).
+    stopped : how training ended (set when it ends). ``stop_reason``: a stop asked for by a callback.
+    note : a warning for the user, set when training ends.
+    """
+
+    model: Autoencoder
+    config: TrainConfig
+    dataset: object
+    name: str
+    run: Run | None
+    optimizers: dict[str, torch.optim.Optimizer]
+    generator: torch.Generator
+    steps_per_epoch: int
+    has_val: bool
+    rank: int = 0
+    world: int = 1
+    epoch: int = 0
+    step: int = 0
+    seen: int = 0
+    sums: dict[str, Tensor] = field(default_factory=dict)
+    record: dict | None = None
+    history: list[dict] = field(default_factory=list)
+    best_val: float = math.inf
+    best_epoch: int = 0
+    best_state: dict[str, Tensor] | None = None
+    bad_epochs: int = 0
+    initial_loss: float | None = None
+    stopped: str = "completed"
+    stop_reason: str | None = None
+    note: str | None = None
+
+    def request_stop(self, reason: str = "stopped") -> None:
+        """End training after the current epoch; ``reason`` becomes ``stopped`` (the first reason given wins)."""
+        self.stop_reason = self.stop_reason or reason
+
+    def checkpoint(self) -> Checkpoint:
+        """What a run resumes from, now: weights, optimizer and RNG states, history, early-stopping state."""
+        gen = self.generator
+        rng = {"torch": torch.get_rng_state(), "gen": gen.get_state()}
+        if gen.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(gen.device)
+        return Checkpoint(epoch=len(self.history), model=self.model.state_dict(), best=self.best_state,
+                          optimizers={g: o.state_dict() for g, o in self.optimizers.items()}, rng=rng,
+                          history=self.history, best_val=self.best_val, best_epoch=self.best_epoch,
+                          bad_epochs=self.bad_epochs, initial_loss=self.initial_loss)
 
 
 def _make_optimizer(params, cfg: TrainConfig, device: torch.device, lr: float):
@@ -81,10 +175,6 @@ def _make_optimizer(params, cfg: TrainConfig, device: torch.device, lr: float):
         return torch.optim.Adam(params, fused=True, **kw)
     except (RuntimeError, TypeError):
         return torch.optim.Adam(params, foreach=device.type != "cpu" or None, **kw)
-
-
-def _state_copy(model: torch.nn.Module) -> dict[str, Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def _check_labels(model: Autoencoder, dataset) -> None:
@@ -110,14 +200,49 @@ def fit(
     resume: bool = False,
     quiet: bool | None = None,
     model_name: str | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> FitResult:
-    """Train ``model`` on ``dataset`` (an aekit.datasets.Dataset); returns the model with its best weights.
+    """Train ``model`` on ``dataset``; return the model with its best weights.
 
-    ``out_dir``: write a run directory (config, weights, checkpoint each epoch, metrics, summary).
-    ``resume``: continue from ``out_dir``'s checkpoint. ``quiet``: no progress bar (default: quiet unless
-    stderr is a terminal). Automatic options (epochs, patience, threads) are chosen from the size of the
-    training split (``TrainConfig.resolved_for``) and recorded; the thread count is the caller's again after.
+    Automatic options (epochs, patience, threads) are chosen from the size of the training split
+    (``TrainConfig.resolved_for``) and recorded; the thread count is the caller's again after.
 
+    Parameters
+    ----------
+    model : Autoencoder
+        A model built for the dataset (``aekit.build(name, dataset=ds, ...)``).
+    dataset : aekit.datasets.Dataset
+        The data: its training split is trained on, its validation split chooses the best epoch.
+    config : TrainConfig, optional
+        The training options (default: ``TrainConfig()``).
+    out_dir : str or Path, optional
+        Write a run directory there (config, best weights, checkpoints by the policy of
+        ``config.checkpoint_every_*``, metrics.jsonl, summary.json, and the ``config.log`` folders).
+    resume : bool
+        Continue ``out_dir``'s run from its last checkpoint (the epochs after it are trained again, to the
+        same numbers). A run that already ended (completed its epochs, stopped early or diverged) is not
+        trained further: the result's ``already_ended`` says why.
+    quiet : bool, optional
+        No progress bar (default: quiet unless stderr is a terminal).
+    model_name : str, optional
+        The family's name recorded in the run (default: ``model.name``).
+    callbacks : sequence of aekit.Callback
+        Your callbacks, called at each event after the built-in divergence check and early stopping and
+        before the checkpoints, progress bar and loggers (see ``aekit.callbacks``).
+
+    Returns
+    -------
+    FitResult
+        The model (best weights, eval mode), the history of epoch records, the best epoch and loss, how
+        training stopped, the run and the resolved options.
+
+    Raises
+    ------
+    TrainingDiverged
+        The loss became NaN/Inf or exploded; the model keeps the last good epoch's weights.
+
+    Notes
+    -----
     Under torchrun (several ranks; see ``aekit.distributed`` and the module docstring) every rank calls
     ``fit`` with the same arguments: each trains on its share of every batch on ``cuda:LOCAL_RANK`` (CUDA) or
     the CPU, only rank 0 reads and writes ``out_dir``, and every rank returns the same trained model.
@@ -136,31 +261,49 @@ def fit(
     quiet = quiet or not distributed.is_main()
     out = Path(out_dir) if out_dir is not None else None
     name = model_name or model.name
+    if out is None and resume:
+        raise ConfigError("resume needs the run directory (out_dir)")
+    loggers = distributed.agree(lambda: _loggers(cfg, out), main_only=True) or []  # (before a run is started)
     model.to(device)
     dataset = dataset.to(device)
 
-    if out is None and resume:
-        raise ConfigError("resume needs the run directory (out_dir)")
-
     def start():  # claimed for writing until fit returns (a second writer gets a clear error)
-        return _resume(Run.open(out), model, cfg, dataset, name) if resume else \
-            Run.create(out, name, model.config, cfg, getattr(dataset, "spec", None))
+        if resume:
+            return _resume(Run.open(out), model, cfg, dataset, name)
+        return Run.create(out, name, model.config, cfg, getattr(dataset, "spec", None)), None, None
 
-    run = None if out is None else distributed.agree(start, main_only=True)  # rank 0 alone touches the folder
-    fork_devices = [device] if device.type == "cuda" else []
+    run, ck, ended = (None, None, None) if out is None else \
+        distributed.agree(start, main_only=True) or (None, None, None)  # rank 0 alone touches the folder
+    if resume and world > 1:  # the others need no access to the folder
+        ck, ended = distributed.broadcast_object((ck, ended))
+    has_run = distributed.broadcast_object(run is not None)  # whether rank 0 writes a run (the same on all)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(cfg.threads)
-        with torch.random.fork_rng(devices=fork_devices):
+        if ended is not None:
+            return _ended(model, ck, cfg, run, name, ended)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(cfg.seed)
-            result = _fit(model, dataset, cfg, run, quiet, name, device, resume)
-            if out is not None:
-                result.run_dir = str(out)
+            loop = _Loop(model, dataset, cfg, run, name, device)
+            loop.start(ck, out)
+            built_in = [Divergence(), EarlyStopping(), *callbacks, *([Checkpoints(run)] if has_run else []),
+                        *([] if quiet else [ProgressBar()])]
+            result = loop.run(built_in + loggers)
+            result.run_dir = None if out is None else str(out)
             return result
     finally:
         torch.set_num_threads(threads)
         if run is not None:
             run.release()
+
+
+def _loggers(cfg: TrainConfig, out: Path | None) -> list[Callback]:
+    """The callbacks of ``cfg.log`` (made on rank 0, which alone logs; a missing package is a ConfigError)."""
+    if not cfg.log:
+        return []
+    from .loggers import make_loggers
+
+    return make_loggers(cfg, out)
 
 
 def _check_shares(cfg: TrainConfig, n_train: int, world: int) -> None:
@@ -173,227 +316,199 @@ def _check_shares(cfg: TrainConfig, n_train: int, world: int) -> None:
                           "train with fewer processes (torchrun --nproc-per-node)")
 
 
-def _fit(model, ds, cfg: TrainConfig, run: Run | None, quiet: bool, name: str, device, resume: bool = False):
-    rank, world = distributed.rank(), distributed.world_size()
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)  # the same stream on every rank: permutations
-    x_train, y_train = ds.x_train, ds.y_train
-    x_val, y_val = ds.x_val, ds.y_val
-    if cfg.binarize == "static":
-        x_train = binarize_static(x_train, cfg.seed + 1)
-    if cfg.binarize != "none":
-        x_val = binarize_static(x_val, cfg.seed + 2)  # a fixed validation set even for dynamic binarization
+class _Loop:
+    """The training loop: ``run`` is the whole of it; the other methods are its steps."""
 
-    groups = model.param_groups()
-    scales = {g: model.lr_scales().get(g, 1.0) for g in groups}  # e.g. a slower adversary
-    opts = {g: _make_optimizer(p, cfg, device, cfg.lr * scales[g]) for g, p in groups.items()}
-    phases = model.update_phases()
-    unknown = [g for g, _ in phases if g not in opts]
-    if unknown:
-        raise ConfigError(f"model {name}: update phase(s) {unknown} name no parameter group ({list(opts)})")
-    if cfg.compile:
-        phases = [(g, torch.compile(fn)) for g, fn in phases]
-    amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp]
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
+    def __init__(self, model: Autoencoder, ds, cfg: TrainConfig, run: Run | None, name: str, device):
+        self.model, self.cfg, self.device = model, cfg, device
+        gen = torch.Generator(device=device).manual_seed(cfg.seed)  # the same stream on every rank: permutations
+        self.x_train, self.y_train, self.x_val, self.y_val = ds.x_train, ds.y_train, ds.x_val, ds.y_val
+        if cfg.binarize == "static":
+            self.x_train = binarize_static(self.x_train, cfg.seed + 1)
+        if cfg.binarize != "none":
+            self.x_val = binarize_static(self.x_val, cfg.seed + 2)  # a fixed validation set even for dynamic
 
-    n = x_train.shape[0]
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
-    total_steps = cfg.epochs * steps_per_epoch
-    history: list[dict] = []
-    best_val, best_epoch, bad_epochs, start = math.inf, 0, 0, 0
-    best_state = _state_copy(model)
-    stopped = "completed"
-    has_run = distributed.broadcast_object(run is not None)  # whether rank 0 writes a run (the same on all)
+        self.groups = model.param_groups()
+        self.scales = {g: model.lr_scales().get(g, 1.0) for g in self.groups}  # e.g. a slower adversary
+        opts = {g: _make_optimizer(p, cfg, device, cfg.lr * self.scales[g]) for g, p in self.groups.items()}
+        phases = model.update_phases()
+        unknown = [g for g, _ in phases if g not in opts]
+        if unknown:
+            raise ConfigError(f"model {name}: update phase(s) {unknown} name no parameter group ({list(opts)})")
+        self.phases = [(g, torch.compile(fn)) for g, fn in phases] if cfg.compile else phases
+        self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp]
+        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
+        self.n = self.x_train.shape[0]
+        self.state = TrainState(model, cfg, ds, name, run, opts, gen, math.ceil(self.n / cfg.batch_size),
+                                has_val=len(self.x_val) > 0, rank=distributed.rank(), world=distributed.world_size(),
+                                best_state=state_copy(model))
 
-    ck = None
-    if resume:  # rank 0 reads the checkpoint and hands it to the others (they need no access to the folder)
-        ck = distributed.agree(lambda: run.load_checkpoint() if run.has_checkpoint else None, main_only=True,
-                               share=world > 1)
-    if ck is not None:  # resuming (a run killed in its first epoch starts afresh)
+    def start(self, ck: Checkpoint | None, out: Path | None) -> None:
+        """Continue from checkpoint ``ck``, or measure the loss before training (the divergence reference)."""
+        if ck is not None:
+            _restore(self.state, ck, f"{out / CHECKPOINT}")
+            return
+        distributed.broadcast_tensors(self.model.state_dict().values())  # every rank starts from rank 0's weights
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):  # training's stream
+            x, y = (self.x_val, self.y_val) if self.state.has_val else (self.x_train, self.y_train)
+            self.state.initial_loss = _loss(self.model, x, y, self.cfg.batch_size * 4)["loss"]
+
+    def run(self, callbacks: list[Callback]) -> FitResult:
+        st = self.state
+        hooks = {e: [getattr(cb, e) for cb in callbacks if overrides(cb, e)]
+                 for e in ("on_fit_start", "on_batch_end", "on_epoch_end", "on_fit_end")}
+        _emit(hooks["on_fit_start"], st)
+        try:
+            for epoch in range(len(st.history), self.cfg.epochs):
+                self.start_epoch(epoch)
+                for step, batch in enumerate(self.batches()):
+                    st.step = step
+                    self.update(*batch)
+                    _emit(hooks["on_batch_end"], st)
+                self.end_epoch()
+                _emit(hooks["on_epoch_end"], st)
+                if st.stop_reason is not None:
+                    st.stopped = st.stop_reason
+                    break
+        except TrainingDiverged:
+            st.stopped = "diverged"
+            if st.record is not None and st.history and st.history[-1] is st.record:
+                st.history.pop()  # the epoch that diverged is not one of the run's
+            _emit(hooks["on_fit_end"], st)
+            raise
+        self.model.load_state_dict(st.best_state)
+        self.model.eval()
+        st.note = still_improving(st.history) if st.stopped == "completed" else None
+        _emit(hooks["on_fit_end"], st)
+        return FitResult(self.model, st.history, st.best_epoch, st.best_val, st.stopped, None, st.run, self.cfg,
+                         st.note)
+
+    def start_epoch(self, epoch: int) -> None:
+        st = self.state
+        st.epoch, st.step, st.seen, st.sums, st.record = epoch, 0, 0, {}, None
+        self.model.set_progress(epoch, self.cfg.epochs)
+        self.model.train()
+        self.t0 = time.perf_counter()
+        if st.world > 1:  # this rank's own noise stream for the epoch (see the module docstring)
+            torch.manual_seed(distributed.rank_seed(self.cfg.seed, st.rank, epoch))
+
+    def batches(self) -> Iterator[tuple[Tensor, Tensor | None, int, int]]:
+        """(x, y, this rank's rows, the global batch's rows) of each minibatch of an epoch. With several ranks
+        a rank left without rows (a short last batch) gets a stand-in row with weight 0, so that every rank
+        steps every optimizer alike."""
+        st, bs, gen = self.state, self.cfg.batch_size, self.state.generator
+        dynamic, world = self.cfg.binarize == "dynamic", st.world
+        perm = torch.randperm(self.n, generator=gen, device=self.device)
+        for s in range(st.steps_per_epoch):
+            batch = perm[s * bs : (s + 1) * bs]  # the global batch
+            idx, rows = batch, batch.shape[0]
+            if world > 1:  # this rank's rows of it
+                idx = batch[st.rank::world]
+            share = idx.shape[0]
+            idx = idx if share else batch[:1]
+            if dynamic and world > 1:  # drawn for the global batch: the shared generator stays in step,
+                xg = bernoulli_sample(self.x_train[batch], gen)  # and the draw is the 1-rank one
+                xb = xg[st.rank::world] if share else xg[:1]
+            else:
+                xb = bernoulli_sample(self.x_train[idx], gen) if dynamic else self.x_train[idx]
+            yield xb, None if self.y_train is None else self.y_train[idx], share, rows
+
+    def update(self, xb: Tensor, yb: Tensor | None, share: int, rows: int) -> None:
+        """Every update phase of the model on one minibatch; the loss and its terms added to ``state.sums``."""
+        st, cfg = self.state, self.cfg
+        if cfg.lr_schedule == "cosine":
+            total = cfg.epochs * st.steps_per_epoch
+            lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * (st.epoch * st.steps_per_epoch + st.step) / total))
+            for g, o in st.optimizers.items():
+                for pg in o.param_groups:
+                    pg["lr"] = lr * self.scales[g]
+        for i, (group, objective) in enumerate(self.phases):
+            opt = st.optimizers[group]
+            self.model.zero_grad(set_to_none=True)  # no gradient leaks from one phase into the next
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                res = objective(xb, yb)
+            self.scaler.scale(res.loss).backward()
+            if st.world > 1:  # the whole batch's mean gradient: sum over ranks of share/rows x own mean
+                distributed.average_gradients(self.groups[group], share / rows)
+            if cfg.grad_clip > 0:
+                self.scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(self.groups[group], cfg.grad_clip)
+            self.scaler.step(opt)
+            self.scaler.update()
+            if i == 0:
+                _acc(st.sums, "loss", res.loss.detach().float() * share)
+            for k, v in res.terms.items():
+                _acc(st.sums, k, v.float() * share)
+        st.seen += share
+
+    def end_epoch(self) -> None:
+        """The epoch's record: training metrics (summed over ranks), validation, seconds, learning rate."""
+        st = self.state
+        sums = _reduce_sums(st.sums) if st.world > 1 else st.sums  # the same numbers on every rank
+        train = {k: v.item() / self.n for k, v in sums.items()}
+        seconds = time.perf_counter() - self.t0
+        val = _loss(self.model, self.x_val, self.y_val, self.cfg.batch_size * 4) if st.has_val else dict(train)
+        rec = {"epoch": st.epoch + 1, "train": train, "val": val, "seconds": seconds,
+               "lr": next(iter(st.optimizers.values())).param_groups[0]["lr"]}
+        if st.world > 1:  # the number of processes the epoch ran on (a resumed run may change it)
+            rec["ranks"] = st.world
+        st.record = rec
+        st.history.append(rec)
+
+
+def _emit(hooks, state: TrainState) -> None:
+    for hook in hooks:
+        hook(state)
+
+
+def _restore(st: TrainState, ck: Checkpoint, where: str) -> None:
+    """Put the checkpoint's weights, optimizer, RNG and early-stopping states into the loop's state; a
+    checkpoint that does not fit (other shapes, missing states) is a RunError."""
+    model, gen = st.model, st.generator
+    try:
         model.load_state_dict(ck.model)
-        best_state = {k: v.to(device) for k, v in ck.best.items()}
-        for g, o in opts.items():
-            try:
-                o.load_state_dict(ck.optimizers[g])
-            except (KeyError, ValueError) as e:  # e.g. a family whose parameter groups changed since the run began
-                where = run.path if run is not None else "the run"  # (run is rank 0's alone)
-                raise RunError(f"{where}: the checkpoint's optimizer state for parameter group {g!r} does not "
-                               f"match this aekit's {name} ({e}); the run can be evaluated but not resumed") from None
-        torch.set_rng_state(ck.rng["torch"])
-        gen.set_state(ck.rng["gen"])
-        if "cuda" in ck.rng:
-            torch.cuda.set_rng_state(ck.rng["cuda"], gen.device)
-        start, history, best_val, best_epoch, bad_epochs = ck.epoch, ck.history, ck.best_val, ck.best_epoch, \
-            ck.bad_epochs
-        initial = ck.initial_loss
-    else:  # the loss before training: a run whose loss climbs far above it has diverged (see _exploded)
-        distributed.broadcast_tensors(model.state_dict().values())  # every rank starts from rank 0's weights
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # training's stream as is
-            initial = _loss(model, x_val if len(x_val) else x_train, y_val if len(x_val) else y_train,
-                            cfg.batch_size * 4)["loss"]
+        best = {k: v.to(gen.device, copy=True) for k, v in ck.best.items()}  # (updated in place later)
+        model.load_state_dict(best)  # the same check for the best weights; ck.model is loaded again below
+        model.load_state_dict(ck.model)
+        rng = ck.rng["torch"], ck.rng["gen"], ck.rng.get("cuda")
+        torch.set_rng_state(rng[0])
+        gen.set_state(rng[1])
+        if rng[2] is not None:
+            torch.cuda.set_rng_state(rng[2], gen.device)
+    except (RuntimeError, KeyError, TypeError, ValueError) as e:
+        detail = str(e).strip().splitlines()[-1].strip() if str(e).strip() else ""
+        why = f"no {e} state" if isinstance(e, KeyError) else detail
+        raise RunError(f"{where}: the checkpoint does not fit this run's {st.name} model ({type(e).__name__}: {why})"
+                       "; the run can be evaluated but not resumed") from None
+    for g, o in st.optimizers.items():
+        try:
+            o.load_state_dict(ck.optimizers[g])
+        except (KeyError, ValueError) as e:  # e.g. a family whose parameter groups changed since the run began
+            raise RunError(f"{where}: the checkpoint's optimizer state for parameter group {g!r} does not "
+                           f"match this aekit's {st.name} ({e}); the run can be evaluated but not resumed") from None
+    st.best_state, st.history = best, list(ck.history)
+    st.best_val, st.best_epoch, st.bad_epochs, st.initial_loss = ck.best_val, ck.best_epoch, ck.bad_epochs, \
+        ck.initial_loss
 
-    def diverged(epoch: int, what: str) -> TrainingDiverged:
-        """Keep the last good weights, record how the run ended, and say so."""
-        model.load_state_dict(last_good)
-        if run is not None:
-            run.save_weights(best_state)
-            run.write_summary(_summary(history, best_epoch, best_val, "diverged"))
-        if bar is not None:
-            bar.close()
-        return TrainingDiverged(
-            f"model {name}: {what} in epoch {epoch + 1}; the weights of epoch {epoch} were kept. Try a smaller "
-            f"--lr (now {cfg.lr:g}), --grad-clip 1, or check the data")
 
-    last_good = _state_copy(model)
-    bar = None
-    if not quiet:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total_steps, initial=start * steps_per_epoch, desc=name, unit="step", leave=False)
-
-    for epoch in range(start, cfg.epochs):
-        if stopped != "completed":
-            break
-        model.set_progress(epoch, cfg.epochs)
-        model.train()
-        t0 = time.perf_counter()
-        if world > 1:  # this rank's own noise stream for the epoch (see the module docstring)
-            torch.manual_seed(distributed.rank_seed(cfg.seed, rank, epoch))
-        perm = torch.randperm(n, generator=gen, device=device)
-        sums: dict[str, Tensor] = {}
-        seen = 0
-        for s in range(steps_per_epoch):
-            idx = perm[s * cfg.batch_size : (s + 1) * cfg.batch_size]  # the global batch
-            rows, share = idx.shape[0], idx.shape[0]
-            if world > 1:  # this rank's rows of it; a rank left without one (a short last batch) runs a
-                batch = idx  # stand-in row with weight 0, so that every rank steps every optimizer alike
-                idx = batch[rank::world]
-                share = idx.shape[0]
-                idx = idx if share else batch[:1]
-            xb = x_train[idx]
-            yb = y_train[idx] if y_train is not None else None
-            if cfg.binarize == "dynamic" and world > 1:  # drawn for the global batch: the shared generator
-                xg = bernoulli_sample(x_train[batch], gen)  # stays in step, and the draw is the 1-rank one
-                xb = xg[rank::world] if share else xg[:1]
-            elif cfg.binarize == "dynamic":
-                xb = bernoulli_sample(xb, gen)
-            if cfg.lr_schedule == "cosine":
-                lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * (epoch * steps_per_epoch + s) / total_steps))
-                for g, o in opts.items():
-                    for pg in o.param_groups:
-                        pg["lr"] = lr * scales[g]
-            for i, (group, objective) in enumerate(phases):
-                model.zero_grad(set_to_none=True)  # no gradient leaks from one phase into the next
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    res = objective(xb, yb)
-                scaler.scale(res.loss).backward()
-                if world > 1:  # the whole batch's mean gradient: sum over ranks of share/rows x own mean
-                    distributed.average_gradients(groups[group], share / rows)
-                if cfg.grad_clip > 0:
-                    scaler.unscale_(opts[group])
-                    torch.nn.utils.clip_grad_norm_(groups[group], cfg.grad_clip)
-                scaler.step(opts[group])
-                scaler.update()
-                bs = share
-                if i == 0:
-                    _acc(sums, "loss", res.loss.detach().float() * bs)
-                for k, v in res.terms.items():
-                    _acc(sums, k, v.float() * bs)
-            seen += share
-            if (s + 1) % CHECK_EVERY == 0 and not _finite_everywhere(sums["loss"], world):
-                break
-            if bar is not None and (s % 20 == 0 or s == steps_per_epoch - 1):
-                bar.set_postfix(epoch=epoch + 1, loss=f"{sums['loss'].item() / max(seen, 1):.4g}")
-            if bar is not None:
-                bar.update(1)
-        if world > 1:  # the whole training split's sums, the same numbers on every rank
-            sums = _reduce_sums(sums)
-        train = {k: v.item() / n for k, v in sums.items()}
-        seconds = time.perf_counter() - t0
-        if not all(math.isfinite(v) for v in train.values()):
-            raise diverged(epoch, "the training loss became NaN/Inf")
-        val = _loss(model, x_val, y_val, cfg.batch_size * 4) if len(x_val) else dict(train)
-        if _exploded(val["loss"], initial):
-            what = "validation" if len(x_val) else "training"
-            raise diverged(epoch, f"the {what} loss exploded to {val['loss']:.4g} (it was {initial:.4g} before "
-                                  "training)")
-        rec = {"epoch": epoch + 1, "train": train, "val": val, "seconds": seconds,
-               "lr": next(iter(opts.values())).param_groups[0]["lr"]}
-        if world > 1:  # the number of processes the epoch ran on (a resumed run may change it)
-            rec["ranks"] = world
-        history.append(rec)
-        if val["loss"] < best_val:
-            best_val, best_epoch, bad_epochs = val["loss"], epoch + 1, 0
-            best_state = _state_copy(model)
-        else:
-            bad_epochs += 1
-            if cfg.patience and bad_epochs >= cfg.patience:
-                stopped = "early_stopping"
-        last_good = _state_copy(model)
-
-        if has_run:  # rank 0 writes; with several ranks a failed write stops them all
-            rng = {"torch": torch.get_rng_state(), "gen": gen.get_state()}
-            if gen.device.type == "cuda":
-                rng["cuda"] = torch.cuda.get_rng_state(gen.device)
-            state = Checkpoint(
-                epoch=len(history), model=model.state_dict(), best=best_state,
-                optimizers={g: o.state_dict() for g, o in opts.items()}, rng=rng, history=history,
-                best_val=best_val, best_epoch=best_epoch, bad_epochs=bad_epochs, initial_loss=initial)
-            distributed.agree(functools.partial(_save_epoch, run, state, best_epoch == epoch + 1), main_only=True)
-    if bar is not None:
-        bar.close()
-
-    model.load_state_dict(best_state)
+def _ended(model: Autoencoder, ck: Checkpoint | None, cfg: TrainConfig, run: Run | None, name: str,
+           ended: tuple[str, str]) -> FitResult:
+    """The result of resuming a run that had ended: its best weights and history; nothing trained or written."""
+    history, best_epoch, best_val = [], 0, math.inf
+    if ck is not None:
+        history, best_epoch, best_val = list(ck.history), ck.best_epoch, ck.best_val
+        try:
+            model.load_state_dict({k: v.to(model.device) for k, v in ck.best.items()})
+        except RuntimeError:
+            pass  # (a checkpoint that does not fit: the model stays as built; the run's weights are on disk)
     model.eval()
-    note = still_improving(history) if stopped == "completed" else None
-    if run is not None:
-        run.write_summary({**_summary(history, best_epoch, best_val, stopped), "note": note})
+    stopped, why = ended
     return FitResult(model, history, best_epoch, best_val, stopped, None if run is None else str(run.path), run,
-                     cfg, note)
-
-
-STILL_FALLING = 0.01  # relative drop of the validation loss per epoch, over the last epochs, worth a warning
-
-
-def still_improving(history: list[dict], window: int = 3) -> str | None:
-    """A warning when a run ended while its validation loss was still falling fast: by more than
-    STILL_FALLING of its value per epoch over the last ``window`` epochs, the last epoch being the best."""
-    vals = [h["val"].get("loss") for h in history[-(window + 1):]]
-    if len(vals) < window + 1 or any(v is None or not math.isfinite(v) for v in vals) or vals[-1] > min(vals):
-        return None
-    drop = (vals[0] - vals[-1]) / window / max(abs(vals[0]), 1e-12)
-    if drop <= STILL_FALLING:
-        return None
-    return (f"the validation loss was still falling when training ended ({100 * drop:.1f}% per epoch over the "
-            f"last {window} epochs): more epochs would help (`aekit train --resume RUN --epochs N`)")
-
-
-EXPLODED = 10.0  # a loss this many times its own scale above the untrained model's has diverged
-
-
-def _exploded(loss: float, initial: float | None) -> bool:
-    """Whether ``loss`` is far worse than the model's loss before training, ``initial``: above
-    initial + EXPLODED * max(|initial|, 1). Any family, any likelihood: a model that learned anything is
-    below its untrained loss, and one that diverged to finite garbage (a learning rate of 1e3 gives losses of
-    1e13 nats) is many times above it. None (a checkpoint of aekit 0.1.0): no reference, no check."""
-    return initial is not None and math.isfinite(initial) and loss > initial + EXPLODED * max(abs(initial), 1.0)
-
-
-def _save_epoch(run: Run, ck: Checkpoint, new_best: bool) -> None:
-    """What rank 0 writes at the end of every epoch: metrics, the best weights when they changed, checkpoint."""
-    run.write_history(ck.history)
-    if new_best:
-        run.save_weights(ck.best)
-    run.save_checkpoint(ck)
+                     cfg, None, why)
 
 
 def _acc(sums: dict, key: str, value: Tensor) -> None:
     sums[key] = sums[key] + value if key in sums else value
-
-
-def _finite_everywhere(loss_sum: Tensor, world: int) -> bool:
-    """Whether the running loss is finite on every rank (they stop the epoch together)."""
-    finite = torch.isfinite(loss_sum)
-    return distributed.all_true(finite) if world > 1 else bool(finite)
 
 
 def _reduce_sums(sums: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -443,22 +558,10 @@ def _loss(model: Autoencoder, x: Tensor, y: Tensor | None, batch_size: int) -> d
     return {k: v.item() / n for k, v in _reduce_sums(sums).items()}
 
 
-def _summary(history, best_epoch, best_val, stopped) -> dict:
-    secs = sorted(h["seconds"] for h in history)
-    return {
-        "epochs_run": len(history),
-        "best_epoch": best_epoch,
-        "best_val_loss": best_val if math.isfinite(best_val) else None,
-        "stopped": stopped,
-        "seconds_per_epoch_median": statistics.median(secs) if secs else None,
-        "train_seconds": sum(secs),
-        "final": history[-1] if history else None,
-    }
-
-
-def _resume(run: Run, model, cfg: TrainConfig, ds, name: str) -> Run:
-    """The run to continue, claimed, after checking that model, data and training options are the ones it
-    started with."""
+def _resume(run: Run, model, cfg: TrainConfig, ds, name: str):
+    """(run, checkpoint or None, ended or None) of the run to continue, claimed, after checking that model,
+    data and training options are the ones it started with (``TrainConfig.RESUMABLE`` may change). ``ended``:
+    (how it stopped, why it is not trained further) for a run that had ended; its files are left as they are."""
     run.claim()
     try:
         data = getattr(ds, "spec", None)
@@ -469,12 +572,39 @@ def _resume(run: Run, model, cfg: TrainConfig, ds, name: str) -> Run:
             if saved[key] != now[key]:
                 raise RunError(f"{run.path}: cannot resume: the {key} differs from the one the run was started with")
         old, new = run.train.resolved_for(ds.x_train.shape[0]).to_dict(), cfg.to_dict()  # older runs: no threads
-        changed = {k for k in new if k != "epochs" and old.get(k) != new[k]}
+        changed = {k for k in new if k not in TrainConfig.RESUMABLE and old.get(k, new[k]) != new[k]}
         if changed:
             raise RunError(f"{run.path}: cannot resume with different training options ({', '.join(sorted(changed))})")
-        if old != new:  # a new epoch budget
+        ck = run.load_checkpoint() if run.has_checkpoint else None
+        ended = _has_ended(run, ck, cfg)
+        if ended is None and old != new:  # a new epoch budget (or checkpoint or logging options)
             run.update_train(cfg)
     except BaseException:
         run.release()
         raise
-    return run
+    return run, ck, ended
+
+
+def _has_ended(run: Run, ck: Checkpoint | None, cfg: TrainConfig) -> tuple[str, str] | None:
+    """(how, why in one line) when the run has ended: it stopped early, diverged or was stopped by a callback
+    (its summary.json says so, or its checkpoint's early-stopping count reached the patience), or its
+    checkpoint holds all ``cfg.epochs`` epochs; else None."""
+    try:
+        stopped = run.summary.get("stopped")
+    except RunError:
+        stopped = None  # a damaged summary.json does not stop a resume
+    if ck is not None and cfg.patience and ck.bad_epochs >= cfg.patience:
+        stopped = "early_stopping"
+    at = f" after epoch {ck.epoch} (best epoch {ck.best_epoch})" if ck is not None else ""
+    if stopped == "early_stopping":
+        return stopped, (f"{run.path} stopped early{at}, {cfg.patience} epochs without improvement; it is finished "
+                         "and --resume trains no further (start a new run to train longer)")
+    if stopped == "diverged":
+        return stopped, (f"{run.path} diverged{at} and was stopped; --resume would diverge again the same way "
+                         "(start a new run, e.g. with a smaller --lr)")
+    if isinstance(stopped, str) and stopped != "completed":
+        return stopped, f"{run.path} was stopped ({stopped}){at}; --resume trains no further"
+    if ck is not None and ck.epoch >= cfg.epochs:
+        return "completed", (f"{run.path} has trained {ck.epoch} epochs, all that --epochs {cfg.epochs} asks for; "
+                             "nothing to resume (give a larger --epochs to train on)")
+    return None
