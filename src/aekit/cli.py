@@ -14,11 +14,20 @@ import sys
 import typing
 from pathlib import Path
 
-from . import __version__, distributed, files, registry
-from .config import AUTO_EPOCHS, AUTO_STEPS, ModelConfig, TrainConfig, resolve_device
-from .datasets import DataConfig
+from . import __version__
 from .errors import AekitError, ConfigError
-from .run import Run
+
+
+def _import_commands() -> None:
+    """Import what every command but ``--version`` uses (torch with it), into this module's names: ``import
+    aekit.cli`` and ``aekit --version`` load no torch (docs/design.md, "Start-up")."""
+    global distributed, files, registry, AUTO_EPOCHS, AUTO_STEPS, ModelConfig, TrainConfig, resolve_device
+    global DataConfig, Run
+    from . import distributed, files, registry
+    from .config import AUTO_EPOCHS, AUTO_STEPS, ModelConfig, TrainConfig, resolve_device
+    from .datasets import DataConfig
+    from .run import Run
+
 
 DATA_FIXED = {"input_shape", "num_classes"}  # model options that come from the dataset
 DATA_PREFIX = "data__"  # argparse dest of DataConfig options (train's --seed and the data's --split-seed differ)
@@ -536,6 +545,7 @@ def cmd_pack(args) -> int:
 
 
 def build_parser():
+    _import_commands()
     p = _Parser(prog="aekit", description="Train, evaluate and use autoencoders.")
     p.add_argument("--version", action="version", version=f"aekit {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -656,8 +666,11 @@ SEVERAL_PROCESSES = ("train", "eval")  # the commands that share their work acro
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) == 1 and len(argv[0]) > 3 and "--version".startswith(argv[0]):  # argparse's answer, without torch
+        print(f"aekit {__version__}")
+        return 0
+    parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help (0) or a usage error (2, one line already printed)
