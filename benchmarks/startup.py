@@ -56,8 +56,9 @@ def main(argv=None) -> int:
     before = Path(args.before)
     times = {c: {"before": [], "after": []} for c in COMMANDS}
     load0 = load_avg()
-    for c, a in COMMANDS.items():  # warm-up: the page cache, .pyc files
-        wall(a, AFTER), wall(a, before)
+    for a in COMMANDS.values():  # warm-up: the page cache, .pyc files
+        wall(a, AFTER)
+        wall(a, before)
     for r in range(args.rounds):
         for c, a in COMMANDS.items():
             times[c]["before"].append(wall(a, before))

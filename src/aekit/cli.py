@@ -333,7 +333,7 @@ def cmd_reconstruct(args) -> int:
     from . import metrics, plots
 
     _, model, ds, _ = _open(args)
-    x, y = ds.split(args.split)
+    x, y = metrics.split_rows(ds, args.split)  # only the first n rows are read
     x, y = x[: args.n], (y[: args.n] if y is not None else None)
     x_hat = metrics.reconstructions(model, x, y)
     out = Path(args.out)

@@ -113,5 +113,5 @@ def _train(dataset, seed: int, steps: int, batch_size: int, max_train: int) -> t
     with torch.no_grad():  # a few thousand rows at a time: a store is never copied whole
         hits = sum(int((clf(xt[i:i + 4096].flatten(1).float().cpu()).argmax(1) == yt[i:i + 4096].cpu()).sum())
                    for i in range(0, len(yt), 4096))
-    acc = hits / len(yt) if len(yt) else math.nan
+    acc = (torch.tensor(hits, dtype=torch.float32) / len(yt)).item() if len(yt) else math.nan  # as a float32 mean
     return clf, acc
