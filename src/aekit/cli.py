@@ -477,10 +477,7 @@ def _new_rows(run, path: str, id_column: str | None = None):
                            stats=None if data is None else data.stats, val_fraction=0.0, test_fraction=0.0,
                            shuffle=False)
     except BadTableValue as e:  # the loader's advice names options of `aekit train`
-        hint = "" if id_column else f", or carry it through as the id with --id-column {e.column}"
-        raise DataError(f"{e.where}; the columns the run was trained on must hold numbers: fix the value{hint}"
-                        if e.column in (features or ()) else
-                        f"{e.where}; the run was trained on numbers: fix the value") from None
+        raise DataError(f"{e.where}; the columns the run was trained on must hold numbers: fix the value") from None
     if id_column is not None:
         ids = read_table_column(p, id_column, delimiter)
     elif p.is_dir():
