@@ -161,3 +161,21 @@ def test_kill_9_during_score_out_leaves_nothing(cli, tmp_path):
     assert sorted(os.listdir(out)) == ["scores.csv"]
     with open(out / "scores.csv") as f:
         assert sum(1 for _ in f) == n + 1
+
+
+@pytest.mark.parametrize("unnamed", [True, False], ids=["O_TMPFILE", "named temporary"])
+def test_streamed_file_appears_only_when_complete(tmp_path, monkeypatch, unnamed):
+    from aekit import files
+
+    if not unnamed:
+        monkeypatch.delattr(os, "O_TMPFILE", raising=False)
+    target = tmp_path / "out.csv"
+    target.write_text("old\n")
+    with pytest.raises(RuntimeError), files.streamed_file(target) as f:
+        f.write(b"partial\n")
+        raise RuntimeError("killed halfway")
+    assert os.listdir(tmp_path) == ["out.csv"] and target.read_text() == "old\n"
+    with files.streamed_file(target) as f:
+        f.write(b"a\n")
+        f.write(b"b\n")
+    assert os.listdir(tmp_path) == ["out.csv"] and target.read_text() == "a\nb\n"
