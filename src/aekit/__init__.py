@@ -6,23 +6,40 @@
     result = aekit.fit(model, ds, aekit.TrainConfig(epochs=20), out_dir="runs/vae")
     model = aekit.load("runs/vae")                 # = aekit.Run.open("runs/vae").model()
     print(aekit.evaluate(model, ds))
+
+Every public name is imported on first use (PEP 562): ``import aekit`` and ``aekit --version`` load no torch,
+and a command loads only what it uses. ``_PUBLIC`` is the public surface: one line per name.
 """
 
 from __future__ import annotations
 
+import importlib
+
 __version__ = "0.1.0"
 
-from . import datasets, metrics  # noqa: E402
-from .callbacks import Callback  # noqa: E402
-from .config import TrainConfig  # noqa: E402
-from .datasets import DataConfig  # noqa: E402
-from .errors import AekitError, ConfigError, DataError, RunError, TrainingDiverged  # noqa: E402
-from .metrics import evaluate  # noqa: E402
-from .registry import MODELS  # noqa: E402
-from .registry import build as _build  # noqa: E402
-from .registry import build_for as _build_for  # noqa: E402
-from .run import Run, load, save  # noqa: E402
-from .trainer import FitResult, fit  # noqa: E402
+_PUBLIC: dict[str, tuple[str, str | None]] = {  # public name -> (module, attribute; None: the module itself)
+    "datasets": (".datasets", None),
+    "metrics": (".metrics", None),
+    "fit": (".trainer", "fit"),
+    "load": (".run", "load"),
+    "save": (".run", "save"),
+    "evaluate": (".metrics", "evaluate"),
+    "Run": (".run", "Run"),
+    "TrainConfig": (".config", "TrainConfig"),
+    "DataConfig": (".datasets", "DataConfig"),
+    "FitResult": (".trainer", "FitResult"),
+    "Callback": (".callbacks", "Callback"),
+    "MODELS": (".registry", "MODELS"),
+    "Detector": (".detector", "Detector"),
+    "Encoder": (".encoder", "Encoder"),
+    "AekitError": (".errors", "AekitError"),
+    "ConfigError": (".errors", "ConfigError"),
+    "DataError": (".errors", "DataError"),
+    "RunError": (".errors", "RunError"),
+    "TrainingDiverged": (".errors", "TrainingDiverged"),
+}
+
+__all__ = ["__version__", "build", *_PUBLIC]
 
 
 def build(name: str, dataset=None, seed: int | None = None, **options):
@@ -52,27 +69,23 @@ def build(name: str, dataset=None, seed: int | None = None, **options):
     ConfigError
         An unknown family or option, a bad value, a custom network that cannot be imported or built.
     """
+    from . import registry
+
     if dataset is not None:
-        return _build_for(name, dataset, seed=seed, **options)
-    return _build(name, seed=seed, **options)
+        return registry.build_for(name, dataset, seed=seed, **options)
+    return registry.build(name, seed=seed, **options)
 
 
 def __getattr__(name: str):
-    """``aekit.Detector`` and ``aekit.Encoder`` are imported on first use: they bring in scikit-learn's estimator
-    machinery, which the CLI need not load."""
-    if name == "Detector":
-        from .detector import Detector
-
-        return Detector
-    if name == "Encoder":
-        from .encoder import Encoder
-
-        return Encoder
-    raise AttributeError(f"module 'aekit' has no attribute {name!r}")
+    """A public name, imported on first use and kept."""
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'aekit' has no attribute {name!r}")
+    module, attr = _PUBLIC[name]
+    mod = importlib.import_module(module, __name__)
+    value = mod if attr is None else getattr(mod, attr)
+    globals()[name] = value
+    return value
 
 
-__all__ = [
-    "__version__", "datasets", "metrics", "build", "fit", "load", "save", "evaluate", "Run", "TrainConfig",
-    "DataConfig", "FitResult", "Callback", "MODELS", "Detector", "Encoder",
-    "AekitError", "ConfigError", "DataError", "RunError", "TrainingDiverged",
-]
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -49,7 +49,7 @@ Result = Tensor | dict[str, Tensor]
 
 def as_array(x, what: str = "the data") -> Tensor | np.ndarray:
     """A tensor as it is, anything else as a numpy array of real numbers; a DataError for other contents."""
-    x = x.materialize() if callable(getattr(type(x), "materialize", None)) else x  # a datasets Store: its tensor
+    x = x.materialize() if _is_store(x) else x  # a datasets Store: its tensor
     if isinstance(x, Tensor):
         if x.is_complex():
             raise DataError(f"{what} must hold real numbers, got a {x.dtype} tensor")
@@ -124,7 +124,7 @@ def sample_rows(X, what: str = "X") -> tuple[np.ndarray, list[str] | None]:
 
 def integer_extent(a: Tensor | np.ndarray) -> tuple[int, int] | None:
     """(min, max) of integer or boolean data, None for floating data or no values."""
-    if isinstance(a, Tensor):
+    if isinstance(a, Tensor) or _is_store(a):
         if a.is_floating_point() or a.numel() == 0:
             return None
     elif a.dtype.kind == "f" or a.size == 0:
@@ -172,8 +172,13 @@ def _each(out: Result, fn: Callable) -> Result:
     return {k: fn(v) for k, v in out.items()} if isinstance(out, dict) else fn(out)
 
 
-def _checked_rows(x, y) -> tuple[Tensor | np.ndarray, Tensor | np.ndarray | None]:
-    xa = as_array(x)
+def _is_store(x) -> bool:
+    """A datasets Store: samples held compactly, gathered into float32 tensors by ``x[rows]``."""
+    return callable(getattr(type(x), "materialize", None))
+
+
+def _checked_rows(x, y, keep_store: bool = False) -> tuple[Tensor | np.ndarray, Tensor | np.ndarray | None]:
+    xa = x if keep_store and _is_store(x) else as_array(x)
     if xa.ndim == 0:
         raise DataError(f"expected a batch of samples, an array of shape (N, ...), got the single number {x!r}")
     ya = None if y is None else as_array(y, "the labels y")
@@ -199,14 +204,15 @@ def map_rows(fn: Callable[[Tensor, Tensor | None], Result], x, y=None, *, dtype:
              batch_size: int | None = None, check: Callable | None = None) -> Result:
     """fn(xb, yb) over blocks of at most ``batch_size`` (default BATCH_ROWS) rows of x and y, without autograd.
 
-    x: (N, ...) a tensor, numpy array or list; fn gets each block in the model's ``dtype`` on ``device``
+    x: (N, ...) a tensor, numpy array, list or datasets Store (read a block at a time, never whole; the result
+    is then a tensor on the store's device); fn gets each block in the model's ``dtype`` on ``device``
     and returns a tensor or a dict of tensors with N rows in all. The result is of x's kind (see the module
     docstring): a detached tensor on x's device, or numpy. ``check(x)`` runs once, before any model call.
     """
-    xa, ya = _checked_rows(x, y)
+    xa, ya = _checked_rows(x, y, keep_store=True)
     if check is not None:
         check(xa)
-    if isinstance(xa, Tensor):
+    if isinstance(xa, Tensor) or _is_store(xa):  # a store: read a batch at a time (float32 on its device)
         out_dtype = xa.dtype if xa.is_floating_point() else dtype
         back = lambda t: t.detach().to(device=xa.device, dtype=out_dtype)  # noqa: E731
         cat = torch.cat

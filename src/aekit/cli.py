@@ -14,11 +14,20 @@ import sys
 import typing
 from pathlib import Path
 
-from . import __version__, distributed, files, registry
-from .config import AUTO_EPOCHS, AUTO_STEPS, ModelConfig, TrainConfig, resolve_device
-from .datasets import DataConfig
-from .errors import AekitError, ConfigError
-from .run import Run
+from . import __version__
+from .errors import AekitError, ConfigError, DataError
+
+
+def _import_commands() -> None:
+    """Import what every command but ``--version`` uses (torch with it), into this module's names: ``import
+    aekit.cli`` and ``aekit --version`` load no torch (docs/design.md, "Start-up")."""
+    global distributed, files, registry, AUTO_EPOCHS, AUTO_STEPS, ModelConfig, TrainConfig, resolve_device
+    global DataConfig, Run
+    from . import distributed, files, registry
+    from .config import AUTO_EPOCHS, AUTO_STEPS, ModelConfig, TrainConfig, resolve_device
+    from .datasets import DataConfig
+    from .run import Run
+
 
 __all__ = ["DATA_FIXED", "NORMAL_CLASS_HELP", "DATA_PREFIX", "cmd_train", "evaluation_key", "cmd_eval", "cmd_sample",
            "cmd_reconstruct", "cmd_encode", "cmd_plot", "cmd_report", "cmd_compare", "cmd_score", "cmd_calibrate",
@@ -359,7 +368,7 @@ def cmd_reconstruct(args) -> int:
     from . import metrics, plots
 
     _, model, ds, _ = _open(args)
-    x, y = ds.split(args.split)
+    x, y = metrics.split_rows(ds, args.split)  # only the first n rows are read
     x, y = x[: args.n], (y[: args.n] if y is not None else None)
     x_hat = metrics.reconstructions(model, x, y)
     out = Path(args.out)
@@ -386,19 +395,19 @@ def cmd_encode(args) -> int:
     from . import metrics
 
     _, model, ds, _ = _open(args)
-    parts = ["train", "val", "test"] if args.split == "all" else [args.split]
-    xs = [ds.split(p) for p in parts]
-    z = torch.cat([metrics.codes(model, x, y) for x, y in xs]).cpu().numpy()
     out = Path(args.out)
+    if out.suffix not in (".npz", ".npy"):
+        raise ConfigError(f"--out {out}: codes are written as .npy (codes only) or .npz (codes x, labels y)")
+    parts = ["train", "val", "test"] if args.split == "all" else [args.split]
+    xs = [metrics.split_rows(ds, p) for p in parts]  # a store is read a block at a time: only codes are kept
+    z = torch.cat([metrics.codes(model, x, y) for x, y in xs]).cpu().numpy()
     buf = io.BytesIO()
-    if out.suffix == ".npz":
+    if out.suffix == ".npz":  # a dataset: --dataset OUT.npz reads x (the codes) and y; z: the codes, as before
         ys = [y for _, y in xs]
         extra = {"y": torch.cat(ys).cpu().numpy()} if all(y is not None for y in ys) else {}
-        np.savez(buf, z=z, **extra)
-    elif out.suffix == ".npy":
-        np.save(buf, z)
+        np.savez(buf, x=z, z=z, **extra)
     else:
-        raise ConfigError(f"--out {out}: codes are written as .npy (codes only) or .npz (codes z and labels y)")
+        np.save(buf, z)
     files.atomic_write_bytes(out, buf.getvalue())
     print(f"wrote {z.shape[0]} codes of dimension {z.shape[1]} to {out}")
     return 0
@@ -466,67 +475,109 @@ def cmd_compare(args) -> int:
     return 0
 
 
-def _new_rows(run, path: str):
-    """The examples of a new file or folder as the run's model reads them, in the file's order, in the user's
-    units (the Detector scales them with the run's statistics): (x, ids). A table must hold the training
-    table's columns (matched by name, in any order; the label column may be absent); anything else is an
-    error naming the columns."""
-    import csv
-
+def _new_rows(run, path: str, id_column: str | None = None):
+    """The examples of a new file or folder as the run's model reads them, in the file's order: (a dataset whose
+    ``x_train`` holds them, scaled as the run's data: a memory-mapped .npy file stays on disk and is read a block
+    at a time by ``_user_rows``; an iterable of one id per row: the row number, the image file, or the values of
+    column ``id_column`` of a table). A table must hold the training table's columns (matched by name, in any
+    order; the label column and the id column may be absent); anything else is an error naming the columns."""
     from . import datasets
+    from .datasets.tables import TABLE_DELIMITERS, BadTableValue, read_table_column, read_table_header
 
     data = run.data
     label = data.label_column if data is not None else None
     features = data.features if data is not None else None
     p = Path(path)
-    if p.suffix.lower() in (".csv", ".tsv", ".txt") and p.is_file() and features:
-        try:
-            with open(p, encoding="utf-8-sig", newline="") as f:
-                header = next(csv.reader([f.readline()], delimiter="\t" if p.suffix.lower() == ".tsv" else ","))
-        except (OSError, UnicodeDecodeError, csv.Error, StopIteration) as e:
-            raise ConfigError(f"{p}: cannot read the header line ({e})") from None
-        have = [h.strip() for h in header if h.strip() != label]
+    table = p.suffix.lower() in TABLE_DELIMITERS and p.is_file()
+    if id_column is not None and not table:
+        raise ConfigError(f"--id-column {id_column}: {p} is not a table (.csv/.tsv/.txt); the rows of an array are "
+                          "numbered 0, 1, ... and the images of a folder are named by their file")
+    delimiter = None
+    if table:
+        header, delimiter = read_table_header(p, TABLE_DELIMITERS[p.suffix.lower()])  # the loader's rule
+        if id_column is not None and id_column not in header:
+            raise DataError(f"{p}: no column {id_column!r} (--id-column); the columns are: {', '.join(header[:20])}"
+                            f"{', ...' if len(header) > 20 else ''}")
+    if table and features:
+        skip = {label} | ({id_column} - set(features) if id_column else set())
+        have = [h for h in header if h not in skip]
         missing = [c for c in features if c not in have]
         extra = [c for c in have if c not in features]
         if missing or extra:
             parts = ([f"missing {', '.join(map(repr, missing[:10]))}"] if missing else []) + \
                 ([f"not in the training table {', '.join(map(repr, extra[:10]))}"] if extra else [])
+            hint = "" if not extra or id_column else "; carry an id column through with --id-column NAME"
             raise ConfigError(f"{p}: the columns do not match the training table ({'; '.join(parts)}); the run was "
                               f"trained on {len(features)} columns: {', '.join(features[:10])}"
-                              f"{', ...' if len(features) > 10 else ''}")
-        label = label if label in [h.strip() for h in header] else None
+                              f"{', ...' if len(features) > 10 else ''}{hint}")
+        label = label if label in header else None
     else:
-        label = None if p.is_dir() or p.suffix.lower() in (".npy", ".npz") else label
-    ds = datasets.load(str(p), features=features if p.suffix.lower() in (".csv", ".tsv", ".txt") else None,
-                       label_column=label, stats=None if data is None else data.stats, val_fraction=0.0,
-                       test_fraction=0.0, shuffle=False)
-    x = ds.to_user_units(ds.x_train).numpy()
-    ids = [f.as_posix() for f in datasets.image_files(p)] if p.is_dir() else list(range(len(x)))
-    return x, ids
+        label = None if not table else label
+    try:
+        ds = datasets.load(str(p), features=features if table else None, label_column=label,
+                           stats=None if data is None else data.stats, val_fraction=0.0, test_fraction=0.0,
+                           shuffle=False)
+    except BadTableValue as e:  # the loader's advice names options of `aekit train`
+        raise DataError(f"{e.where}; the columns the run was trained on must hold numbers: fix the value") from None
+    if id_column is not None:
+        ids = read_table_column(p, id_column, delimiter)
+    elif p.is_dir():
+        ids = [f.as_posix() for f in datasets.image_files(p)]
+    else:
+        ids = range(len(ds.x_train))
+    return ds, ids
 
 
-def cmd_score(args) -> int:
-    from .detector import Detector
+def _user_rows(ds, lo: int = 0, hi: int | None = None):
+    """Rows lo:hi of ``_new_rows``'s dataset in the user's units, as the Detector reads them: float32 numpy."""
+    return ds.to_user_units(ds.x_train[lo:hi]).numpy()
 
-    run = Run.open(args.run)
-    det = Detector.load(run.path)
-    x, ids = _new_rows(run, args.data)
+
+def _score_rows(det, x) -> dict:
+    """The output columns of ``aekit score`` for rows x: score, p_value (calibrated), is_outlier (a threshold)."""
     scores = det.decision_function(x)
-    cols = {"id": ids, "score": scores}
+    cols = {"score": scores}
     if getattr(det, "calibration_scores_", None) is not None:
         cols["p_value"] = det.predict_pvalue(x)
     if det.threshold_ is not None:
         cols["is_outlier"] = (scores > det.threshold_).astype(int)
-    lines = [",".join(cols)] + [",".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in row)
-                                for row in zip(*[list(c) for c in cols.values()])]
-    text = "\n".join(lines) + "\n"
+    return cols
+
+
+SCORE_BYTES = 32 * 2**20  # float32 bytes of input rows `aekit score` scores at once (whole blocks of 1024 rows)
+
+
+def cmd_score(args) -> int:
+    import contextlib
+    import csv
+
+    from .detector import Detector
+
+    run = Run.open(args.run)
+    det = Detector.load(run.path)
+    ds, ids = _new_rows(run, args.data, args.id_column)
+    n = len(ds.x_train)
+    step = max(1, SCORE_BYTES // (4 * max(1, ds.dim) * 1024)) * 1024
+    flagged = 0
+    with contextlib.ExitStack() as stack:  # rows are written as they are scored; a file appears only when complete
+        if args.out:
+            out = io.TextIOWrapper(stack.enter_context(files.streamed_file(args.out)), encoding="utf-8", newline="")
+            stack.callback(out.detach)  # flushed, and the file left open for streamed_file to finish
+        else:
+            out = sys.stdout
+        writer = csv.writer(out, lineterminator="\n")
+        ids = iter(ids)
+        for lo in range(0, n, step):
+            cols = _score_rows(det, _user_rows(ds, lo, lo + step))
+            if lo == 0:
+                writer.writerow([args.id_column or "id", *cols])
+            flagged += int(cols["is_outlier"].sum()) if "is_outlier" in cols else 0
+            values = [[f"{v:.6g}" if isinstance(v, float) else str(v) for v in c.tolist()] for c in cols.values()]
+            writer.writerows(zip([next(ids) for _ in range(len(values[0]))], *values))
     if args.out:
-        files.atomic_write_text(args.out, text)
-        flagged = f", {int(cols['is_outlier'].sum())} flagged as outliers" if "is_outlier" in cols else \
+        note = f", {flagged} flagged as outliers" if det.threshold_ is not None else \
             " (no threshold yet: `aekit calibrate RUN --normal DATA` or `aekit train --contamination C`)"
-        print(f"scored {len(ids)} examples of {args.data} into {args.out}{flagged}")
-    else:
-        sys.stdout.write(text)
+        print(f"scored {n} examples of {args.data} into {args.out}{note}")
     return 0
 
 
@@ -535,7 +586,8 @@ def cmd_calibrate(args) -> int:
 
     run = Run.open(args.run)
     det = Detector.load(run.path)
-    x, _ = _new_rows(run, args.normal)
+    ds, _ = _new_rows(run, args.normal)
+    x = _user_rows(ds)  # calibration keeps every score: the rows are scored at once
     det.calibrate(x, fpr=args.fpr)
     det.save_state(run.path)
     print(f"calibrated {run.path} on {len(x)} normal examples of {args.normal}: threshold {det.threshold_:.6g} "
@@ -576,6 +628,7 @@ def cmd_pack(args) -> int:
 
 
 def build_parser():
+    _import_commands()
     p = _Parser(prog="aekit", description="Train, evaluate and use autoencoders.")
     p.add_argument("--version", action="version", version=f"aekit {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -653,7 +706,7 @@ def build_parser():
     run_cmd("reconstruct", "save inputs above their reconstructions", _recon)
 
     enc = run_cmd("encode", "save the codes of a dataset split", lambda c: c.add_argument(
-        "--out", required=True, help=".npy (codes) or .npz (codes z, labels y)"))
+        "--out", required=True, help=".npy (codes) or .npz (codes x, labels y; readable with --dataset)"))
     enc.set_defaults(split="test")
     for a in enc._actions:
         if a.dest == "split":
@@ -671,7 +724,10 @@ def build_parser():
     sc.add_argument("run", help="run directory (aekit train, or Detector.save)")
     sc.add_argument("data", help="a CSV/TSV table with the training columns, a .npy/.npz array or an image folder")
     sc.add_argument("--out", help="CSV to write: id, score, p_value (when calibrated), is_outlier (when a "
-                    "threshold is set) (default: standard output)")
+                    "threshold is set) (default: standard output); written as the rows are scored, it appears "
+                    "only once complete")
+    sc.add_argument("--id-column", metavar="NAME", help="a table's column to carry through to the output as the "
+                    "first column (in place of the row number), e.g. a customer or transaction id")
     cal = sub.add_parser("calibrate", help="threshold and p-values of a run from held-out normal data")
     cal.add_argument("run", help="run directory (aekit train, or Detector.save)")
     cal.add_argument("--normal", required=True, help="normal examples the model was not trained on (same formats "
@@ -698,8 +754,11 @@ SEVERAL_PROCESSES = ("train", "eval")  # the commands that share their work acro
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) == 1 and len(argv[0]) > 3 and "--version".startswith(argv[0]):  # argparse's answer, without torch
+        print(f"aekit {__version__}")
+        return 0
+    parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help (0) or a usage error (2, one line already printed)

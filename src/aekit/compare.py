@@ -206,7 +206,7 @@ def _best(key: str, values: list, results: list[FamilyResult]) -> set[int]:
 
 
 def _header_text(dataset, tcfg, latent_dim) -> str:
-    n = [int(dataset.split(s)[0].shape[0]) for s in ("train", "val", "test")]
+    n = [len(getattr(dataset, f"x_{s}")) for s in ("train", "val", "test")]
     lat = (f"the same code size latent_dim {latent_dim} for every family" if latent_dim is not None else
            "each family's default code size (rows rank only the models of the most common size)")
     return (f"Dataset {dataset.name} ({n[0]} train / {n[1]} validation / {n[2]} test examples); "

@@ -26,7 +26,8 @@ from .errors import RunError
 
 __all__ = ["TMP_SUFFIX", "MAX_TEXT_BYTES", "MAX_HEADER_BYTES", "atomic_write_bytes", "new_file", "atomic_write_text",
            "write_json", "read_bytes", "read_text", "read_json", "save_tensors", "load_tensors",
-           "optimizer_to_tensors", "optimizer_from_tensors", "AppendFile"]
+           "optimizer_to_tensors", "optimizer_from_tensors", "AppendFile",
+           "streamed_file"]
 
 TMP_SUFFIX = ".tmp"  # atomic writes go through ".<name>.<random>.tmp" in the target's folder
 MAX_TEXT_BYTES = 256 * 2**20  # config.json, metrics.jsonl, summary.json: far above any real run's
@@ -173,6 +174,53 @@ class AppendFile:
         fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)
+@contextlib.contextmanager
+def streamed_file(path: str | os.PathLike):
+    """A binary file written in pieces (output made as it is written) that replaces ``path`` only once complete.
+
+    Where the platform has unnamed files (Linux O_TMPFILE), the file has no name until it is complete, so a
+    process killed while writing (kill -9 included) leaves nothing behind; it is then named beside ``path`` and
+    renamed over it. Elsewhere: the temporary file of ``atomic_write_bytes``. Failures are as there.
+    """
+    path = Path(path)
+    flag = getattr(os, "O_TMPFILE", None)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path.parent, flag | os.O_WRONLY | getattr(os, "O_CLOEXEC", 0), 0o600) if flag else None
+    except OSError as e:
+        if not (path.parent.is_dir() and os.access(path.parent, os.W_OK)):
+            raise _write_error(path, e) from None
+        fd = None  # a filesystem without unnamed files
+    if fd is None:
+        with _staged(path, os.replace) as f:
+            yield f
+        return
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fchmod(f.fileno(), _file_mode())
+            os.fsync(f.fileno())
+            _name_unnamed(f.fileno(), path)
+    except OSError as e:
+        raise _write_error(path, e) from None
+    _fsync_dir(path.parent)
+
+
+def _name_unnamed(fd: int, path: Path) -> None:
+    """Give the unnamed file ``fd`` the name ``path`` (replacing what is there): linked to a temporary name
+    beside it, then renamed over it."""
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{threading.get_ident()}{TMP_SUFFIX}"
+    fds = os.open("/proc/self/fd", os.O_RDONLY)
+    try:
+        os.link(str(fd), tmp, src_dir_fd=fds, follow_symlinks=True)  # linkat(AT_SYMLINK_FOLLOW)
+    finally:
+        os.close(fds)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def atomic_write_text(path, text: str) -> None:

@@ -12,6 +12,7 @@ Binarization of [0,1] data lives here too: ``bernoulli_sample`` (dynamic, every 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +21,7 @@ from torch import Tensor, nn
 from .config import ModelConfig
 
 __all__ = ["LOG_2PI", "bernoulli_sample", "binarize_static", "Likelihood", "Bernoulli", "Gaussian", "build_likelihood",
-           "bits_per_dim"]
+           "bits_per_dim", "binarizer"]
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -38,8 +39,15 @@ def binarize_static(x: Tensor, seed: int) -> Tensor:
 
     torch.bernoulli, not bernoulli_sample: a one-off cost, and the fixed binarized sets (e.g. the
     Exemplar-VAE test set in benchmarks/) stay the ones earlier results were measured on."""
-    g = torch.Generator(device=x.device).manual_seed(seed)
-    return torch.bernoulli(x, generator=g)
+    return binarizer(seed, x.device)(x)
+
+
+def binarizer(seed: int, device) -> Callable[[Tensor], Tensor]:
+    """``binarize_static`` a block of rows at a time: called on the consecutive blocks of x in order (on
+    ``device``), it returns the blocks of ``binarize_static(x, seed)``. On the CPU, where torch.bernoulli draws
+    element after element from the generator (tests/test_metrics.py checks it); elsewhere call it once."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    return lambda x: torch.bernoulli(x, generator=g)
 
 
 def _sum_sample_dims(t: Tensor, x: Tensor) -> Tensor:

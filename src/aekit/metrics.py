@@ -62,13 +62,15 @@ from torch import Tensor
 from . import distributed
 from .arraylike import as_array, map_rows, to_numpy
 from .config import check_seed
+from .datasets.storage import Store, as_tensor
 from .errors import ConfigError, DataError
-from .likelihoods import binarize_static
+from .likelihoods import binarize_static, binarizer
 from .models.base import Autoencoder
 from .posterior import DiagonalGaussian
 from .reference import reference_classifier, subsample
 
-__all__ = ["CHUNK_ROWS", "chunk_seed", "reconstructions", "codes", "mse", "sse_per_example", "bce", "psnr",
+__all__ = ["split_rows", "row_blocks", "psnr_per_example",
+           "CHUNK_ROWS", "chunk_seed", "reconstructions", "codes", "mse", "sse_per_example", "bce", "psnr",
            "reconstruction_metrics", "COLUMN_RMSE", "column_errors", "likelihood_metrics", "linear_probe_accuracy",
            "knn_accuracy", "clustering_accuracy", "kmeans_metrics", "representation_metrics", "anomaly_scores",
            "detection_metrics", "anomaly_metrics", "sparsity_stats", "active_units", "active_units_metrics",
@@ -111,6 +113,64 @@ class _Rows:
 
     def split(self, name: str):
         return self._xy
+
+
+SPLITS = ("train", "val", "test")
+BLOCK_ROWS = 8 * CHUNK_ROWS  # rows one step of a streaming pass reads (reconstruction metrics)
+SAMPLE_ROWS = 20000  # the most rows of a split the metrics that need them all at once use (codes of the probes
+# and clustering, the family diagnostics' data.x): a larger split gives a seeded subsample, reported in the results
+
+
+def split_rows(dataset, split: str):
+    """(x, y) of ``split`` as the dataset holds them: a store stays a store (read a block at a time by the
+    functions here, never copied whole as float32), a tensor is itself. An unknown split: ``dataset.split``'s
+    error."""
+    x = getattr(dataset, f"x_{split}", None) if split in SPLITS else None
+    if x is None:  # an unknown split, or an object with only split() (e.g. _Rows)
+        return dataset.split(split)
+    return x, getattr(dataset, f"y_{split}", None)
+
+
+def row_blocks(x, y=None, rows: int = BLOCK_ROWS):
+    """(xb, yb): consecutive blocks of at most ``rows`` rows of x (a tensor, or a store: gathered float32) and
+    of y, in order."""
+    for lo in range(0, len(x), rows):
+        yield x[lo:lo + rows], None if y is None else y[lo:lo + rows]
+
+
+class _Joined(Store):
+    """Several row sources (tensors or stores of one sample shape) one after the other, read a block at a time:
+    a split and the anomalous examples appended to it, without a float32 copy of either."""
+
+    def __init__(self, parts: list):
+        first = parts[0]
+        super().__init__(sum(len(p) for p in parts), tuple(first.shape[1:]), first.device, "the evaluated examples")
+        self.parts = parts
+        self.starts = np.cumsum([0] + [len(p) for p in parts]).tolist()
+
+    def _gather(self, pos) -> Tensor:
+        if isinstance(pos, slice) and pos.step == 1:  # consecutive rows: slices of the parts
+            got = [p[max(pos.start, a) - a:min(pos.stop, b) - a] for p, a, b in
+                   zip(self.parts, self.starts[:-1], self.starts[1:]) if max(pos.start, a) < min(pos.stop, b)]
+            got = [g.to(self.device, torch.float32) for g in got]
+            return torch.cat(got) if got else torch.empty((0, *self.sample_shape), device=self.device)
+        idx = np.arange(*pos.indices(self._n)) if isinstance(pos, slice) else torch.as_tensor(pos).cpu().numpy()
+        out = torch.empty((len(idx), *self.sample_shape), dtype=torch.float32, device=self.device)
+        for p, a, b in zip(self.parts, self.starts[:-1], self.starts[1:]):
+            sel = np.flatnonzero((idx >= a) & (idx < b))
+            if len(sel):
+                out[torch.from_numpy(sel).to(self.device)] = p[idx[sel] - a].to(self.device, torch.float32)
+        return out
+
+    def subset(self, rows):
+        return self[rows]
+
+    def to(self, *args, **kwargs):
+        return self.materialize().to(*args, **kwargs)
+
+    @property
+    def resident_bytes(self) -> int:
+        return 0
 
 def _batched(fn, tensors: list[Tensor | None], batch_size: int, device) -> list:
     n = tensors[0].shape[0]
@@ -161,28 +221,55 @@ def sse_per_example(x: Tensor, x_hat: Tensor) -> Tensor:
 def bce(x: Tensor, logits: Tensor) -> float:
     """Bernoulli cross-entropy in nats per example (sum over dimensions) of x in [0, 1] under Bernoulli(sigmoid(
     logits)), computed from the logits (``binary_cross_entropy_with_logits``), never from clamped probabilities."""
-    return F.binary_cross_entropy_with_logits(logits, x, reduction="sum").item() / x.shape[0]
+    return _bce_sum(x, logits) / x.shape[0]
+
+
+def _bce_sum(x: Tensor, logits: Tensor) -> float:
+    return F.binary_cross_entropy_with_logits(logits, x, reduction="sum").item()
+
+
+def psnr_per_example(x: Tensor, x_hat: Tensor, peak: float = 1.0) -> Tensor:
+    """Peak signal-to-noise ratio in dB of each image: 10 log10(peak^2 / MSE_i), (N,)."""
+    m = (x_hat - x).pow(2).flatten(1).mean(1).clamp_min(1e-12)
+    return 10 * torch.log10(peak**2 / m)
 
 
 def psnr(x: Tensor, x_hat: Tensor, peak: float = 1.0) -> float:
     """Peak signal-to-noise ratio in dB, averaged over images: 10 log10(peak^2 / MSE_i)."""
-    m = (x_hat - x).pow(2).flatten(1).mean(1).clamp_min(1e-12)
-    return (10 * torch.log10(peak**2 / m)).mean().item()
+    return psnr_per_example(x, x_hat, peak).mean().item()
 
 
 def reconstruction_metrics(model: Autoencoder, dataset, split: str = "test") -> dict[str, float]:
-    """MSE per dimension, SSE per example, PSNR and Bernoulli cross-entropy (images), on one split."""
-    x, y = dataset.split(split)
-    x_hat = reconstructions(model, x, _labels_for(model, y))
-    out = {"mse": mse(x, x_hat), "sse_per_example": sse_per_example(x, x_hat).mean().item()}
-    if dataset.kind == "image":
-        out["psnr_db"] = psnr(x, x_hat)
-        if model.config.likelihood == "bernoulli":  # the decoder's logits (a Gaussian decoder has none)
-            y_in = _labels_for(model, y)
-            out["bce_nats"] = bce(x, _by_rows(model, lambda xb, yb: model.decode_params(model.encode(xb, yb), yb),
-                                              x, y_in, 1024))
+    """MSE per dimension, SSE per example, PSNR and Bernoulli cross-entropy (images), on one split.
+
+    One pass over the split, BLOCK_ROWS rows at a time (a store is never copied whole), adding float64 sums:
+    the numbers of the whole-split formulas (``mse``, ``sse_per_example``, ``psnr``, ``bce``,
+    ``column_errors``) up to float32 rounding."""
+    x, y = split_rows(dataset, split)
+    y = _labels_for(model, y)
+    image = dataset.kind == "image"
+    logits = image and model.config.likelihood == "bernoulli"  # a Gaussian decoder has no logits
+    n, dim = len(x), math.prod(x.shape[1:])
+    sq = psnr_sum = bce_sum = 0.0
+    columns = None if image else _ColumnErrors(dataset, dim)
+    for xb, yb in row_blocks(x, y):
+        x_hat = reconstructions(model, xb, yb)
+        sq += float(sse_per_example(xb, x_hat).sum(dtype=torch.float64))
+        if image:
+            psnr_sum += float(psnr_per_example(xb, x_hat).sum(dtype=torch.float64))
+            if logits:
+                bce_sum += _bce_sum(xb, _by_rows(model, lambda xc, yc: model.decode_params(model.encode(xc, yc), yc),
+                                                 xb, yb, 1024))
+        else:
+            columns.add(xb, x_hat)
+    per = (lambda v: v / n) if n else (lambda v: math.nan)
+    out = {"mse": per(sq / dim), "sse_per_example": per(sq)}
+    if image:
+        out["psnr_db"] = per(psnr_sum)
+        if logits:
+            out["bce_nats"] = per(bce_sum)
     else:  # tables: a scale-free summary, then each column's error in that column's own units
-        out.update(column_errors(dataset, x, x_hat))
+        out.update(columns.result())
     return out
 
 
@@ -194,16 +281,43 @@ def column_errors(dataset, x: Tensor, x_hat: Tensor) -> dict[str, float]:
     the reconstruction explains, averaged over the columns that vary (scale-free, so columns in different
     units can be averaged), and ``rmse:<column>``, the root mean squared error of each column in its own
     units (an average across columns in mixed units would mean nothing)."""
-    xu = dataset.to_user_units(x).double().flatten(1)
-    err2 = (dataset.to_user_units(x_hat).double().flatten(1) - xu).pow(2).mean(0)
-    var = xu.var(0, unbiased=False)
-    out = {}
-    varies = var > 0
-    if bool(varies.any()):
-        out["r2"] = float((1.0 - err2[varies] / var[varies]).mean())
-    names = dataset.feature_names or [f"f{i}" for i in range(xu.shape[1])]
-    out.update({f"{COLUMN_RMSE}{name}": float(e) for name, e in zip(names, err2.sqrt().tolist())})
-    return out
+    acc = _ColumnErrors(dataset, math.prod(x.shape[1:]))
+    acc.add(x, x_hat)
+    return acc.result()
+
+
+class _ColumnErrors:
+    """``column_errors`` over blocks of rows: per column, float64 sums of the squared errors and the running
+    mean and sum of squared deviations of the inputs (Chan, Golub and LeVeque's update for a new block)."""
+
+    def __init__(self, dataset, dim: int):
+        self.dataset, self.n = dataset, 0
+        self.err2 = self.mean = self.m2 = torch.zeros(dim, dtype=torch.float64)
+
+    def add(self, x: Tensor, x_hat: Tensor) -> None:
+        xu = self.dataset.to_user_units(x).double().flatten(1).cpu()
+        if xu.shape[0] == 0:
+            return
+        e2 = (self.dataset.to_user_units(x_hat).double().flatten(1).cpu() - xu).pow(2).sum(0)
+        nb = xu.shape[0]
+        mb = xu.mean(0)
+        m2b = (xu - mb).pow(2).sum(0)
+        total = self.n + nb
+        d = mb - self.mean
+        self.mean = self.mean + d * (nb / total)
+        self.m2 = self.m2 + m2b + d.pow(2) * (self.n * nb / total)
+        self.err2, self.n = self.err2 + e2, total
+
+    def result(self) -> dict[str, float]:
+        n = self.n if self.n else math.nan
+        err2, var = self.err2 / n, self.m2 / n
+        out = {}
+        varies = var > 0
+        if bool(varies.any()):
+            out["r2"] = float((1.0 - err2[varies] / var[varies]).mean())
+        names = self.dataset.feature_names or [f"f{i}" for i in range(err2.shape[0])]
+        out.update({f"{COLUMN_RMSE}{name}": float(e) for name, e in zip(names, err2.sqrt().tolist())})
+        return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -229,8 +343,8 @@ def likelihood_metrics(model: Autoencoder, dataset, split: str = "test", *, iw_s
     from . import bounds
     from .likelihoods import bits_per_dim
 
-    x, y = dataset.split(split)
-    n = x.shape[0]
+    x, y = split_rows(dataset, split)
+    n = len(x)
     if n <= CHUNK_ROWS:  # one block: bounds' own numbers (rank 0 computes them when sharded)
         res = distributed.agree(lambda: bounds.likelihood_metrics(model, dataset, split, iw_samples, mc_samples,
                                                                   seed=seed, binarize_seed=binarize_seed),
@@ -240,8 +354,13 @@ def likelihood_metrics(model: Autoencoder, dataset, split: str = "test", *, iw_s
         return {k: _number(v) for k, v in res.items()}
     # the checks bounds makes, on the whole split, before any block
     mc_samples, iw_samples, seed = bounds.check_options(n, iw_samples, mc_samples, seed)
+    binarize = None
     if binarize_seed is not None:  # the binarization of the whole split, as bounds draws it
-        x = binarize_static(x.to(model.device), check_seed(binarize_seed, "binarize_seed"))
+        bseed = check_seed(binarize_seed, "binarize_seed")
+        if model.device.type == "cpu" and not _sharded(shard):  # block by block, in order: the same draws
+            binarize = binarizer(bseed, model.device)
+        else:
+            x = binarize_static(as_tensor(x).to(model.device), bseed)
     starts = range(0, n, CHUNK_ROWS)
     keys = ("elbo_nats", "recon_nats", "kl_nats") + (("iw_log_likelihood_nats",) if iw_samples else ())
     sums = torch.zeros(len(starts), len(keys), dtype=torch.float64)  # per block: sums over its rows
@@ -249,7 +368,8 @@ def likelihood_metrics(model: Autoencoder, dataset, split: str = "test", *, iw_s
     def mine():
         for i in _my_blocks(len(starts), shard):
             lo, hi = starts[i], min(starts[i] + CHUNK_ROWS, n)
-            part = _Rows(dataset.name, x[lo:hi], None if y is None else y[lo:hi])
+            xb = x[lo:hi] if binarize is None else binarize(x[lo:hi].to(model.device))
+            part = _Rows(dataset.name, xb, None if y is None else y[lo:hi])
             r = bounds.likelihood_metrics(model, part, split, iw_samples, mc_samples, seed=chunk_seed(seed, i))
             sums[i] = torch.tensor([r[k] * (hi - lo) for k in keys], dtype=torch.float64)
 
@@ -347,19 +467,27 @@ def kmeans_metrics(z, y, n_clusters: int, *, seed: int = 0) -> dict[str, float]:
 
 
 def representation_metrics(model: Autoencoder, dataset, split: str = "test", *, seed: int = 0, k: int = 5,
-                           max_train: int = 10000) -> dict[str, float]:
+                           max_train: int = 10000, max_test: int | None = None) -> dict[str, float]:
     """Quality of the deterministic codes as features: linear probe, k-NN and k-means accuracy.
 
     Probes are fitted on the codes of (at most ``max_train``, a seeded subset of) the training split and
-    scored on ``split``; k-means runs on the codes of ``split`` with k = num_classes. Empty when the data
-    has no labels or the training split holds fewer than two classes (e.g. a one-class anomaly run).
+    scored on ``split``; k-means runs on the codes of ``split`` with k = num_classes. A ``split`` of more than
+    ``max_test`` (default SAMPLE_ROWS) rows is represented by a seeded subset of ``max_test``
+    (``representation_samples`` in the result). Empty when the data has no labels or the training split holds
+    fewer than two classes (e.g. a one-class anomaly run). Only the rows of those subsets are read as float32,
+    and only codes are kept.
     """
-    x_tr, y_tr = dataset.split("train")
-    x_te, y_te = dataset.split(split)
-    if y_tr is None or y_te is None or x_te.shape[0] == 0 or torch.unique(y_tr).numel() < 2:
+    x_tr, y_tr = split_rows(dataset, "train")
+    x_te, y_te = split_rows(dataset, split)
+    if y_tr is None or y_te is None or len(x_te) == 0 or torch.unique(y_tr).numel() < 2:
         return {}
-    idx = subsample(x_tr.shape[0], max_train, seed)
+    idx = subsample(len(x_tr), max_train, seed)
     x_tr, y_tr = x_tr[idx], y_tr[idx]
+    sampled, max_test = {}, SAMPLE_ROWS if max_test is None else max_test
+    if len(x_te) > max_test:
+        idx = subsample(len(x_te), max_test, seed)
+        x_te, y_te = x_te[idx], y_te[idx]
+        sampled = {"representation_samples": len(idx)}
     z_tr = codes(model, x_tr, _labels_for(model, y_tr))
     z_te = codes(model, x_te, _labels_for(model, y_te))
     out = {"probe_linear_accuracy": linear_probe_accuracy(z_tr, y_tr, z_te, y_te, seed=seed),
@@ -367,7 +495,7 @@ def representation_metrics(model: Autoencoder, dataset, split: str = "test", *, 
     n_clusters = dataset.num_classes or int(torch.unique(y_te).numel())
     if x_te.shape[0] >= n_clusters:
         out.update(kmeans_metrics(z_te, y_te, n_clusters, seed=seed))
-    return out
+    return {**out, **sampled}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -404,7 +532,7 @@ def anomaly_scores(model: Autoencoder, x, y=None, *, mc_samples: int = 10, seed:
             return _by_rows(model, scores, x, y, batch_size)
         return _by_rows(model, scores, x[lo:hi], None if y is None else y[lo:hi], batch_size)
 
-    xa = as_array(x)
+    xa = x if isinstance(x, Store) else as_array(x)  # a store is read a block at a time
     n = xa.shape[0] if xa.ndim else 0
     if xa.ndim == 0 or (n <= CHUNK_ROWS and not _sharded(shard)):  # one block (map_rows checks the input)
         return block(0)
@@ -500,7 +628,7 @@ def active_units(mu: Tensor, threshold: float = 0.01) -> tuple[int, Tensor]:
 def active_units_metrics(model: Autoencoder, dataset, split: str = "test", *, seed: int = 0) -> dict[str, float]:
     """Diagnostic ``active_units``: number and share of active latent units on ``split`` (posterior means
     from ``model.encode``)."""
-    x, y = dataset.split(split)
+    x, y = split_rows(dataset, split)
     n, _ = active_units(codes(model, x, _labels_for(model, y)))
     return {"active_units": n, "active_units_fraction": n / model.latent_dim}
 
@@ -559,8 +687,8 @@ def prior_mmd_metrics(model: Autoencoder, dataset, split: str = "test", *, seed:
     the aggregated posterior on ``split`` (at most ``max_samples``, a seeded subset) and as many samples of
     the model's prior (``model.prior_sample``). Near 0 when the encoder fills the prior, as the VAE and AAE
     objectives ask."""
-    x, y = dataset.split(split)
-    idx = subsample(x.shape[0], max_samples, seed)
+    x, y = split_rows(dataset, split)
+    idx = subsample(len(x), max_samples, seed)
     x, y = x[idx], (None if y is None else y[idx])
     g = torch.Generator().manual_seed(seed)
     q = aggregate_posterior_sample(model, x, y, generator=g)
@@ -594,7 +722,8 @@ class DiagnosticData:
     """What a diagnostic function receives: one split of a dataset, the seed, and the generic pieces of this
     module bound to the model, so a family's file computes its diagnostics without importing aekit.metrics.
 
-    ``x`` (N, *shape) and ``y`` (the labels handed to the model: None unless it uses labels) of ``split``;
+    ``x`` (N, *shape) and ``y`` (the labels handed to the model: None unless it uses labels) of ``split``, a
+    float32 tensor: a split of more than SAMPLE_ROWS rows gives a seeded subset of SAMPLE_ROWS (``rows``);
     ``codes`` / ``reconstructions``: the batched model calls of this module (no autograd);
     ``psnr``, ``mse``, ``sparsity_stats``: the functions of this module.
     """
@@ -609,12 +738,20 @@ class DiagnosticData:
     sparsity_stats = staticmethod(sparsity_stats)
 
     @property
+    def rows(self) -> Tensor | None:
+        """The rows of the split that ``x`` and ``y`` hold (sorted), or None for all of them."""
+        n = len(split_rows(self.dataset, self.split)[0])
+        return subsample(n, SAMPLE_ROWS, self.seed) if n > SAMPLE_ROWS else None
+
+    @property
     def x(self) -> Tensor:
-        return self.dataset.split(self.split)[0]
+        x, rows = split_rows(self.dataset, self.split)[0], self.rows
+        return as_tensor(x) if rows is None else x[rows]
 
     @property
     def y(self) -> Tensor | None:
-        return _labels_for(self.model, self.dataset.split(self.split)[1])
+        y, rows = split_rows(self.dataset, self.split)[1], self.rows
+        return _labels_for(self.model, y if y is None or rows is None else y[rows])
 
     @property
     def kind(self) -> str:
@@ -663,6 +800,9 @@ def diagnostic_metrics(model: Autoencoder, dataset, split: str = "test", *, seed
     out = {}
     for name in model.capabilities.diagnostics:
         out.update(diagnostic_function(model, name)(model, data))
+    rows = data.rows
+    if out and rows is not None:
+        out["diagnostic_samples"] = len(rows)
     return out
 
 
@@ -689,6 +829,10 @@ METRIC_INFO: dict[str, tuple[str, str]] = {  # name -> (what it is, "higher"/"lo
     "probe_knn_accuracy": ("5-nearest-neighbour classifier on codes, test accuracy", "higher"),
     "cluster_accuracy": ("k-means on test codes, accuracy under the best cluster-to-class matching", "higher"),
     "cluster_nmi": ("k-means on test codes, normalized mutual information with the labels", "higher"),
+    "representation_samples": ("rows of the split the probes and k-means used: a seeded subset of a larger split",
+                               ""),
+    "diagnostic_samples": ("rows of the split the family diagnostics read (data.x): a seeded subset of a larger "
+                           "split", ""),
     "anomaly_fraction": ("share of anomalies in the anomaly-detection test set", ""),
     "anomaly_auroc_recon_error": ("AUROC of the reconstruction error as anomaly score", "higher"),
     "anomaly_ap_recon_error": ("average precision of the reconstruction error as anomaly score", "higher"),
@@ -770,7 +914,7 @@ def evaluate(model: Autoencoder, dataset, split: str = "test", *, iw_samples: in
         The metrics (``METRIC_INFO`` describes each).
     """
     seed = check_seed(seed)
-    model.check_input(dataset.split(split)[0], f"dataset {dataset.name!r}")
+    model.check_input(split_rows(dataset, split)[0], f"dataset {dataset.name!r}")
     lead = not _sharded(shard) or distributed.is_main()  # who computes the parts that are not sharded
 
     def on_lead(fn):
@@ -796,7 +940,7 @@ def anomaly_evaluation(model: Autoencoder, dataset, split: str = "test", *, norm
     Models that take labels are given the normal class as the label of every example: the score is
     then that of "x as a normal example", and no label of a test example is used.
     """
-    x, y = dataset.split(split)
+    x, y = split_rows(dataset, split)
     if normal_class is not None:
         if y is None:
             raise DataError(f"{dataset.name}: --normal-class needs a labelled dataset; for unlabeled data give "
@@ -810,7 +954,10 @@ def anomaly_evaluation(model: Autoencoder, dataset, split: str = "test", *, norm
         if tuple(anomalies.shape[1:]) != tuple(x.shape[1:]):
             raise DataError(f"the anomalous examples have shape {tuple(anomalies.shape[1:])}, but the model's data "
                             f"has shape {tuple(x.shape[1:])}")
-        x = torch.cat([x, anomalies.to(x.device, x.dtype)])
+        if isinstance(x, Store) or isinstance(anomalies, Store):  # read a block at a time, never copied whole
+            x = _Joined([x, anomalies])
+        else:
+            x = torch.cat([x, anomalies.to(x.device, x.dtype)])
         is_anom = torch.cat([is_anom.cpu(), torch.ones(anomalies.shape[0], dtype=torch.bool)])
     labels = None
     if model.capabilities.uses_labels:

@@ -213,17 +213,20 @@ def _pick(x: Tensor, y: Tensor | None, n: int) -> tuple[Tensor, Tensor | None]:
 
 
 @torch.no_grad()
-def run_figures(model, dataset, history: list[dict] | None = None, *, n: int = 10, seed: int = 0,
+def run_figures(model, dataset, history: list[dict] | None = None, *, n: int = 10, seed: int = 0,  # noqa: C901
                 split: str = "test"):
     """Yield (name, caption, Figure) for every figure that applies; the caller saves each.
 
-    Names: curves, reconstructions, samples, class_samples, latent, manifold, interpolation.
+    Names: curves, reconstructions, samples, class_samples, latent, manifold, interpolation. The split is read
+    a few rows at a time (a store is never copied whole); the latent figure of a split of more than
+    ``metrics.SAMPLE_ROWS`` rows shows the codes of a seeded subset of that many, and says so.
     """
     from . import metrics
+    from .reference import subsample
 
     # the model's training flag is left alone: nothing drawn here depends on it (see aekit.models.base)
     dev = model.device
-    x, y = dataset.split(split)
+    x, y = metrics.split_rows(dataset, split)
     uses_labels = model.capabilities.uses_labels
     y_cond = y if uses_labels else None
     image = dataset.kind == "image"
@@ -257,11 +260,15 @@ def run_figures(model, dataset, history: list[dict] | None = None, *, n: int = 1
             yield "class_samples", "Class-conditional samples: one row per class", class_grid(rows, names)
 
     if x.shape[0]:
-        z = metrics.codes(model, x, y_cond)
+        xl, yl, part = x, y, ""
+        if len(x) > metrics.SAMPLE_ROWS:
+            idx = subsample(len(x), metrics.SAMPLE_ROWS, seed)
+            xl, yl, part = x[idx], (None if y is None else y[idx]), f" (a seeded sample of {len(idx):,} of {len(x):,})"
+        z = metrics.codes(model, xl, None if y_cond is None else yl)
         kind = "the codes" if z.shape[1] <= 2 else "the first two principal components of the codes"
-        yield "latent", f"Latent space: {kind} of the {split} split" + (", coloured by label" if y is not None
-                                                                        else ""), \
-            latent_scatter(z, y, dataset.class_names, seed=seed)
+        yield "latent", f"Latent space: {kind} of the {split} split{part}" + (", coloured by label" if y is not None
+                                                                              else ""), \
+            latent_scatter(z, yl, dataset.class_names, seed=seed)
 
     if image and model.capabilities.generative and model.latent_dim == 2:
         grid = 12

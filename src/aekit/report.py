@@ -176,7 +176,7 @@ def render(run, *, model=None, dataset=None, values: dict | None = None, normal_
         extra += f" Likelihoods are computed on the {esc(note)}."
     parts += ["<h2>Metrics</h2>",
               f"<p class=\"meta\">On the {esc(split)} split of {esc(data_name)} "
-              f"({int(dataset.split(split)[0].shape[0])} examples).{extra}</p>",
+              f"({len(getattr(dataset, f'x_{split}'))} examples).{extra}</p>",
               metrics_table(values)]
     parts.append("<h2>Figures</h2>")
     if figures:

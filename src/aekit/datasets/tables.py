@@ -7,8 +7,10 @@ only when the table it holds fits the memory budget (``source.max_data_bytes``).
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,12 +27,112 @@ from .source import (
     _Source,
 )
 
-__all__ = ["TABLE_DELIMITERS"]
+__all__ = ["TABLE_DELIMITERS", "BadTableValue", "sniff_delimiter", "read_table_header", "read_table_column"]
 
 TABLE_DELIMITERS = {".csv": ",", ".tsv": "\t", ".txt": None}  # None: sniffed
 _SNIFF_CHARS = 4096     # csv.Sniffer takes quadratic time on quotes: 64 KiB of '," ' take half a minute
 _LABEL_BYTES = 64       # a str object per label (the fast path reads labels as Python strings)
 _SLOW_FIELD_BYTES = 80  # a str object and a list slot per field, when the csv module reads the table
+HEADER_BYTES = 16 * 2**20  # the most bytes read_table_header reads to find the header line (100k named columns fit)
+
+
+class BadTableValue(DataError):
+    """A feature column holds something that is not a number. ``where`` says what and where, without the
+    loader's advice (its command-line options), for commands that give other advice."""
+
+    def __init__(self, message: str, where: str, column: str):
+        super().__init__(message)
+        self.where, self.column = where, column
+
+
+def sniff_delimiter(p: Path, text: str) -> str:
+    """The column delimiter of a .txt table (one of , tab ; |), from the start of its text (whole lines of the
+    first _SNIFF_CHARS characters): the one rule of the loader and of ``read_table_header``."""
+    sample = text[:_SNIFF_CHARS]
+    if len(text) > _SNIFF_CHARS and "\n" in sample:
+        sample = sample[:sample.rfind("\n")]  # whole lines
+    try:
+        return csv.Sniffer().sniff(sample, delimiters=",\t;|").delimiter
+    except csv.Error as e:
+        raise DataError(f"{p}: cannot detect the column delimiter (tried , tab ; |); rename the file "
+                        "to .csv (comma-separated) or .tsv (tab-separated)") from e
+
+
+def _first_row(p: Path, text: str, delimiter: str) -> list[str]:
+    """The header: the first non-empty row of the text, its names stripped."""
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
+    try:
+        header = next(r for r in reader if r)
+    except csv.Error as e:
+        raise _csv_error(p, e, reader.line_num) from e
+    return [h.strip() for h in header]
+
+
+def _row_complete(text: str, delimiter: str) -> bool:
+    """Whether the whole lines of ``text`` hold a complete first non-empty row (no quote left open)."""
+    cut = text.rfind("\n")
+    if cut < 0:
+        return False
+    try:
+        return any(csv.reader(io.StringIO(text[:cut + 1]), delimiter=delimiter, strict=True))
+    except csv.Error as e:
+        return "unexpected end of data" not in str(e)  # another problem: the loader's parse names it
+
+
+def read_table_header(p: str | Path, delimiter: str | None) -> tuple[list[str], str]:
+    """(column names, delimiter) of a table file as the loader reads them (``delimiter`` None: sniffed, for
+    .txt), from at most HEADER_BYTES of its start: a file whose first line is longer (a 3 GB file without
+    a newline) is one DataError line, not a read of the whole file."""
+    p = Path(p)
+    f, size = _open_regular(p)
+    raw, step = bytearray(), 64 * 2**10
+    with f:
+        while True:
+            try:
+                chunk = f.read(min(step, HEADER_BYTES + 1 - len(raw)))
+            except OSError as e:
+                raise DataError(f"{p}: cannot read the file ({e.strerror or e}); check its permissions") from e
+            raw += chunk
+            end = not chunk or len(raw) >= size
+            try:
+                text = codecs.getincrementaldecoder("utf-8-sig")().decode(bytes(raw), final=end)
+            except UnicodeDecodeError as e:
+                raise DataError(f"{p}: not UTF-8 text (bad byte at offset {e.start}); save it as UTF-8") from e
+            if not end and text.endswith("\r"):
+                text = text[:-1]  # perhaps half of a \r\n
+            text = text.replace("\r\n", "\n").replace("\r", "\n")
+            if end and not text.strip():
+                raise DataError(f"{p}: the file is empty; a table needs a header line with column names, then "
+                                "one line per sample: check that you passed the right file")
+            if end or len(text) > _SNIFF_CHARS:
+                sep = delimiter if delimiter is not None else sniff_delimiter(p, text)
+                if end or _row_complete(text, sep):
+                    return _first_row(p, text, sep), sep
+            if len(raw) > HEADER_BYTES:
+                raise DataError(f"{p}: no complete header line in its first {HEADER_BYTES // 2**20} MiB; a table "
+                                "starts with one line of column names: check that this is the right file")
+            step *= 2
+
+
+def read_table_column(p: str | Path, name: str, delimiter: str) -> Iterator[str]:
+    """The values of column ``name`` of a table file, one per data row in the file's order (the rows the loader
+    reads: every non-empty row after the header), read a line at a time."""
+    p = Path(p)
+    f, _ = _open_regular(p)
+    with f, io.TextIOWrapper(f, encoding="utf-8-sig", newline="") as text:
+        reader = csv.reader(text, delimiter=delimiter)
+        try:
+            rows = (r for r in reader if r)
+            header = [h.strip() for h in next(rows)]
+            if name not in header:
+                raise DataError(f"{p}: no column {name!r}; the columns are: {_preview(header, 20)}")
+            i = header.index(name)
+            for r in rows:
+                yield r[i] if i < len(r) else ""
+        except csv.Error as e:
+            raise _csv_error(p, e, reader.line_num) from e
+        except UnicodeDecodeError as e:
+            raise DataError(f"{p}: not UTF-8 text ({e.reason}); save it as UTF-8") from e
 
 
 def _load_table_file(p: Path, delimiter: str | None, label_column: str | None,
@@ -40,20 +142,8 @@ def _load_table_file(p: Path, delimiter: str | None, label_column: str | None,
         raise DataError(f"{p}: the file is empty; a table needs a header line with column names, then one "
                         "line per sample: check that you passed the right file")
     if delimiter is None:
-        sample = text[:_SNIFF_CHARS]
-        if len(text) > _SNIFF_CHARS and "\n" in sample:
-            sample = sample[:sample.rfind("\n")]  # whole lines
-        try:
-            delimiter = csv.Sniffer().sniff(sample, delimiters=",\t;|").delimiter
-        except csv.Error as e:
-            raise DataError(f"{p}: cannot detect the column delimiter (tried , tab ; |); rename the file "
-                            "to .csv (comma-separated) or .tsv (tab-separated)") from e
-    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
-    try:
-        header = next(r for r in reader if r)
-    except csv.Error as e:
-        raise _csv_error(p, e, reader.line_num) from e
-    header = [h.strip() for h in header]
+        delimiter = sniff_delimiter(p, text)
+    header = _first_row(p, text, delimiter)
     ncol = len(header)
     if all(_is_number(h) for h in header):
         raise DataError(
@@ -179,10 +269,11 @@ def _parse_table_slow(p, text, delimiter, header, chosen, cols, lab):
             r, value = next((i, v) for i, v in enumerate(col) if not _is_number(v))
             problem = ("an empty value (missing data)" if not value.strip()
                        else f"the non-numeric value {_clip(value)!r}")
-            raise DataError(
-                f"{p}: column {_clip(name)!r} has {problem} at line {_line_of(text, delimiter, r)} (data row {r + 1}); "
-                f"feature columns must be numbers: exclude the column with --features, use it as the label "
-                f"with --label-column {name}, or fix the value"
+            where = (f"{p}: column {_clip(name)!r} has {problem} at line {_line_of(text, delimiter, r)} "
+                     f"(data row {r + 1})")
+            raise BadTableValue(
+                f"{where}; feature columns must be numbers: exclude the column with --features, use it as the "
+                f"label with --label-column {name}, or fix the value", where, name
             ) from None
     labels = None if lab is None else np.array(columns[lab], dtype=object)
     return x, labels
