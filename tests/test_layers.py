@@ -15,8 +15,8 @@ LAYERS = [
     {"registry", "datasets"},
     {"run"},
     {"trainer"},
-    {"metrics", "plots"},
-    {"report", "compare", "detector"},
+    {"metrics", "plots", "scoring"},
+    {"report", "compare", "detector", "export"},
     {"cli", "__init__", "__main__"},
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}

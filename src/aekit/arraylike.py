@@ -61,6 +61,33 @@ def as_array(x, what: str = "the data") -> Tensor | np.ndarray:
     return a
 
 
+def to_numpy(a, what: str = "the data") -> np.ndarray:
+    """A numpy array on the CPU from an array, a tensor (any device, layout or float dtype), nested lists or
+    anything ``np.asarray`` takes, without a copy where possible. Contents are not checked (strings and
+    numbers held as objects stay so; a column of str objects becomes a str array): the caller says what it
+    accepts. A ragged list or a tensor numpy cannot hold is one DataError line naming ``what``."""
+    if isinstance(a, Tensor):
+        t = a.detach()
+        if t.layout != torch.strided:
+            t = t.to_dense()
+        t = t.cpu().resolve_conj().resolve_neg()
+        if t.is_floating_point() and t.dtype not in (torch.float16, torch.float32, torch.float64):
+            t = t.to(torch.float32)  # bfloat16 and float8 have no numpy dtype
+        try:
+            return t.numpy()
+        except (TypeError, RuntimeError) as e:
+            raise DataError(f"{what} is a tensor of dtype {t.dtype}, which numpy cannot hold ({e}); "
+                            "convert it to float32, int64 or uint8 first") from e
+    try:
+        arr = np.asarray(a)
+    except (TypeError, ValueError) as e:
+        raise DataError(f"{what} is not one rectangular array ({e}); give every sample the same "
+                        "shape, e.g. pad or resize them first") from e
+    if arr.dtype == object and arr.size and all(isinstance(v, str) for v in arr.flat):
+        arr = arr.astype(str)  # e.g. a pandas column of strings
+    return arr
+
+
 def integer_extent(a: Tensor | np.ndarray) -> tuple[int, int] | None:
     """(min, max) of integer or boolean data, None for floating data or no values."""
     if isinstance(a, Tensor):

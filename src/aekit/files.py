@@ -228,6 +228,37 @@ def load_tensors(path, max_bytes: int) -> tuple[dict[str, torch.Tensor], dict | 
     return tensors, meta
 
 
+def read_tensors_meta(path) -> dict | None:
+    """The JSON metadata in the header of a safetensors file (None without any), read without the tensors:
+    the file is opened without blocking and must be a regular file (a RunError naming it otherwise)."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise RunError(f"{path}: file not found") from None
+    except OSError as e:
+        raise RunError(f"{path}: cannot read the file ({e.strerror or e})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise RunError(f"{path}: not a regular file; the run directory is damaged or was tampered with")
+        n = int.from_bytes(os.pread(fd, 8, 0), "little")
+        if n > min(MAX_HEADER_BYTES, st.st_size - 8):
+            raise RunError(f"{path}: not a readable safetensors file (a header of {n} bytes in a file of "
+                           f"{st.st_size}); the run may have been damaged")
+        raw = os.pread(fd, n, 8)
+    except OSError as e:
+        raise RunError(f"{path}: cannot read the file ({e.strerror or e})") from None
+    finally:
+        os.close(fd)
+    try:
+        header = json.loads(raw)
+        md = header.get("__metadata__") or {}
+        return json.loads(md["json"]) if isinstance(md, dict) and "json" in md else None
+    except (ValueError, TypeError, AttributeError, RecursionError) as e:
+        raise RunError(f"{path}: not a readable safetensors file ({e}); the run may have been damaged") from None
+
+
 def optimizer_to_tensors(prefix: str, state: dict) -> tuple[dict[str, torch.Tensor], dict]:
     """Split an optimizer state_dict into tensors (for safetensors) and JSON (param groups, scalars)."""
     tensors, scalars = {}, {}

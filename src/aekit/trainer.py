@@ -72,6 +72,11 @@ class FitResult:
         secs = [h["seconds"] for h in self.history]
         return statistics.median(secs) if secs else float("nan")
 
+    @property
+    def summary(self) -> dict:
+        """How the training ended, as summary.json records it."""
+        return _summary(self.history, self.best_epoch, self.best_val_loss, self.stopped)
+
 
 def _make_optimizer(params, cfg: TrainConfig, device: torch.device, lr: float):
     kw = dict(lr=lr, weight_decay=cfg.weight_decay)

@@ -17,8 +17,8 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from ..arraylike import to_numpy
 from ..errors import AekitError, ConfigError, DataError
 from .config import DataConfig
 from .dataset import Dataset
@@ -74,28 +74,24 @@ def from_arrays(
     return ds if normal_class is None else _one_class(ds, src, spec, normal_class)
 
 
+def read_samples(x, *, kind: str = "auto", name: str = "X") -> np.ndarray:
+    """The samples of ``x`` read by the rules of ``from_arrays`` (those of a .npy file), in x's row order and
+    without building a Dataset: a table (N, D) as float64; images as (N, C, H, W), uint8 or float32 in [0, 1].
+    ``kind``: "table" / "image" insist on one of the two. NaN/Inf, values beyond float32's range, images
+    outside [0, 1] and shapes that are neither are one DataError naming ``name`` (and the first bad value)."""
+    if kind not in KINDS:
+        raise ConfigError(f"kind: expected one of {', '.join(map(repr, KINDS))}, got {kind!r}")
+    x = _as_array(x, name, "x")
+    if (kind == "table" and x.ndim != 2) or (kind == "image" and x.ndim not in (3, 4)):
+        want = ("a 2-D array (N, D)" if kind == "table"
+                else "a 3-D array (N, H, W) or a 4-D array (N, H, W, C) or (N, C, H, W)")
+        raise DataError(f"{name}: {want} is expected, but it has shape {x.shape}")
+    return _array_source(x, None, name=name, what=name, owner=name).x
+
+
 def _as_array(a, what: str, role: str) -> np.ndarray:
     """A numpy array on the CPU from an array, a tensor (any device), nested lists, ... (no copy if possible)."""
-    if isinstance(a, torch.Tensor):
-        t = a.detach()
-        if t.layout != torch.strided:
-            t = t.to_dense()
-        t = t.cpu().resolve_conj().resolve_neg()
-        if t.is_floating_point() and t.dtype not in (torch.float16, torch.float32, torch.float64):
-            t = t.to(torch.float32)  # bfloat16 and float8 have no numpy dtype
-        try:
-            return t.numpy()
-        except (TypeError, RuntimeError) as e:
-            raise DataError(f"{what}: {role} is a tensor of dtype {t.dtype}, which numpy cannot hold ({e}); "
-                            "convert it to float32, int64 or uint8 first") from e
-    try:
-        arr = np.asarray(a)
-    except (TypeError, ValueError) as e:
-        raise DataError(f"{what}: {role} is not one rectangular array ({e}); give every sample the same "
-                        "shape, e.g. pad or resize them first") from e
-    if arr.dtype == object and arr.size and all(isinstance(v, str) for v in arr.flat):
-        arr = arr.astype(str)  # e.g. a pandas column of strings
-    return arr
+    return to_numpy(a, f"{what}: {role}")
 
 
 def _check_feature_names(names, src: _Source) -> list[str]:

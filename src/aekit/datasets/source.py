@@ -159,6 +159,9 @@ def _preview(items, n: int = 10, *, width: int = 40, quote: bool = True) -> str:
     return text + (f", ... ({len(items)} in all)" if len(items) > n else "")
 
 
+preview = _preview  # the public name, for messages outside this package
+
+
 def _clip(text: str, width: int = 40) -> str:
     return text if len(text) <= width else text[:width] + "..."
 
