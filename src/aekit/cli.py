@@ -257,7 +257,11 @@ def _anomaly_eval(args, run, model, ds, opts, shard: bool = False) -> dict:
         anomalies = extra.x_train
     if normal is None and anomalies is None:
         return {}
-    return metrics.anomaly_evaluation(model, ds, args.split, normal_class=normal, anomalies=anomalies, shard=shard)
+    from .scoring import Scorer
+
+    scorer = Scorer.from_run(run.path, device=str(model.device))  # the score `aekit score` writes
+    return metrics.anomaly_evaluation(model, ds, args.split, normal_class=normal, anomalies=anomalies, shard=shard,
+                                      scorer=scorer)
 
 
 def _evaluate_with_likelihood(args, model, ds, opts, shard: bool = False) -> dict:
@@ -465,17 +469,17 @@ def _new_rows(run, path: str):
 
 
 def cmd_score(args) -> int:
-    from .detector import Detector
+    from .scoring import Scorer
 
     run = Run.open(args.run)
-    det = Detector.load(run.path)
+    scorer = Scorer.from_run(run.path)
     x, ids = _new_rows(run, args.data)
-    scores = det.decision_function(x)
-    cols = {"id": ids, "score": scores}
-    if getattr(det, "calibration_scores_", None) is not None:
-        cols["p_value"] = det.predict_pvalue(x)
-    if det.threshold_ is not None:
-        cols["is_outlier"] = (scores > det.threshold_).astype(int)
+    scored = scorer.score(x)
+    cols = {"id": ids, "score": scored.score}
+    if scored.p_value is not None:
+        cols["p_value"] = scored.p_value
+    if scored.is_outlier is not None:
+        cols["is_outlier"] = scored.is_outlier.astype(int)
     lines = [",".join(cols)] + [",".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in row)
                                 for row in zip(*[list(c) for c in cols.values()])]
     text = "\n".join(lines) + "\n"
@@ -499,6 +503,21 @@ def cmd_calibrate(args) -> int:
     det.save_state(run.path)
     print(f"calibrated {run.path} on {len(x)} normal examples of {args.normal}: threshold {det.threshold_:.6g} "
           f"(at most {args.fpr:g} of normal data flagged); `aekit score` now writes p-values")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export import export_run
+
+    info = export_run(args.run, args.out, fmt=args.format)
+    files_ = ", ".join(g["file"] for g in info["graphs"].values())
+    print(f"exported {args.run} as {args.format} into {args.out}: {files_} and export.json (inputs, columns, "
+          "threshold, calibration)")
+    if "no_scorer" in info:
+        print(f"aekit export: warning: no scorer graph: {info['no_scorer']}", file=sys.stderr)
+    elif info["threshold"] is None:
+        print("aekit export: warning: no threshold yet, so is_outlier is False for every row: `aekit calibrate "
+              "RUN --normal DATA` (or `aekit train --contamination C`), then export again", file=sys.stderr)
     return 0
 
 
@@ -636,6 +655,12 @@ def build_parser():
                      "as score)")
     cal.add_argument("--fpr", type=float, default=0.01, help="the false-positive rate to hold on normal data")
 
+    ex = sub.add_parser("export", help="write a run's scorer, encoder and decoder as ONNX graphs (threshold and "
+                        "preprocessing inside) with a JSON sidecar; needs pip install 'aekit[onnx]'")
+    ex.add_argument("run", help="run directory (aekit train, or Detector.save)")
+    ex.add_argument("--format", default="onnx", choices=["onnx"], help="graph format [default: onnx]")
+    ex.add_argument("--out", required=True, help="a new or empty folder for the graphs and export.json")
+
     pk = sub.add_parser("pack", help="write an image folder, a CSV/TSV table, an IDX file or a .npz archive as a "
                         ".npy file (and its labels) that training memory-maps")
     pk.add_argument("source", help="image folder (one subfolder per class gives labels), .csv/.tsv/.txt table, "
@@ -673,7 +698,7 @@ def main(argv: list[str] | None = None) -> int:
         code = {"train": cmd_train, "eval": cmd_eval, "reconstruct": cmd_reconstruct, "encode": cmd_encode,
                 "sample": cmd_sample, "models": cmd_models, "datasets": cmd_datasets,
                 "plot": cmd_plot, "report": cmd_report, "compare": cmd_compare, "score": cmd_score,
-                "calibrate": cmd_calibrate, "pack": cmd_pack}[args.command](args)
+                "calibrate": cmd_calibrate, "pack": cmd_pack, "export": cmd_export}[args.command](args)
         ok = True
         return code
     except AekitError as e:

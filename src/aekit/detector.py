@@ -387,7 +387,8 @@ class Detector(BaseEstimator):
         check_is_fitted(self, "models_")
         return Scorer(self.models_, kind=self.kind_, stats=self.data_spec_.stats, score=self.anomaly_score_,
                       joint=self.joint_, normalization=self.normalization_, threshold=self.threshold_,
-                      calibration=getattr(self, "calibration_scores_", None), feature_names=self.feature_names_)
+                      calibration=getattr(self, "calibration_scores_", None), feature_names=self.feature_names_,
+                      flag_rate=self.flag_rate_, threshold_from=self.threshold_from_)
 
     def decision_function(self, X) -> np.ndarray:
         """Anomaly scores of X: higher = more anomalous.
@@ -689,6 +690,26 @@ class Detector(BaseEstimator):
         finally:
             run.release()
         return run.path
+
+    def export(self, path, format: str = "onnx") -> dict:
+        """Export the detector as ONNX graphs (scorer, encoder, decoder) and a JSON sidecar (``aekit.export``).
+
+        Parameters
+        ----------
+        path : str or Path
+            A new or empty folder.
+        format : {"onnx"}, default "onnx"
+            Needs the optional extra: ``pip install 'aekit[onnx]'``.
+
+        Returns
+        -------
+        dict
+            The sidecar written as ``path/export.json``.
+        """
+        from .export import export_onnx
+
+        check_is_fitted(self, "models_")
+        return export_onnx(self.scorer(), path, model_name=self.model_name_, fmt=format)
 
     def _state(self) -> scoring.DetectorState:
         params = {k: _plain(v) for k, v in self.get_params(deep=False).items()}

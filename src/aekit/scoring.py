@@ -251,6 +251,9 @@ class Scorer(nn.Module):
         The calibration scores of ``Detector.calibrate`` (any order); None: ``p_value`` is NaN.
     feature_names : list of str, optional
         A table's column names (what ``aekit export`` writes in its sidecar).
+    flag_rate, threshold_from : optional
+        What the threshold promises: the calibration's false-positive rate ("calibration") or the
+        contamination ("contamination"); metadata for exports, not used in the score.
 
     ``forward(x, y=None)``: x (N, *input_shape) as ``Preprocess`` reads it (a table in the user's units, any
     float dtype; images in [0, 1] or uint8) -> (score float64 (N,), p_value float64 (N,), is_outlier bool
@@ -259,7 +262,8 @@ class Scorer(nn.Module):
     """
 
     def __init__(self, members, *, kind: str, stats: dict | None, score: str, joint=None, normalization=None,
-                 threshold: float | None = None, calibration=None, feature_names=None):
+                 threshold: float | None = None, calibration=None, feature_names=None, flag_rate=None,
+                 threshold_from: str | None = None):
         super().__init__()
         if score not in SCORES:
             raise ConfigError(f"score: choose one of {', '.join(map(repr, SCORES))}, got {score!r}")
@@ -270,6 +274,8 @@ class Scorer(nn.Module):
         self.score_name, self.kind = score, kind
         self.input_shape = tuple(first.config.input_shape)
         self.feature_names = None if feature_names is None else list(feature_names)
+        self.flag_rate, self.threshold_from = flag_rate, threshold_from  # what the threshold promises (metadata)
+        self.stats = stats
         self.preprocess = Preprocess(kind, self.input_shape, stats, first.dtype)
         f64 = dict(dtype=torch.float64)
         for j, st in enumerate(joint or []) if score == "joint" else ():
@@ -441,7 +447,8 @@ class DetectorState:
     def scorer(self, run: Run | None = None) -> Scorer:
         return Scorer(self.members, kind=self.kind, stats=self.stats, score=self.score, joint=self.joint,
                       normalization=self.normalization, threshold=self.threshold,
-                      calibration=self.calibration_scores, feature_names=self.feature_names)
+                      calibration=self.calibration_scores, feature_names=self.feature_names,
+                      flag_rate=self.flag_rate, threshold_from=self.threshold_from)
 
 
 def weights_digest(model) -> str:
