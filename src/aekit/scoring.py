@@ -154,9 +154,10 @@ def codes_and_residuals(model, x: Tensor, y: Tensor | None = None) -> tuple[np.n
     return z.double().cpu().numpy(), r.double().cpu().numpy()
 
 
-def fit_joint(models, x: Tensor, kind: str) -> list[JointStats]:
-    """Each member's joint-score statistics fitted on the model-unit rows x (n, *shape)."""
-    return [JointStats.fit(*codes_and_residuals(m, x), floor=JOINT_SIGMA_FLOOR[kind]) for m in models]
+def fit_joint(models, x: Tensor, kind: str, y: Tensor | None = None) -> list[JointStats]:
+    """Each member's joint-score statistics fitted on the model-unit rows x (n, *shape) (and labels y, for a
+    conditional family)."""
+    return [JointStats.fit(*codes_and_residuals(m, x, y), floor=JOINT_SIGMA_FLOOR[kind]) for m in models]
 
 
 def normalization(raw: np.ndarray) -> np.ndarray | None:
