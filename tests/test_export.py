@@ -59,9 +59,11 @@ def family_scorer(digits, family: str, arch: str) -> scoring.Scorer:
     y_val = digits.y_val if model.capabilities.conditional else None
     joint = scoring.fit_joint([model], digits.x_train, "image", y_train)
     sc = scoring.Scorer([model], kind="image", stats=None, score="joint", joint=joint)
-    cal = sc.score_model_units(digits.x_val, y_val)
+    cal = np.sort(sc.score_model_units(digits.x_val, y_val))
+    k = int(0.9 * len(cal))  # a threshold between two calibration scores: no row of the data ties with it
     return scoring.Scorer([model], kind="image", stats=None, score="joint", joint=joint,
-                          threshold=np.quantile(cal, 0.9), calibration=cal, flag_rate=0.1, threshold_from="calibration")
+                          threshold=(cal[k - 1] + cal[k]) / 2, calibration=cal, flag_rate=0.1,
+                          threshold_from="calibration")
 
 
 def check_family(digits, family, arch, tmp_path):
@@ -77,8 +79,13 @@ def check_family(digits, family, arch, tmp_path):
         z = EncoderGraph(sc)(x, y)
         rec = DecoderGraph(sc)(z, y)
     got = run_graph(tmp_path / "out" / "scorer.onnx", feeds)
-    for g, w in zip(got, want):
-        close(g, w)
+    close(got[0], want[0])
+    close(got[2], want[2])
+    # a p-value counts the calibration scores >= the score: it steps where a row ties with one (digits holds
+    # duplicate images), and there float rounding may fall on either side; elsewhere it must be the same
+    tied = np.abs(want[0][:, None] - sc.calibration.numpy()[None, :]).min(1) <= 1e-6 * np.abs(want[0])
+    assert tied.mean() <= 0.02
+    close(got[1][~tied], want[1][~tied])
     assert 0 < want[2].sum() < len(x)  # the threshold flags some rows, not all: is_outlier is a real test
     close(run_graph(tmp_path / "out" / "encoder.onnx", feeds)[0], z.numpy())
     close(run_graph(tmp_path / "out" / "decoder.onnx", {"z": z.numpy()} | ({} if y is None else {"y": y.numpy()}))[0],
