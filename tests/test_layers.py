@@ -62,3 +62,30 @@ def test_no_import_runs_up_the_layers(rel):
     here = LAYER[_unit(rel)]
     up = [(line, unit) for line, unit in _imports(SRC / rel) if unit != _unit(rel) and LAYER[unit] > here]
     assert not up, f"{rel} imports from higher layers: {up}"
+
+
+def _private_imports(path: Path):
+    """(line, name) for each private name (``_x``, not a dunder) that a module imports from another unit, by
+    ``from .unit import _x`` or ``unit._x``, outside `if TYPE_CHECKING:` blocks."""
+    tree = ast.parse(path.read_text())
+    rel = path.relative_to(SRC)
+    depth, own = len(rel.parts) - 1, _unit(rel)
+    units = {_unit(m) for m in MODULES}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level and node.level - 1 <= depth:
+            base = list(rel.parts[: depth - (node.level - 1)]) + (node.module.split(".") if node.module else [])
+            unit = base[0].removesuffix(".py") if base else own
+            for a in node.names:
+                if a.name.startswith("_") and not a.name.startswith("__") and unit != own:
+                    yield node.lineno, f"{unit}: {a.name}"
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in units \
+                and node.value.id != own and node.attr.startswith("_") and not node.attr.startswith("__"):
+            yield node.lineno, f"{node.value.id}.{node.attr}"
+
+
+@pytest.mark.parametrize("rel", MODULES, ids=str)
+def test_no_module_imports_another_units_private_name(rel):
+    """One owner per concept: what another unit (module or package) keeps private stays its own; a helper
+    others need is made public where it lives."""
+    found = list(_private_imports(SRC / rel))
+    assert not found, f"{rel} imports private names of other units: {found}"

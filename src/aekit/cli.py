@@ -542,11 +542,11 @@ def cmd_datasets(args) -> int:
 
 def cmd_pack(args) -> int:
     from . import datasets
-    from .datasets.source import _size
+    from .datasets import size_text
 
     features = None if args.features is None else [f.strip() for f in args.features.split(",") if f.strip()]
     r = datasets.pack(args.source, args.out, label_column=args.label_column, features=features)
-    print(f"wrote {r.path}: {r.shape[0]} samples of shape {tuple(r.shape[1:])}, {r.dtype} ({_size(r.nbytes)})")
+    print(f"wrote {r.path}: {r.shape[0]} samples of shape {tuple(r.shape[1:])}, {r.dtype} ({size_text(r.nbytes)})")
     if r.labels_path:
         print(f"labels: {r.labels_path} ({len(r.classes)} classes: {', '.join(r.classes[:10])}"
               f"{', ...' if len(r.classes) > 10 else ''})")
