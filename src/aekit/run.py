@@ -7,6 +7,7 @@
                                 early-stopping state and optimizer scalars (JSON in the header metadata)
     RUN/metrics.jsonl           one JSON object per finished epoch
     RUN/summary.json            how the run ended
+    RUN/detector.safetensors    a detector's state (aekit.scoring), one file: ``write_detector_state``
 
 ``Run.create(out, ...)`` starts a run (the trainer writes only through the returned object);
 ``Run.open(path)`` reads and checks config.json once and offers the model, the dataset, the history and
