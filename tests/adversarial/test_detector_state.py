@@ -192,3 +192,48 @@ def test_a_non_finite_threshold_is_refused_on_load(saved, tmp_path, cli, bad):
     np.save(tmp_path / "x.npy", table(10, 3))
     code, out, err = cli("score", run, tmp_path / "x.npy")
     assert code == 2 and "not a finite number" in err and len(err.strip().splitlines()) == 1 and not out
+
+
+def test_a_two_file_state_of_an_earlier_version_still_loads_and_is_replaced_on_the_next_write(saved, tmp_path):
+    """The state written before it was one file: detector.json (format 1, no weights digest) beside
+    detector.safetensors without metadata. It loads as it is; the next calibrate writes the one-file state."""
+    import shutil
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    d, det = saved
+    run = tmp_path / "det"
+    shutil.copytree(d / "det", run)
+    file = run / "detector.safetensors"
+    with safe_open(file, "pt") as f:
+        meta = json.loads(f.metadata()["json"])["detector"]
+    legacy = {k: v for k, v in meta.items() if k != "weights_sha256"} | {"format": 1}
+    (run / "detector.json").write_text(json.dumps(legacy))
+    save_file(load_file(file), file)  # no metadata, as the old writer saved it
+    back = Detector.load(run)
+    assert consistent(back) and back.threshold_ == det.threshold_
+    x = table(30, 7)
+    np.testing.assert_array_equal(back.decision_function(x), det.decision_function(x))
+    back.calibrate(np.load(d / "cal_b.npy"), fpr=0.1).save_state(run)
+    assert not (run / "detector.json").exists()
+    again = Detector.load(run)
+    assert consistent(again) and again.flag_rate_ == 0.1
+    (run / "detector.safetensors").unlink()
+    (run / "detector.json").write_text(json.dumps(legacy))  # a manifest without its tensors: damaged
+    with pytest.raises(aekit.RunError, match="missing"):
+        Detector.load(run)
+
+
+def test_a_state_is_never_applied_to_other_weights(saved, tmp_path):
+    """Weights replaced after the state was written (a run trained again, a file copied over) are refused: the
+    state's statistics and threshold belong to the weights they were computed with."""
+    import shutil
+
+    d, _ = saved
+    run = tmp_path / "det"
+    shutil.copytree(d / "det", run)
+    other = Detector(n_estimators=2, random_state=1, **FAST).fit(table(300, 0)).save(tmp_path / "other")
+    shutil.copyfile(other / "model.safetensors", run / "model.safetensors")
+    with pytest.raises(aekit.RunError, match="computed for other weights"):
+        Detector.load(run)
