@@ -33,6 +33,7 @@ PyTorch on a batch of rows the trace never saw (another batch size); a differenc
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -97,7 +98,7 @@ def export_onnx(scorer: Scorer, out, *, model_name: str | None = None, fmt: str 
         raise ConfigError(f"{out} {what}; choose a new or empty folder for --out (nothing was overwritten)")
     made = not out.exists()
     written: list[Path] = []
-    scorer = scorer.to("cpu").eval()
+    scorer = copy.deepcopy(scorer).to("cpu").eval()  # the caller's models stay where and as they are
     try:
         out.mkdir(parents=True, exist_ok=True)
         sidecar = _sidecar(scorer, model_name)

@@ -289,7 +289,7 @@ class Scorer(nn.Module):
         cal = np.zeros(0) if calibration is None else np.sort(np.asarray(calibration, dtype=np.float64))
         self.register_buffer("calibration", torch.as_tensor(cal, **f64))
         self.to(first.device)
-        self.eval()
+        self.training = self.preprocess.training = False  # the members' flag is theirs (it changes no score)
 
     # --- what it holds ----------------------------------------------------------------------------
     @property
