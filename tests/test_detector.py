@@ -433,7 +433,8 @@ def test_a_damaged_detector_state_is_one_run_error(tmp_path):
     path = det.save(tmp_path / "det")
     good = (path / "detector.safetensors").read_bytes()
     for change in ({"score": "magic"}, {"n_members": 3}, {"threshold_from": "calibration"}, {"params": "x"},
-                   {"normalization": None}, {"n_decision_scores": 7}, {"params": {"colour": 1}}):
+                   {"normalization": None}, {"n_decision_scores": 7}, {"params": {"colour": 1}},
+                   {"n_calibration_scores": 10**15}, {"n_members": 10**15}, {"n_members": "many"}):
         (path / "detector.safetensors").write_bytes(good)
         _rewrite_state(path, change)
         with pytest.raises(aekit.RunError, match="detector"):

@@ -376,9 +376,9 @@ class Run:
                     raise RunError(f"{path}: not a detector state (no detector metadata in it); the run directory "
                                    "may be damaged")
                 meta, source = files.read_json(legacy), legacy
-            try:
-                limit = int(bound(meta))
-            except (KeyError, TypeError, ValueError, AttributeError) as e:
+            try:  # never more than the file holds: a header announcing 10**15 scores allocates nothing
+                limit = min(int(bound(meta)), max(0, path.stat().st_size - 8))
+            except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
                 raise RunError(f"{source}: not a detector state this aekit can read ({type(e).__name__}: {e}); the "
                                "run directory may be damaged") from None
             try:

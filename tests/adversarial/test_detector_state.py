@@ -78,7 +78,7 @@ def test_load_during_a_calibrate_loop_reads_one_whole_state(saved, tmp_path):
     seen, loads = set(), 0
     try:
         deadline = time.time() + 90
-        while time.time() < deadline and (len(seen) < 2 or loads < 60):
+        while time.time() < deadline and (len(seen) < 2 or loads < 40):
             det = Detector.load(run)
             assert consistent(det), (det.threshold_, len(det.calibration_scores_), det.flag_rate_)
             seen.add((len(det.calibration_scores_), det.flag_rate_))
@@ -139,7 +139,7 @@ SAVER = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("delay", [0.8, 1.3, 2.1])
+@pytest.mark.parametrize("delay", [0.5, 1.7])
 def test_sigkill_during_save_leaves_the_detector_or_a_refusal(saved, tmp_path, delay):
     import pickle
 
