@@ -259,7 +259,8 @@ def _anomaly_eval(args, run, model, ds, opts, shard: bool = False) -> dict:
         return {}
     from .scoring import Scorer
 
-    scorer = Scorer.from_run(run.path, device=str(model.device))  # the score `aekit score` writes
+    # the score `aekit score` writes; under torchrun rank 0 alone reads the run folder (and computes its AUROC)
+    scorer = distributed.agree(lambda: Scorer.from_run(run.path, device=str(model.device)), main_only=True)
     return metrics.anomaly_evaluation(model, ds, args.split, normal_class=normal, anomalies=anomalies, shard=shard,
                                       scorer=scorer)
 
