@@ -58,6 +58,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", default=str(Path(__file__).with_name("RESULTS_scoring.md")))
     args = ap.parse_args()
+    load = os.getloadavg()[0]
     rng = np.random.default_rng(0)
     X = rng.normal(size=(args.rows, 8)) * np.arange(1, 9) + 10.0
     det = Detector(random_state=0, epochs=1, hidden=(16,), latent_dim=4, batch_size=1024).fit(X[:5000])
@@ -80,8 +81,9 @@ def main() -> None:
         f"`PYTHONPATH=src python benchmarks/scoring.py --rows {args.rows} --repeats {args.repeats}`; "
         f"a ({args.rows}, 8) float64 table, a one-member Detector (D-16-4, joint score); torch {torch.__version__}, "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads "
-        f"{torch.get_num_threads()}; median seconds per call. The two preprocessing paths give the same tensor "
-        "(checked).", "",
+        f"{torch.get_num_threads()}; load average {load:.1f} when it started (a shared machine: "
+        "compare rows of one run, not runs); median seconds per call. The two preprocessing paths give the same "
+        "tensor (checked).", "",
         "| what | seconds |", "|---|---:|",
         *[f"| {k} | {v:.4f} |" for k, v in rows.items()], "",
         f"Preprocessing speed-up: {rows[next(iter(rows))] / list(rows.values())[1]:.1f}x.", "",

@@ -30,9 +30,9 @@ calibrate), ``aekit score``, ``aekit eval`` / the report (``metrics.evaluate(...
 A detector's state (``save_state`` / ``load_state``) is this module's too: the statistics, members,
 threshold and calibration table, written by ``Run.write_detector_state`` as one file, atomically.
 
-For a server: build once (``Scorer.from_run`` / ``Detector.scorer()``), then call ``score(X)`` per request;
-it allocates nothing between calls, never changes the module, and runs under ``torch.no_grad`` (several
-threads may call it at once).
+For a server: build once (``Scorer.from_run`` / ``Detector.scorer()``: the models are loaded then), then call
+``score(X)`` per request; a call never changes the module (no state between calls) and runs under
+``torch.no_grad``, so several threads may call one scorer at once.
 """
 
 from __future__ import annotations
@@ -377,8 +377,10 @@ class Scorer(nn.Module):
 
     def raw_model_units(self, x: Tensor, y=None, batch_size: int | None = None) -> Tensor:
         """Each member's raw score of model-unit rows, (members, n) float64 on the scorer's device, in batches of
-        ``batch_size`` (default ``arraylike.BATCH_ROWS``) rows, without autograd."""
-        x = torch.as_tensor(x)
+        ``batch_size`` (default ``arraylike.BATCH_ROWS``) rows, without autograd. x: a tensor, an array, or a
+        ``datasets`` Store (read batch by batch: a memory-mapped split is never copied whole)."""
+        if not (isinstance(x, Tensor) or callable(getattr(type(x), "materialize", None))):
+            x = torch.as_tensor(x)
         yt = None if y is None else torch.as_tensor(y)
         with torch.no_grad():
             if self.score_name == "neg_elbo":  # one call: its samples are drawn per block of the whole input
@@ -387,6 +389,26 @@ class Scorer(nn.Module):
             return torch.cat([self.raw_scores(x[i:i + step].to(self.device, self.members[0].dtype),
                                               _to(None if yt is None else yt[i:i + step], self.device))
                               for i in range(0, max(len(x), 1), step)], dim=1)
+
+    def encode(self, X, y=None) -> np.ndarray:
+        """Codes (n, K) of the rows X by the first member (the run's model): its deterministic code, the
+        posterior mean for probabilistic families. numpy, in batches."""
+        return _numpy(metrics.codes(self.members[0], self.model_input(X), _to(_tensor(y), self.device)))
+
+    def reconstruct(self, X, y=None) -> np.ndarray:
+        """The first member's reconstructions of the rows X, (n, *input_shape), in the user's units (a table
+        float64 in its own units, images in [0, 1])."""
+        x = self.model_input(X)
+        with torch.no_grad():
+            return _numpy(self.preprocess.unscale(metrics.reconstructions(self.members[0], x,
+                                                                          _to(_tensor(y), self.device))))
+
+    def decode(self, Z, y=None) -> np.ndarray:
+        """The mean of p(x|z) of codes Z (n, K) by the first member, in the user's units."""
+        m = self.members[0]
+        z = torch.as_tensor(np.asarray(Z), dtype=m.dtype, device=self.device)
+        with torch.no_grad():
+            return _numpy(self.preprocess.unscale(m.decode(z, _to(_tensor(y), self.device))))
 
     def decisions(self, scores: np.ndarray) -> Scores:
         """``Scores`` of combined scores (n,) float64: their p-values and decisions (None where not defined)."""
@@ -410,6 +432,14 @@ class Scorer(nn.Module):
 
 def _to(t: Tensor | None, device) -> Tensor | None:
     return None if t is None else t.to(device)
+
+
+def _tensor(y) -> Tensor | None:
+    return None if y is None else torch.as_tensor(np.asarray(y) if not isinstance(y, Tensor) else y)
+
+
+def _numpy(t: Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy()
 
 
 # --------------------------------------------------------------------------------------------------
