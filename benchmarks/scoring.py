@@ -8,7 +8,9 @@ Measures, as the median of ``--repeats`` runs in one process (CPU, torch's defau
   ``datasets.from_arrays`` Dataset with the row numbers as class labels, rebuilt on every call, re-created here
   verbatim for the comparison) against ``Preprocess.prepare`` + ``Preprocess`` (the checks of
   ``datasets.read_samples``, then (x - mean) / std in float64);
-- ``Detector.decision_function`` on the whole table (preprocessing + the model + the joint score);
+- ``Detector.decision_function`` on the whole table (preprocessing + the model + the joint score), and the
+  old path re-created (``_tensor``, a pass for the codes and another for the reconstructions, the joint score in
+  numpy; the same numbers to 1e-9, checked);
 - ``Scorer.score`` per request of 1 and 1000 rows (what a server calls), built once.
 
 Writes benchmarks/RESULTS_scoring.md.
@@ -43,6 +45,15 @@ def legacy_tensor(arr: np.ndarray, stats: dict) -> torch.Tensor:
     return x
 
 
+def legacy_decision_function(det, arr: np.ndarray) -> np.ndarray:
+    """detector.py's decision_function before aekit.scoring, for one member and the joint score: ``_tensor``,
+    then metrics.codes and metrics.reconstructions (two passes) and the numpy joint score."""
+    from aekit.scoring import codes_and_residuals
+
+    x = legacy_tensor(arr, det.data_spec_.stats)
+    return det.joint_[0].score(*codes_and_residuals(det.models_[0], x))
+
+
 def median_seconds(fn, repeats: int) -> float:
     times = []
     for _ in range(repeats):
@@ -67,11 +78,14 @@ def main() -> None:
     old, new = legacy_tensor(X, stats), pre(pre.prepare(X))
     assert torch.equal(old, new), "the two preprocessing paths must give the same tensor"
     scorer = det.scorer()
+    np.testing.assert_allclose(legacy_decision_function(det, X), det.decision_function(X), rtol=1e-9)
     rows = {
         "preprocessing, old (`_tensor`: a Dataset per call)": median_seconds(lambda: legacy_tensor(X, stats),
                                                                              args.repeats),
         "preprocessing, new (`Preprocess.prepare` + `Preprocess`)": median_seconds(lambda: pre(pre.prepare(X)),
                                                                                   args.repeats),
+        "`Detector.decision_function`, old path (re-created)": median_seconds(
+            lambda: legacy_decision_function(det, X), args.repeats),
         "`Detector.decision_function` (whole table)": median_seconds(lambda: det.decision_function(X), args.repeats),
         "`Scorer.score`, 1 row per call": median_seconds(lambda: scorer.score(X[:1]), 50),
         "`Scorer.score`, 1000 rows per call": median_seconds(lambda: scorer.score(X[:1000]), 20),
@@ -83,7 +97,7 @@ def main() -> None:
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads "
         f"{torch.get_num_threads()}; load average {load:.1f} when it started (a shared machine: "
         "compare rows of one run, not runs); median seconds per call. The two preprocessing paths give the same "
-        "tensor (checked).", "",
+        "tensor (checked); the old and new decision_function agree to 1e-9 relative (checked).", "",
         "| what | seconds |", "|---|---:|",
         *[f"| {k} | {v:.4f} |" for k, v in rows.items()], "",
         f"Preprocessing speed-up: {rows[next(iter(rows))] / list(rows.values())[1]:.1f}x.", "",
