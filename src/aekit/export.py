@@ -163,12 +163,13 @@ def _opset(data: bytes) -> int | None:
 def _label_spec(scorer: Scorer) -> dict | None:
     if not scorer.conditional:
         return None
-    cfg = scorer.members[0].config
-    if getattr(cfg, "cond_dim", 0):
-        return {"name": "y", "shape": ["batch", int(cfg.cond_dim)], "dtype": "float32",
-                "units": "condition vectors, as in training"}
-    return {"name": "y", "shape": ["batch"], "dtype": "int64",
-            "units": f"class index 0..{cfg.num_classes - 1}, as in training"}
+    model = scorer.members[0]
+    classes = model.config.num_classes
+    if classes:
+        return {"name": "y", "shape": ["batch"], "dtype": "int64",
+                "units": f"class index 0..{classes - 1}, as in training"}
+    return {"name": "y", "shape": ["batch", int(model.cond_size())], "dtype": "float32",
+            "units": "condition vectors, as in training"}
 
 
 def _x_spec(scorer: Scorer) -> dict:
@@ -238,7 +239,7 @@ def _example(scorer: Scorer, graph: str, n: int, seed: int) -> tuple:
         return (first,)
     if label["dtype"] == "int64":
         return first, torch.randint(0, model.config.num_classes, (n,), generator=g)
-    return first, torch.randn(n, model.config.cond_dim, generator=g)
+    return first, torch.randn(n, label["shape"][1], generator=g)
 
 
 def _check(name: str, module: nn.Module, data: bytes, args: tuple, spec: dict) -> bool:
