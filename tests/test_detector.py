@@ -413,15 +413,30 @@ def test_load_a_plain_run_of_aekit_train(tmp_path, cli):
         det.save(tmp_path / "run")
 
 
-def test_a_damaged_detector_state_is_one_run_error(tmp_path):
+def _rewrite_state(path, change=None, tensors=None):
+    """Rewrite the detector state file of the run ``path``: its JSON updated with ``change``, its tensors
+    replaced by ``tensors`` (as a damaged or hand-edited file would be)."""
     import json
 
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    file = path / "detector.safetensors"
+    with safe_open(file, "pt") as f:
+        meta = json.loads(f.metadata()["json"])
+    meta["detector"].update(change or {})
+    save_file(load_file(file) if tensors is None else tensors, file, metadata={"json": json.dumps(meta)})
+
+
+def test_a_damaged_detector_state_is_one_run_error(tmp_path):
     det = Detector(n_estimators=2, random_state=0, **{**FAST, "epochs": 1}).fit(table(100, 9))
     path = det.save(tmp_path / "det")
-    good = json.loads((path / "detector.json").read_text())
+    good = (path / "detector.safetensors").read_bytes()
     for change in ({"score": "magic"}, {"n_members": 3}, {"threshold_from": "calibration"}, {"params": "x"},
-                   {"normalization": None}, {"n_decision_scores": 7}, {"params": {"colour": 1}}):
-        (path / "detector.json").write_text(json.dumps({**good, **change}))
+                   {"normalization": None}, {"n_decision_scores": 7}, {"params": {"colour": 1}},
+                   {"n_calibration_scores": 10**15}, {"n_members": 10**15}, {"n_members": "many"}):
+        (path / "detector.safetensors").write_bytes(good)
+        _rewrite_state(path, change)
         with pytest.raises(aekit.RunError, match="detector"):
             Detector.load(path)
 
@@ -434,11 +449,11 @@ def test_joint_score_is_minus_two_log_likelihood(planted):
     against scipy's densities with the fitted statistics."""
     from scipy.stats import multivariate_normal, norm
 
-    from aekit.detector import _codes_and_residuals
+    from aekit.scoring import codes_and_residuals
 
     X, _, det = planted
     stats = det.joint_[0]
-    z, r = _codes_and_residuals(det.models_[0], det._model_input(X[:40]))
+    z, r = codes_and_residuals(det.models_[0], det._model_input(X[:40]))
     logp = multivariate_normal(stats.mu, np.linalg.pinv(stats.prec), allow_singular=True).logpdf(z) + \
         norm(0.0, stats.sigma).logpdf(r).sum(axis=1)
     scores = det.decision_function(X[:40])
@@ -447,12 +462,12 @@ def test_joint_score_is_minus_two_log_likelihood(planted):
 
 def test_joint_statistics_resist_contamination():
     """The statistics refitted on the lowest-scoring 80% ignore a 10% cluster of far outliers."""
-    from aekit.detector import _JointStats
+    from aekit.scoring import JointStats
 
     rng = np.random.default_rng(0)
     z = np.vstack([rng.normal(size=(900, 3)), rng.normal(size=(100, 3)) + 12.0])
     r = np.vstack([0.1 * rng.normal(size=(900, 5)), 3.0 * rng.normal(size=(100, 5))])
-    plain, robust = _JointStats.estimate(z, r, 1e-3), _JointStats.fit(z, r)
+    plain, robust = JointStats.estimate(z, r, 1e-3), JointStats.fit(z, r)
     assert np.abs(plain.mu).max() > 1.0 and np.abs(robust.mu).max() < 0.15
     assert plain.sigma.min() > 0.5 and robust.sigma.max() < 0.12
     s = robust.score(z, r)
@@ -460,7 +475,7 @@ def test_joint_statistics_resist_contamination():
 
 
 def test_damaged_joint_statistics_are_one_run_error(planted, tmp_path):
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     _, _, det = planted
     path = det.save(tmp_path / "det")
@@ -470,6 +485,6 @@ def test_damaged_joint_statistics_are_one_run_error(planted, tmp_path):
         bad = {k: v for k, v in tensors.items() if k != name}
         if value is not None:
             bad[name] = value
-        save_file(bad, path / "detector.safetensors")
+        _rewrite_state(path, tensors=bad)
         with pytest.raises(aekit.RunError, match="joint score's statistics"):
             Detector.load(path)

@@ -14,9 +14,9 @@ LAYERS = [
     {"models"},
     {"registry", "datasets"},
     {"run"},
-    {"metrics", "plots"},
+    {"metrics", "plots", "scoring"},
     {"trainer", "callbacks", "loggers"},  # the loggers of --log draw figures (plots) while training
-    {"report", "compare", "detector", "encoder"},
+    {"report", "compare", "detector", "encoder", "export"},
     {"cli", "__init__", "__main__"},
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}

@@ -6,7 +6,7 @@ import io
 import numpy as np
 import pytest
 
-from aekit.run import DETECTOR
+from aekit.scoring import Scorer
 
 FAST = ["--epochs", "30", "--latent-dim", "2", "--hidden", "16", "--quiet"]
 
@@ -53,10 +53,8 @@ def read_scores(text: str) -> list[dict]:
 
 
 def test_train_with_contamination_sets_a_threshold_and_score_flags_the_outliers(cli, workflow):
-    import json
-
-    state = json.loads((workflow / "run" / DETECTOR).read_text())
-    assert state["score"] == "joint"  # the joint score's statistics come from the training rows, as in fit
+    # the joint score's statistics come from the training rows, as in fit
+    assert Scorer.from_run(workflow / "run").score_name == "joint"
     code, out, err = cli("score", workflow / "run", workflow / "new.csv")
     assert code == 0, err
     rows = read_scores(out)
@@ -113,3 +111,26 @@ def test_score_images_without_a_threshold_and_with_one(cli, tmp_path, digits):
     assert len(rows) == 20 and list(rows[0]) == ["id", "score"]
     code, out, err = cli("score", tmp_path / "r", tmp_path / "x.npy", "--out", tmp_path / "s.csv")
     assert code == 0 and "no threshold yet" in out, err
+
+
+def test_eval_reports_the_auroc_of_the_score_that_score_writes(cli, workflow):
+    """`aekit eval` adds anomaly_auroc_score: the AUROC of the Scorer's score (here the joint score that
+    `train --contamination` fitted), checked against scikit-learn on the scores of the Detector API."""
+    import json
+
+    from sklearn.metrics import roc_auc_score
+
+    import aekit
+
+    code, out, err = cli("eval", workflow / "run", "--json")
+    assert code == 0, err
+    res = json.loads(out)
+    run = aekit.Run.open(workflow / "run")
+    ds = run.dataset()
+    det = aekit.Detector.load(run.path)
+    x = ds.to_user_units(ds.x_test).double().numpy()
+    y = (ds.y_test != ds.class_names.index("normal")).numpy()
+    assert det.anomaly_score_ == "joint"
+    assert res["anomaly_auroc_score"] == pytest.approx(roc_auc_score(y, det.decision_function(x)), abs=2e-3)
+    assert res["anomaly_auroc_score"] != res["anomaly_auroc_recon_error"]  # another score than the plain error
+    assert 0 < res["anomaly_ap_score"] <= 1

@@ -29,7 +29,8 @@ def _import_commands() -> None:
     from .run import Run
 
 
-__all__ = ["DATA_FIXED", "NORMAL_CLASS_HELP", "DATA_PREFIX", "cmd_train", "evaluation_key", "cmd_eval", "cmd_sample",
+__all__ = ["DATA_FIXED", "NORMAL_CLASS_HELP", "DATA_PREFIX", "cmd_export",
+           "cmd_train", "evaluation_key", "cmd_eval", "cmd_sample",
            "cmd_reconstruct", "cmd_encode", "cmd_plot", "cmd_report", "cmd_compare", "cmd_score", "cmd_calibrate",
            "cmd_models", "cmd_datasets", "cmd_pack", "build_parser", "SEVERAL_PROCESSES", "main"]
 
@@ -305,7 +306,12 @@ def _anomaly_eval(args, run, model, ds, opts, shard: bool = False) -> dict:
         anomalies = extra.x_train
     if normal is None and anomalies is None:
         return {}
-    return metrics.anomaly_evaluation(model, ds, args.split, normal_class=normal, anomalies=anomalies, shard=shard)
+    from .scoring import Scorer
+
+    # the score `aekit score` writes; under torchrun rank 0 alone reads the run folder (and computes its AUROC)
+    scorer = distributed.agree(lambda: Scorer.from_run(run.path, device=str(model.device)), main_only=True)
+    return metrics.anomaly_evaluation(model, ds, args.split, normal_class=normal, anomalies=anomalies, shard=shard,
+                                      scorer=scorer)
 
 
 def _evaluate_with_likelihood(args, model, ds, opts, shard: bool = False) -> dict:
@@ -533,14 +539,15 @@ def _user_rows(ds, lo: int = 0, hi: int | None = None):
     return ds.to_user_units(ds.x_train[lo:hi]).numpy()
 
 
-def _score_rows(det, x) -> dict:
-    """The output columns of ``aekit score`` for rows x: score, p_value (calibrated), is_outlier (a threshold)."""
-    scores = det.decision_function(x)
-    cols = {"score": scores}
-    if getattr(det, "calibration_scores_", None) is not None:
-        cols["p_value"] = det.predict_pvalue(x)
-    if det.threshold_ is not None:
-        cols["is_outlier"] = (scores > det.threshold_).astype(int)
+def _score_rows(scorer, x) -> dict:
+    """The output columns of ``aekit score`` for rows x: score, p_value (calibrated), is_outlier (a threshold),
+    all from the one scoring module (``aekit.scoring.Scorer``)."""
+    scored = scorer.score(x)
+    cols = {"score": scored.score}
+    if scored.p_value is not None:
+        cols["p_value"] = scored.p_value
+    if scored.is_outlier is not None:
+        cols["is_outlier"] = scored.is_outlier.astype(int)
     return cols
 
 
@@ -551,10 +558,10 @@ def cmd_score(args) -> int:
     import contextlib
     import csv
 
-    from .detector import Detector
+    from .scoring import Scorer
 
     run = Run.open(args.run)
-    det = Detector.load(run.path)
+    scorer = Scorer.from_run(run.path)
     ds, ids = _new_rows(run, args.data, args.id_column)
     n = len(ds.x_train)
     step = max(1, SCORE_BYTES // (4 * max(1, ds.dim) * 1024)) * 1024
@@ -568,14 +575,14 @@ def cmd_score(args) -> int:
         writer = csv.writer(out, lineterminator="\n")
         ids = iter(ids)
         for lo in range(0, n, step):
-            cols = _score_rows(det, _user_rows(ds, lo, lo + step))
+            cols = _score_rows(scorer, _user_rows(ds, lo, lo + step))
             if lo == 0:
                 writer.writerow([args.id_column or "id", *cols])
             flagged += int(cols["is_outlier"].sum()) if "is_outlier" in cols else 0
             values = [[f"{v:.6g}" if isinstance(v, float) else str(v) for v in c.tolist()] for c in cols.values()]
             writer.writerows(zip([next(ids) for _ in range(len(values[0]))], *values))
     if args.out:
-        note = f", {flagged} flagged as outliers" if det.threshold_ is not None else \
+        note = f", {flagged} flagged as outliers" if scorer.has_threshold else \
             " (no threshold yet: `aekit calibrate RUN --normal DATA` or `aekit train --contamination C`)"
         print(f"scored {n} examples of {args.data} into {args.out}{note}")
     return 0
@@ -592,6 +599,21 @@ def cmd_calibrate(args) -> int:
     det.save_state(run.path)
     print(f"calibrated {run.path} on {len(x)} normal examples of {args.normal}: threshold {det.threshold_:.6g} "
           f"(at most {args.fpr:g} of normal data flagged); `aekit score` now writes p-values")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export import export_run
+
+    info = export_run(args.run, args.out, fmt=args.format)
+    files_ = ", ".join(g["file"] for g in info["graphs"].values())
+    print(f"exported {args.run} as {args.format} into {args.out}: {files_} and export.json (inputs, columns, "
+          "threshold, calibration)")
+    if "no_scorer" in info:
+        print(f"aekit export: warning: no scorer graph: {info['no_scorer']}", file=sys.stderr)
+    elif info["threshold"] is None:
+        print("aekit export: warning: no threshold yet, so is_outlier is False for every row: `aekit calibrate "
+              "RUN --normal DATA` (or `aekit train --contamination C`), then export again", file=sys.stderr)
     return 0
 
 
@@ -734,6 +756,12 @@ def build_parser():
                      "as score)")
     cal.add_argument("--fpr", type=float, default=0.01, help="the false-positive rate to hold on normal data")
 
+    ex = sub.add_parser("export", help="write a run's scorer, encoder and decoder as ONNX graphs (threshold and "
+                        "preprocessing inside) with a JSON sidecar; needs pip install 'aekit[onnx]'")
+    ex.add_argument("run", help="run directory (aekit train, or Detector.save)")
+    ex.add_argument("--format", default="onnx", choices=["onnx"], help="graph format [default: onnx]")
+    ex.add_argument("--out", required=True, help="a new or empty folder for the graphs and export.json")
+
     pk = sub.add_parser("pack", help="write an image folder, a CSV/TSV table, an IDX file or a .npz archive as a "
                         ".npy file (and its labels) that training memory-maps")
     pk.add_argument("source", help="image folder (one subfolder per class gives labels), .csv/.tsv/.txt table, "
@@ -774,7 +802,7 @@ def main(argv: list[str] | None = None) -> int:
         code = {"train": cmd_train, "eval": cmd_eval, "reconstruct": cmd_reconstruct, "encode": cmd_encode,
                 "sample": cmd_sample, "models": cmd_models, "datasets": cmd_datasets,
                 "plot": cmd_plot, "report": cmd_report, "compare": cmd_compare, "score": cmd_score,
-                "calibrate": cmd_calibrate, "pack": cmd_pack}[args.command](args)
+                "calibrate": cmd_calibrate, "pack": cmd_pack, "export": cmd_export}[args.command](args)
         ok = True
         return code
     except AekitError as e:

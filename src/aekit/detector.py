@@ -48,7 +48,7 @@ images (benchmarks/fmnist_oneclass.py; RESULTS_fmnist_oneclass.md):
   epochs without improvement of the loss on the held-out ``val_fraction`` of X. An explicit ``epochs`` trains
   that many epochs (best validation weights kept). With fewer than ``1 / val_fraction`` rows there is no
   validation part.
-- ``anomaly_score="auto"``: ``"joint"`` for every family (``_JointStats``): with z = f(x) the code and
+- ``anomaly_score="auto"``: ``"joint"`` for every family (``aekit.scoring.JointStats``): with z = f(x) the code and
   r = x - g(f(x)) the residual in the model's units, ``(z - mu)' S^-1 (z - mu) + sum_d (r_d / sigma_d)^2``,
   i.e. -2 log p(x) + const under "code ~ N(mu, S), x | code ~ N(g(code), diag sigma^2)", its statistics fitted
   on the training rows and refitted on their least anomalous 80%. ``"recon_error"``: the sum of squared
@@ -67,17 +67,24 @@ images (benchmarks/fmnist_oneclass.py; RESULTS_fmnist_oneclass.md):
   ``device="auto"`` (CUDA, else MPS, else the CPU; ``load`` puts the models on the saved device where it
   exists here, else on the CPU).
 
+Scoring. Every score, p-value and decision comes from ``aekit.scoring.Scorer`` (``scorer()`` returns the
+detector's: one ``torch.nn.Module`` from raw rows to score, p-value and is_outlier), the module that
+``aekit score``, ``aekit eval``, ``aekit export`` and ``aekit serve`` use too.
+
 Calibration. ``calibrate(X_normal, fpr)`` keeps held-out normal data's scores and sets ``threshold_`` to the
 ``ceil((n + 1)(1 - fpr))``-th smallest of them (split-conformal): under exchangeability a new normal
 sample is flagged with probability at most fpr. ``predict_pvalue(X)`` = (1 + #{calibration scores >= s}) /
 (n + 1) is then a valid p-value.
 
-Persistence. ``save(path)`` writes a run directory through ``aekit.Run`` (config.json, model.safetensors of
-the first member, metrics.jsonl, summary.json) plus ``detector.json`` (parameters, threshold, score,
-shape, feature names, the training-score summary, the members' normalization) and
-``detector.safetensors`` (training and calibration scores, and the weights of members 1.. under
-``member{k}/``). ``Detector.load(path)`` rebuilds it without unpickling anything; it also opens a plain
-run directory of ``aekit train`` (its model and its table statistics, no threshold until ``calibrate``).
+Persistence. ``save(path)`` writes a run directory through ``aekit.Run`` (config.json, metrics.jsonl,
+summary.json, the detector state, and model.safetensors of the first member last: a folder whose save was
+killed has no weights and is refused by ``load``, never read as another detector). The detector state
+(``aekit.scoring.save_state``: parameters, threshold, score, shape, feature names, the members'
+normalization and joint statistics, training and calibration scores, the weights of members 1..) is one
+file, detector.safetensors, published atomically under the run's lock by ``Run.write_detector_state``, so
+that a ``load`` concurrent with ``calibrate`` reads one state or the other, whole. ``Detector.load(path)``
+rebuilds it without unpickling anything; it also opens a plain run directory of ``aekit train`` (its model
+and its table statistics, no threshold until ``calibrate``).
 """
 
 from __future__ import annotations
@@ -94,33 +101,23 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
-from . import files, metrics, plots, registry, trainer
+from . import metrics, plots, registry, scoring, trainer
+from .arraylike import to_numpy
 from .config import TrainConfig, resolve_device
-from .datasets import DataConfig, from_arrays
-from .datasets.arrays import _as_array
-from .datasets.source import _preview
+from .datasets import DataConfig, from_arrays, preview, read_samples
 from .errors import ConfigError, DataError, RunError
-from .run import DETECTOR, DETECTOR_TENSORS, Run
+from .run import Run
+from .scoring import Preprocess, Scorer
 
 TARGET_STEPS = 1500  # epochs=None: about this many optimizer steps ...
 MAX_EPOCHS = 200  # ... but at most this many epochs
 PATIENCE = 10  # epochs=None: early stopping after this many epochs without a better validation loss
-MC_SAMPLES = 10  # posterior samples of the -ELBO score
-SCORE_SEED = 0  # the -ELBO score's samples come from this seed: the same X gives the same scores
 PNG_IMAGES = 16  # explain(png=...) draws the first images only
-FORMAT = 1  # detector.json's format
-SCORES = ("auto", "joint", "recon_error", "neg_elbo")
+SCORES = ("auto", *scoring.SCORES)
 # the defaults for tables, chosen by benchmarks/adbench.py (ADBench's unsupervised protocol, 33 sets, 3 seeds)
 TABLE_LATENT = 16  # latent_dim=None on a table
 TABLE_HIDDEN = (64, 64)  # hidden=None on a table with an MLP family
 TABLE_STEPS = 150  # epochs=None on a table: about this many optimizer steps, best validation epoch kept
-# the joint score's statistics (see _JointStats)
-JOINT_TRIM = 0.2  # refitted on the (1 - JOINT_TRIM) share of the training rows with the lowest score ...
-JOINT_REFITS = 3  # ... this many times
-JOINT_RIDGE = 1e-3  # added to the code covariance: this times its mean variance
-# the smallest residual standard deviation of a value (model units): standardized table columns; image pixels in
-# [0, 1], where pixels that never vary in training (a border) would otherwise dominate the score
-JOINT_SIGMA_FLOOR = {"table": 1e-3, "image": 0.1}
 PREPROCESSING = ("standard", "minmax", "none")
 _SET_BY_DETECTOR = {"latent_dim": "Detector(latent_dim=...)", "hidden": "Detector(hidden=...)",
                     "input_shape": "the data", "num_classes": "the data (a detector has no labels)"}
@@ -131,15 +128,67 @@ class NotCalibratedError(ConfigError, NotFittedError):
 
 
 class Detector(BaseEstimator):
-    """An autoencoder anomaly detector (see the module docstring for the API, data and defaults).
+    """An autoencoder anomaly detector with PyOD's API and scikit-learn's estimator contract.
 
-    Parameters are stored as given and checked by ``fit``. Fitted attributes: ``decision_scores_`` (n,),
-    ``threshold_`` (float; None for a plain run directory until ``calibrate``), ``labels_`` (n,) 0/1,
-    ``n_features_in_`` (columns of a table; values per image), ``feature_names_`` (a table's column names,
-    a DataFrame's or f0, f1, ...), ``feature_names_in_`` (only when X was a DataFrame), ``input_shape_``,
-    ``kind_`` ("table" | "image"), ``anomaly_score_`` (the score used), ``models_`` (the trained autoencoders),
-    ``data_spec_`` (the DataConfig with the table statistics), ``train_config_``, ``seeds_``, ``history_``;
-    after ``calibrate``: ``calibration_scores_`` (sorted).
+    The module docstring (``help(aekit.detector)``) says how data are read, how the defaults were chosen and
+    what calibration promises. Parameters are stored as given and checked by ``fit``.
+
+    Parameters
+    ----------
+    model : str, default "ae"
+        The family, one of ``aekit.MODELS`` that trains without labels (ae, dae, sae, cae, vae, iwae, aae).
+    model_options : dict or None, default None
+        That family's own options (e.g. ``{"noise": "mask"}`` for dae, ``{"arch": "conv"}``); latent_dim and
+        hidden are set by the parameters below.
+    latent_dim : int or None, default None
+        Code size; None: 16 for a table, ``max(2, min(32, d // 4))`` for images of d values.
+    hidden : tuple of int or None, default None
+        Hidden layer widths (conv: channel counts); None: (64, 64) for a table with an MLP, else the family's.
+    epochs : int or None, default None
+        Training epochs; None: about 150 optimizer steps for a table, about 1500 steps (at most 200 epochs,
+        early stopping after 10 without improvement) for images. The best validation epoch is kept.
+    batch_size : int, default 128
+        Rows per optimizer step.
+    lr : float, default 1e-3
+        Adam's learning rate.
+    contamination : float in (0, 0.5], default 0.1
+        The share of outliers expected in the training data: ``threshold_`` is the (1 - contamination)
+        percentile of the training scores (PyOD's rule) until ``calibrate`` replaces it.
+    anomaly_score : {"auto", "joint", "recon_error", "neg_elbo"}, default "auto"
+        The score (``aekit.scoring``): "auto" is "joint" (code distance + residuals in units of their typical
+        error); "recon_error" the sum of squared reconstruction errors; "neg_elbo" the -ELBO (vae, iwae).
+    preprocessing : {"standard", "minmax", "none"}, default "standard"
+        How a table's columns are scaled with the training rows' statistics (images are used in [0, 1]).
+    val_fraction : float in [0, 0.5], default 0.1
+        The share of the rows held out to pick the best epoch (none with fewer than 1 / val_fraction rows).
+    n_estimators : int, default 1
+        Members trained from different seeds; their scores are normalized by median and IQR and averaged.
+    robust : bool, default False
+        Train twice: the second time without the rows above the (1 - contamination) training-score quantile.
+    random_state : None, int or numpy.random.RandomState, default None
+        Seeds of the members and the data split, drawn in ``fit`` (None: a new draw at every fit).
+    device : str, default "auto"
+        Where to train and score: "auto" (CUDA, else MPS, else the CPU), "cpu", "cuda", "cuda:1", "mps".
+    verbose : bool, default False
+        Show the trainer's progress bar.
+
+    Attributes
+    ----------
+    decision_scores_ : ndarray (n,)
+        The training rows' scores (None for a plain run until ``set_contamination``).
+    threshold_ : float or None
+        ``predict`` flags scores above it; None for a plain run directory until ``calibrate``.
+    labels_ : ndarray (n,) of 0/1
+        The training rows' labels under ``threshold_``.
+    n_features_in_, feature_names_, feature_names_in_, input_shape_, kind_ :
+        Columns of a table (values per image); a table's column names (a DataFrame's, or f0, f1, ...);
+        the DataFrame's columns (only when X was one); the sample shape; "table" or "image".
+    anomaly_score_, models_, joint_, normalization_ :
+        The score used; the trained autoencoders; their ``aekit.scoring.JointStats``; median and IQR per member.
+    data_spec_, train_config_, seeds_, history_, summary_ :
+        The DataConfig with the table statistics; the TrainConfig; the seeds drawn; the epochs; how it ended.
+    calibration_scores_ : ndarray (n_cal,)
+        After ``calibrate``: the calibration scores, sorted.
     """
 
     def __init__(self, model="ae", model_options=None, latent_dim=None, hidden=None, epochs=None, batch_size=128,
@@ -169,7 +218,19 @@ class Detector(BaseEstimator):
 
     # --- training -------------------------------------------------------------------------------
     def fit(self, X, y=None):
-        """Train on X (y is ignored: unsupervised) and set the threshold from ``contamination``. Returns self."""
+        """Train on X and set the threshold from ``contamination``.
+
+        Parameters
+        ----------
+        X : array-like (n, D) table or (n, H, W), (n, H, W, C), (n, C, H, W) images
+            A numpy array, tensor, nested lists or DataFrame (its column names become the feature names).
+        y : ignored
+            Unsupervised; accepted for scikit-learn's API.
+
+        Returns
+        -------
+        self
+        """
         self._check_params()
         arr, columns = _numeric(X)
         kind = _kind_of(arr)
@@ -180,17 +241,18 @@ class Detector(BaseEstimator):
             ds = self._training_data(rows, kind, columns, seeds[0])
             fitted = [self._train_member(ds, seed) for seed in seeds[1:]]  # (TrainConfig, FitResult) each
             models = [result.model for _, result in fitted]
-            score = _resolve_score(self.anomaly_score, models[0])
-            x = _tensor(arr, kind, ds.spec.stats)
+            score = scoring.resolve_score(self.anomaly_score, models[0])
+            pre = Preprocess(kind, tuple(ds.shape), ds.spec.stats, models[0].dtype).to(models[0].device)
+            x = pre(torch.from_numpy(read_samples(arr, kind=kind)).to(models[0].device))
+            # the joint score's statistics come from the rows the members trained on
             joint = None
-            if score == "joint" and rows is arr:  # statistics and scores from one pass over the rows
-                joint, raw = _fit_joint(models, x, kind)
-            else:
-                if score == "joint":  # the statistics come from the rows the members trained on
-                    joint = _fit_joint(models, _tensor(rows, kind, ds.spec.stats), kind)[0]
-                raw = _raw_scores(models, x, score, joint)
-            norm = _normalization(raw)
-            scores = _combine(raw, norm)
+            if score == "joint":
+                on = x if rows is arr else pre(torch.from_numpy(read_samples(rows, kind=kind)).to(x.device))
+                joint = scoring.fit_joint(models, on, kind)
+            scorer = Scorer(models, kind=kind, stats=ds.spec.stats, score=score, joint=joint)
+            raw = scorer.raw_model_units(x).cpu().numpy()
+            norm = scoring.normalization(raw)
+            scores = raw[0] if norm is None else ((raw - norm[:, :1]) / norm[:, 1:]).mean(axis=0)
             if self.robust and attempt == 0:  # drop the rows that look like outliers, train again
                 rows = arr[scores <= np.quantile(scores, 1.0 - float(self.contamination))]
 
@@ -209,7 +271,7 @@ class Detector(BaseEstimator):
         self.data_spec_ = ds.spec
         self.train_config_, result = fitted[0]
         self.history_ = result.history
-        self.summary_ = trainer._summary(result.history, result.best_epoch, result.best_val_loss, result.stopped)
+        self.summary_ = result.summary
         self.seeds_ = seeds
         self.normalization_ = norm
         self.decision_scores_ = scores
@@ -223,18 +285,32 @@ class Detector(BaseEstimator):
                             float(self.contamination), "contamination")
 
     def set_contamination(self, X_train, contamination: float):
-        """Score the data the model was trained on, ``X_train``, and set ``threshold_`` as ``fit`` does: the
-        (1 - contamination) percentile of those scores (for a detector loaded from a plain run, whose training
-        scores were never computed). A plain run loaded with ``anomaly_score`` "auto" or "joint" gets the joint
-        score's statistics from X_train here, as ``fit`` would (earlier calibration scores are dropped: they
-        were of another score). Returns self."""
+        """Score the data the model was trained on and set ``threshold_`` as ``fit`` does.
+
+        For a detector loaded from a plain run, whose training scores were never computed: ``threshold_``
+        becomes the (1 - contamination) percentile of the scores of ``X_train``. A plain run loaded with
+        ``anomaly_score`` "auto" or "joint" gets the joint score's statistics from X_train here, as ``fit``
+        would (earlier calibration scores are dropped: they were of another score).
+
+        Parameters
+        ----------
+        X_train : array-like
+            The rows the model was trained on, in the user's units (as for ``fit``).
+        contamination : float in (0, 0.5]
+            The share of them to flag.
+
+        Returns
+        -------
+        self
+        """
         check_is_fitted(self, "models_")
         _check_number("contamination", contamination, 0.0, 0.5, lo_open=True)
         if self.joint_ is None and self.anomaly_score in ("auto", "joint"):
-            self.joint_, raw = _fit_joint(self.models_, self._model_input(X_train), self.kind_)
+            x = self._model_input(X_train)
+            self.joint_ = scoring.fit_joint(self.models_, x, self.kind_)
             self.anomaly_score_ = "joint"
             self.__dict__.pop("calibration_scores_", None)
-            self.decision_scores_ = _combine(raw, self.normalization_)
+            self.decision_scores_ = self.scorer().score_model_units(x)
         else:
             self.decision_scores_ = self.decision_function(X_train)
         self.contamination = contamination
@@ -299,7 +375,7 @@ class Detector(BaseEstimator):
         model = registry.build_for(self.model, ds, seed=seed, latent_dim=int(latent), **options)
         if model.capabilities.uses_labels:  # e.g. the supervised aae
             raise _needs_labels(self.model, " with these model_options")
-        _resolve_score(self.anomaly_score, model)
+        scoring.resolve_score(self.anomaly_score, model)
         n_train = len(ds.x_train)
         per_epoch = math.ceil(n_train / int(self.batch_size))
         if self.epochs is None and table:  # a short budget, the best validation epoch kept (benchmarks/adbench.py)
@@ -313,26 +389,68 @@ class Detector(BaseEstimator):
         return cfg, trainer.fit(model, ds, cfg, quiet=not self.verbose)
 
     # --- scores and decisions -------------------------------------------------------------------
-    def decision_function(self, X) -> np.ndarray:
-        """Anomaly scores of X, (n,) float64: higher = more anomalous (the score ``anomaly_score_``, or the members'
-        normalized mean)."""
+    def scorer(self) -> Scorer:
+        """The detector as one ``aekit.scoring.Scorer``: preprocessing, members, score statistics, threshold
+        and calibration table in a ``torch.nn.Module`` (raw rows in; score, p_value, is_outlier out). A
+        snapshot: a later ``calibrate`` or ``fit`` does not change it. Build it once to score many batches."""
         check_is_fitted(self, "models_")
-        return _combine(_raw_scores(self.models_, self._model_input(X), self.anomaly_score_, self.joint_),
-                        self.normalization_)
+        return Scorer(self.models_, kind=self.kind_, stats=self.data_spec_.stats, score=self.anomaly_score_,
+                      joint=self.joint_, normalization=self.normalization_, threshold=self.threshold_,
+                      calibration=getattr(self, "calibration_scores_", None), feature_names=self.feature_names_,
+                      flag_rate=self.flag_rate_, threshold_from=self.threshold_from_)
+
+    def decision_function(self, X) -> np.ndarray:
+        """Anomaly scores of X: higher = more anomalous.
+
+        Parameters
+        ----------
+        X : array-like
+            Rows of the fitted table or images of the fitted shape (as for ``fit``), in the user's units.
+
+        Returns
+        -------
+        ndarray (n,) float64
+            The score ``anomaly_score_`` (several members: the mean of their normalized scores).
+        """
+        check_is_fitted(self, "models_")
+        return self.scorer().score_model_units(self._model_input(X))
 
     def predict(self, X, return_confidence: bool = False):
-        """0 (normal) / 1 (outlier) per row, (n,) int64: decision_function(X) > threshold_.
-        ``return_confidence``: also return predict_confidence(X), as PyOD."""
+        """0 (normal) / 1 (outlier) per row: ``decision_function(X) > threshold_``.
+
+        Parameters
+        ----------
+        X : array-like
+            As for ``decision_function``.
+        return_confidence : bool, default False
+            Also return ``predict_confidence(X)``, as PyOD.
+
+        Returns
+        -------
+        ndarray (n,) int64, and the (n,) confidences with ``return_confidence``
+        """
         scores = self.decision_function(X)
-        labels = (scores > self._threshold()).astype(np.int64)
+        self._threshold()
+        labels = self.scorer().decisions(scores).is_outlier.astype(np.int64)
         return (labels, self._confidence(scores)) if return_confidence else labels
 
     def predict_proba(self, X, method: str = "linear", return_confidence: bool = False) -> np.ndarray:
-        """(n, 2): [P(normal), P(outlier)], PyOD's two conversions of the score s:
+        """[P(normal), P(outlier)] per row, PyOD's two conversions of the score s.
 
-        - ``"linear"``: min-max scaling by the training scores, clipped to [0, 1];
-        - ``"unify"``: erf((s - mean) / (std * sqrt(2))) of the training scores, clipped to [0, 1]
-          (Kriegel et al., 2011, "Interpreting and unifying outlier scores").
+        Parameters
+        ----------
+        X : array-like
+            As for ``decision_function``.
+        method : {"linear", "unify"}, default "linear"
+            "linear": min-max scaling by the training scores, clipped to [0, 1]; "unify": erf((s - mean) /
+            (std * sqrt(2))) of the training scores, clipped to [0, 1] (Kriegel et al., 2011, "Interpreting
+            and unifying outlier scores").
+        return_confidence : bool, default False
+            Also return ``predict_confidence(X)``.
+
+        Returns
+        -------
+        ndarray (n, 2)
         """
         if method not in ("linear", "unify"):
             raise ConfigError(f"predict_proba(method={method!r}): choose 'linear' or 'unify'")
@@ -351,11 +469,22 @@ class Detector(BaseEstimator):
         return (probs, self._confidence(scores)) if return_confidence else probs
 
     def predict_confidence(self, X) -> np.ndarray:
-        """(n,) in [0, 1]: how surely the same label would be predicted after a small change of the training
-        data (ExCeeD, Perini, Vercruyssen and Davis, 2020), as PyOD computes it: with n reference scores (the
+        """How surely the same label would be predicted after a small change of the training data.
+
+        ExCeeD (Perini, Vercruyssen and Davis, 2020), as PyOD computes it: with n reference scores (the
         training scores; after ``calibrate``, the calibration scores), k of them <= s and the share r of them
         flagged (contamination; after calibrate, fpr), P(outlier) = (1 + k) / (2 + n) and the confidence of an
-        outlier is 1 - Binom(n, P(outlier)).cdf(n - int(n r)); that of a normal prediction is 1 minus it."""
+        outlier is 1 - Binom(n, P(outlier)).cdf(n - int(n r)); that of a normal prediction is 1 minus it.
+
+        Parameters
+        ----------
+        X : array-like
+            As for ``decision_function``.
+
+        Returns
+        -------
+        ndarray (n,) in [0, 1]
+        """
         return self._confidence(self.decision_function(X))
 
     def _confidence(self, scores: np.ndarray) -> np.ndarray:
@@ -393,8 +522,19 @@ class Detector(BaseEstimator):
 
         Split-conformal: with the n calibration scores sorted, the threshold is the k-th smallest,
         k = ceil((n + 1)(1 - fpr)); a new sample exchangeable with X_normal exceeds it with probability
-        <= 1 - k / (n + 1) <= fpr. Needs n >= 1 / fpr - 1 samples. Keeps the scores (``calibration_scores_``,
-        sorted) for ``predict_pvalue``; ``labels_`` follow the new threshold. Returns self.
+        <= 1 - k / (n + 1) <= fpr. Keeps the scores (``calibration_scores_``, sorted) for ``predict_pvalue``;
+        ``labels_`` follow the new threshold.
+
+        Parameters
+        ----------
+        X_normal : array-like
+            At least 1 / fpr - 1 normal rows the detector was not trained on.
+        fpr : float in (0, 1), default 0.01
+            The false-positive rate to hold on normal data.
+
+        Returns
+        -------
+        self
         """
         _check_number("fpr", fpr, 0.0, 1.0, lo_open=True, hi_open=True, what="calibrate")
         scores = np.sort(self.decision_function(X_normal))
@@ -409,37 +549,54 @@ class Detector(BaseEstimator):
         return self
 
     def predict_pvalue(self, X) -> np.ndarray:
-        """(n,) conformal p-values: (1 + #{calibration scores >= s}) / (n_cal + 1). Small = anomalous; for
-        a normal sample exchangeable with the calibration data, P(p <= a) <= a. Needs ``calibrate``."""
+        """Conformal p-values (1 + #{calibration scores >= s}) / (n_cal + 1); needs ``calibrate``.
+
+        Small = anomalous; for a normal sample exchangeable with the calibration data, P(p <= a) <= a.
+
+        Parameters
+        ----------
+        X : array-like
+            As for ``decision_function``.
+
+        Returns
+        -------
+        ndarray (n,) float64 in (0, 1]
+        """
         check_is_fitted(self, "models_")
-        cal = getattr(self, "calibration_scores_", None)
-        if cal is None:
+        if getattr(self, "calibration_scores_", None) is None:
             raise NotCalibratedError("predict_pvalue needs calibration scores: call calibrate(X_normal, fpr=...) "
                                      "first, with held-out normal data the detector was not trained on")
-        scores = self.decision_function(X)
-        at_least = len(cal) - np.searchsorted(cal, scores, side="left")
-        return (1.0 + at_least) / (len(cal) + 1.0)
+        return self.scorer().decisions(self.decision_function(X)).p_value
 
     # --- explanations ---------------------------------------------------------------------------
     def explain(self, X, png=None) -> dict:
         """What makes each row anomalous, part by part.
 
-        ``contributions`` (n, *shape): each value's part of the score. For the ``joint`` score, (r_d /
-        sigma_d)^2, the squared reconstruction error of value d in units of its typical error, and
-        ``code_distance`` (n,), the code's Mahalanobis term: together they sum to the score of one member.
-        For ``recon_error`` and ``neg_elbo``, the squared reconstruction error of each value in the model's
-        (scaled) units (it sums to ``recon_error``). Tables also get ``contributions_user_units`` (n, D),
-        the squared error in the user's units, ((x - x_hat) * std)^2; ``reconstruction`` (n, D) in the user's
-        units; ``feature_names``. Images get ``maps`` (n, H, W), the contributions summed over channels, and
-        ``reconstruction`` (n, C, H, W). With several members, the members' parts and reconstructions are
-        averaged. ``png``: write a figure of the first images (inputs, reconstructions, anomaly maps) to this
-        path (images only).
+        Parameters
+        ----------
+        X : array-like
+            As for ``decision_function``.
+        png : path, optional
+            Write a figure of the first images (inputs, reconstructions, anomaly maps) there (images only).
+
+        Returns
+        -------
+        dict
+            ``contributions`` (n, *shape): each value's part of the score. For the ``joint`` score, (r_d /
+            sigma_d)^2, the squared reconstruction error of value d in units of its typical error, and
+            ``code_distance`` (n,), the code's Mahalanobis term: together they sum to the score of one member.
+            For ``recon_error`` and ``neg_elbo``, the squared reconstruction error of each value in the
+            model's (scaled) units (it sums to ``recon_error``). Tables also get ``contributions_user_units``
+            (n, D), the squared error in the user's units, ((x - x_hat) * std)^2; ``reconstruction`` (n, D) in
+            the user's units; ``feature_names``. Images get ``maps`` (n, H, W), the contributions summed over
+            channels, and ``reconstruction`` (n, C, H, W). With several members, the members' parts and
+            reconstructions are averaged.
         """
         check_is_fitted(self, "models_")
         x = self._model_input(X)
         recs = torch.stack([metrics.reconstructions(m, x) for m in self.models_])  # (k, n, *shape)
-        err2 = (recs - x).pow(2).double().numpy()
-        x_hat = recs.mean(0).double().numpy()
+        err2 = (recs - x).pow(2).double().cpu().numpy()
+        x_hat = recs.mean(0).double().cpu().numpy()
         out = {}
         if self.anomaly_score_ == "joint":
             flat = err2.reshape(len(self.models_), len(x), -1)
@@ -453,7 +610,9 @@ class Detector(BaseEstimator):
         if self.kind_ == "table":
             if png is not None:
                 raise ConfigError("explain(png=...) draws anomaly maps of images; this detector was fitted on a table")
-            mean, std = _stats_arrays(self.data_spec_.stats, self.n_features_in_)
+            stats = self.data_spec_.stats
+            mean, std = (np.zeros(self.n_features_in_), np.ones(self.n_features_in_)) if stats is None else (
+                np.asarray(stats["mean"], dtype=np.float64), np.asarray(stats["std"], dtype=np.float64))
             return {**out, "contributions": contributions, "contributions_user_units": err2 * std**2,
                     "reconstruction": x_hat * std + mean, "feature_names": list(self.feature_names_)}
         maps = contributions.sum(axis=1)
@@ -461,18 +620,16 @@ class Detector(BaseEstimator):
             show = slice(0, PNG_IMAGES)
             peak = float(maps[show].max()) or 1.0
             heat = torch.from_numpy(maps[show] / peak).float()[:, None].expand(-1, x.shape[1], -1, -1)
-            fig = plots.image_rows([x[show], torch.from_numpy(x_hat[show]).float(), heat],
+            fig = plots.image_rows([x[show].cpu(), torch.from_numpy(x_hat[show]).float(), heat],
                                    ["input", "output", "error"])
             plots.save(fig, png)
         return {**out, "contributions": contributions, "maps": maps, "reconstruction": x_hat}
 
     # --- data -----------------------------------------------------------------------------------
     def _model_input(self, X) -> torch.Tensor:
-        """X as the models read it: (n, *input_shape_) float32, scaled as the training rows, in X's row order.
-
-        One DataError line for data the detector cannot score: another number of features or image shape,
-        other column names, NaN/Inf (naming the first bad row), no rows.
-        """
+        """X as the models read it: (n, *input_shape_), scaled as the training rows, in X's row order
+        (``Preprocess`` of the scorer). One DataError line for data the detector cannot score: another number
+        of features or image shape, other column names, NaN/Inf (naming the first bad row), no rows."""
         arr, columns = _numeric(X)
         want = self.input_shape_
         if self.kind_ == "table" and (arr.ndim != 2 or arr.shape[1] != want[0]):
@@ -484,56 +641,86 @@ class Detector(BaseEstimator):
                             "(C, H, W); pass images (N, H, W), (N, H, W, C) or (N, C, H, W)")
         known = getattr(self, "feature_names_in_", None)
         if columns is not None and known is not None and list(columns) != list(known):
-            raise DataError(f"X has the columns {_preview(columns)}, but the detector was fitted on "
-                            f"{_preview(known)}; pass the same columns in the same order")
-        x = _tensor(arr, self.kind_, self.data_spec_.stats)
-        if tuple(x.shape[1:]) != want:
-            raise DataError(f"X holds images of shape {tuple(x.shape[1:])}, but the detector was fitted on images "
-                            f"of shape {want}; resize them first")
-        return x
+            raise DataError(f"X has the columns {preview(columns)}, but the detector was fitted on "
+                            f"{preview(known)}; pass the same columns in the same order")
+        first = self.models_[0]
+        pre = Preprocess(self.kind_, want, self.data_spec_.stats, first.dtype).to(first.device)
+        with torch.no_grad():
+            return pre(pre.prepare(arr).to(first.device))
 
     # --- persistence ----------------------------------------------------------------------------
     def save(self, path) -> Path:
-        """Write the detector as a run directory at ``path`` (new or empty): the first member's run, readable
-        by ``aekit.Run.open`` and ``aekit eval``, plus detector.json and detector.safetensors. Returns path."""
+        """Write the detector as a run directory.
+
+        The first member's run (readable by ``aekit.Run.open``, ``aekit eval`` and every command) plus the
+        detector state; the weights are written last, so that an interrupted save is refused by ``load``.
+
+        Parameters
+        ----------
+        path : str or Path
+            A new or empty folder (an existing file or a non-empty folder is refused; nothing is overwritten).
+
+        Returns
+        -------
+        Path
+        """
         check_is_fitted(self, "models_")
         first = self.models_[0]
         run = Run.create(path, self.model_name_, first.config, self.train_config_, self.data_spec_)
         try:
-            run.save_weights(first.state_dict())
             if self.history_:
                 run.write_history(self.history_)
             run.write_summary(self.summary_ or {})
-            self._write_state(run)
+            scoring.save_state(run, self._state())
+            run.save_weights(first.state_dict())
         finally:
             run.release()
         return run.path
 
     def save_state(self, path) -> Path:
-        """Write this detector's threshold, calibration and members into the run directory ``path`` it scores
-        with (e.g. one made by ``aekit train`` and loaded with ``load``), claiming it while writing."""
+        """Write this detector's state (threshold, calibration, statistics, members) into the run directory
+        ``path`` it scores with (e.g. one made by ``aekit train`` and loaded with ``load``), atomically and
+        under the run's lock.
+
+        Parameters
+        ----------
+        path : str or Path
+            The run directory.
+
+        Returns
+        -------
+        Path
+        """
         check_is_fitted(self, "models_")
         run = Run.open(path)
         run.claim()
         try:
-            self._write_state(run)
+            scoring.save_state(run, self._state())
         finally:
             run.release()
         return run.path
 
-    def _write_state(self, run: Run) -> None:
-        tensors = {f"member{k}/{name}": t for k, m in enumerate(self.models_) if k
-                   for name, t in m.state_dict().items()}
-        for j, stats in enumerate(self.joint_ or []):
-            tensors.update(stats.tensors(f"joint{j}/"))
-        for name in ("decision_scores", "calibration_scores"):
-            value = getattr(self, name + "_", None)
-            if value is not None:
-                tensors[name] = torch.from_numpy(np.ascontiguousarray(value, dtype=np.float64))
-        files.save_tensors(run.path / DETECTOR_TENSORS, tensors)
-        files.write_json(run.path / DETECTOR, self._state_json())
+    def export(self, path, format: str = "onnx") -> dict:
+        """Export the detector as ONNX graphs (scorer, encoder, decoder) and a JSON sidecar (``aekit.export``).
 
-    def _state_json(self) -> dict:
+        Parameters
+        ----------
+        path : str or Path
+            A new or empty folder.
+        format : {"onnx"}, default "onnx"
+            Needs the optional extra: ``pip install 'aekit[onnx]'``.
+
+        Returns
+        -------
+        dict
+            The sidecar written as ``path/export.json``.
+        """
+        from .export import export_onnx
+
+        check_is_fitted(self, "models_")
+        return export_onnx(self.scorer(), path, model_name=self.model_name_, fmt=format)
+
+    def _state(self) -> scoring.DetectorState:
         params = {k: _plain(v) for k, v in self.get_params(deep=False).items()}
         for role in ("encoder", "decoder"):  # an nn.Module instance: saved as the path and arguments of its model
             if isinstance(params[role], torch.nn.Module):
@@ -541,37 +728,44 @@ class Detector(BaseEstimator):
                 params[role], params[f"{role}_args"] = getattr(cfg, role), getattr(cfg, f"{role}_args")
         if not isinstance(params["random_state"], (int, type(None))):
             params["random_state"] = None  # a RandomState object is not JSON; seeds holds what it drew
-        calibration = getattr(self, "calibration_scores_", None)
-        return {
-            "format": FORMAT, "params": params, "kind": self.kind_, "input_shape": list(self.input_shape_),
-            "n_features_in": self.n_features_in_, "feature_names": list(self.feature_names_),
-            "feature_names_in": None if getattr(self, "feature_names_in_", None) is None
-            else [str(c) for c in self.feature_names_in_],
-            "score": self.anomaly_score_, "mc_samples": MC_SAMPLES, "score_seed": SCORE_SEED,
-            "n_members": len(self.models_), "seeds": self.seeds_,
-            "normalization": None if self.normalization_ is None else self.normalization_.tolist(),
-            "threshold": self.threshold_, "flag_rate": self.flag_rate_, "threshold_from": self.threshold_from_,
-            "n_decision_scores": None if self.decision_scores_ is None else len(self.decision_scores_),
-            "n_calibration_scores": None if calibration is None else len(calibration),
-        }
+        names_in = getattr(self, "feature_names_in_", None)
+        return scoring.DetectorState(
+            members=self.models_, kind=self.kind_, input_shape=self.input_shape_, stats=self.data_spec_.stats,
+            score=self.anomaly_score_, params=params, joint=self.joint_, normalization=self.normalization_,
+            threshold=self.threshold_, flag_rate=self.flag_rate_, threshold_from=self.threshold_from_,
+            decision_scores=self.decision_scores_, calibration_scores=getattr(self, "calibration_scores_", None),
+            feature_names=list(self.feature_names_),
+            feature_names_in=None if names_in is None else [str(c) for c in names_in], seeds=self.seeds_)
 
     @classmethod
     def load(cls, path, device=None) -> Detector:
-        """The detector saved at ``path`` by ``save``, or one that scores with the model of a plain run
-        directory (``aekit train``): its table statistics, no threshold until ``calibrate``.
+        """The detector saved at ``path``, or one that scores with the model of a plain run directory.
 
-        ``device``: where the models go (default: the device it was trained on where this torch has it,
-        else the CPU). Nothing is unpickled; every file is read with a size bound.
+        A plain run (``aekit train``) scores with its model and table statistics, with no threshold until
+        ``calibrate``. Nothing is unpickled; every file is read with a size bound; the state is read whole
+        (never half of one calibration and half of another) and a state that does not fit the run's weights,
+        or holds a non-finite threshold, is one RunError.
+
+        Parameters
+        ----------
+        path : str or Path
+            The run directory.
+        device : str, optional
+            Where the models go (default: the device it was trained on where this torch has it, else the CPU).
+
+        Returns
+        -------
+        Detector
         """
         run = Run.open(path)
-        state = files.read_json(run.path / DETECTOR) if (run.path / DETECTOR).exists() else None
+        state = scoring.load_state(run)
         try:
-            params = {} if state is None else dict(state["params"])
+            params = dict(state.params)
             if isinstance(params.get("hidden"), list):  # JSON has no tuples
                 params["hidden"] = tuple(params["hidden"])
             det = cls(**params)
         except (TypeError, KeyError, ValueError) as e:
-            raise RunError(f"{run.path / DETECTOR}: not a detector state this aekit can read ({e})") from None
+            raise RunError(f"{run.path}: not a detector state this aekit can read ({e})") from None
         if device is not None:
             where = torch.device(resolve_device(device))
         else:  # the detector's own device ("auto": the best one here), or the CPU when it is not here
@@ -580,94 +774,27 @@ class Detector(BaseEstimator):
             except ConfigError:
                 where = torch.device("cpu")
         det.model = det.model_name_ = run.model_name
-        det.models_ = [run.model(device=where)]
-        det.train_config_, det.data_spec_, det.history_, det.summary_ = run.train, run.data, run.history, run.summary
-        shape = tuple(run.model_config.input_shape)
-        det.kind_ = "image" if len(shape) == 3 else "table"
-        det.input_shape_, det.n_features_in_ = shape, math.prod(shape)
-        if state is None:
-            det._restore_plain(run)
+        det.models_ = [m.to(where) for m in state.members]
+        det.train_config_, det.history_, det.summary_ = run.train, run.history, run.summary
+        det.data_spec_ = run.data if run.data is not None else DataConfig(name_or_path=None)
+        det.kind_, det.input_shape_ = state.kind, tuple(state.input_shape)
+        det.n_features_in_ = math.prod(det.input_shape_)
+        det.feature_names_ = list(state.feature_names)
+        if state.feature_names_in is not None:
+            det.feature_names_in_ = np.asarray(state.feature_names_in, dtype=object)
+        if not state.fitted:
+            det.anomaly_score_ = scoring.resolve_score(det.anomaly_score, det.models_[0], fitted=False)
         else:
-            det._restore(run, state, where)
+            det.anomaly_score_ = state.score
+        det.seeds_, det.joint_, det.normalization_ = state.seeds, state.joint, state.normalization
+        det.decision_scores_ = state.decision_scores
+        if state.calibration_scores is not None:
+            det.calibration_scores_ = state.calibration_scores
+        det._set_threshold(state.threshold, state.flag_rate, state.threshold_from)
         return det
 
-    def _restore_plain(self, run: Run) -> None:
-        if self.kind_ == "table" and (self.data_spec_ is None or self.data_spec_.stats is None):
-            raise RunError(f"{run.path}: the run records no table statistics (config.json 'data'), so new rows "
-                           "cannot be scaled as its training rows were")
-        if self.data_spec_ is None:
-            self.data_spec_ = DataConfig(name_or_path=None)
-        features = self.data_spec_.features
-        self.feature_names_ = list(features) if features else [f"f{i}" for i in range(self.n_features_in_)]
-        self.anomaly_score_ = _resolve_score(self.anomaly_score, self.models_[0], fitted=False)
-        self.seeds_, self.normalization_, self.decision_scores_, self.joint_ = [None, run.train.seed], None, None, None
-        self._set_threshold(None, None, None)
 
-    def _restore(self, run: Run, state: dict, where: torch.device) -> None:
-        file = run.path / DETECTOR
-        try:
-            if state["format"] != FORMAT or state["kind"] != self.kind_ or tuple(state["input_shape"]) != \
-                    self.input_shape_:
-                raise ValueError("its format, kind or input shape does not match config.json")
-            k = int(state["n_members"])
-            counts = [int(state[f"n_{name}_scores"] or 0) for name in ("decision", "calibration")]
-            if k < 1 or min(counts) < 0:
-                raise ValueError("negative counts")
-            self.feature_names_ = [str(n) for n in state["feature_names"]]
-            if state["feature_names_in"] is not None:
-                self.feature_names_in_ = np.asarray(state["feature_names_in"], dtype=object)
-            if state["score"] not in SCORES[1:]:
-                raise ValueError(f"unknown score {state['score']!r}")
-            self.anomaly_score_, self.seeds_ = _resolve_score(state["score"], self.models_[0]), state["seeds"]
-            norm = state["normalization"]
-            self.normalization_ = None if norm is None else np.asarray(norm, dtype=np.float64).reshape(k, 2)
-            if (norm is None) != (k == 1):
-                raise ValueError(f"{k} member(s) with normalization {norm!r}")
-            threshold, source = state["threshold"], state["threshold_from"]
-            threshold = None if threshold is None else float(threshold)
-            rate = None if state["flag_rate"] is None else float(state["flag_rate"])
-            if source not in (None, "contamination", "calibration") or (source is None) != (threshold is None) \
-                    or (source == "calibration") != (counts[1] > 0):
-                raise ValueError(f"threshold_from={source!r}, threshold={threshold!r} and {counts[1]} calibration "
-                                 "scores do not go together")
-        except (KeyError, TypeError, ValueError) as e:
-            raise RunError(f"{file}: not a detector state this aekit can read ({type(e).__name__}: {e}); the "
-                           "run directory may be damaged") from None
-        member_bytes = sum(t.numel() * t.element_size() for t in self.models_[0].state_dict().values())
-        code, values = int(self.models_[0].latent_dim), self.n_features_in_
-        joint_bytes = k * 8 * (code + code * code + values) if self.anomaly_score_ == "joint" else 0
-        tensors, _ = files.load_tensors(run.path / DETECTOR_TENSORS,
-                                        (k - 1) * member_bytes + 8 * sum(counts) + joint_bytes)
-        self.joint_ = None
-        if self.anomaly_score_ == "joint":
-            try:
-                self.joint_ = [_JointStats.from_tensors(tensors, f"joint{j}/", code, values) for j in range(k)]
-            except ValueError as e:
-                raise RunError(f"{run.path / DETECTOR_TENSORS}: the joint score's statistics do not match the "
-                               f"model ({e}); the run directory may be damaged") from None
-        for j in range(1, k):
-            member = registry.instantiate(run.model_name, run.model_config, seed=0)  # seeded: no global RNG draw
-            prefix = f"member{j}/"
-            try:
-                member.load_state_dict({n[len(prefix):]: t for n, t in tensors.items() if n.startswith(prefix)})
-            except RuntimeError as e:
-                raise RunError(f"{run.path / DETECTOR_TENSORS}: the weights of member {j} do not match the model "
-                               f"in config.json ({str(e).strip().splitlines()[-1].strip()})") from None
-            self.models_.append(member.eval().to(where))
-        scores = {}
-        for name, n in zip(("decision_scores", "calibration_scores"), counts):
-            t = tensors.get(name)
-            if (t is None) != (n == 0) or (t is not None and tuple(t.shape) != (n,)):
-                raise RunError(f"{run.path / DETECTOR_TENSORS}: {name} do not match the {n} that {DETECTOR} "
-                               "announces; the run directory may be damaged")
-            scores[name] = None if t is None else t.double().numpy()
-        self.decision_scores_ = scores["decision_scores"]
-        if scores["calibration_scores"] is not None:
-            self.calibration_scores_ = scores["calibration_scores"]
-        self._set_threshold(threshold, rate, source)
-
-
-_NO_THRESHOLD = ("this detector has no threshold: it was loaded from a plain run directory (no detector.json); "
+_NO_THRESHOLD = ("this detector has no threshold: it was loaded from a plain run directory (no detector state); "
                  "call calibrate(X_normal, fpr=...) with held-out normal data, or fit a Detector with a "
                  "contamination")
 
@@ -691,7 +818,7 @@ def _numeric(X) -> tuple[np.ndarray, list[str] | None]:
 
     The errors scikit-learn's estimator checks look for, each one line: sparse input (TypeError), complex
     numbers, a 1-D array (reshape), no samples, no features. The rest of the interpretation (tables or
-    images, dtypes, NaN/Inf) is ``datasets.from_arrays``'s.
+    images, dtypes, NaN/Inf) is ``datasets.read_samples``'s.
     """
     import scipy.sparse
 
@@ -699,7 +826,7 @@ def _numeric(X) -> tuple[np.ndarray, list[str] | None]:
         raise TypeError("X is a sparse matrix; a Detector needs dense data: pass X.toarray()")
     columns = getattr(X, "columns", None)
     columns = None if columns is None else [str(c) for c in columns]
-    arr = _as_array(X, "X", "the input")
+    arr = to_numpy(X, "X: the input")
     if arr.dtype.kind == "c":
         raise DataError(f"X: Complex data not supported (dtype {arr.dtype}); pass real numbers")
     if arr.dtype.kind == "O":  # numbers held as Python objects; a TypeError for anything else
@@ -723,145 +850,6 @@ def _kind_of(arr: np.ndarray) -> str:
                     "(N, C, H, W)")
 
 
-def _tensor(arr: np.ndarray, kind: str, stats: dict | None) -> torch.Tensor:
-    """``from_arrays``'s tensor of arr (n, *shape), scaled with ``stats``, in arr's row order.
-
-    from_arrays permutes its rows; the row numbers handed to it as labels say where each one came from.
-    """
-    ds = from_arrays(arr, np.arange(len(arr)), kind=kind, name="X", val_fraction=0.0, test_fraction=0.0,
-                     stats=stats)
-    x = torch.empty_like(ds.x_train)
-    x[ds.y_train] = ds.x_train
-    return x
-
-
-def _resolve_score(score: str, model, *, fitted: bool = True) -> str:
-    """The score ``score`` names for ``model``. "auto" is "joint", except for a plain run directory that was
-    never fitted as a detector (``fitted=False``: no statistics for the joint score), where it is "neg_elbo"
-    for probabilistic families and "recon_error" for the others."""
-    probabilistic = model.capabilities.probabilistic
-    if score == "auto":
-        return "joint" if fitted else "neg_elbo" if probabilistic else "recon_error"
-    if score == "joint" and not fitted:
-        raise ConfigError("anomaly_score='joint' needs the statistics of the training codes and residuals, which a "
-                          "plain run directory does not have: fit a Detector, or use anomaly_score='auto' here")
-    if score == "neg_elbo" and not probabilistic:
-        raise ConfigError(f"Detector(anomaly_score='neg_elbo') needs a probabilistic model (vae, iwae); model "
-                          f"{model.name} has no ELBO: use anomaly_score='recon_error' or 'auto'")
-    return score
-
-
-class _JointStats:
-    """The joint score of one member: -2 log p(x) up to a constant under "code ~ N(mu, S), x | code ~
-    N(g(code), diag sigma^2)", i.e. with z = f(x) the code and r = x - g(f(x)) the residual (model units),
-
-        score(x) = (z - mu)' S^-1 (z - mu) + sum_d (r_d / sigma_d)^2
-
-    the distance of the code from the training codes plus the reconstruction error of each value in units
-    of its typical error. ``fit`` estimates mu, S (with a ridge of JOINT_RIDGE x its mean variance; the
-    pseudo-inverse) and sigma (at least JOINT_SIGMA_FLOOR of the data's kind) on the training rows, then refits them
-    JOINT_REFITS times on the (1 - JOINT_TRIM) share of the rows with the lowest score, so that the anomalies
-    of a contaminated training set do not widen them.
-    """
-
-    def __init__(self, mu: np.ndarray, prec: np.ndarray, sigma: np.ndarray):
-        self.mu, self.prec, self.sigma = mu, prec, sigma
-
-    @classmethod
-    def estimate(cls, z: np.ndarray, r: np.ndarray, floor: float) -> _JointStats:
-        mu = z.mean(axis=0)
-        cov = np.atleast_2d(np.cov(z - mu, rowvar=False)) if len(z) > 1 else np.zeros((z.shape[1],) * 2)
-        k = cov.shape[0]
-        cov = cov + (JOINT_RIDGE * np.trace(cov) / k + 1e-12) * np.eye(k)
-        return cls(mu, np.linalg.pinv(cov, hermitian=True), np.maximum(r.std(axis=0), floor))
-
-    @classmethod
-    def fit(cls, z: np.ndarray, r: np.ndarray, floor: float = JOINT_SIGMA_FLOOR["table"]) -> _JointStats:
-        stats = cls.estimate(z, r, floor)
-        for _ in range(JOINT_REFITS):
-            s = stats.score(z, r)
-            keep = s <= np.quantile(s, 1.0 - JOINT_TRIM)
-            if keep.sum() >= 2:
-                stats = cls.estimate(z[keep], r[keep], floor)
-        return stats
-
-    def score(self, z: np.ndarray, r: np.ndarray) -> np.ndarray:
-        return self.code_distance(z) + self.residual_terms(r).sum(axis=1)
-
-    def code_distance(self, z: np.ndarray) -> np.ndarray:
-        d = z - self.mu
-        return np.einsum("ij,jk,ik->i", d, self.prec, d)
-
-    def residual_terms(self, r: np.ndarray) -> np.ndarray:
-        return (r / self.sigma) ** 2
-
-    def tensors(self, prefix: str) -> dict[str, torch.Tensor]:
-        return {f"{prefix}{name}": torch.from_numpy(np.ascontiguousarray(getattr(self, name), dtype=np.float64))
-                for name in ("mu", "prec", "sigma")}
-
-    @classmethod
-    def from_tensors(cls, tensors: dict, prefix: str, k: int, d: int) -> _JointStats:
-        """The statistics saved by ``tensors``; a ValueError when one is missing or of the wrong shape."""
-        got = {}
-        for name, shape in (("mu", (k,)), ("prec", (k, k)), ("sigma", (d,))):
-            t = tensors.get(prefix + name)
-            if t is None or tuple(t.shape) != shape:
-                raise ValueError(f"{prefix}{name} is missing or not of shape {shape}")
-            got[name] = t.double().numpy()
-        if not (np.isfinite(got["prec"]).all() and np.isfinite(got["mu"]).all() and (got["sigma"] > 0).all()):
-            raise ValueError(f"{prefix}: non-finite statistics or a residual std <= 0")
-        return cls(**got)
-
-
-def _codes_and_residuals(model, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """(codes (n, K), residuals x - reconstruction (n, values)) of x, float64 numpy."""
-    z = metrics.codes(model, x).flatten(1)
-    r = (x - metrics.reconstructions(model, x)).flatten(1)
-    return z.double().cpu().numpy(), r.double().cpu().numpy()
-
-
-def _fit_joint(models, x: torch.Tensor, kind: str) -> tuple[list[_JointStats], np.ndarray]:
-    """Each member's joint-score statistics fitted on x, and its scores of x ((members, n) float64), from
-    one pass of each member over x."""
-    joint, raw = [], []
-    for m in models:
-        z, r = _codes_and_residuals(m, x)
-        joint.append(_JointStats.fit(z, r, floor=JOINT_SIGMA_FLOOR[kind]))
-        raw.append(joint[-1].score(z, r))
-    return joint, np.stack(raw)
-
-
-def _raw_scores(models, x: torch.Tensor, score: str, joint: list[_JointStats] | None = None) -> np.ndarray:
-    """Each member's scores of x: (members, n) float64."""
-    out = []
-    for j, m in enumerate(models):
-        if score == "joint":
-            out.append(joint[j].score(*_codes_and_residuals(m, x)))
-            continue
-        if score == "recon_error":  # without the -ELBO that anomaly_scores adds for probabilistic models
-            s = metrics.sse_per_example(x, metrics.reconstructions(m, x))
-        else:
-            s = metrics.anomaly_scores(m, x, mc_samples=MC_SAMPLES, seed=SCORE_SEED)[score]
-        out.append(s.double().cpu().numpy())
-    return np.stack(out)
-
-
-def _normalization(raw: np.ndarray) -> np.ndarray | None:
-    """(members, 2): the median and interquartile range of each member's training scores (None for one)."""
-    if len(raw) == 1:
-        return None
-    q1, median, q3 = np.percentile(raw, [25, 50, 75], axis=1)
-    iqr = q3 - q1
-    return np.stack([median, np.where(iqr > 0, iqr, 1.0)], axis=1)
-
-
-def _combine(raw: np.ndarray, norm: np.ndarray | None) -> np.ndarray:
-    """One score per row: the member's own (one member) or the mean of (s - median) / IQR."""
-    if norm is None:
-        return raw[0]
-    return ((raw - norm[:, :1]) / norm[:, 1:]).mean(axis=0)
-
-
 def _plain(value):
     """A parameter value as JSON types: numpy scalars as Python numbers, tuples as lists (recursively)."""
     if isinstance(value, np.generic):
@@ -871,12 +859,6 @@ def _plain(value):
     if isinstance(value, Mapping):
         return {str(k): _plain(v) for k, v in value.items()}
     return value
-
-
-def _stats_arrays(stats: dict, d: int) -> tuple[np.ndarray, np.ndarray]:
-    if stats is None:
-        return np.zeros(d), np.ones(d)
-    return np.asarray(stats["mean"], dtype=np.float64), np.asarray(stats["std"], dtype=np.float64)
 
 
 def _default_names(ds) -> list[str]:

@@ -27,7 +27,7 @@ from .errors import RunError
 __all__ = ["TMP_SUFFIX", "MAX_TEXT_BYTES", "MAX_HEADER_BYTES", "atomic_write_bytes", "new_file", "atomic_write_text",
            "write_json", "read_bytes", "read_text", "read_json", "save_tensors", "load_tensors",
            "optimizer_to_tensors", "optimizer_from_tensors", "AppendFile",
-           "streamed_file"]
+           "streamed_file", "read_tensors_meta"]
 
 TMP_SUFFIX = ".tmp"  # atomic writes go through ".<name>.<random>.tmp" in the target's folder
 MAX_TEXT_BYTES = 256 * 2**20  # config.json, metrics.jsonl, summary.json: far above any real run's
@@ -311,6 +311,37 @@ def load_tensors(path, max_bytes: int) -> tuple[dict[str, torch.Tensor], dict | 
     except (SafetensorError, ValueError, TypeError, KeyError, IndexError, RecursionError) as e:
         raise RunError(f"{bad} ({e}); the run may have been damaged") from None
     return tensors, meta
+
+
+def read_tensors_meta(path) -> dict | None:
+    """The JSON metadata in the header of a safetensors file (None without any), read without the tensors:
+    the file is opened without blocking and must be a regular file (a RunError naming it otherwise)."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise RunError(f"{path}: file not found") from None
+    except OSError as e:
+        raise RunError(f"{path}: cannot read the file ({e.strerror or e})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise RunError(f"{path}: not a regular file; the run directory is damaged or was tampered with")
+        n = int.from_bytes(os.pread(fd, 8, 0), "little")
+        if n > min(MAX_HEADER_BYTES, st.st_size - 8):
+            raise RunError(f"{path}: not a readable safetensors file (a header of {n} bytes in a file of "
+                           f"{st.st_size}); the run may have been damaged")
+        raw = os.pread(fd, n, 8)
+    except OSError as e:
+        raise RunError(f"{path}: cannot read the file ({e.strerror or e})") from None
+    finally:
+        os.close(fd)
+    try:
+        header = json.loads(raw)
+        md = header.get("__metadata__") or {}
+        return json.loads(md["json"]) if isinstance(md, dict) and "json" in md else None
+    except (ValueError, TypeError, AttributeError, RecursionError) as e:
+        raise RunError(f"{path}: not a readable safetensors file ({e}); the run may have been damaged") from None
 
 
 def optimizer_to_tensors(prefix: str, state: dict) -> tuple[dict[str, torch.Tensor], dict]:

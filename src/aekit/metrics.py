@@ -574,12 +574,15 @@ def detection_metrics(scores, is_anomaly) -> tuple[float, float]:
 
 
 def anomaly_metrics(model: Autoencoder, x_test: Tensor, is_anomaly, y: Tensor | None = None, *,
-                    seed: int = 0, mc_samples: int = 10, shard: bool = False) -> dict[str, float]:
+                    seed: int = 0, mc_samples: int = 10, shard: bool = False, scorer=None) -> dict[str, float]:
     """AUROC and average precision of every score of ``anomaly_scores`` on (x_test, is_anomaly).
 
     Keys: ``anomaly_auroc_<score>``, ``anomaly_ap_<score>`` and ``anomaly_fraction`` (share of positives,
     the average precision of a random score). ``shard``: the scores are computed across ranks and gathered
     (``anomaly_scores``) before the AUROC and average precision, which every rank then computes alike.
+    ``scorer``: the run's ``aekit.scoring.Scorer`` (the score ``aekit score`` writes: the joint score of a
+    detector, or its members' normalized mean); its AUROC and average precision are ``anomaly_auroc_score``
+    and ``anomaly_ap_score``. x_test is in model units (a split), which ``Scorer.score_model_units`` reads.
     """
     target = torch.as_tensor(to_numpy(is_anomaly)).bool()
     if target.shape[0] != x_test.shape[0]:
@@ -587,6 +590,9 @@ def anomaly_metrics(model: Autoencoder, x_test: Tensor, is_anomaly, y: Tensor | 
     out = {"anomaly_fraction": target.float().mean().item()}
     for name, s in anomaly_scores(model, x_test, y, mc_samples=mc_samples, seed=seed, shard=shard).items():
         out[f"anomaly_auroc_{name}"], out[f"anomaly_ap_{name}"] = detection_metrics(s, target)
+    if scorer is not None:
+        s = scorer.score_model_units(x_test, _labels_for(model, y))
+        out["anomaly_auroc_score"], out["anomaly_ap_score"] = detection_metrics(s, target)
     return out
 
 
@@ -862,7 +868,7 @@ METRIC_INFO: dict[str, tuple[str, str]] = {  # name -> (what it is, "higher"/"lo
 def evaluate(model: Autoencoder, dataset, split: str = "test", *, iw_samples: int = 100, mc_samples: int = 1,
              normal_class: int | str | None = None, anomalies: Tensor | None = None, seed: int = 0,
              binarize_seed: int | None = None, representation: bool = True,
-             diagnostics: bool = True, shard: bool = False) -> dict[str, float]:
+             diagnostics: bool = True, shard: bool = False, scorer=None) -> dict[str, float]:
     """Every metric that applies to the model on ``split``, as a flat dict of numbers.
 
     ``iw_samples`` / ``mc_samples``: importance and Monte Carlo samples of the likelihood estimates.
@@ -875,6 +881,9 @@ def evaluate(model: Autoencoder, dataset, split: str = "test", *, iw_samples: in
     Data whose samples do not have the model's input shape, and a seed torch does not accept, are refused
     with one line (DataError / ConfigError) before any work. Safe to call from several threads at once on
     one model (see the module docstring).
+
+    ``scorer``: the run's ``aekit.scoring.Scorer``; with anomaly detection its score's AUROC and average
+    precision are added (``anomaly_auroc_score``, ``anomaly_ap_score``; see ``anomaly_metrics``).
 
     ``shard``: under torch.distributed (e.g. torchrun), every rank calls ``evaluate`` alike; the likelihood
     estimates and anomaly scores are computed across ranks, the rest on rank 0, and every rank returns rank
@@ -907,6 +916,9 @@ def evaluate(model: Autoencoder, dataset, split: str = "test", *, iw_samples: in
         Compute the family's diagnostics.
     shard : bool, default=False
         Share the work across the ranks of torch.distributed.
+    scorer : aekit.scoring.Scorer, optional
+        The run's detector: anomaly detection then also reports the AUROC and AP of the score ``aekit score``
+        gives (``anomaly_auroc_score``, ``anomaly_ap_score``).
 
     Returns
     -------
@@ -929,12 +941,13 @@ def evaluate(model: Autoencoder, dataset, split: str = "test", *, iw_samples: in
         out.update(on_lead(lambda: diagnostic_metrics(model, dataset, split, seed=seed)) or {})
     if normal_class is not None or anomalies is not None:
         out.update(anomaly_evaluation(model, dataset, split, normal_class=normal_class, anomalies=anomalies,
-                                      seed=seed, shard=shard))
+                                      seed=seed, shard=shard, scorer=scorer))
     return distributed.broadcast_object(out if lead else None) if _sharded(shard) else out
 
 
 def anomaly_evaluation(model: Autoencoder, dataset, split: str = "test", *, normal_class: int | str | None = None,
-                       anomalies: Tensor | None = None, seed: int = 0, shard: bool = False) -> dict[str, float]:
+                       anomalies: Tensor | None = None, seed: int = 0, shard: bool = False,
+                       scorer=None) -> dict[str, float]:
     """Anomaly metrics for a normal class of ``dataset`` and/or extra anomalous examples (see ``evaluate``).
 
     Models that take labels are given the normal class as the label of every example: the score is
@@ -965,4 +978,4 @@ def anomaly_evaluation(model: Autoencoder, dataset, split: str = "test", *, norm
             raise ConfigError(f"model {model.name} needs labels: name the normal class (--normal-class) so its "
                               "label can be given to every example")
         labels = torch.full((x.shape[0],), k, dtype=torch.long)
-    return anomaly_metrics(model, x, is_anom, labels, seed=seed, shard=shard)
+    return anomaly_metrics(model, x, is_anom, labels, seed=seed, shard=shard, scorer=scorer)

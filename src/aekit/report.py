@@ -148,8 +148,11 @@ def render(run, *, model=None, dataset=None, values: dict | None = None, normal_
         normal_class = opts.normal_class if normal_class is None else normal_class
     history, summary = run.history, run.summary
     if values is None:
+        from .scoring import Scorer
+
+        scorer = Scorer.from_run(run.path, device=str(model.device)) if normal_class is not None else None
         values = metrics.evaluate(model, dataset, split, iw_samples=iw_samples, normal_class=normal_class, seed=seed,
-                                  binarize_seed=opts.binarize_seed)
+                                  binarize_seed=opts.binarize_seed, scorer=scorer)
     if figures is None:
         figures = [(name, cap, plots.to_png(fig)) for name, cap, fig in
                    plots.run_figures(model, dataset, history, seed=seed, split=split)]

@@ -9,6 +9,7 @@
                                 to the checkpoint's epochs, which are trained again)
     RUN/summary.json            how the run ended
     RUN/tensorboard/            TensorBoard event files (`--log tensorboard`)
+    RUN/detector.safetensors    a detector's state (aekit.scoring), one file: ``write_detector_state``
 
 ``Run.create(out, ...)`` starts a run (the trainer writes only through the returned object);
 ``Run.open(path)`` reads and checks config.json once and offers the model, the dataset, the history and
@@ -48,7 +49,9 @@ MARKER = ".aekit-run.json"  # written first, by exclusive create: this folder is
 LOCK = ".aekit-lock.json"  # flock'ed by the one process that writes the run; holds its pid (a JSON number)
 REPORT, FIGURES = "report.html", "figures"  # what `aekit report` / `plot` / compare add by default
 TENSORBOARD = "tensorboard"  # the event files of `--log tensorboard` (aekit.loggers), and nothing else
-DETECTOR, DETECTOR_TENSORS = "detector.json", "detector.safetensors"  # an anomaly detector's state (Detector)
+# an anomaly detector's state (aekit.scoring): one safetensors file, its JSON in the header; "detector.json" is the
+# manifest of the two-file state of earlier versions, read when the state file has no JSON of its own
+DETECTOR, DETECTOR_TENSORS = "detector.json", "detector.safetensors"
 EVALUATION = "evaluation.json"  # the last `aekit eval` of the run's own data, with the options it used
 OWN_FILES = {CONFIG, WEIGHTS, CHECKPOINT, METRICS, SUMMARY, MARKER, LOCK, REPORT, DETECTOR, DETECTOR_TENSORS,
              EVALUATION}
@@ -379,6 +382,56 @@ class Run:
         if not ok:
             raise RunError(f"{path}: not an evaluation record ({{\"options\": ..., \"values\": ...}}); remove it")
         return data["values"] if data.get("options") == options else None
+
+    # --- a detector's state --------------------------------------------------------------------------
+    def write_detector_state(self, meta: dict, tensors: dict[str, Tensor]) -> None:
+        """Publish a detector's state (``meta``: JSON, ``tensors``) as one file, atomically: a reader sees the
+        previous state or this one, whole, never a mix, and a writer killed midway leaves the previous one.
+        The run must be claimed (``claim``): one writer at a time. The manifest of an older two-file state is
+        removed after (the new file wins meanwhile: ``detector_state`` reads it first)."""
+        if getattr(self, "_lock_fd", None) is None:
+            raise RunError(f"{self.path}: the run must be claimed (Run.claim) before its detector state is written")
+        files.save_tensors(self.path / DETECTOR_TENSORS, tensors, {"detector": meta})
+        (self.path / DETECTOR).unlink(missing_ok=True)
+
+    def detector_state(self, bound) -> tuple[dict, dict[str, Tensor], Path] | None:
+        """(meta, tensors, file) of the detector state, or None when the run has none (a plain run).
+
+        ``bound(meta)``: the most bytes of tensors the state can hold given what its meta announces (a
+        KeyError/TypeError/ValueError there: the meta is not a state). The meta is read first from the file's
+        header, then the file whole within the bound; a file replaced in between (a concurrent ``calibrate``)
+        is read again, so the meta and the tensors always come from one file. A state of an older aekit
+        (detector.json + detector.safetensors) is read as it is."""
+        path, legacy = self.path / DETECTOR_TENSORS, self.path / DETECTOR
+        for _ in range(5):
+            if not path.exists():
+                if legacy.exists():
+                    raise RunError(f"{legacy}: its tensors ({DETECTOR_TENSORS}) are missing; the run directory is "
+                                   "damaged: calibrate it again or save the detector again")
+                return None
+            head = files.read_tensors_meta(path)
+            meta = head.get("detector") if isinstance(head, dict) else None
+            source = path
+            if meta is None:  # the two-file state of an older aekit, or no state at all
+                if not legacy.exists():
+                    raise RunError(f"{path}: not a detector state (no detector metadata in it); the run directory "
+                                   "may be damaged")
+                meta, source = files.read_json(legacy), legacy
+            try:  # never more than the file holds: a header announcing 10**15 scores allocates nothing
+                limit = min(int(bound(meta)), max(0, path.stat().st_size - 8))
+            except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
+                raise RunError(f"{source}: not a detector state this aekit can read ({type(e).__name__}: {e}); the "
+                               "run directory may be damaged") from None
+            try:
+                tensors, again = files.load_tensors(path, limit)
+            except RunError:
+                if files.read_tensors_meta(path) != head:  # replaced meanwhile: read the new one
+                    continue
+                raise
+            if again == head:
+                return meta, tensors, source
+        raise RunError(f"{path}: the detector state kept changing while it was read (is a `calibrate` running in a "
+                       "loop?); try again")
 
     # --- what the trainer writes ----------------------------------------------------------------
     def write_history(self, history: list[dict]) -> None:

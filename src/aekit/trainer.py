@@ -69,7 +69,6 @@ from .run import CHECKPOINT, Checkpoint, Run
 
 __all__ = ["fit", "FitResult", "TrainState", "evaluate_loss", "still_improving"]
 
-_summary = summary  # (the name aekit.detector uses)
 
 
 @dataclass
@@ -103,6 +102,11 @@ class FitResult:
     def seconds_per_epoch(self) -> float:
         secs = [h["seconds"] for h in self.history]
         return statistics.median(secs) if secs else float("nan")
+
+    @property
+    def summary(self) -> dict:
+        """How the training ended, as summary.json records it."""
+        return summary(self.history, self.best_epoch, self.best_val_loss, self.stopped)
 
 
 @dataclass(eq=False)

@@ -67,19 +67,20 @@ import os
 from pathlib import Path
 
 from ..errors import DataError
-from .arrays import _load_array_file, from_arrays
+from .arrays import _load_array_file, from_arrays, read_samples
 from .config import DataConfig, _check_name
 from .dataset import Dataset
 from .idx import BUILTIN_NAMES, FASHION_MNIST_DIR, _load_digits, _load_idx_dataset, available
 from .images import IMAGE_SUFFIXES, _load_image_folder, image_files
 from .pack import Packed, pack
-from .source import _only_for, _Source, max_data_bytes
+from .source import _only_for, _Source, max_data_bytes, preview, size_text
 from .splitting import _assemble, _one_class
 from .storage import ByteStore, MappedStore, Store
 from .tables import TABLE_DELIMITERS, _load_table_file
 
 __all__ = ["Dataset", "DataConfig", "load", "from_arrays", "available", "max_data_bytes", "image_files",
-           "BUILTIN_NAMES", "FASHION_MNIST_DIR", "pack", "Packed", "Store", "ByteStore", "MappedStore"]
+           "BUILTIN_NAMES", "FASHION_MNIST_DIR", "pack", "Packed", "Store", "ByteStore", "MappedStore",
+           "read_samples", "preview", "size_text"]
 
 ACCEPTED = ".npy, .npz, .csv, .tsv or .txt file, or a folder of .png/.jpg/.jpeg images"
 

@@ -26,7 +26,7 @@ from .source import _check_budget, _check_finite, _encode_labels, _open_regular,
 from .splitting import _assemble, _one_class
 from .storage import Mapping, chunk_rows
 
-__all__ = ["KINDS", "from_arrays", "LABELS_SUFFIX", "MAPPED_BYTES_PER_SAMPLE", "labels_path"]
+__all__ = ["KINDS", "from_arrays", "LABELS_SUFFIX", "MAPPED_BYTES_PER_SAMPLE", "labels_path", "read_samples"]
 
 KINDS = ("auto", "table", "image")
 
@@ -107,8 +107,23 @@ def from_arrays(
     return ds if normal_class is None else _one_class(ds, src, spec, normal_class)
 
 
+def read_samples(x, *, kind: str = "auto", name: str = "X") -> np.ndarray:
+    """The samples of ``x`` read by the rules of ``from_arrays`` (those of a .npy file), in x's row order and
+    without building a Dataset: a table (N, D) as float64; images as (N, C, H, W), uint8 or float32 in [0, 1].
+    ``kind``: "table" / "image" insist on one of the two. NaN/Inf, values beyond float32's range, images
+    outside [0, 1] and shapes that are neither are one DataError naming ``name`` (and the first bad value)."""
+    if kind not in KINDS:
+        raise ConfigError(f"kind: expected one of {', '.join(map(repr, KINDS))}, got {kind!r}")
+    x = _as_array(x, name, "x")
+    if (kind == "table" and x.ndim != 2) or (kind == "image" and x.ndim not in (3, 4)):
+        want = ("a 2-D array (N, D)" if kind == "table"
+                else "a 3-D array (N, H, W) or a 4-D array (N, H, W, C) or (N, C, H, W)")
+        raise DataError(f"{name}: {want} is expected, but it has shape {x.shape}")
+    return _array_source(x, None, name=name, what=name, owner=name).x
+
+
 def _as_array(a, what: str, role: str) -> np.ndarray:
-    """``arraylike.to_numpy`` under the name detector.py imports until branch export's merge (remove it then)."""
+    """A numpy array on the CPU from an array, a tensor (any device), nested lists, ... (no copy if possible)."""
     return to_numpy(a, f"{what}: {role}")
 
 

@@ -161,6 +161,9 @@ def _preview(items, n: int = 10, *, width: int = 40, quote: bool = True) -> str:
     return text + (f", ... ({len(items)} in all)" if len(items) > n else "")
 
 
+preview = _preview  # the public names, for messages outside this package
+
+
 def _clip(text: str, width: int = 40) -> str:
     return text if len(text) <= width else text[:width] + "..."
 
@@ -226,6 +229,9 @@ def _size(n: int) -> str:
         if n < 1024 ** (power + 1):
             return f"{n / 1024**power:.1f} {unit}"
     return "more than 1024 EiB"
+
+
+size_text = _size
 
 
 _NOT_REGULAR = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"),

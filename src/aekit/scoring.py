@@ -1,0 +1,627 @@
+"""Scoring: the one owner of the anomaly score, as one ``torch.nn.Module`` from the user's rows to a decision.
+
+    scorer = Scorer.from_run("runs/det")          # or Detector.scorer(); loaded once
+    out = scorer.score(X)                         # numpy in (any batch size), numpy out:
+    out.score, out.p_value, out.is_outlier        # (n,) float64, (n,) float64 or None, (n,) bool or None
+    score, p_value, is_outlier = scorer(x)        # the module itself: a tensor batch in, three tensors out
+
+``Scorer`` chains what a score is made of, in order:
+
+1. ``Preprocess``: the run's data pipeline on the user's values. A table (N, D) in the user's units is
+   standardized with the training rows' statistics, ``((x - mean) / std)`` in float64 then float32, as
+   ``aekit.datasets`` does it; images (N, C, H, W) are float32 in [0, 1] (uint8 images are divided by 255,
+   as the data readers do).
+2. The members (``n_estimators`` autoencoders; a plain run has one) and each member's raw score:
+   ``"joint"``: with z = f(x) the code and r = x - g(f(x)) the residual, ``(z - mu)' S^-1 (z - mu) + sum_d
+   (r_d / sigma_d)^2`` with the member's ``JointStats`` (float64); ``"recon_error"``: the sum of squared
+   errors of the reconstruction; ``"neg_elbo"``: -ELBO in nats from ``MC_SAMPLES`` posterior samples of a
+   fixed seed (``metrics.anomaly_scores``; the only score with random draws: not in exported graphs).
+3. The members' combination: one member's raw score, or the mean of ``(s - median) / IQR`` of each member's
+   training scores (``normalization``).
+4. The decision: ``p_value`` = (1 + #{calibration scores >= s}) / (n_cal + 1), the split-conformal p-value
+   of ``Detector.calibrate``; NaN when the detector was never calibrated (training scores are not
+   exchangeable with new data: a p-value from them would not be valid). ``is_outlier`` = s > threshold; the
+   threshold is NaN, and ``is_outlier`` False, when none was set (a plain run before ``calibrate``).
+
+Every consumer goes through this module: ``Detector`` (decision_function, predict, predict_pvalue,
+calibrate), ``aekit score``, ``aekit eval`` / the report (``metrics.evaluate(..., scorer=...)`` gives
+``anomaly_auroc_score``), ``aekit export`` (the graph of ``Scorer.forward``) and ``aekit serve``.
+
+A detector's state (``save_state`` / ``load_state``) is this module's too: the statistics, members,
+threshold and calibration table, written by ``Run.write_detector_state`` as one file, atomically.
+
+For a server: build once (``Scorer.from_run`` / ``Detector.scorer()``: the models are loaded then), then call
+``score(X)`` per request; a call never changes the module (no state between calls) and runs under
+``torch.no_grad``, so several threads may call one scorer at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from . import metrics, registry
+from .arraylike import BATCH_ROWS
+from .config import resolve_device
+from .datasets import DataConfig, read_samples
+from .errors import ConfigError, DataError, RunError
+from .run import Run
+
+SCORES = ("joint", "recon_error", "neg_elbo")  # what a scorer computes ("auto" is resolved before)
+DETERMINISTIC = ("joint", "recon_error")  # the scores without random draws (the ones a graph can hold)
+MC_SAMPLES = 10  # posterior samples of the -ELBO score
+SCORE_SEED = 0  # the -ELBO score's samples come from this seed: the same X gives the same scores
+# the joint score's statistics (see JointStats)
+JOINT_TRIM = 0.2  # refitted on the (1 - JOINT_TRIM) share of the training rows with the lowest score ...
+JOINT_REFITS = 3  # ... this many times
+JOINT_RIDGE = 1e-3  # added to the code covariance: this times its mean variance
+# the smallest residual standard deviation of a value (model units): standardized table columns; image pixels in
+# [0, 1], where pixels that never vary in training (a border) would otherwise dominate the score
+JOINT_SIGMA_FLOOR = {"table": 1e-3, "image": 0.1}
+STATE_FORMAT = 2  # the detector state's format (1: detector.json + detector.safetensors, read only)
+
+
+def resolve_score(score: str, model, *, fitted: bool = True) -> str:
+    """The score ``score`` names for ``model``. "auto" is "joint", except for a plain run directory that was
+    never fitted as a detector (``fitted=False``: no statistics for the joint score), where it is "neg_elbo"
+    for probabilistic families and "recon_error" for the others."""
+    probabilistic = model.capabilities.probabilistic
+    if score == "auto":
+        return "joint" if fitted else "neg_elbo" if probabilistic else "recon_error"
+    if score == "joint" and not fitted:
+        raise ConfigError("anomaly_score='joint' needs the statistics of the training codes and residuals, which a "
+                          "plain run directory does not have: fit a Detector, or use anomaly_score='auto' here")
+    if score == "neg_elbo" and not probabilistic:
+        raise ConfigError(f"Detector(anomaly_score='neg_elbo') needs a probabilistic model (vae, iwae); model "
+                          f"{model.name} has no ELBO: use anomaly_score='recon_error' or 'auto'")
+    return score
+
+
+class JointStats:
+    """The joint score's statistics of one member: -2 log p(x) up to a constant under "code ~ N(mu, S),
+    x | code ~ N(g(code), diag sigma^2)", i.e. with z = f(x) the code and r = x - g(f(x)) the residual
+    (model units),
+
+        score(x) = (z - mu)' S^-1 (z - mu) + sum_d (r_d / sigma_d)^2
+
+    the distance of the code from the training codes plus the reconstruction error of each value in units
+    of its typical error. ``fit`` estimates mu (K,), S (K, K) (with a ridge of JOINT_RIDGE x its mean
+    variance; ``prec`` is its pseudo-inverse) and sigma (D,) (at least JOINT_SIGMA_FLOOR of the data's kind)
+    on the training rows, then refits them JOINT_REFITS times on the (1 - JOINT_TRIM) share of the rows with
+    the lowest score, so that the anomalies of a contaminated training set do not widen them. float64 numpy.
+    """
+
+    def __init__(self, mu: np.ndarray, prec: np.ndarray, sigma: np.ndarray):
+        self.mu, self.prec, self.sigma = mu, prec, sigma
+
+    @classmethod
+    def estimate(cls, z: np.ndarray, r: np.ndarray, floor: float) -> JointStats:
+        mu = z.mean(axis=0)
+        cov = np.atleast_2d(np.cov(z - mu, rowvar=False)) if len(z) > 1 else np.zeros((z.shape[1],) * 2)
+        k = cov.shape[0]
+        cov = cov + (JOINT_RIDGE * np.trace(cov) / k + 1e-12) * np.eye(k)
+        return cls(mu, np.linalg.pinv(cov, hermitian=True), np.maximum(r.std(axis=0), floor))
+
+    @classmethod
+    def fit(cls, z: np.ndarray, r: np.ndarray, floor: float = JOINT_SIGMA_FLOOR["table"]) -> JointStats:
+        stats = cls.estimate(z, r, floor)
+        for _ in range(JOINT_REFITS):
+            s = stats.score(z, r)
+            keep = s <= np.quantile(s, 1.0 - JOINT_TRIM)
+            if keep.sum() >= 2:
+                stats = cls.estimate(z[keep], r[keep], floor)
+        return stats
+
+    def score(self, z: np.ndarray, r: np.ndarray) -> np.ndarray:
+        return self.code_distance(z) + self.residual_terms(r).sum(axis=1)
+
+    def code_distance(self, z: np.ndarray) -> np.ndarray:
+        d = z - self.mu
+        return np.einsum("ij,jk,ik->i", d, self.prec, d)
+
+    def residual_terms(self, r: np.ndarray) -> np.ndarray:
+        return (r / self.sigma) ** 2
+
+    def tensors(self, prefix: str) -> dict[str, Tensor]:
+        return {f"{prefix}{name}": torch.from_numpy(np.ascontiguousarray(getattr(self, name), dtype=np.float64))
+                for name in ("mu", "prec", "sigma")}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict, prefix: str, k: int, d: int) -> JointStats:
+        """The statistics saved by ``tensors``; a ValueError when one is missing or of the wrong shape."""
+        got = {}
+        for name, shape in (("mu", (k,)), ("prec", (k, k)), ("sigma", (d,))):
+            t = tensors.get(prefix + name)
+            if t is None or tuple(t.shape) != shape:
+                raise ValueError(f"{prefix}{name} is missing or not of shape {shape}")
+            got[name] = t.double().numpy()
+        if not (np.isfinite(got["prec"]).all() and np.isfinite(got["mu"]).all() and (got["sigma"] > 0).all()
+                and np.isfinite(got["sigma"]).all()):
+            raise ValueError(f"{prefix}: non-finite statistics or a residual std <= 0")
+        return cls(**got)
+
+
+def codes_and_residuals(model, x: Tensor, y: Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(codes (n, K), residuals x - reconstruction (n, values)) of the model-unit rows x, float64 numpy."""
+    z = metrics.codes(model, x, y).flatten(1)
+    r = (x - metrics.reconstructions(model, x, y)).flatten(1)
+    return z.double().cpu().numpy(), r.double().cpu().numpy()
+
+
+def fit_joint(models, x: Tensor, kind: str, y: Tensor | None = None) -> list[JointStats]:
+    """Each member's joint-score statistics fitted on the model-unit rows x (n, *shape) (and labels y, for a
+    conditional family)."""
+    return [JointStats.fit(*codes_and_residuals(m, x, y), floor=JOINT_SIGMA_FLOOR[kind]) for m in models]
+
+
+def normalization(raw: np.ndarray) -> np.ndarray | None:
+    """(members, 2): the median and interquartile range of each member's training scores raw (members, n);
+    None for one member."""
+    if len(raw) == 1:
+        return None
+    q1, median, q3 = np.percentile(raw, [25, 50, 75], axis=1)
+    iqr = q3 - q1
+    return np.stack([median, np.where(iqr > 0, iqr, 1.0)], axis=1)
+
+
+class Scores(NamedTuple):
+    """What ``Scorer.score`` returns, numpy, one entry per row: ``score`` float64 (higher = more anomalous),
+    ``p_value`` float64 (None when the scorer has no calibration table), ``is_outlier`` bool (None when it
+    has no threshold)."""
+
+    score: np.ndarray
+    p_value: np.ndarray | None
+    is_outlier: np.ndarray | None
+
+
+class Preprocess(nn.Module):
+    """The user's values -> the model's input, as the run's data pipeline computes it.
+
+    A table (N, D): ``((x - mean) / std)`` in float64 (buffers from the training rows' statistics), then the
+    model's dtype. Images (N, C, H, W): uint8 / 255 (float32 arithmetic, as the readers), floats as they are
+    (in [0, 1]), in the model's dtype. ``prepare`` reads any array-like into what ``forward`` takes;
+    ``unscale`` maps a table back to the user's units.
+    """
+
+    def __init__(self, kind: str, input_shape: tuple[int, ...], stats: dict | None, dtype: torch.dtype):
+        super().__init__()
+        self.kind, self.input_shape, self.dtype = kind, tuple(input_shape), dtype
+        if kind == "table":
+            d = input_shape[0]
+            mean = np.zeros(d) if stats is None else np.asarray(stats["mean"], dtype=np.float64)
+            std = np.ones(d) if stats is None else np.asarray(stats["std"], dtype=np.float64)
+            self.register_buffer("mean", torch.from_numpy(mean.copy()))
+            self.register_buffer("std", torch.from_numpy(std.copy()))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.kind == "table":
+            return ((x.to(torch.float64) - self.mean) / self.std).to(self.dtype)
+        if x.dtype == torch.uint8:
+            return x.to(torch.float32).div(255.0).to(self.dtype)
+        return x.to(self.dtype)
+
+    def unscale(self, x: Tensor) -> Tensor:
+        """Model units -> the user's units: a table's ``x * std + mean`` in float64; images as they are."""
+        if self.kind == "table":
+            return x.to(torch.float64) * self.std + self.mean
+        return x
+
+    def prepare(self, X) -> Tensor:
+        """The rows ``forward`` reads from any array-like (numpy, lists, a tensor on any device, a DataFrame's
+        values): (n, *input_shape) on the CPU, a table float64, images uint8 or float32 in [0, 1] ((N, H, W),
+        (N, H, W, C) and (N, C, H, W) accepted). One DataError line for rows it cannot score (another number
+        of features or image shape, NaN/Inf naming the first bad value, no rows)."""
+        arr = read_samples(X, kind=self.kind)
+        if tuple(arr.shape[1:]) != self.input_shape:
+            if self.kind == "table":
+                raise DataError(f"X has {arr.shape[1]} features, but the scorer is expecting {self.input_shape[0]} "
+                                "features as input (the columns it was fitted on, in the same order)")
+            raise DataError(f"X holds images of shape {tuple(arr.shape[1:])}, but the detector was fitted on images "
+                            f"of shape {self.input_shape}; resize them first")
+        arr = np.ascontiguousarray(arr)  # one memory layout: the float sums of a row never depend on X's
+        return torch.from_numpy(arr if arr.flags.writeable else arr.copy())
+
+
+class Scorer(nn.Module):
+    """The anomaly score of a detector (or a run), from the user's rows to (score, p_value, is_outlier).
+
+    Parameters
+    ----------
+    members : list of aekit models
+        The trained autoencoders (one for a plain run); all of one family and input shape, on one device.
+    kind : {"table", "image"}
+        What the rows are.
+    stats : dict or None
+        A table's ``{"mean": [...], "std": [...]}`` (``DataConfig.stats``); None for images.
+    score : {"joint", "recon_error", "neg_elbo"}
+        Each member's raw score (the module docstring).
+    joint : list of JointStats, optional
+        One per member; required for ``score="joint"``.
+    normalization : ndarray (members, 2), optional
+        Median and IQR of each member's training scores; several members are combined only with it
+        (``raw_model_units`` needs none).
+    threshold : float, optional
+        ``is_outlier`` is ``score > threshold``; None: no threshold (NaN inside the module).
+    calibration : ndarray (n_cal,), optional
+        The calibration scores of ``Detector.calibrate`` (any order); None: ``p_value`` is NaN.
+    feature_names : list of str, optional
+        A table's column names (what ``aekit export`` writes in its sidecar).
+    flag_rate, threshold_from : optional
+        What the threshold promises: the calibration's false-positive rate ("calibration") or the
+        contamination ("contamination"); metadata for exports, not used in the score.
+
+    ``forward(x, y=None)``: x (N, *input_shape) as ``Preprocess`` reads it (a table in the user's units, any
+    float dtype; images in [0, 1] or uint8) -> (score float64 (N,), p_value float64 (N,), is_outlier bool
+    (N,)); ``y``: the labels of a conditional family (cvae). Deterministic scores only (``neg_elbo`` needs
+    the batch as a whole: use ``score``). ``score(X)`` takes any array-like, checks it and runs in batches.
+    """
+
+    def __init__(self, members, *, kind: str, stats: dict | None, score: str, joint=None, normalization=None,
+                 threshold: float | None = None, calibration=None, feature_names=None, flag_rate=None,
+                 threshold_from: str | None = None):
+        super().__init__()
+        if score not in SCORES:
+            raise ConfigError(f"score: choose one of {', '.join(map(repr, SCORES))}, got {score!r}")
+        if score == "joint" and (joint is None or len(joint) != len(members)):
+            raise ConfigError("score='joint' needs the joint statistics of every member (JointStats)")
+        first = members[0]
+        self.members = nn.ModuleList(members)
+        self.score_name, self.kind = score, kind
+        self.input_shape = tuple(first.config.input_shape)
+        self.feature_names = None if feature_names is None else list(feature_names)
+        self.flag_rate, self.threshold_from = flag_rate, threshold_from  # what the threshold promises (metadata)
+        self.stats = stats
+        self.preprocess = Preprocess(kind, self.input_shape, stats, first.dtype)
+        f64 = dict(dtype=torch.float64)
+        for j, st in enumerate(joint or []) if score == "joint" else ():
+            self.register_buffer(f"mu{j}", torch.as_tensor(st.mu, **f64))
+            self.register_buffer(f"prec{j}", torch.as_tensor(st.prec, **f64))
+            self.register_buffer(f"sigma{j}", torch.as_tensor(st.sigma, **f64))
+        norm = np.zeros((0, 2)) if normalization is None else np.asarray(normalization, dtype=np.float64)
+        self.register_buffer("normalization", torch.as_tensor(norm, **f64))
+        self.register_buffer("threshold", torch.tensor(math.nan if threshold is None else float(threshold), **f64))
+        cal = np.zeros(0) if calibration is None else np.sort(np.asarray(calibration, dtype=np.float64))
+        self.register_buffer("calibration", torch.as_tensor(cal, **f64))
+        self.to(first.device)
+        self.training = self.preprocess.training = False  # the members' flag is theirs (it changes no score)
+
+    # --- what it holds ----------------------------------------------------------------------------
+    @property
+    def has_threshold(self) -> bool:
+        return not bool(torch.isnan(self.threshold))
+
+    @property
+    def calibrated(self) -> bool:
+        return self.calibration.numel() > 0
+
+    @property
+    def conditional(self) -> bool:
+        """Whether the members' networks read a label (cvae): then ``forward`` / ``score`` need ``y``."""
+        return bool(self.members[0].capabilities.conditional)
+
+    @property
+    def device(self) -> torch.device:
+        return self.threshold.device
+
+    # --- the module -------------------------------------------------------------------------------
+    def forward(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        if self.score_name == "neg_elbo":
+            raise ConfigError("the -ELBO score draws posterior samples per batch; use Scorer.score(X) (a graph "
+                              "of it cannot reproduce them): for an exportable score fit a Detector (joint score)")
+        return self.decide(self.combine(self.raw_scores(self.preprocess(x), y)))
+
+    def raw_scores(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """Each member's raw score of the model-unit rows x (n, *input_shape): (members, n) float64.
+        Deterministic scores in one pass (the caller batches); ``neg_elbo`` through ``metrics.anomaly_scores``
+        (blocks of its own, samples seeded by SCORE_SEED)."""
+        out = []
+        for j, m in enumerate(self.members):
+            if self.score_name == "neg_elbo":
+                s = metrics.anomaly_scores(m, x, y, mc_samples=MC_SAMPLES, seed=SCORE_SEED)["neg_elbo"]
+                out.append(torch.as_tensor(s).to(device=self.device, dtype=torch.float64))
+                continue
+            z = m.encode(x, y)
+            rec = m.decode(z, y)
+            if self.score_name == "recon_error":
+                out.append(metrics.sse_per_example(x, rec).to(torch.float64))
+                continue
+            r = (x - rec).flatten(1).to(torch.float64)
+            d = z.flatten(1).to(torch.float64) - getattr(self, f"mu{j}")
+            code = ((d @ getattr(self, f"prec{j}")) * d).sum(1)
+            out.append(code + (r / getattr(self, f"sigma{j}")).pow(2).sum(1))
+        return torch.stack(out)
+
+    def combine(self, raw: Tensor) -> Tensor:
+        """One score per row from raw (members, n): the member's own, or the mean of (s - median) / IQR."""
+        if raw.shape[0] == 1:
+            return raw[0]
+        if self.normalization.shape[0] != raw.shape[0]:
+            raise ConfigError(f"{raw.shape[0]} members need their normalization (median, IQR) to be combined")
+        return ((raw - self.normalization[:, :1]) / self.normalization[:, 1:]).mean(0)
+
+    def decide(self, score: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(score, p_value, is_outlier) of scores (n,) float64 (see the module docstring)."""
+        n_cal = self.calibration.shape[0]
+        if torch.onnx.is_in_onnx_export():  # no searchsorted in ONNX: count by comparison (n, n_cal)
+            at_least = (self.calibration[None, :] >= score[:, None]).to(torch.float64).sum(1)
+        else:
+            at_least = (n_cal - torch.searchsorted(self.calibration, score, side="left")).to(torch.float64)
+        p = (1.0 + at_least) / (n_cal + 1.0)
+        if n_cal == 0:
+            p = torch.full_like(score, math.nan)
+        return score, p, score > self.threshold
+
+    # --- numpy in, numpy out ----------------------------------------------------------------------
+    def prepare(self, X) -> Tensor:
+        """``Preprocess.prepare``: any array-like -> the checked rows ``forward`` reads, on the CPU."""
+        return self.preprocess.prepare(X)
+
+    def model_input(self, X) -> Tensor:
+        """X as the members read it: (n, *input_shape) in their dtype on their device, in X's row order."""
+        return self.preprocess(self.prepare(X).to(self.device))
+
+    def score(self, X, y=None, batch_size: int | None = None) -> Scores:
+        """Scores, p-values and decisions of the rows X (any array-like ``prepare`` reads), numpy."""
+        return self.decisions(self.score_model_units(self.model_input(X), y, batch_size))
+
+    def score_model_units(self, x: Tensor, y=None, batch_size: int | None = None) -> np.ndarray:
+        """The combined score of rows already in model units (a split of the run's Dataset), (n,) float64."""
+        with torch.no_grad():
+            return self.combine(self.raw_model_units(x, y, batch_size)).cpu().numpy()
+
+    def raw_model_units(self, x: Tensor, y=None, batch_size: int | None = None) -> Tensor:
+        """Each member's raw score of model-unit rows, (members, n) float64 on the scorer's device, in batches of
+        ``batch_size`` (default ``arraylike.BATCH_ROWS``) rows, without autograd. x: a tensor, an array, or a
+        ``datasets`` Store (read batch by batch: a memory-mapped split is never copied whole)."""
+        if not (isinstance(x, Tensor) or callable(getattr(type(x), "materialize", None))):
+            x = torch.as_tensor(x)
+        yt = None if y is None else torch.as_tensor(y)
+        with torch.no_grad():
+            if self.score_name == "neg_elbo":  # one call: its samples are drawn per block of the whole input
+                return self.raw_scores(x.to(self.device), _to(yt, self.device))
+            step = batch_size or BATCH_ROWS
+            return torch.cat([self.raw_scores(x[i:i + step].to(self.device, self.members[0].dtype),
+                                              _to(None if yt is None else yt[i:i + step], self.device))
+                              for i in range(0, max(len(x), 1), step)], dim=1)
+
+    def encode(self, X, y=None) -> np.ndarray:
+        """Codes (n, K) of the rows X by the first member (the run's model): its deterministic code, the
+        posterior mean for probabilistic families. numpy, in batches."""
+        return _numpy(metrics.codes(self.members[0], self.model_input(X), _to(_tensor(y), self.device)))
+
+    def reconstruct(self, X, y=None) -> np.ndarray:
+        """The first member's reconstructions of the rows X, (n, *input_shape), in the user's units (a table
+        float64 in its own units, images in [0, 1])."""
+        x = self.model_input(X)
+        with torch.no_grad():
+            return _numpy(self.preprocess.unscale(metrics.reconstructions(self.members[0], x,
+                                                                          _to(_tensor(y), self.device))))
+
+    def decode(self, Z, y=None) -> np.ndarray:
+        """The mean of p(x|z) of codes Z (n, K) by the first member, in the user's units."""
+        m = self.members[0]
+        z = torch.as_tensor(np.asarray(Z), dtype=m.dtype, device=self.device)
+        with torch.no_grad():
+            return _numpy(self.preprocess.unscale(m.decode(z, _to(_tensor(y), self.device))))
+
+    def decisions(self, scores: np.ndarray) -> Scores:
+        """``Scores`` of combined scores (n,) float64: their p-values and decisions (None where not defined)."""
+        with torch.no_grad():
+            s, p, out = self.decide(torch.as_tensor(scores, dtype=torch.float64, device=self.device))
+        return Scores(np.asarray(scores, dtype=np.float64), p.cpu().numpy() if self.calibrated else None,
+                      out.cpu().numpy() if self.has_threshold else None)
+
+    # --- building ---------------------------------------------------------------------------------
+    @classmethod
+    def from_run(cls, path, device=None) -> Scorer:
+        """The scorer of a run directory: its detector state (``Detector.save``, ``aekit calibrate``, ``aekit
+        train --contamination``), or for a plain run of ``aekit train`` its model with the run's table
+        statistics and the score "auto" means there (recon_error, or neg_elbo for probabilistic families), no
+        threshold. ``device``: None the CPU, "auto" the best one here."""
+        run = Run.open(path)
+        where = torch.device("cpu") if device is None else torch.device(resolve_device(device))
+        state = load_state(run, where)
+        return state.scorer(run)
+
+
+def _to(t: Tensor | None, device) -> Tensor | None:
+    return None if t is None else t.to(device)
+
+
+def _tensor(y) -> Tensor | None:
+    return None if y is None else torch.as_tensor(np.asarray(y) if not isinstance(y, Tensor) else y)
+
+
+def _numpy(t: Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy()
+
+
+# --------------------------------------------------------------------------------------------------
+# The detector state: what a run directory holds beyond the model, published as one file by Run
+
+
+@dataclass
+class DetectorState:
+    """A detector's state besides its first model: what ``Detector`` saves and ``Scorer.from_run`` reads.
+
+    ``members``: every model (the run's own first); ``params``: the Detector's parameters (JSON types);
+    ``score``; ``joint``; ``normalization``; ``threshold`` with ``flag_rate`` and ``threshold_from``
+    ("contamination" | "calibration" | None); ``decision_scores`` (training scores) and
+    ``calibration_scores``; ``feature_names`` (+ ``feature_names_in`` of a DataFrame); ``seeds``.
+    ``fitted`` False: a plain run (no state file): "auto" scores are resolved accordingly.
+    """
+
+    members: list
+    kind: str
+    input_shape: tuple
+    stats: dict | None
+    score: str
+    params: dict = field(default_factory=dict)
+    joint: list | None = None
+    normalization: np.ndarray | None = None
+    threshold: float | None = None
+    flag_rate: float | None = None
+    threshold_from: str | None = None
+    decision_scores: np.ndarray | None = None
+    calibration_scores: np.ndarray | None = None
+    feature_names: list = field(default_factory=list)
+    feature_names_in: list | None = None
+    seeds: list | None = None
+    fitted: bool = True
+
+    def scorer(self, run: Run | None = None) -> Scorer:
+        return Scorer(self.members, kind=self.kind, stats=self.stats, score=self.score, joint=self.joint,
+                      normalization=self.normalization, threshold=self.threshold,
+                      calibration=self.calibration_scores, feature_names=self.feature_names,
+                      flag_rate=self.flag_rate, threshold_from=self.threshold_from)
+
+
+def weights_digest(model) -> str:
+    """sha256 of a model's state dict (names, dtypes, shapes and bytes, in name order): what a detector state
+    records of the run's weights, so that a state is never applied to other weights."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def save_state(run: Run, state: DetectorState) -> None:
+    """Publish ``state`` in the claimed run ``run`` (one file, atomically: ``Run.write_detector_state``)."""
+    members = state.members
+    tensors = {f"member{k}/{name}": t for k, m in enumerate(members) if k for name, t in m.state_dict().items()}
+    for j, st in enumerate(state.joint or []):
+        tensors.update(st.tensors(f"joint{j}/"))
+    for name in ("decision_scores", "calibration_scores"):
+        value = getattr(state, name)
+        if value is not None:
+            tensors[name] = torch.from_numpy(np.ascontiguousarray(value, dtype=np.float64))
+    meta = {
+        "format": STATE_FORMAT, "params": state.params, "kind": state.kind, "input_shape": list(state.input_shape),
+        "n_features_in": math.prod(state.input_shape), "feature_names": list(state.feature_names),
+        "feature_names_in": state.feature_names_in, "score": state.score, "mc_samples": MC_SAMPLES,
+        "score_seed": SCORE_SEED, "n_members": len(members), "seeds": state.seeds,
+        "normalization": None if state.normalization is None else np.asarray(state.normalization).tolist(),
+        "threshold": state.threshold, "flag_rate": state.flag_rate, "threshold_from": state.threshold_from,
+        "n_decision_scores": None if state.decision_scores is None else len(state.decision_scores),
+        "n_calibration_scores": None if state.calibration_scores is None else len(state.calibration_scores),
+        "weights_sha256": weights_digest(members[0]),
+    }
+    run.write_detector_state(meta, tensors)
+
+
+def load_state(run: Run, where: torch.device | None = None) -> DetectorState:  # noqa: C901 (one check per field of the saved state)
+    """The detector state of ``run`` with its models on ``where`` (default the CPU); for a plain run (no
+    state file) its model, its table statistics and ``fitted=False``. Every inconsistency is one RunError
+    naming the file; a state is read whole or not at all (``Run.detector_state``)."""
+    where = torch.device("cpu") if where is None else where
+    first = run.model(device=where)
+    shape = tuple(run.model_config.input_shape)
+    kind = "image" if len(shape) == 3 else "table"
+    data = run.data if run.data is not None else DataConfig(name_or_path=None)
+    d = math.prod(shape)
+    code = int(first.latent_dim)
+    member_bytes = sum(t.numel() * t.element_size() for t in first.state_dict().values())
+
+    def bound(meta: dict) -> int:
+        k, counts = _counts(meta)
+        joint_bytes = k * 8 * (code + code * code + d)
+        return (k - 1) * member_bytes + 8 * sum(counts) + joint_bytes
+
+    found = run.detector_state(bound)
+    if found is None:
+        if kind == "table" and data.stats is None:
+            raise RunError(f"{run.path}: the run records no table statistics (config.json 'data'), so new rows "
+                           "cannot be scaled as its training rows were")
+        features = data.features
+        return DetectorState(members=[first], kind=kind, input_shape=shape, stats=data.stats,
+                             score=resolve_score("auto", first, fitted=False), fitted=False,
+                             feature_names=list(features) if features else
+                             ([f"f{i}" for i in range(d)] if kind == "table" else []),
+                             seeds=[None, run.train.seed])
+    meta, tensors, file = found
+    try:
+        if meta["format"] not in (1, STATE_FORMAT) or meta["kind"] != kind or tuple(meta["input_shape"]) != shape:
+            raise ValueError("its format, kind or input shape does not match config.json")
+        k, counts = _counts(meta)
+        if not isinstance(meta["params"], dict):
+            raise ValueError("params is not an object")
+        if meta["score"] not in SCORES:
+            raise ValueError(f"unknown score {meta['score']!r}")
+        score = resolve_score(meta["score"], first)
+        norm = meta["normalization"]
+        norm = None if norm is None else np.asarray(norm, dtype=np.float64).reshape(k, 2)
+        if (norm is None) != (k == 1) or (norm is not None and not np.isfinite(norm).all()):
+            raise ValueError(f"{k} member(s) with normalization {meta['normalization']!r}")
+        threshold, source = meta["threshold"], meta["threshold_from"]
+        threshold = None if threshold is None else float(threshold)
+        rate = None if meta["flag_rate"] is None else float(meta["flag_rate"])
+        if source not in (None, "contamination", "calibration") or (source is None) != (threshold is None) \
+                or (source == "calibration") != (counts[1] > 0):
+            raise ValueError(f"threshold_from={source!r}, threshold={threshold!r} and {counts[1]} calibration "
+                             "scores do not go together")
+        digest = meta.get("weights_sha256")
+        if meta["format"] >= 2 and digest != weights_digest(first):
+            raise RunError(f"{file}: the detector state was computed for other weights than {run.path}'s "
+                           "model.safetensors (the run was trained again, or its save was interrupted); "
+                           "calibrate it again (`aekit calibrate`) or fit and save the detector again")
+        names = [str(n) for n in meta["feature_names"]]
+        names_in = None if meta["feature_names_in"] is None else [str(c) for c in meta["feature_names_in"]]
+    except (KeyError, TypeError, ValueError) as e:
+        raise RunError(f"{file}: not a detector state this aekit can read ({type(e).__name__}: {e}); the run "
+                       "directory may be damaged") from None
+    if threshold is not None and not math.isfinite(threshold):
+        raise RunError(f"{file}: the threshold is {threshold} (not a finite number), which would flag nothing or "
+                       "everything; calibrate the detector again (`aekit calibrate RUN --normal DATA`)")
+    joint = None
+    if score == "joint":
+        try:
+            joint = [JointStats.from_tensors(tensors, f"joint{j}/", code, d) for j in range(k)]
+        except ValueError as e:
+            raise RunError(f"{file}: the joint score's statistics do not match the model ({e}); the run "
+                           "directory may be damaged") from None
+    members = [first]
+    for j in range(1, k):
+        member = registry.instantiate(run.model_name, run.model_config, seed=0)  # seeded: no global RNG draw
+        prefix = f"member{j}/"
+        try:
+            member.load_state_dict({n[len(prefix):]: t for n, t in tensors.items() if n.startswith(prefix)})
+        except RuntimeError as e:
+            raise RunError(f"{file}: the weights of member {j} do not match the model in config.json "
+                           f"({str(e).strip().splitlines()[-1].strip()})") from None
+        members.append(member.eval().to(where))
+    scores = {}
+    for name, n in zip(("decision_scores", "calibration_scores"), counts):
+        t = tensors.get(name)
+        if (t is None) != (n == 0) or (t is not None and tuple(t.shape) != (n,)):
+            raise RunError(f"{file}: {name} do not match the {n} the state announces; the run directory may be "
+                           "damaged")
+        scores[name] = None if t is None else t.double().numpy()
+    cal = scores["calibration_scores"]
+    if cal is not None and not np.isfinite(cal).all():
+        raise RunError(f"{file}: the calibration scores hold NaN or Inf; calibrate the detector again")
+    return DetectorState(
+        members=members, kind=kind, input_shape=shape, stats=data.stats, score=score, params=meta["params"],
+        joint=joint, normalization=norm, threshold=threshold, flag_rate=rate, threshold_from=source,
+        decision_scores=scores["decision_scores"], calibration_scores=cal, feature_names=names,
+        feature_names_in=names_in, seeds=meta["seeds"])
+
+
+def _counts(meta: dict) -> tuple[int, list[int]]:
+    """(members, [training scores, calibration scores]) a state announces; ValueError when impossible."""
+    k = int(meta["n_members"])
+    counts = [int(meta[f"n_{name}_scores"] or 0) for name in ("decision", "calibration")]
+    if k < 1 or min(counts) < 0:
+        raise ValueError("negative counts")
+    return k, counts
+
+
+__all__ = ["Scorer", "Scores", "Preprocess", "JointStats", "DetectorState", "resolve_score", "load_state",
+           "save_state", "fit_joint", "codes_and_residuals", "normalization", "weights_digest"]
