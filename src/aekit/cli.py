@@ -425,7 +425,7 @@ def cmd_compare(args) -> int:
     return 0
 
 
-def _new_rows(run, path: str):
+def new_rows(run, path: str):
     """The examples of a new file or folder as the run's model reads them, in the file's order, in the user's
     units (the Detector scales them with the run's statistics): (x, ids). A table must hold the training
     table's columns (matched by name, in any order; the label column may be absent); anything else is an
@@ -464,12 +464,9 @@ def _new_rows(run, path: str):
     return x, ids
 
 
-def cmd_score(args) -> int:
-    from .detector import Detector
-
-    run = Run.open(args.run)
-    det = Detector.load(run.path)
-    x, ids = _new_rows(run, args.data)
+def score_table(det, x, ids) -> tuple[str, dict]:
+    """What `aekit score` writes for rows ``x`` (user units) and their ids: (CSV text, its columns id, score,
+    p_value (when calibrated), is_outlier (when a threshold is set)). `aekit serve`'s POST /score answers it too."""
     scores = det.decision_function(x)
     cols = {"id": ids, "score": scores}
     if getattr(det, "calibration_scores_", None) is not None:
@@ -478,7 +475,16 @@ def cmd_score(args) -> int:
         cols["is_outlier"] = (scores > det.threshold_).astype(int)
     lines = [",".join(cols)] + [",".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in row)
                                 for row in zip(*[list(c) for c in cols.values()])]
-    text = "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n", cols
+
+
+def cmd_score(args) -> int:
+    from .detector import Detector
+
+    run = Run.open(args.run)
+    det = Detector.load(run.path)
+    x, ids = new_rows(run, args.data)
+    text, cols = score_table(det, x, ids)
     if args.out:
         files.atomic_write_text(args.out, text)
         flagged = f", {int(cols['is_outlier'].sum())} flagged as outliers" if "is_outlier" in cols else \
@@ -494,7 +500,7 @@ def cmd_calibrate(args) -> int:
 
     run = Run.open(args.run)
     det = Detector.load(run.path)
-    x, _ = _new_rows(run, args.normal)
+    x, _ = new_rows(run, args.normal)
     det.calibrate(x, fpr=args.fpr)
     det.save_state(run.path)
     print(f"calibrated {run.path} on {len(x)} normal examples of {args.normal}: threshold {det.threshold_:.6g} "
