@@ -17,7 +17,7 @@ LAYERS = [
     {"trainer"},
     {"metrics", "plots"},
     {"report", "compare", "detector"},
-    {"cli", "__init__", "__main__"},
+    {"cli", "__init__", "__main__", "serve"},
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
 

@@ -508,6 +508,12 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from .serve import cmd_serve as serve
+
+    return serve(args)
+
+
 def cmd_models(args) -> int:
     for name, cls in registry.MODELS.items():
         doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
@@ -642,6 +648,15 @@ def build_parser():
                      "as score)")
     cal.add_argument("--fpr", type=float, default=0.01, help="the false-positive rate to hold on normal data")
 
+    sv = sub.add_parser("serve", help="serve a run's detector over HTTP: Open Inference Protocol v2, POST /score "
+                        "(CSV) and a page at / (needs pip install 'aekit[serve]')")
+    sv.add_argument("run", help="run directory (aekit train, or Detector.save)")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on [default: 127.0.0.1]")
+    sv.add_argument("--port", type=int, default=8080, help="port to listen on [default: 8080]")
+    sv.add_argument("--name", help="the model's name in the /v2/models/{name} endpoints (default: the run folder's)")
+    sv.add_argument("--max-body-bytes", type=int, default=32 * 2**20, help="larger request bodies are refused "
+                    "with 413 [default: 32 MiB]")
+
     pk = sub.add_parser("pack", help="write an image folder, a CSV/TSV table, an IDX file or a .npz archive as a "
                         ".npy file (and its labels) that training memory-maps")
     pk.add_argument("source", help="image folder (one subfolder per class gives labels), .csv/.tsv/.txt table, "
@@ -679,7 +694,7 @@ def main(argv: list[str] | None = None) -> int:
         code = {"train": cmd_train, "eval": cmd_eval, "reconstruct": cmd_reconstruct, "encode": cmd_encode,
                 "sample": cmd_sample, "models": cmd_models, "datasets": cmd_datasets,
                 "plot": cmd_plot, "report": cmd_report, "compare": cmd_compare, "score": cmd_score,
-                "calibrate": cmd_calibrate, "pack": cmd_pack}[args.command](args)
+                "calibrate": cmd_calibrate, "pack": cmd_pack, "serve": cmd_serve}[args.command](args)
         ok = True
         return code
     except AekitError as e:
