@@ -30,7 +30,7 @@ _DTYPES = {"FP32": np.float32, "FP64": np.float64, "UINT8": np.uint8}
 def parse_json(body: bytes) -> object:
     """The JSON document of a request body; a 400 with the parser's reason when it is not JSON."""
     try:
-        return json.loads(body)
+        return json.loads(body.decode("utf-8"))  # JSON is UTF-8 (RFC 8259); json.loads(bytes) would guess others
     except UnicodeDecodeError:
         raise Rejected(400, "the request body is not UTF-8 text; send JSON") from None
     except json.JSONDecodeError as e:
