@@ -67,7 +67,7 @@ class Server:
     """`python -m aekit serve RUN` in a subprocess on a free loopback port, until stop()."""
 
     def __init__(self, run, *extra, timeout: float = 120):
-        self.port = free_port()
+        self.run, self.port = Path(run), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "PYTHONPATH": str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", "")}
         self.proc = subprocess.Popen([sys.executable, "-m", "aekit", "serve", str(run), "--port", str(self.port),
