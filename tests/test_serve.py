@@ -101,6 +101,40 @@ def test_an_uncalibrated_run_has_no_p_values(plain_client, runs):
     assert "aekit calibrate" in one_line_error(r, 400)
 
 
+def test_a_run_without_threshold_scores_without_is_outlier(runs, tmp_path):
+    from aekit.cli import main
+
+    assert main(["train", "ae", "--dataset", str(runs["dir"] / "held_out.csv"), "--epochs", "1", "--latent-dim", "2",
+                 "--hidden", "8", "--quiet", "--out", str(tmp_path / "plain")]) == 0
+    c = TestClient(create_app(tmp_path / "plain"))
+    assert [o["name"] for o in c.get("/v2/models/plain").json()["outputs"]] == [
+        "scores", "codes", "reconstructions", "contributions"]
+    x = runs["new"].astype(np.float32)
+    got = outputs_of(c.post("/v2/models/plain/infer", json=v2_request(x)).json())
+    assert np.array_equal(got["scores"], Detector.load(tmp_path / "plain").decision_function(x))
+    r = c.post("/v2/models/plain/infer", json=v2_request(x, outputs=["is_outlier"]))
+    assert "needs a threshold" in one_line_error(r, 400)
+    info = c.get("/api/info").json()
+    assert info["threshold"] is None and info["source"] is None and info["scores"] is None
+    assert c.post("/score", content=(runs["dir"] / "new.csv").read_bytes()).text.splitlines()[0] == "id,score"
+
+
+@pytest.mark.slow
+def test_the_load_test_runs_quick(tmp_path):
+    import subprocess
+
+    from serving import SRC
+
+    out = tmp_path / "RESULTS_serve.md"
+    bench = SRC.parent / "benchmarks" / "serve_load.py"
+    proc = subprocess.run([sys.executable, str(bench), "--quick", "--seconds", "1", "--clients", "4", "--out", out],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    text = out.read_text()
+    assert "| 1 row, every output | 1 |" in text and "Failed requests: 0. Answers that differ from offline " \
+        "scoring: 0" in text
+
+
 def test_score_answers_what_aekit_score_prints(client, runs, cli):
     for run in (runs["calibrated"], runs["run"]):
         code, expected, err = cli("score", run, runs["dir"] / "new.csv")

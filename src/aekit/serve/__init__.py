@@ -46,8 +46,8 @@ def cmd_serve(args) -> int:
     require()
     import uvicorn
 
-    if not 0 <= args.port <= 65535:
-        raise ConfigError(f"--port {args.port}: choose a port from 1 to 65535 (0: any free port)")
+    if not 1 <= args.port <= 65535:
+        raise ConfigError(f"--port {args.port}: choose a port from 1 to 65535")
     if args.max_body_bytes < 1:
         raise ConfigError(f"--max-body-bytes {args.max_body_bytes}: must be at least 1")
     _check_free(args.host, args.port)
