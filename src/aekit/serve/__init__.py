@@ -9,8 +9,8 @@
 
 The Open Inference Protocol v2 endpoints (``/v2/health/live``, ``/v2/health/ready``, ``/v2/models/{name}``,
 ``/v2/models/{name}/infer``; see ``protocol``) are those KServe, Seldon's MLServer and Triton speak; the
-model's name is the run folder's name unless ``--name`` says otherwise. FastAPI and uvicorn are imported
-only here, when the command runs (``require``).
+model's name is the run folder's name unless ``--name`` says otherwise. FastAPI, uvicorn and orjson are
+imported only here, when the command runs (``require``).
 """
 
 from __future__ import annotations
@@ -22,11 +22,12 @@ EXTRA = "pip install 'aekit[serve]'"
 
 def require() -> None:
     """A one-line ConfigError naming the extra when FastAPI or uvicorn is missing."""
-    for module in ("fastapi", "uvicorn"):
+    for module in ("fastapi", "uvicorn", "orjson"):
         try:
             __import__(module)
         except ImportError:
-            raise ConfigError(f"aekit serve needs FastAPI and uvicorn ({module} is not installed): {EXTRA}") from None
+            raise ConfigError(f"aekit serve needs FastAPI, uvicorn and orjson ({module} is not installed): {EXTRA}") \
+                from None
 
 
 def create_app(run, *, name: str | None = None, max_body_bytes: int | None = None):

@@ -122,7 +122,7 @@ def infer_response(model: ServedModel, got: dict[str, np.ndarray], rid: str | No
     for name, a in got.items():
         finite_or_reject(name, a)
         outputs.append({"name": name, "datatype": OUTPUTS[name][0], "shape": list(a.shape),
-                        "data": a.ravel().tolist()})
+                        "data": np.ascontiguousarray(a).ravel()})  # a numpy array: the app writes it with orjson
     res = {"model_name": model.name, "model_version": model.version, "outputs": outputs}
     if rid is not None:
         res["id"] = rid
