@@ -31,8 +31,8 @@ CSV_TYPES = {"text/tab-separated-values": ".tsv"}  # other content types of /sco
 
 
 def _json(payload, status: int = 200) -> Response:
-    """A JSON answer; numpy arrays are written by orjson directly (25x faster than json on a 1000-row answer;
-    shortest round-trip floats, so a client reads back the very numbers, float32 ones as float32)."""
+    """A JSON answer; numpy arrays are written by orjson directly (shortest round-trip floats, so a client reads
+    back the very numbers, float32 ones as float32)."""
     return Response(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), status_code=status,
                     media_type="application/json")
 
