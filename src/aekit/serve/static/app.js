@@ -234,14 +234,14 @@ function bars(names, parts, inputs, recon) {  // an SVG bar per feature, largest
   const peak = Math.max(...parts) || 1;
   const ns = "http://www.w3.org/2000/svg";
   const svg = document.createElementNS(ns, "svg");
-  const rowH = 18, width = 560;
+  const rowH = 18, width = 620;
   svg.setAttribute("width", width); svg.setAttribute("height", rowH * (order.length + 1));
   const text = (x, y, s, anchor = "start") => {
     const t = svg.appendChild(document.createElementNS(ns, "text"));
     t.setAttribute("x", x); t.setAttribute("y", y); t.setAttribute("font-size", "12");
     t.setAttribute("text-anchor", anchor); t.textContent = s; return t;
   };
-  text(0, 12, "feature"); text(330, 12, "part of the score"); text(width, 12, "value → reconstruction", "end");
+  text(0, 12, "feature"); text(130, 12, "part of the score"); text(width, 12, "value → reconstruction", "end");
   order.forEach((i, k) => {
     const y = rowH * (k + 1);
     text(0, y + 12, String(names[i]).slice(0, 18));
