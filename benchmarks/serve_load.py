@@ -204,9 +204,12 @@ def main(argv=None) -> int:
             before = rss_mib(server.pid)
             t_start = time.monotonic()
             res = asyncio.run(run_case(url, bodies, expected, args.clients, seconds))
-            during = [m for t, m in sampler.samples if t >= t_start]
-            res.update(title=title, rows=n, rss_before=before, rss_after=rss_mib(server.pid),
-                       rss_peak=max(during + [before]), body_kib=sum(map(len, bodies)) / len(bodies) / 1024)
+            during = [(t, m) for t, m in sampler.samples if t >= t_start]
+            quarters = [min(during, key=lambda s, q=q: abs(s[0] - t_start - q * res["elapsed"]))[1] if during
+                        else float("nan") for q in (0.25, 0.5, 0.75)]
+            res.update(title=title, rows=n, rss_before=before, rss_after=rss_mib(server.pid), rss_quarters=quarters,
+                       rss_peak=max([m for _, m in during] + [before]),
+                       body_kib=sum(map(len, bodies)) / len(bodies) / 1024)
             rows.append(res)
             print(f"{title}: {res['requests'] / res['elapsed']:.1f} req/s, p50 {res['p50']:.1f} ms, p99 "
                   f"{res['p99']:.1f} ms, {res['failed']} failed, {res['mismatched']} mismatched "
@@ -248,14 +251,15 @@ def report(rows: list[dict], args, seconds: float, version: str) -> str:
         f"{torch.get_num_threads()} threads, Python {platform.python_version()}, aekit {version}.",
         "",
         "| case | rows/request | body (KiB) | requests | requests/s | rows/s | p50 latency (ms) | p99 latency (ms) "
-        "| failed | answers ≠ offline | server RSS after warm-up → end (peak), MiB |",
+        "| failed | answers ≠ offline | server RSS at 0, ¼, ½, ¾ and the end of the case (peak), MiB |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         rps = r["requests"] / r["elapsed"]
         lines.append(f"| {r['title']} | {r['rows']} | {r['body_kib']:.1f} | {r['requests']} | {rps:.1f} | "
                      f"{rps * r['rows']:.0f} | {r['p50']:.1f} | {r['p99']:.1f} | {r['failed']} | {r['mismatched']} | "
-                     f"{r['rss_before']:.0f} → {r['rss_after']:.0f} ({r['rss_peak']:.0f}) |")
+                     f"{' → '.join(f'{m:.0f}' for m in [r['rss_before'], *r['rss_quarters'], r['rss_after']])} "
+                     f"({r['rss_peak']:.0f}) |")
     failed = sum(r["failed"] for r in rows)
     mismatched = sum(r["mismatched"] for r in rows)
     growth = max(r["rss_after"] - r["rss_before"] for r in rows)
@@ -264,7 +268,8 @@ def report(rows: list[dict], args, seconds: float, version: str) -> str:
         f"Failed requests: {failed}. Answers that differ from offline scoring: {mismatched} (the first answer to "
         "each body is compared with `Detector.load(run)` on the same rows — decision_function, predict_pvalue, "
         "predict, the encoder's codes and explain — bit for bit; every later answer byte for byte with it). "
-        f"Largest growth of the server's resident memory within a case: {growth:+.1f} MiB.",
+        f"Largest growth of the server's resident memory within a case: {growth:+.1f} MiB (the step between cases "
+        "is the working set of the larger requests, reached in the warm-up).",
         "",
     ]
     if any(r["errors"] for r in rows):

@@ -369,6 +369,19 @@ def test_serve_command_errors_are_one_line(cli, runs, tmp_path):
     assert code == 2 and "cannot listen on 127.0.0.1" in err and len(err.strip().splitlines()) == 1, err
     code, out, err = cli("serve", runs["run"], "--max-body-bytes", "0")
     assert code == 2 and "--max-body-bytes" in err
+    code, out, err = cli("serve", runs["run"], "--name", "a/b")
+    assert code == 2 and "--name" in err and len(err.strip().splitlines()) == 1, err
+    code, out, err = cli("serve", runs["run"], "--port", "0")
+    assert code == 2 and "1 to 65535" in err
+
+
+def test_a_family_that_needs_labels_is_refused_in_one_line(cli, runs, tmp_path):
+    from aekit.cli import main
+
+    assert main(["train", "cvae", "--dataset", str(runs["dir"] / "train.csv"), "--label-column", "kind", "--epochs",
+                 "1", "--latent-dim", "2", "--hidden", "8", "--quiet", "--out", str(tmp_path / "cvae")]) == 0
+    code, out, err = cli("serve", tmp_path / "cvae")
+    assert code == 2 and "needs class labels" in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_a_missing_extra_is_one_line_naming_it(cli, runs, monkeypatch):

@@ -13,6 +13,7 @@ keeps memory bounded and the numbers those of a single-threaded call.
 
 from __future__ import annotations
 
+import re
 import tempfile
 import threading
 from pathlib import Path
@@ -59,6 +60,9 @@ class ServedModel:
 
         self.run = Run.open(run_path)
         self.name = name or self.run.path.name
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name):
+            raise ConfigError(f"model name {self.name!r}: use letters, digits, '.', '_' and '-' (it is part of the "
+                              "/v2/models/{name} paths); choose one with --name")
         self.detector = Detector.load(self.run.path)
         self.model = self.detector.models_[0]
         if self.model.capabilities.uses_labels:
