@@ -204,6 +204,12 @@ def test_non_finite_and_non_json_bodies_are_refused(client, text, fragment):
     assert fragment in one_line_error(r, 400)
 
 
+def test_triton_binary_tensors_are_refused(client):
+    r = client.post("/v2/models/tab/infer", content=b'{"inputs": []}' + bytes(32),
+                    headers={"Inference-Header-Content-Length": "14"})
+    assert "binary_data=False" in one_line_error(r, 400)
+
+
 def test_non_utf8_body_is_refused(client):
     r = client.post("/v2/models/tab/infer", content=b"\xff\xfe{}", headers={"Content-Type": "application/json"})
     assert "UTF-8" in one_line_error(r, 400)

@@ -151,6 +151,9 @@ def create_app(model: ServedModel, max_body_bytes: int = MAX_BODY_BYTES) -> Fast
     @app.post("/v2/models/{name}/versions/{version}/infer")
     async def infer(name: str, request: Request, version: str | None = None):
         _check_name(name, version)
+        if "inference-header-content-length" in request.headers:
+            raise Rejected(400, "binary tensor data (Triton's extension) is not supported; send the tensors as JSON "
+                                "(tritonclient: set_data_from_numpy(x, binary_data=False))")
         body = await _body(request, max_body_bytes)
 
         def work():
