@@ -345,7 +345,7 @@ def test_image_run(image_run):
 # --- the command line and a real server -----------------------------------------------------------------
 def test_aekit_serve_answers_a_plain_json_post(runs):
     offline = Detector.load(runs["calibrated"])
-    server = Server(runs["calibrated"], "--name", "tab")
+    server = Server(runs["calibrated"], "--name", "tab", "--max-body-bytes", 1_000_000)
     try:
         x = runs["new"].astype(np.float32)
         status, body = post(server.url + "/v2/models/tab/infer", v2_request(x))
@@ -357,6 +357,20 @@ def test_aekit_serve_answers_a_plain_json_post(runs):
         assert status == 400 and "not JSON" in json.loads(body)["error"]
         status, body = post(server.url + "/score", (runs["dir"] / "new.csv").read_bytes(), "text/csv")
         assert status == 200 and body.decode().count("\n") == 26
+        good = json.dumps(v2_request(x)).encode()
+        mixed = [(good, 200), (b"{oops", 400), (good.replace(b"FP32", b"INT8"), 400), (b"[" * 50000, 400),
+                 (good.replace(b'"data": [', b'"data": [NaN, '), 400), (b"x" * 2_000_000, 413)] * 4
+        from concurrent.futures import ThreadPoolExecutor
+
+        def send(body):
+            try:
+                return post(server.url + "/v2/models/tab/infer", body)[0]
+            except OSError:  # a client still sending a body over the limit may see the early 413 as a reset
+                return 413 if len(body) > 1_000_000 else "reset"
+
+        with ThreadPoolExecutor(8) as pool:  # good and bad requests at once
+            got = list(pool.map(send, [body for body, _ in mixed]))
+        assert got == [want for _, want in mixed]
         assert get(server.url + "/v2/health/live")[0] == 200  # still up
     finally:
         code, out, err = server.stop()
