@@ -648,14 +648,16 @@ def build_parser():
                      "as score)")
     cal.add_argument("--fpr", type=float, default=0.01, help="the false-positive rate to hold on normal data")
 
+    from .serve import MAX_BODY_BYTES
+
     sv = sub.add_parser("serve", help="serve a run's detector over HTTP: Open Inference Protocol v2, POST /score "
                         "(CSV) and a page at / (needs pip install 'aekit[serve]')")
     sv.add_argument("run", help="run directory (aekit train, or Detector.save)")
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on [default: 127.0.0.1]")
     sv.add_argument("--port", type=int, default=8080, help="port to listen on [default: 8080]")
     sv.add_argument("--name", help="the model's name in the /v2/models/{name} endpoints (default: the run folder's)")
-    sv.add_argument("--max-body-bytes", type=int, default=32 * 2**20, help="larger request bodies are refused "
-                    "with 413 [default: 32 MiB]")
+    sv.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES, help="larger request bodies are "
+                    f"refused with 413 [default: {MAX_BODY_BYTES}]")
 
     pk = sub.add_parser("pack", help="write an image folder, a CSV/TSV table, an IDX file or a .npz archive as a "
                         ".npy file (and its labels) that training memory-maps")

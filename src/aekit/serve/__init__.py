@@ -18,6 +18,7 @@ from __future__ import annotations
 from ..errors import ConfigError
 
 EXTRA = "pip install 'aekit[serve]'"
+MAX_BODY_BYTES = 32 * 2**20  # the default limit of a request body (aekit serve --max-body-bytes)
 
 
 def require() -> None:
@@ -34,7 +35,6 @@ def create_app(run, *, name: str | None = None, max_body_bytes: int | None = Non
     """The FastAPI application serving the detector of run directory ``run`` (for tests and ASGI servers:
     ``uvicorn.run(create_app("runs/x"))``)."""
     require()
-    from .app import MAX_BODY_BYTES
     from .app import create_app as _create
     from .model import ServedModel
 
@@ -73,4 +73,4 @@ def _check_free(host: str, port: int) -> None:
             from None
 
 
-__all__ = ["create_app", "cmd_serve", "require", "EXTRA"]
+__all__ = ["create_app", "cmd_serve", "require", "EXTRA", "MAX_BODY_BYTES"]

@@ -22,11 +22,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from .. import __version__
-from . import protocol
+from . import MAX_BODY_BYTES, protocol
 from .model import Rejected, ServedModel, finite_or_reject
 
 log = logging.getLogger("aekit.serve")
-MAX_BODY_BYTES = 32 * 2**20  # the default limit of a request body
 CSV_TYPES = {"text/tab-separated-values": ".tsv"}  # other content types of /score are read as CSV
 
 
@@ -255,4 +254,4 @@ def _numbers(value, what: str) -> np.ndarray:
     return a
 
 
-__all__ = ["create_app", "MAX_BODY_BYTES"]
+__all__ = ["create_app"]
