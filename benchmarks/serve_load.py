@@ -163,6 +163,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", help="results file [default: benchmarks/RESULTS_serve.md; none with --quick]")
     args = ap.parse_args(argv)
     seconds = args.seconds or (3.0 if args.quick else 30.0)
+    warmup = min(5.0, seconds)  # seconds of each case's requests before it is measured
     out = Path(args.out) if args.out else (None if args.quick else HERE / "RESULTS_serve.md")
     sys.path.insert(0, str(SRC))
     from aekit import Detector, __version__
@@ -200,7 +201,7 @@ def main(argv=None) -> int:
             batches = [x[s: s + n] for s in starts]
             bodies = [v2_body(b, outputs) for b in batches]
             expected = [offline_outputs(det, b, outputs) for b in batches]
-            asyncio.run(run_case(url, bodies, expected, args.clients, min(2.0, seconds)))  # warm-up
+            asyncio.run(run_case(url, bodies, expected, args.clients, warmup))
             before = rss_mib(server.pid)
             t_start = time.monotonic()
             res = asyncio.run(run_case(url, bodies, expected, args.clients, seconds))
@@ -222,7 +223,7 @@ def main(argv=None) -> int:
             raise RuntimeError(f"aekit serve exited with {server.returncode}: {server.stderr.read()[-2000:]}")
         ok = all(r["failed"] == 0 and r["mismatched"] == 0 and r["checked"] == BODIES for r in rows)
         if out:
-            out.write_text(report(rows, args, seconds, __version__))
+            out.write_text(report(rows, args, seconds, warmup, __version__))
             print(f"wrote {out}")
         return 0 if ok else 1
     finally:
@@ -232,7 +233,7 @@ def main(argv=None) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def report(rows: list[dict], args, seconds: float, version: str) -> str:
+def report(rows: list[dict], args, seconds: float, warmup: float, version: str) -> str:
     import torch
 
     load = os.getloadavg()
@@ -240,7 +241,7 @@ def report(rows: list[dict], args, seconds: float, version: str) -> str:
         "# `aekit serve` under load (benchmarks/serve_load.py)",
         "",
         f"`python benchmarks/serve_load.py{' --quick' if args.quick else ''}` — {args.clients} concurrent clients "
-        f"(asyncio + httpx, keep-alive) on loopback, {seconds:g} s per case after a 2 s warm-up, {BODIES} "
+        f"(asyncio + httpx, keep-alive) on loopback, {seconds:g} s per case after a {warmup:g} s warm-up, {BODIES} "
         "different request bodies per case. The model: `Detector(random_state=0)` (table defaults: ae "
         "64-64-64-16, joint score) fitted on 1500 rows of scikit-learn's digits as a 64-column table and "
         "calibrated on the other 297 (fpr 0.05), served by `python -m aekit serve` (one uvicorn process; model "
@@ -263,13 +264,15 @@ def report(rows: list[dict], args, seconds: float, version: str) -> str:
     failed = sum(r["failed"] for r in rows)
     mismatched = sum(r["mismatched"] for r in rows)
     growth = max(r["rss_after"] - r["rss_before"] for r in rows)
+    settled = max(r["rss_after"] - r["rss_quarters"][0] for r in rows)
     lines += [
         "",
         f"Failed requests: {failed}. Answers that differ from offline scoring: {mismatched} (the first answer to "
         "each body is compared with `Detector.load(run)` on the same rows — decision_function, predict_pvalue, "
         "predict, the encoder's codes and explain — bit for bit; every later answer byte for byte with it). "
-        f"Largest growth of the server's resident memory within a case: {growth:+.1f} MiB (the step between cases "
-        "is the working set of the larger requests, reached in the warm-up).",
+        f"Server resident memory, largest change over a case: {growth:+.1f} MiB from its start to its end, "
+        f"{settled:+.1f} MiB from its first quarter to its end (the step between the 1-row and the 1000-row cases "
+        "is the working set of the larger requests).",
         "",
     ]
     if any(r["errors"] for r in rows):

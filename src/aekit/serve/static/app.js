@@ -152,7 +152,7 @@ function showResults() {
   }
   $("count").textContent = shown < r.scores.length ? `(first ${shown} of ${r.scores.length})` : `(${r.scores.length})`;
   buildGrid();
-  if (r.scores.length) choose(r.scores.indexOf(Math.max(...r.scores)));
+  if (r.scores.length) choose(r.scores.reduce((best, s, i) => (s > r.scores[best] ? i : best), 0));  // the top row
 }
 
 function choose(i) {
@@ -213,7 +213,7 @@ function imageCanvas(values, c, h, w, scale) {  // values (C, H, W) nested or fl
 
 function heatCanvas(values, h, w) {  // white (0) to dark red (the row's largest part)
   const v = flat(values);
-  const peak = Math.max(...v) || 1;
+  const peak = v.reduce((m, x) => Math.max(m, x), 0) || 1;
   const canvas = document.createElement("canvas");
   canvas.width = w; canvas.height = h; canvas.className = "px";
   const size = Math.max(96, Math.min(224, 8 * w));
@@ -231,7 +231,7 @@ function heatCanvas(values, h, w) {  // white (0) to dark red (the row's largest
 
 function bars(names, parts, inputs, recon) {  // an SVG bar per feature, largest part first (at most 25)
   const order = parts.map((p, i) => i).sort((a, b) => parts[b] - parts[a]).slice(0, 25);
-  const peak = Math.max(...parts) || 1;
+  const peak = parts.reduce((m, x) => Math.max(m, x), 0) || 1;
   const ns = "http://www.w3.org/2000/svg";
   const svg = document.createElementNS(ns, "svg");
   const rowH = 18, width = 620;
