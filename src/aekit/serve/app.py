@@ -227,6 +227,7 @@ def create_app(model: ServedModel, max_body_bytes: int = MAX_BODY_BYTES) -> Fast
             else:
                 raise Rejected(400, "send {\"point\": [u, v]} or {\"code\": [numbers]}")
             x = model.decode(z)
+            finite_or_reject("decoded", x)  # a code far outside the training codes
             return {"code": np.asarray(z, dtype=np.float64)[0].tolist(), "shape": list(x.shape[1:]),
                     "data": x[0].tolist()}
 
