@@ -29,8 +29,8 @@ def _import_commands() -> None:
     from .run import Run
 
 
-__all__ = ["DATA_FIXED", "NORMAL_CLASS_HELP", "DATA_PREFIX", "cmd_export",
-           "cmd_train", "evaluation_key", "cmd_eval", "cmd_sample",
+__all__ = ["DATA_FIXED", "NORMAL_CLASS_HELP", "DATA_PREFIX", "cmd_export", "cmd_serve", "new_rows", "user_rows",
+           "score_columns", "write_scores", "score_table", "cmd_train", "evaluation_key", "cmd_eval", "cmd_sample",
            "cmd_reconstruct", "cmd_encode", "cmd_plot", "cmd_report", "cmd_compare", "cmd_score", "cmd_calibrate",
            "cmd_models", "cmd_datasets", "cmd_pack", "build_parser", "SEVERAL_PROCESSES", "main"]
 
@@ -481,10 +481,10 @@ def cmd_compare(args) -> int:
     return 0
 
 
-def _new_rows(run, path: str, id_column: str | None = None):
+def new_rows(run, path: str, id_column: str | None = None):
     """The examples of a new file or folder as the run's model reads them, in the file's order: (a dataset whose
     ``x_train`` holds them, scaled as the run's data: a memory-mapped .npy file stays on disk and is read a block
-    at a time by ``_user_rows``; an iterable of one id per row: the row number, the image file, or the values of
+    at a time by ``user_rows``; an iterable of one id per row: the row number, the image file, or the values of
     column ``id_column`` of a table). A table must hold the training table's columns (matched by name, in any
     order; the label column and the id column may be absent); anything else is an error naming the columns."""
     from . import datasets
@@ -534,12 +534,12 @@ def _new_rows(run, path: str, id_column: str | None = None):
     return ds, ids
 
 
-def _user_rows(ds, lo: int = 0, hi: int | None = None):
-    """Rows lo:hi of ``_new_rows``'s dataset in the user's units, as the Detector reads them: float32 numpy."""
+def user_rows(ds, lo: int = 0, hi: int | None = None):
+    """Rows lo:hi of ``new_rows``'s dataset in the user's units, as the Detector reads them: float32 numpy."""
     return ds.to_user_units(ds.x_train[lo:hi]).numpy()
 
 
-def _score_rows(scorer, x) -> dict:
+def score_columns(scorer, x) -> dict:
     """The output columns of ``aekit score`` for rows x: score, p_value (calibrated), is_outlier (a threshold),
     all from the one scoring module (``aekit.scoring.Scorer``)."""
     scored = scorer.score(x)
@@ -549,6 +549,25 @@ def _score_rows(scorer, x) -> dict:
     if scored.is_outlier is not None:
         cols["is_outlier"] = scored.is_outlier.astype(int)
     return cols
+
+
+def write_scores(writer, ids, cols: dict) -> None:
+    """Rows of ``aekit score``'s CSV through a ``csv.writer``: each row's id, then its ``cols`` values."""
+    values = [[f"{v:.6g}" if isinstance(v, float) else str(v) for v in c.tolist()] for c in cols.values()]
+    writer.writerows(zip(ids, *values))
+
+
+def score_table(scorer, x, ids, id_name: str = "id") -> str:
+    """What `aekit score` prints for rows ``x`` (user units) and their ids, as one text (`aekit serve`'s
+    POST /score answers it): the header, then one line per row."""
+    import csv
+
+    out = io.StringIO(newline="")
+    writer = csv.writer(out, lineterminator="\n")
+    cols = score_columns(scorer, x)
+    writer.writerow([id_name, *cols])
+    write_scores(writer, list(ids), cols)
+    return out.getvalue()
 
 
 SCORE_BYTES = 32 * 2**20  # float32 bytes of input rows `aekit score` scores at once (whole blocks of 1024 rows)
@@ -562,7 +581,7 @@ def cmd_score(args) -> int:
 
     run = Run.open(args.run)
     scorer = Scorer.from_run(run.path)
-    ds, ids = _new_rows(run, args.data, args.id_column)
+    ds, ids = new_rows(run, args.data, args.id_column)
     n = len(ds.x_train)
     step = max(1, SCORE_BYTES // (4 * max(1, ds.dim) * 1024)) * 1024
     flagged = 0
@@ -575,12 +594,11 @@ def cmd_score(args) -> int:
         writer = csv.writer(out, lineterminator="\n")
         ids = iter(ids)
         for lo in range(0, n, step):
-            cols = _score_rows(scorer, _user_rows(ds, lo, lo + step))
+            cols = score_columns(scorer, user_rows(ds, lo, lo + step))
             if lo == 0:
                 writer.writerow([args.id_column or "id", *cols])
             flagged += int(cols["is_outlier"].sum()) if "is_outlier" in cols else 0
-            values = [[f"{v:.6g}" if isinstance(v, float) else str(v) for v in c.tolist()] for c in cols.values()]
-            writer.writerows(zip([next(ids) for _ in range(len(values[0]))], *values))
+            write_scores(writer, [next(ids) for _ in range(len(cols["score"]))], cols)
     if args.out:
         note = f", {flagged} flagged as outliers" if scorer.has_threshold else \
             " (no threshold yet: `aekit calibrate RUN --normal DATA` or `aekit train --contamination C`)"
@@ -593,8 +611,8 @@ def cmd_calibrate(args) -> int:
 
     run = Run.open(args.run)
     det = Detector.load(run.path)
-    ds, _ = _new_rows(run, args.normal)
-    x = _user_rows(ds)  # calibration keeps every score: the rows are scored at once
+    ds, _ = new_rows(run, args.normal)
+    x = user_rows(ds)  # calibration keeps every score: the rows are scored at once
     det.calibrate(x, fpr=args.fpr)
     det.save_state(run.path)
     print(f"calibrated {run.path} on {len(x)} normal examples of {args.normal}: threshold {det.threshold_:.6g} "
@@ -615,6 +633,12 @@ def cmd_export(args) -> int:
         print("aekit export: warning: no threshold yet, so is_outlier is False for every row: `aekit calibrate "
               "RUN --normal DATA` (or `aekit train --contamination C`), then export again", file=sys.stderr)
     return 0
+
+
+def cmd_serve(args) -> int:
+    from .serve import cmd_serve as serve
+
+    return serve(args)
 
 
 def cmd_models(args) -> int:
@@ -762,6 +786,17 @@ def build_parser():
     ex.add_argument("--format", default="onnx", choices=["onnx"], help="graph format [default: onnx]")
     ex.add_argument("--out", required=True, help="a new or empty folder for the graphs and export.json")
 
+    from .serve import MAX_BODY_BYTES
+
+    sv = sub.add_parser("serve", help="serve a run's detector over HTTP: Open Inference Protocol v2, POST /score "
+                        "(CSV) and a page at / (needs pip install 'aekit[serve]')")
+    sv.add_argument("run", help="run directory (aekit train, or Detector.save)")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on [default: 127.0.0.1]")
+    sv.add_argument("--port", type=int, default=8080, help="port to listen on [default: 8080]")
+    sv.add_argument("--name", help="the model's name in the /v2/models/{name} endpoints (default: the run folder's)")
+    sv.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES, help="larger request bodies are "
+                    f"refused with 413 [default: {MAX_BODY_BYTES}]")
+
     pk = sub.add_parser("pack", help="write an image folder, a CSV/TSV table, an IDX file or a .npz archive as a "
                         ".npy file (and its labels) that training memory-maps")
     pk.add_argument("source", help="image folder (one subfolder per class gives labels), .csv/.tsv/.txt table, "
@@ -802,7 +837,8 @@ def main(argv: list[str] | None = None) -> int:
         code = {"train": cmd_train, "eval": cmd_eval, "reconstruct": cmd_reconstruct, "encode": cmd_encode,
                 "sample": cmd_sample, "models": cmd_models, "datasets": cmd_datasets,
                 "plot": cmd_plot, "report": cmd_report, "compare": cmd_compare, "score": cmd_score,
-                "calibrate": cmd_calibrate, "pack": cmd_pack, "export": cmd_export}[args.command](args)
+                "calibrate": cmd_calibrate, "pack": cmd_pack, "export": cmd_export,
+                "serve": cmd_serve}[args.command](args)
         ok = True
         return code
     except AekitError as e:

@@ -626,6 +626,12 @@ class Detector(BaseEstimator):
         return {**out, "contributions": contributions, "maps": maps, "reconstruction": x_hat}
 
     # --- data -----------------------------------------------------------------------------------
+    def model_input(self, X) -> torch.Tensor:
+        """X as the models read it (what ``models_[k].encode`` takes): (n, *input_shape_) float32, scaled with the
+        training statistics, in X's row order; the same checks and errors as ``decision_function``."""
+        check_is_fitted(self, "models_")
+        return self._model_input(X)
+
     def _model_input(self, X) -> torch.Tensor:
         """X as the models read it: (n, *input_shape_), scaled as the training rows, in X's row order
         (``Preprocess`` of the scorer). One DataError line for data the detector cannot score: another number
