@@ -13,7 +13,7 @@ LAYERS = [
     {"nets", "likelihoods", "regularizers", "bounds", "posterior", "reference"},
     {"models"},
     {"registry", "datasets"},
-    {"run"},
+    {"run", "outputs"},
     {"trainer"},
     {"metrics", "plots"},
     {"report", "compare", "detector"},

@@ -10,18 +10,22 @@ import argparse
 import dataclasses
 import io
 import json
+import math
+import os
 import sys
 import typing
 from pathlib import Path
 
-from . import __version__, distributed, files, registry
+from . import __version__, distributed, files, outputs, registry
 from .config import AUTO_EPOCHS, AUTO_STEPS, ModelConfig, TrainConfig, resolve_device
 from .datasets import DataConfig
 from .errors import AekitError, ConfigError
-from .run import Run
+from .run import FIGURES, REPORT, Run
 
 DATA_FIXED = {"input_shape", "num_classes"}  # model options that come from the dataset
 DATA_PREFIX = "data__"  # argparse dest of DataConfig options (train's --seed and the data's --split-seed differ)
+SAMPLE_BYTES_PER_VALUE = 16  # `aekit sample`: a float32 sample, the decoder's last layer, its text or image
+OVERWRITE_HELP = "replace an existing file (never the command's inputs nor a run's files)"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -119,6 +123,24 @@ def _open(args):
     return run, model, ds, run.evaluation_options(other_data="name_or_path" in overrides)
 
 
+def _inputs(args, run=None) -> list:
+    """What a command reads, which its --out may never name (outputs.check_output): the run folder, the data
+    the run was trained on, and the data files the command's options name."""
+    paths = [getattr(args, "data", None), getattr(args, "normal", None), getattr(args, "anomaly_data", None),
+             getattr(args, "source", None), getattr(args, DATA_PREFIX + "name_or_path", None)]
+    if run is not None:
+        paths.append(run.path)
+        if run.data is not None and run.data.name_or_path:
+            paths.append(run.data.name_or_path)
+    return [q for q in paths if isinstance(q, str) and q or isinstance(q, Path)]
+
+
+def _check_out(args, run=None, **kw) -> Path:
+    """The output policy (outputs.check_output) for this command's --out."""
+    return outputs.check_output(args.out, inputs=_inputs(args, run), overwrite=getattr(args, "overwrite", None),
+                                **kw)
+
+
 def cmd_train(args) -> int:
     from . import datasets, metrics, trainer
 
@@ -162,6 +184,8 @@ def cmd_train(args) -> int:
         dcfg = DataConfig.from_dict(data_opts, what="data")
 
         def choose_out() -> Path:  # on rank 0 alone under torchrun: the other ranks create nothing
+            if args.out:
+                _check_out(args, folder=True)
             out = Path(args.out) if args.out else _default_out(args.model, dcfg.name_or_path)
             if out.exists() and (not out.is_dir() or any(out.iterdir())):  # before the data is read
                 raise ConfigError(f"{out} already exists and is not empty; choose another --out "
@@ -282,11 +306,19 @@ def cmd_sample(args) -> int:
     import torch
 
     from . import plots
+    from .datasets import max_data_bytes
+    from .datasets.source import _size
 
     run = Run.open(args.run)
+    _check_out(args, run)
     model = run.model()
     out = Path(args.out)
     image = len(model.config.input_shape) == 3
+    need = args.n * math.prod(model.config.input_shape) * SAMPLE_BYTES_PER_VALUE
+    if need > max_data_bytes():
+        raise ConfigError(f"-n {args.n}: {args.n} samples of shape {tuple(model.config.input_shape)} would take "
+                          f"{_size(need)} in memory, more than the limit of {_size(max_data_bytes())} (the data "
+                          "budget, AEKIT_MAX_DATA_BYTES); ask for fewer samples")
     if image and out.suffix.lower() != ".png":
         raise ConfigError(f"--out {out}: image samples are written as PNG; name a .png file")
     if not image and out.suffix.lower() not in (".csv", ".tsv"):
@@ -307,13 +339,13 @@ def cmd_sample(args) -> int:
     with torch.no_grad():
         x = model.sample(args.n, y=label, generator=gen)
     if image:
-        plots.save(plots.image_grid(x, ncols=min(args.n, 8)), out)
+        files.publish_bytes(out, plots.to_png(plots.image_grid(x, ncols=min(args.n, 8))), overwrite=args.overwrite)
     else:
         names = ds.feature_names or [f"f{i}" for i in range(ds.dim)]
         sep = "\t" if out.suffix.lower() == ".tsv" else ","
         rows = ds.to_user_units(x.cpu()).tolist()
         body = "".join(sep.join(f"{v:.6g}" for v in r) + "\n" for r in rows)
-        files.atomic_write_text(out, sep.join(names) + "\n" + body)
+        files.publish_bytes(out, (sep.join(names) + "\n" + body).encode(), overwrite=args.overwrite)
     print(f"wrote {args.n} samples{'' if label is None else f' of class {label}'} of {model.name} to {out}")
     return 0
 
@@ -323,7 +355,8 @@ def cmd_reconstruct(args) -> int:
 
     from . import metrics, plots
 
-    _, model, ds, _ = _open(args)
+    run, model, ds, _ = _open(args)
+    _check_out(args, run)
     x, y = ds.split(args.split)
     x, y = x[: args.n], (y[: args.n] if y is not None else None)
     x_hat = metrics.reconstructions(model, x, y)
@@ -331,7 +364,7 @@ def cmd_reconstruct(args) -> int:
     if ds.kind == "image":
         if out.suffix.lower() != ".png":
             raise ConfigError(f"--out {out}: image reconstructions are written as PNG; name a .png file")
-        plots.save(plots.reconstructions(x, x_hat), out)
+        files.publish_bytes(out, plots.to_png(plots.reconstructions(x, x_hat)), overwrite=args.overwrite)
     else:
         if out.suffix.lower() not in (".csv", ".tsv"):
             raise ConfigError(f"--out {out}: table reconstructions are written as CSV; name a .csv file")
@@ -339,7 +372,8 @@ def cmd_reconstruct(args) -> int:
         rows = torch.cat([ds.to_user_units(x), ds.to_user_units(x_hat)], 1).tolist()
         sep = "\t" if out.suffix.lower() == ".tsv" else ","
         head = sep.join([f"input_{n}" for n in names] + [f"recon_{n}" for n in names])
-        files.atomic_write_text(out, head + "\n" + "".join(sep.join(f"{v:.6g}" for v in r) + "\n" for r in rows))
+        text = head + "\n" + "".join(sep.join(f"{v:.6g}" for v in r) + "\n" for r in rows)
+        files.publish_bytes(out, text.encode(), overwrite=args.overwrite)
     print(f"wrote {out}")
     return 0
 
@@ -350,7 +384,8 @@ def cmd_encode(args) -> int:
 
     from . import metrics
 
-    _, model, ds, _ = _open(args)
+    run, model, ds, _ = _open(args)
+    _check_out(args, run)
     parts = ["train", "val", "test"] if args.split == "all" else [args.split]
     xs = [ds.split(p) for p in parts]
     z = torch.cat([metrics.codes(model, x, y) for x, y in xs]).cpu().numpy()
@@ -364,7 +399,7 @@ def cmd_encode(args) -> int:
         np.save(buf, z)
     else:
         raise ConfigError(f"--out {out}: codes are written as .npy (codes only) or .npz (codes z and labels y)")
-    files.atomic_write_bytes(out, buf.getvalue())
+    files.publish_bytes(out, buf.getvalue(), overwrite=args.overwrite)
     print(f"wrote {z.shape[0]} codes of dimension {z.shape[1]} to {out}")
     return 0
 
@@ -373,10 +408,22 @@ def cmd_plot(args) -> int:
     from . import plots
 
     run, model, ds, _ = _open(args)
-    out = Path(args.out) if args.out else run.path / "figures"
-    history = run.history
-    written = plots.save_run_figures(model, ds, out, history, n=args.n, seed=args.seed, split=args.split)
-    for path, _ in written.values():
+    own = args.out is None or outputs.same_path(args.out, run.path / FIGURES)
+    if own:  # the run's own figures (RUN/figures), written through Run
+        args.out = None
+    else:
+        out = _check_out(args, run, folder=True)
+    figures = [(name, plots.to_png(fig)) for name, _, fig in plots.run_figures(
+        model, ds, run.history, n=args.n, seed=args.seed, split=args.split)]
+    if not own:  # every target checked before the first is written
+        for name, _ in figures:
+            outputs.check_output(out / f"{name}.png", inputs=_inputs(args, run), overwrite=args.overwrite)
+    for name, png in figures:
+        if own:
+            path = run.write_figure(name, png)
+        else:
+            path = out / f"{name}.png"
+            files.publish_bytes(path, png, overwrite=args.overwrite)
         print(f"wrote {path}")
     return 0
 
@@ -385,14 +432,24 @@ def cmd_report(args) -> int:
     from . import report
 
     run, model, ds, opts = _open(args)
+    if args.out is not None and outputs.same_path(args.out, run.path / REPORT):
+        args.out = None  # the run's own report, written through Run
+    if args.out is not None:
+        _check_out(args, run)
     normal = args.normal_class if args.normal_class is not None else opts.normal_class
     values = None
     if not _given(args, DataConfig, DATA_PREFIX):  # the numbers of an earlier `aekit eval` with the same options
         values = run.evaluation(evaluation_key(model, args.split, args.iw_samples, 1, args.seed, normal, opts))
         if values is not None:
             print(f"reusing the metrics of the last `aekit eval` ({run.path / 'evaluation.json'})")
-    path = report.write_report(run, args.out, model=model, dataset=ds, normal_class=normal, values=values,
-                               iw_samples=args.iw_samples, seed=args.seed, split=args.split)
+    if args.out is None:
+        path = report.write_report(run, model=model, dataset=ds, normal_class=normal, values=values,
+                                   iw_samples=args.iw_samples, seed=args.seed, split=args.split)
+    else:
+        path = Path(args.out)
+        html = report.render(run, model=model, dataset=ds, normal_class=normal, values=values,
+                             iw_samples=args.iw_samples, seed=args.seed, split=args.split)
+        files.publish_bytes(path, html.encode("utf-8"), overwrite=args.overwrite)
     print(f"wrote {path}")
     return 0
 
@@ -412,6 +469,8 @@ def cmd_compare(args) -> int:
     ds = datasets.load(DataConfig.from_dict({"seed": args.seed, **_given(args, DataConfig, DATA_PREFIX)}, what="data"))
     if args.out is None:
         args.out = str(_default_out("compare", "", with_dataset=False))
+    else:
+        outputs.check_output(args.out, folder=True, inputs=_inputs(args))
     results = compare.compare(ds, args.out, models=models, epochs=args.epochs, latent_dim=latent_dim,
                               threads=args.threads,
                               overwrite=args.overwrite, seed=args.seed, iw_samples=args.iw_samples,
@@ -456,7 +515,9 @@ def _new_rows(run, path: str):
         label = label if label in [h.strip() for h in header] else None
     else:
         label = None if p.is_dir() or p.suffix.lower() in (".npy", ".npz") else label
-    ds = datasets.load(str(p), features=features if p.suffix.lower() in (".csv", ".tsv", ".txt") else None,
+    named = p.suffix.lower() in (".csv", ".tsv", ".txt") or (  # a packed table's columns are matched by name too
+        p.suffix.lower() == ".npy" and os.path.lexists(datasets.columns_path(p)))
+    ds = datasets.load(str(p), features=features if named else None,
                        label_column=label, stats=None if data is None else data.stats, val_fraction=0.0,
                        test_fraction=0.0, shuffle=False)
     x = ds.to_user_units(ds.x_train).numpy()
@@ -468,6 +529,8 @@ def cmd_score(args) -> int:
     from .detector import Detector
 
     run = Run.open(args.run)
+    if args.out:
+        _check_out(args, run)
     det = Detector.load(run.path)
     x, ids = _new_rows(run, args.data)
     scores = det.decision_function(x)
@@ -480,7 +543,7 @@ def cmd_score(args) -> int:
                                 for row in zip(*[list(c) for c in cols.values()])]
     text = "\n".join(lines) + "\n"
     if args.out:
-        files.atomic_write_text(args.out, text)
+        files.publish_bytes(args.out, text.encode("utf-8"), overwrite=args.overwrite)
         flagged = f", {int(cols['is_outlier'].sum())} flagged as outliers" if "is_outlier" in cols else \
             " (no threshold yet: `aekit calibrate RUN --normal DATA` or `aekit train --contamination C`)"
         print(f"scored {len(ids)} examples of {args.data} into {args.out}{flagged}")
@@ -526,11 +589,14 @@ def cmd_pack(args) -> int:
     from .datasets.source import _size
 
     features = None if args.features is None else [f.strip() for f in args.features.split(",") if f.strip()]
+    _check_out(args)  # pack never overwrites: no --overwrite
     r = datasets.pack(args.source, args.out, label_column=args.label_column, features=features)
     print(f"wrote {r.path}: {r.shape[0]} samples of shape {tuple(r.shape[1:])}, {r.dtype} ({_size(r.nbytes)})")
     if r.labels_path:
         print(f"labels: {r.labels_path} ({len(r.classes)} classes: {', '.join(r.classes[:10])}"
               f"{', ...' if len(r.classes) > 10 else ''})")
+    if r.columns_path:
+        print(f"column names: {r.columns_path}")
     print(f"train from it (memory-mapped): aekit train MODEL --dataset {r.path}")
     return 0
 
@@ -577,12 +643,14 @@ def build_parser():
 
     def _plot(c):
         c.add_argument("--out", help="folder for the PNG figures (default: RUN/figures)")
+        c.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
         c.add_argument("-n", type=_positive_int, default=10, help="images per row")
         c.add_argument("--seed", type=int, default=0, help="seed of samples and corruption")
     run_cmd("plot", "write every figure that applies to a run as PNG files", _plot)
 
     def _report(c):
         c.add_argument("--out", help="HTML file to write (default: RUN/report.html)")
+        c.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
         c.add_argument("--iw-samples", type=int, default=100, help="probabilistic models: importance samples "
                        "of the log-likelihood estimate")
         c.add_argument("--normal-class", help="also report anomaly detection with this normal class")
@@ -608,11 +676,13 @@ def build_parser():
 
     def _recon(c):
         c.add_argument("--out", required=True, help="PNG for images, CSV for tables")
+        c.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
         c.add_argument("-n", type=_positive_int, default=16, help="how many inputs")
     run_cmd("reconstruct", "save inputs above their reconstructions", _recon)
 
-    enc = run_cmd("encode", "save the codes of a dataset split", lambda c: c.add_argument(
-        "--out", required=True, help=".npy (codes) or .npz (codes z, labels y)"))
+    enc = run_cmd("encode", "save the codes of a dataset split", lambda c: (c.add_argument(
+        "--out", required=True, help=".npy (codes) or .npz (codes z, labels y)"), c.add_argument(
+        "--overwrite", action="store_true", help=OVERWRITE_HELP)))
     enc.set_defaults(split="test")
     for a in enc._actions:
         if a.dest == "split":
@@ -624,12 +694,14 @@ def build_parser():
     smp.add_argument("--label", help="class index or name to sample (conditional / supervised models)")
     smp.add_argument("--seed", type=int, default=0, help="seed of the prior samples")
     smp.add_argument("--out", required=True, help="PNG for images, CSV/TSV for tables")
+    smp.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
 
     sc = sub.add_parser("score", help="anomaly scores of new data with a run's model and preprocessing (CSV)")
     sc.add_argument("run", help="run directory (aekit train, or Detector.save)")
     sc.add_argument("data", help="a CSV/TSV table with the training columns, a .npy/.npz array or an image folder")
     sc.add_argument("--out", help="CSV to write: id, score, p_value (when calibrated), is_outlier (when a "
                     "threshold is set) (default: standard output)")
+    sc.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     cal = sub.add_parser("calibrate", help="threshold and p-values of a run from held-out normal data")
     cal.add_argument("run", help="run directory (aekit train, or Detector.save)")
     cal.add_argument("--normal", required=True, help="normal examples the model was not trained on (same formats "
