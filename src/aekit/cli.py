@@ -504,19 +504,20 @@ def _new_rows(run, path: str):
         except (OSError, UnicodeDecodeError, csv.Error, StopIteration) as e:
             raise ConfigError(f"{p}: cannot read the header line ({e})") from None
         have = [h.strip() for h in header if h.strip() != label]
-        missing = [c for c in features if c not in have]
-        extra = [c for c in have if c not in features]
+        have_set, wanted = set(have), set(features)  # sets: a table may have 100k columns
+        missing = [c for c in features if c not in have_set]
+        extra = [c for c in have if c not in wanted]
         if missing or extra:
             parts = ([f"missing {', '.join(map(repr, missing[:10]))}"] if missing else []) + \
                 ([f"not in the training table {', '.join(map(repr, extra[:10]))}"] if extra else [])
             raise ConfigError(f"{p}: the columns do not match the training table ({'; '.join(parts)}); the run was "
                               f"trained on {len(features)} columns: {', '.join(features[:10])}"
                               f"{', ...' if len(features) > 10 else ''}")
-        label = label if label in [h.strip() for h in header] else None
+        label = label if label in {h.strip() for h in header} else None
     else:
         label = None if p.is_dir() or p.suffix.lower() in (".npy", ".npz") else label
-    named = p.suffix.lower() in (".csv", ".tsv", ".txt") or (  # a packed table's columns are matched by name too
-        p.suffix.lower() == ".npy" and os.path.lexists(datasets.columns_path(p)))
+    named = p.is_file() and (p.suffix.lower() in (".csv", ".tsv", ".txt") or (  # a packed table's columns too
+        p.suffix.lower() == ".npy" and os.path.lexists(datasets.columns_path(p))))
     ds = datasets.load(str(p), features=features if named else None,
                        label_column=label, stats=None if data is None else data.stats, val_fraction=0.0,
                        test_fraction=0.0, shuffle=False)

@@ -67,7 +67,7 @@ import os
 from pathlib import Path
 
 from ..errors import DataError
-from .arrays import _load_array_file, columns_path, from_arrays
+from .arrays import _load_array_file, check_arrays, columns_path, from_arrays
 from .config import DataConfig, _check_name
 from .dataset import Dataset
 from .idx import BUILTIN_NAMES, FASHION_MNIST_DIR, _load_digits, _load_idx_dataset, available
@@ -79,7 +79,8 @@ from .storage import ByteStore, MappedStore, Store
 from .tables import TABLE_DELIMITERS, _load_table_file
 
 __all__ = ["Dataset", "DataConfig", "load", "from_arrays", "available", "max_data_bytes", "image_files",
-           "BUILTIN_NAMES", "FASHION_MNIST_DIR", "pack", "Packed", "columns_path", "Store", "ByteStore", "MappedStore"]
+           "BUILTIN_NAMES", "FASHION_MNIST_DIR", "pack", "Packed", "columns_path", "check_arrays",
+           "Store", "ByteStore", "MappedStore"]
 
 ACCEPTED = ".npy, .npz, .csv, .tsv or .txt file, or a folder of .png/.jpg/.jpeg images"
 

@@ -62,6 +62,7 @@ def from_arrays(
         raise ConfigError(f"name: expected a non-empty string that names the dataset, got {name!r}")
     if feature_names is None and getattr(x, "columns", None) is not None:  # a pandas DataFrame
         feature_names = [str(c) for c in x.columns]
+    check_arrays(x, name)
     x = _as_array(x, name, "x")
     if (kind == "table" and x.ndim != 2) or (kind == "image" and x.ndim not in (3, 4)):
         want = ("a 2-D array (N, D)" if kind == "table"
@@ -74,9 +75,30 @@ def from_arrays(
     return ds if normal_class is None else _one_class(ds, src, spec, normal_class)
 
 
+IN_MEMORY_BYTES = {"table": 12, "image": 4}  # per value: a table's float64 copy and float32 tensors; images' float32
+
+
+def check_arrays(x, what: str = "X", copies: int = 1) -> None:
+    """A DataError, before anything is copied, when ``copies`` datasets built from the array ``x`` (as
+    ``from_arrays`` builds them: a table's float64 copy and float32 tensors, images' float32 tensors, 8-bit images'
+    uint8 copy) would exceed the memory budget (``max_data_bytes``). ``from_arrays`` checks one copy; a caller that
+    makes several (the Detector: its training data and the rows it scores) names how many."""
+    shape = tuple(getattr(x, "shape", ()) or ())
+    if len(shape) < 2:
+        return
+    dtype = getattr(x, "dtype", None)
+    per = 1 if str(dtype) in ("uint8", "torch.uint8") and len(shape) in (3, 4) else \
+        IN_MEMORY_BYTES["table" if len(shape) == 2 else "image"]
+    _check_budget(what, copies * math.prod(shape) * per,
+                  f"{'' if copies == 1 else f'{copies} datasets of '}an array of shape {shape} ({dtype})")
+
+
 def _as_array(a, what: str, role: str) -> np.ndarray:
     """A numpy array on the CPU from an array, a tensor (any device), nested lists, ... (no copy if possible)."""
     if isinstance(a, torch.Tensor):
+        if a.device.type == "meta":
+            raise DataError(f"{what}: {role} is a tensor on the meta device, which has a shape but no values; pass "
+                            "a tensor that holds the data")
         t = a.detach()
         if t.layout != torch.strided:
             t = t.to_dense()
