@@ -355,8 +355,8 @@ def cmd_reconstruct(args) -> int:
 
     from . import metrics, plots
 
+    _check_out(args, Run.open(args.run))  # before any work
     run, model, ds, _ = _open(args)
-    _check_out(args, run)
     x, y = ds.split(args.split)
     x, y = x[: args.n], (y[: args.n] if y is not None else None)
     x_hat = metrics.reconstructions(model, x, y)
@@ -384,8 +384,8 @@ def cmd_encode(args) -> int:
 
     from . import metrics
 
+    _check_out(args, Run.open(args.run))  # before any work
     run, model, ds, _ = _open(args)
-    _check_out(args, run)
     parts = ["train", "val", "test"] if args.split == "all" else [args.split]
     xs = [ds.split(p) for p in parts]
     z = torch.cat([metrics.codes(model, x, y) for x, y in xs]).cpu().numpy()
@@ -407,12 +407,13 @@ def cmd_encode(args) -> int:
 def cmd_plot(args) -> int:
     from . import plots
 
-    run, model, ds, _ = _open(args)
+    run = Run.open(args.run)
     own = args.out is None or outputs.same_path(args.out, run.path / FIGURES)
     if own:  # the run's own figures (RUN/figures), written through Run
         args.out = None
     else:
-        out = _check_out(args, run, folder=True)
+        out = _check_out(args, run, folder=True)  # before any work
+    run, model, ds, _ = _open(args)
     figures = [(name, plots.to_png(fig)) for name, _, fig in plots.run_figures(
         model, ds, run.history, n=args.n, seed=args.seed, split=args.split)]
     if not own:  # every target checked before the first is written
@@ -431,11 +432,12 @@ def cmd_plot(args) -> int:
 def cmd_report(args) -> int:
     from . import report
 
-    run, model, ds, opts = _open(args)
+    run = Run.open(args.run)
     if args.out is not None and outputs.same_path(args.out, run.path / REPORT):
         args.out = None  # the run's own report, written through Run
     if args.out is not None:
-        _check_out(args, run)
+        _check_out(args, run)  # before any work
+    run, model, ds, opts = _open(args)
     normal = args.normal_class if args.normal_class is not None else opts.normal_class
     values = None
     if not _given(args, DataConfig, DATA_PREFIX):  # the numbers of an earlier `aekit eval` with the same options

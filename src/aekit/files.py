@@ -285,9 +285,10 @@ def publish_bytes(path, data: bytes, *, overwrite: bool) -> None:
             f.write(data)
 
 
-def lock_file(path) -> tuple[int | None, str]:
+def lock_file(path, write_pid: bool = True) -> tuple[int | None, str]:
     """Take an exclusive advisory lock (flock) on ``path`` (created if need be), held until the fd is closed or
-    the process ends, even by kill -9: (fd, "") with this process's pid written in the file, or (None, who)
+    the process ends, even by kill -9: (fd, "") with this process's pid written in the file (``write_pid=False``:
+    the file as it was, for a caller that reads what the previous holder left), or (None, who)
     when another process holds it, ``who`` naming it ("process 123" when its pid is readable). A RunError when
     the file cannot be opened. Where there are no advisory locks (Windows), the lock is always granted."""
     path = Path(path)
@@ -305,6 +306,7 @@ def lock_file(path) -> tuple[int | None, str]:
         holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
         os.close(fd)
         return None, f"process {holder}" if holder.isdigit() else "another process"
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    if write_pid:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd, ""

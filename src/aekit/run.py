@@ -30,7 +30,7 @@ from torch import Tensor
 
 from . import files, registry
 from .config import TrainConfig, resolve_device
-from .datasets import DataConfig
+from .datasets import DataConfig, columns_path
 from .datasets import load as load_dataset
 from .errors import AekitError, RunError
 
@@ -298,6 +298,11 @@ class Run:
         given = {k: v for k, v in overrides.items() if v is not None}
         if "name_or_path" in given:
             keep = {"label_column": self.data.label_column, "features": self.data.features, "stats": self.data.stats}
+            new = Path(os.path.expanduser(str(given["name_or_path"])))
+            if not (new.is_file() and new.suffix.lower() in (".csv", ".tsv", ".txt")):  # no such columns to name
+                keep.pop("label_column")
+                if not (new.is_file() and new.suffix.lower() == ".npy" and columns_path(new).exists()):
+                    keep.pop("features")
             return load_dataset(DataConfig.from_dict({**keep, **given}, what="data"))
         return load_dataset(self.data.replace(**given))
 

@@ -73,6 +73,8 @@ def pack(source: str | os.PathLike, out: str | os.PathLike, *, label_column: str
     if not anc.is_dir():
         raise ConfigError(f"--out {out}: {anc} is a file, so nothing can be created below it; choose another path")
     labels_out = labels_path(out)
+    if os.path.lexists(_journal(out)):  # a pack was killed here: undo what it left (_claim), then check
+        _release(out, _claim(out))
     _refuse_existing(out)
     src = Path(os.path.abspath(os.path.expanduser(os.fspath(source))))
     if not src.exists():
@@ -168,7 +170,7 @@ def _claim(out: Path) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise DataError(f"{out.parent}: cannot create the folder ({e.strerror or e}); choose another --out") from None
-    fd, who = lock_file(journal)
+    fd, who = lock_file(journal, write_pid=False)  # what a killed pack recorded is read first
     if fd is None:
         raise ConfigError(f"{out}: another aekit pack ({who}) is writing it; wait for it to end or choose another "
                           "--out")
