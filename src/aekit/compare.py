@@ -159,7 +159,8 @@ def _run_family(name, dataset, out: Path, tcfg, latent_dim, iw_samples, seed) ->
         figs = []
         for fname, cap, fig in plots.run_figures(res.model, dataset, res.history, seed=seed):
             png = plots.to_png(fig)
-            rel = res.run.write_figure(fname, png).relative_to(out).as_posix()
+            res.run.write_figure(fname, png)  # RUN/figures/NAME.png, through Run
+            rel = f"{name}/figures/{fname}.png"
             figs.append((fname, cap, png))
             r.figures[fname] = (rel, cap, png)
         report.write_report(res.run, model=res.model, dataset=dataset, values=r.metrics, figures=figs)
