@@ -307,7 +307,6 @@ def cmd_sample(args) -> int:
 
     from . import plots
     from .datasets import max_data_bytes
-    from .datasets.source import _size
 
     run = Run.open(args.run)
     _check_out(args, run)
@@ -317,8 +316,8 @@ def cmd_sample(args) -> int:
     need = args.n * math.prod(model.config.input_shape) * SAMPLE_BYTES_PER_VALUE
     if need > max_data_bytes():
         raise ConfigError(f"-n {args.n}: {args.n} samples of shape {tuple(model.config.input_shape)} would take "
-                          f"{_size(need)} in memory, more than the limit of {_size(max_data_bytes())} (the data "
-                          "budget, AEKIT_MAX_DATA_BYTES); ask for fewer samples")
+                          f"{need / 2**30:,.1f} GiB in memory, more than the limit of {max_data_bytes() / 2**30:,.1f} "
+                          "GiB (the data budget, AEKIT_MAX_DATA_BYTES); ask for fewer samples")
     if image and out.suffix.lower() != ".png":
         raise ConfigError(f"--out {out}: image samples are written as PNG; name a .png file")
     if not image and out.suffix.lower() not in (".csv", ".tsv"):
