@@ -155,9 +155,10 @@ def test_sample_answers_in_the_kind_asked_for(family):
     assert isinstance(a, np.ndarray) and a.dtype == np.float32 and a.shape == (4, 1, 8, 8)
     np.testing.assert_array_equal(a, t.detach().numpy())
     assert isinstance(model.sample(4, y, output="tensor"), torch.Tensor)
-    if family == "cvae":  # labels given as numpy or a list: the answer is numpy, as encode's would be
+    if family == "cvae":  # labels given as numpy: the answer is numpy, as encode's would be; a list: as before
         assert isinstance(model.sample(2, np.array([1, 2])), np.ndarray)
-        assert isinstance(model.sample(2, y=[1, 2]), np.ndarray)
+        assert isinstance(model.sample(2, y=np.array([1, 2])), np.ndarray)
+        assert isinstance(model.sample(2, y=[1, 2]), torch.Tensor)
     with pytest.raises(ConfigError, match="output"):
         model.sample(2, y, output="np")
 
