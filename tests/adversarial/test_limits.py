@@ -96,14 +96,13 @@ def test_the_npz_table_estimate_covers_the_measured_peak(tmp_path, dtype):
     """A member estimated at 5.0 GiB peaked at 12.3 GiB (float32 table: raw + float64 copy + float64 split
     copies); now the splits are standardized a chunk at a time and the estimate is what the load peaks at."""
     rng = np.random.default_rng(0)
-    n, d = (600_000, 20) if dtype == "float32" else (300_000, 20)
+    n, d = (500_000, 50) if dtype == "float32" else (250_000, 50)  # 100 MB of raw values
     np.savez(tmp_path / "t.npz", x=rng.standard_normal((n, d)).astype(dtype))
     out = subprocess.run([sys.executable, "-c", NPZ_PEAK_CHILD, str(tmp_path / "t.npz")], capture_output=True,
                          text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     r = json.loads(out.stdout.strip().splitlines()[-1])
-    raw = n * d * np.dtype(dtype).itemsize
-    assert r["peak"] <= r["estimate"] * 1.05, r
-    assert r["estimate"] <= 3 * raw + 2**20  # not an estimate that refuses what fits
+    assert r["peak"] <= r["estimate"], r
+    assert r["estimate"] <= 1.5 * r["peak"], r  # not an estimate that refuses what fits
 
 
 def test_arrays_given_to_the_detector_are_budgeted(monkeypatch):
