@@ -13,7 +13,7 @@ LAYERS = [
     {"nets", "likelihoods", "regularizers", "bounds", "posterior", "reference"},
     {"models"},
     {"registry", "datasets"},
-    {"run"},
+    {"run", "outputs"},
     {"metrics", "plots", "scoring"},
     {"trainer", "callbacks", "loggers"},  # the loggers of --log draw figures (plots) while training
     {"report", "compare", "detector", "encoder", "export"},

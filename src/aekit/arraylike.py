@@ -70,6 +70,9 @@ def to_numpy(a, what: str = "the data") -> np.ndarray:
     tensors become float32 (numpy has no such dtype); an object array of strings becomes a string array. A
     DataError (one line) for ragged lists."""
     if isinstance(a, Tensor):
+        if a.device.type == "meta":
+            raise DataError(f"{what} is a tensor on the meta device, which has a shape but no values; pass a tensor "
+                            "that holds the data")
         t = a.detach()
         if t.layout != torch.strided:
             t = t.to_dense()

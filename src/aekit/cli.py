@@ -10,6 +10,8 @@ import argparse
 import dataclasses
 import io
 import json
+import math
+import os
 import sys
 import typing
 from pathlib import Path
@@ -22,11 +24,11 @@ def _import_commands() -> None:
     """Import what every command but ``--version`` uses (torch with it), into this module's names: ``import
     aekit.cli`` and ``aekit --version`` load no torch (docs/design.md, "Start-up")."""
     global distributed, files, registry, AUTO_EPOCHS, AUTO_STEPS, ModelConfig, TrainConfig, resolve_device
-    global DataConfig, Run
-    from . import distributed, files, registry
+    global DataConfig, Run, FIGURES, REPORT, outputs
+    from . import distributed, files, outputs, registry
     from .config import AUTO_EPOCHS, AUTO_STEPS, ModelConfig, TrainConfig, resolve_device
     from .datasets import DataConfig
-    from .run import Run
+    from .run import FIGURES, REPORT, Run
 
 
 __all__ = ["DATA_FIXED", "NORMAL_CLASS_HELP", "DATA_PREFIX", "cmd_export", "cmd_serve", "new_rows", "user_rows",
@@ -38,6 +40,8 @@ DATA_FIXED = {"input_shape", "num_classes"}  # model options that come from the 
 NORMAL_CLASS_HELP = ("anomaly detection: the normal class, an index or a class name in any case (train: the model "
                      "learns from its examples only; eval, report: the other classes of the split are the anomalies)")
 DATA_PREFIX = "data__"  # argparse dest of DataConfig options (train's --seed and the data's --split-seed differ)
+SAMPLE_BYTES_PER_VALUE = 16  # `aekit sample`: a float32 sample, the decoder's last layer, its text or image
+OVERWRITE_HELP = "replace an existing file (never the command's inputs nor a run's files)"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -164,6 +168,24 @@ def _open(args):
     return run, model, ds, run.evaluation_options(other_data="name_or_path" in overrides)
 
 
+def _inputs(args, run=None) -> list:
+    """What a command reads, which its --out may never name (outputs.check_output): the run folder, the data
+    the run was trained on, and the data files the command's options name."""
+    paths = [getattr(args, "data", None), getattr(args, "normal", None), getattr(args, "anomaly_data", None),
+             getattr(args, "source", None), getattr(args, DATA_PREFIX + "name_or_path", None)]
+    if run is not None:
+        paths.append(run.path)
+        if run.data is not None and run.data.name_or_path:
+            paths.append(run.data.name_or_path)
+    return [q for q in paths if isinstance(q, str) and q or isinstance(q, Path)]
+
+
+def _check_out(args, run=None, **kw) -> Path:
+    """The output policy (outputs.check_output) for this command's --out."""
+    return outputs.check_output(args.out, inputs=_inputs(args, run), overwrite=getattr(args, "overwrite", None),
+                                **kw)
+
+
 def cmd_train(args) -> int:
     from . import datasets, metrics, trainer
 
@@ -208,6 +230,8 @@ def cmd_train(args) -> int:
         dcfg = DataConfig.from_dict(data_opts, what="data")
 
         def choose_out() -> Path:  # on rank 0 alone under torchrun: the other ranks create nothing
+            if args.out:
+                _check_out(args, folder=True)
             out = Path(args.out) if args.out else _default_out(args.model, dcfg.name_or_path)
             if out.exists() and (not out.is_dir() or any(out.iterdir())):  # before the data is read
                 raise ConfigError(f"{out} already exists and is not empty; choose another --out "
@@ -336,11 +360,18 @@ def cmd_sample(args) -> int:
     import torch
 
     from . import plots
+    from .datasets import max_data_bytes
 
     run = Run.open(args.run)
+    _check_out(args, run)
     model = run.model()
     out = Path(args.out)
     image = len(model.config.input_shape) == 3
+    need = args.n * math.prod(model.config.input_shape) * SAMPLE_BYTES_PER_VALUE
+    if need > max_data_bytes():
+        raise ConfigError(f"-n {args.n}: {args.n} samples of shape {tuple(model.config.input_shape)} would take "
+                          f"{need / 2**30:,.1f} GiB in memory, more than the limit of {max_data_bytes() / 2**30:,.1f} "
+                          "GiB (the data budget, AEKIT_MAX_DATA_BYTES); ask for fewer samples")
     if image and out.suffix.lower() != ".png":
         raise ConfigError(f"--out {out}: image samples are written as PNG; name a .png file")
     if not image and out.suffix.lower() not in (".csv", ".tsv"):
@@ -357,13 +388,13 @@ def cmd_sample(args) -> int:
     with torch.no_grad():
         x = model.sample(args.n, y=label, generator=gen)
     if image:
-        plots.save(plots.image_grid(x, ncols=min(args.n, 8)), out)
+        files.publish_bytes(out, plots.to_png(plots.image_grid(x, ncols=min(args.n, 8))), overwrite=args.overwrite)
     else:
         names = ds.feature_names or [f"f{i}" for i in range(ds.dim)]
         sep = "\t" if out.suffix.lower() == ".tsv" else ","
         rows = ds.to_user_units(x.cpu()).tolist()
         body = "".join(sep.join(f"{v:.6g}" for v in r) + "\n" for r in rows)
-        files.atomic_write_text(out, sep.join(names) + "\n" + body)
+        files.publish_bytes(out, (sep.join(names) + "\n" + body).encode(), overwrite=args.overwrite)
     print(f"wrote {args.n} samples{'' if label is None else f' of class {label}'} of {model.name} to {out}")
     return 0
 
@@ -373,6 +404,7 @@ def cmd_reconstruct(args) -> int:
 
     from . import metrics, plots
 
+    _check_out(args, Run.open(args.run))  # before any work
     _, model, ds, _ = _open(args)
     x, y = metrics.split_rows(ds, args.split)  # only the first n rows are read
     x, y = x[: args.n], (y[: args.n] if y is not None else None)
@@ -381,7 +413,7 @@ def cmd_reconstruct(args) -> int:
     if ds.kind == "image":
         if out.suffix.lower() != ".png":
             raise ConfigError(f"--out {out}: image reconstructions are written as PNG; name a .png file")
-        plots.save(plots.reconstructions(x, x_hat), out)
+        files.publish_bytes(out, plots.to_png(plots.reconstructions(x, x_hat)), overwrite=args.overwrite)
     else:
         if out.suffix.lower() not in (".csv", ".tsv"):
             raise ConfigError(f"--out {out}: table reconstructions are written as CSV; name a .csv file")
@@ -389,7 +421,8 @@ def cmd_reconstruct(args) -> int:
         rows = torch.cat([ds.to_user_units(x), ds.to_user_units(x_hat)], 1).tolist()
         sep = "\t" if out.suffix.lower() == ".tsv" else ","
         head = sep.join([f"input_{n}" for n in names] + [f"recon_{n}" for n in names])
-        files.atomic_write_text(out, head + "\n" + "".join(sep.join(f"{v:.6g}" for v in r) + "\n" for r in rows))
+        text = head + "\n" + "".join(sep.join(f"{v:.6g}" for v in r) + "\n" for r in rows)
+        files.publish_bytes(out, text.encode(), overwrite=args.overwrite)
     print(f"wrote {out}")
     return 0
 
@@ -400,6 +433,7 @@ def cmd_encode(args) -> int:
 
     from . import metrics
 
+    _check_out(args, Run.open(args.run))  # before any work
     _, model, ds, _ = _open(args)
     out = Path(args.out)
     if out.suffix not in (".npz", ".npy"):
@@ -414,7 +448,7 @@ def cmd_encode(args) -> int:
         np.savez(buf, x=z, z=z, **extra)
     else:
         np.save(buf, z)
-    files.atomic_write_bytes(out, buf.getvalue())
+    files.publish_bytes(out, buf.getvalue(), overwrite=args.overwrite)
     print(f"wrote {z.shape[0]} codes of dimension {z.shape[1]} to {out}")
     return 0
 
@@ -422,11 +456,24 @@ def cmd_encode(args) -> int:
 def cmd_plot(args) -> int:
     from . import plots
 
+    run = Run.open(args.run)
+    own = args.out is None or outputs.same_path(args.out, run.path / FIGURES)
+    if own:  # the run's own figures (RUN/figures), written through Run
+        args.out = None
+    else:
+        out = _check_out(args, run, folder=True)  # before any work
     run, model, ds, _ = _open(args)
-    out = Path(args.out) if args.out else run.path / "figures"
-    history = run.history
-    written = plots.save_run_figures(model, ds, out, history, n=args.n, seed=args.seed, split=args.split)
-    for path, _ in written.values():
+    figures = [(name, plots.to_png(fig)) for name, _, fig in plots.run_figures(
+        model, ds, run.history, n=args.n, seed=args.seed, split=args.split)]
+    if not own:  # every target checked before the first is written
+        for name, _ in figures:
+            outputs.check_output(out / f"{name}.png", inputs=_inputs(args, run), overwrite=args.overwrite)
+    for name, png in figures:
+        if own:
+            path = run.write_figure(name, png)
+        else:
+            path = out / f"{name}.png"
+            files.publish_bytes(path, png, overwrite=args.overwrite)
         print(f"wrote {path}")
     return 0
 
@@ -434,6 +481,11 @@ def cmd_plot(args) -> int:
 def cmd_report(args) -> int:
     from . import report
 
+    run = Run.open(args.run)
+    if args.out is not None and outputs.same_path(args.out, run.path / REPORT):
+        args.out = None  # the run's own report, written through Run
+    if args.out is not None:
+        _check_out(args, run)  # before any work
     run, model, ds, opts = _open(args)
     normal = args.normal_class if args.normal_class is not None else opts.normal_class
     values = None
@@ -441,8 +493,14 @@ def cmd_report(args) -> int:
         values = run.evaluation(evaluation_key(model, args.split, args.iw_samples, 1, args.seed, normal, opts))
         if values is not None:
             print(f"reusing the metrics of the last `aekit eval` ({run.path / 'evaluation.json'})")
-    path = report.write_report(run, args.out, model=model, dataset=ds, normal_class=normal, values=values,
-                               iw_samples=args.iw_samples, seed=args.seed, split=args.split)
+    if args.out is None:
+        path = report.write_report(run, model=model, dataset=ds, normal_class=normal, values=values,
+                                   iw_samples=args.iw_samples, seed=args.seed, split=args.split)
+    else:
+        path = Path(args.out)
+        html = report.render(run, model=model, dataset=ds, normal_class=normal, values=values,
+                             iw_samples=args.iw_samples, seed=args.seed, split=args.split)
+        files.publish_bytes(path, html.encode("utf-8"), overwrite=args.overwrite)
     print(f"wrote {path}")
     return 0
 
@@ -468,6 +526,8 @@ def cmd_compare(args) -> int:
     ds = datasets.load(DataConfig.from_dict(split, what="data"))
     if args.out is None:
         args.out = str(_default_out("compare", "", with_dataset=False))
+    else:
+        outputs.check_output(args.out, folder=True, inputs=_inputs(args))
     results = compare.compare(ds, args.out, models=models, epochs=args.epochs, latent_dim=latent_dim,
                               threads=args.threads,
                               overwrite=args.overwrite, seed=args.seed, iw_samples=args.iw_samples,
@@ -507,8 +567,9 @@ def new_rows(run, path: str, id_column: str | None = None):
     if table and features:
         skip = {label} | ({id_column} - set(features) if id_column else set())
         have = [h for h in header if h not in skip]
-        missing = [c for c in features if c not in have]
-        extra = [c for c in have if c not in features]
+        have_set, wanted = set(have), set(features)  # sets: a table may have 100k columns
+        missing = [c for c in features if c not in have_set]
+        extra = [c for c in have if c not in wanted]
         if missing or extra:
             parts = ([f"missing {', '.join(map(repr, missing[:10]))}"] if missing else []) + \
                 ([f"not in the training table {', '.join(map(repr, extra[:10]))}"] if extra else [])
@@ -519,8 +580,10 @@ def new_rows(run, path: str, id_column: str | None = None):
         label = label if label in header else None
     else:
         label = None if not table else label
+    named = table or (p.is_file() and p.suffix.lower() == ".npy"  # a packed table's column names too
+                      and os.path.lexists(datasets.columns_path(p)))
     try:
-        ds = datasets.load(str(p), features=features if table else None, label_column=label,
+        ds = datasets.load(str(p), features=features if named else None, label_column=label,
                            stats=None if data is None else data.stats, val_fraction=0.0, test_fraction=0.0,
                            shuffle=False)
     except BadTableValue as e:  # the loader's advice names options of `aekit train`
@@ -580,6 +643,8 @@ def cmd_score(args) -> int:
     from .scoring import Scorer
 
     run = Run.open(args.run)
+    if args.out:
+        _check_out(args, run)  # before any work: the policy of every writing command
     scorer = Scorer.from_run(run.path)
     ds, ids = new_rows(run, args.data, args.id_column)
     n = len(ds.x_train)
@@ -664,11 +729,14 @@ def cmd_pack(args) -> int:
     from . import datasets
 
     features = None if args.features is None else [f.strip() for f in args.features.split(",") if f.strip()]
+    _check_out(args)  # pack never overwrites: no --overwrite
     r = datasets.pack(args.source, args.out, label_column=args.label_column, features=features)
     print(f"wrote {r.path}: {r.shape[0]} samples of shape {tuple(r.shape[1:])}, {r.dtype} ({r.size_text})")
     if r.labels_path:
         print(f"labels: {r.labels_path} ({len(r.classes)} classes: {', '.join(r.classes[:10])}"
               f"{', ...' if len(r.classes) > 10 else ''})")
+    if r.columns_path:
+        print(f"column names: {r.columns_path}")
     print(f"train from it (memory-mapped): aekit train MODEL --dataset {r.path}")
     return 0
 
@@ -717,12 +785,14 @@ def build_parser():
 
     def _plot(c):
         c.add_argument("--out", help="folder for the PNG figures (default: RUN/figures)")
+        c.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
         c.add_argument("-n", type=_positive_int, default=10, help="images per row")
         c.add_argument("--seed", type=int, default=0, help="seed of samples and corruption")
     run_cmd("plot", "write every figure that applies to a run as PNG files", _plot)
 
     def _report(c):
         c.add_argument("--out", help="HTML file to write (default: RUN/report.html)")
+        c.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
         _eval_samples(c, "log-likelihood estimate", default=100)
         c.add_argument("--normal-class", help=NORMAL_CLASS_HELP + " (default: the class the run was trained on)")
         c.add_argument("--seed", type=int, default=0, help="seed of samples, probes and estimates")
@@ -748,11 +818,13 @@ def build_parser():
 
     def _recon(c):
         c.add_argument("--out", required=True, help="PNG for images, CSV for tables")
+        c.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
         c.add_argument("-n", type=_positive_int, default=16, help="how many inputs")
     run_cmd("reconstruct", "save inputs above their reconstructions", _recon)
 
-    enc = run_cmd("encode", "save the codes of a dataset split", lambda c: c.add_argument(
-        "--out", required=True, help=".npy (codes) or .npz (codes x, labels y; readable with --dataset)"))
+    enc = run_cmd("encode", "save the codes of a dataset split", lambda c: (c.add_argument(
+        "--out", required=True, help=".npy (codes) or .npz (codes x, labels y; readable with --dataset)"),
+        c.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)))
     enc.set_defaults(split="test")
     for a in enc._actions:
         if a.dest == "split":
@@ -765,6 +837,7 @@ def build_parser():
                      "name in any case, looked up as --normal-class is")
     smp.add_argument("--seed", type=int, default=0, help="seed of the prior samples")
     smp.add_argument("--out", required=True, help="PNG for images, CSV/TSV for tables")
+    smp.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
 
     sc = sub.add_parser("score", help="anomaly scores of new data with a run's model and preprocessing (CSV)")
     sc.add_argument("run", help="run directory (aekit train, or Detector.save)")
@@ -774,6 +847,7 @@ def build_parser():
                     "only once complete")
     sc.add_argument("--id-column", metavar="NAME", help="a table's column to carry through to the output as the "
                     "first column (in place of the row number), e.g. a customer or transaction id")
+    sc.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     cal = sub.add_parser("calibrate", help="threshold and p-values of a run from held-out normal data")
     cal.add_argument("run", help="run directory (aekit train, or Detector.save)")
     cal.add_argument("--normal", required=True, help="normal examples the model was not trained on (same formats "

@@ -10,6 +10,7 @@ with its error, and the others still run.
 from __future__ import annotations
 
 import math
+import os
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ SIDE_BY_SIDE = ("reconstructions", "samples")
 # Every family gets this code size unless told otherwise: a comparison at different code sizes (sae's own
 # default is an overcomplete 64) ranks capacity, not families.
 DEFAULT_LATENT_DIM = 16
+LOCK = ".aekit-compare-lock"  # flock'ed by the one comparison writing into a folder; holds its pid
 
 
 @dataclass
@@ -63,7 +65,7 @@ def check_out_dir(out: Path, models: list[str], overwrite: bool) -> None:
 
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file, not a folder; choose a folder for the comparison")
-    if not out.exists() or not any(out.iterdir()):
+    if not out.exists() or not any(p.name != LOCK for p in out.iterdir()):
         return
     if not overwrite:
         raise ConfigError(f"--out {out} already exists and is not empty; choose another --out, or pass "
@@ -108,22 +110,32 @@ def compare(dataset, out, *, models: list[str] | None = None, epochs: int = DEFA
         raise ConfigError(f"--models: a model is listed twice ({','.join(models)})")
     tcfg = TrainConfig(epochs=epochs, seed=seed, threads=threads)
     check_out_dir(out, models, overwrite)
-    for m in models:  # checked above: only idle aekit runs are removed
-        if (out / m).is_dir() and any((out / m).iterdir()):
-            Run.remove(out / m)
-    out.mkdir(parents=True, exist_ok=True)
-
-    results = []
-    for name in models:
-        r = _run_family(name, dataset, out, tcfg, latent_dim, iw_samples, seed)
-        results.append(r)
-        if log:
-            if r.status == "ok":
-                log(f"{name}: {r.epochs_run} epochs in {r.train_seconds:.1f} s ({fmt_s(r.seconds_per_epoch)} s/epoch), "
-                    f"evaluated and reported in {r.eval_seconds:.1f} s")
-            else:
-                log(f"{name}: FAILED: {r.error}")
-    write_comparison(out, results, dataset, tcfg, latent_dim)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"--out {out}: cannot create the folder ({e.strerror or e}); choose another --out") from None
+    fd, who = files.lock_file(out / LOCK)  # one comparison at a time writes into a folder
+    if fd is None:
+        raise ConfigError(f"--out {out}: another comparison ({who}) is writing into this folder; wait for it to "
+                          "end or choose another --out (nothing was changed)")
+    try:
+        check_out_dir(out, models, overwrite)  # again, under the lock: a comparison may have ended meanwhile
+        for m in models:  # checked above: only idle aekit runs are removed
+            if (out / m).is_dir() and any((out / m).iterdir()):
+                Run.remove(out / m)
+        results = []
+        for name in models:
+            r = _run_family(name, dataset, out, tcfg, latent_dim, iw_samples, seed)
+            results.append(r)
+            if log:
+                if r.status == "ok":
+                    log(f"{name}: {r.epochs_run} epochs in {r.train_seconds:.1f} s "
+                        f"({fmt_s(r.seconds_per_epoch)} s/epoch), evaluated and reported in {r.eval_seconds:.1f} s")
+                else:
+                    log(f"{name}: FAILED: {r.error}")
+        write_comparison(out, results, dataset, tcfg, latent_dim)
+    finally:
+        os.close(fd)
     return results
 
 
@@ -150,8 +162,8 @@ def _run_family(name, dataset, out: Path, tcfg, latent_dim, iw_samples, seed) ->
         figs = []
         for fname, cap, fig in plots.run_figures(res.model, dataset, res.history, seed=seed):
             png = plots.to_png(fig)
+            res.run.write_figure(fname, png)  # RUN/figures/NAME.png, through Run
             rel = f"{name}/figures/{fname}.png"
-            files.atomic_write_bytes(out / rel, png)
             figs.append((fname, cap, png))
             r.figures[fname] = (rel, cap, png)
         report.write_report(res.run, model=res.model, dataset=dataset, values=r.metrics, figures=figs)

@@ -104,7 +104,7 @@ from sklearn.utils.validation import check_is_fitted
 from . import metrics, plots, registry, scoring, trainer
 from .arraylike import to_numpy
 from .config import TrainConfig, resolve_device
-from .datasets import DataConfig, from_arrays, preview, read_samples
+from .datasets import DataConfig, check_arrays, from_arrays, preview, read_samples
 from .errors import ConfigError, DataError, RunError
 from .run import Run
 from .scoring import Preprocess, Scorer
@@ -234,6 +234,7 @@ class Detector(BaseEstimator):
         self._check_params()
         arr, columns = _numeric(X)
         kind = _kind_of(arr)
+        check_arrays(arr, "X", copies=2)  # the members' training data and the rows scored
         rng = check_random_state(self.random_state)
         seeds = [int(s) for s in rng.randint(0, 2**31 - 1, size=int(self.n_estimators) + 1)]
         rows = arr
@@ -333,9 +334,16 @@ class Detector(BaseEstimator):
         for name, value in (("n_estimators", self.n_estimators), ("latent_dim", self.latent_dim),
                             ("epochs", self.epochs)):
             if not (value is None and name != "n_estimators") and (
-                    isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1):
+                    isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1
+                    or name == "n_estimators" and value > MAX_ESTIMATORS):
                 raise ConfigError(f"Detector({name}={value!r}): expected an integer >= 1"
-                                  + ("" if name == "n_estimators" else " or None (chosen from the data)"))
+                                  + (f" and <= {MAX_ESTIMATORS} (each member is a model trained in full)"
+                                     if name == "n_estimators" else " or None (chosen from the data)"))
+        try:
+            check_random_state(self.random_state)
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"Detector(random_state={self.random_state!r}): {e}; pass None, an integer "
+                              "0..2**32 - 1 or a numpy RandomState") from None
         for name, value, choices in (("anomaly_score", self.anomaly_score, SCORES),
                                      ("preprocessing", self.preprocessing, PREPROCESSING)):
             if value not in choices:
@@ -805,6 +813,9 @@ _NO_THRESHOLD = ("this detector has no threshold: it was loaded from a plain run
                  "contamination")
 
 
+MAX_ESTIMATORS = 1000  # members of an ensemble: each is a model trained in full
+
+
 def _needs_labels(model: str, how: str = "") -> ConfigError:
     usable = [n for n, c in registry.MODELS.items() if not c.capabilities.uses_labels]
     return ConfigError(f"Detector(model={model!r}){how} needs class labels to train, but a detector learns from "
@@ -830,13 +841,20 @@ def _numeric(X) -> tuple[np.ndarray, list[str] | None]:
 
     if scipy.sparse.issparse(X):
         raise TypeError("X is a sparse matrix; a Detector needs dense data: pass X.toarray()")
+    if isinstance(X, (Mapping, set, frozenset, str, bytes)):
+        raise DataError(f"X is a {type(X).__name__}, not rows of numbers; pass a 2-D array (N, D), a DataFrame, "
+                        "a tensor or images (for a dict of columns: pandas.DataFrame(X))")
     columns = getattr(X, "columns", None)
     columns = None if columns is None else [str(c) for c in columns]
     arr = to_numpy(X, "X: the input")
     if arr.dtype.kind == "c":
         raise DataError(f"X: Complex data not supported (dtype {arr.dtype}); pass real numbers")
-    if arr.dtype.kind == "O":  # numbers held as Python objects; a TypeError for anything else
-        arr = arr.astype(np.float64)
+    if arr.dtype.kind == "O":  # numbers held as Python objects; a TypeError for other objects, as scikit-learn's
+        try:
+            arr = arr.astype(np.float64)
+        except ValueError as e:  # text
+            raise DataError(f"X holds text that is not a number ({e}); a Detector needs numeric columns: drop "
+                            "or encode the text columns") from None
     if arr.ndim >= 1 and arr.shape[0] == 0:
         raise DataError(f"X holds no samples (shape {arr.shape}); pass at least one row")
     if arr.ndim < 2:

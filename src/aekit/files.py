@@ -75,6 +75,11 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def fsync_dir(folder) -> None:
+    """Make the renames and links done in ``folder`` durable (where the platform allows opening a folder)."""
+    _fsync_dir(Path(folder))
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write to a temporary file in the same folder, fsync, rename over ``path``, fsync the folder.
 
@@ -231,35 +236,52 @@ def write_json(path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+READ_CHUNK = 16 * 2**20  # bytes read at once: memory follows the file's real size, never the bound
+
+
 def read_bytes(path, max_bytes: int, *, what: str = "file") -> bytes:
     """The bytes of a regular file of at most ``max_bytes``, else a RunError that names it.
 
-    Checked before opening, so a FIFO (which would block), a device such as /dev/zero (endless), a folder
-    or an oversized file is refused instead of read.
+    Opened without blocking and checked on the open descriptor (fstat), so a FIFO (which would block, even one
+    swapped in after a check of the path), a device such as /dev/zero (endless), a folder or an oversized file
+    is refused instead of read. Read in chunks: memory follows the file's size, whatever ``max_bytes`` says.
     """
     path = Path(path)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
     try:
-        st = os.stat(path)
+        fd = os.open(path, flags)
     except FileNotFoundError:
         raise RunError(f"{path}: file not found") from None
     except OSError as e:
         raise RunError(f"{path}: cannot read the file ({e.strerror or e})") from None
-    if not stat.S_ISREG(st.st_mode):
-        kind = ("a folder" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode)
-                else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "a socket"
-                if stat.S_ISSOCK(st.st_mode) else "not a regular file")
-        raise RunError(f"{path}: is {kind}, not a regular {what}; the run directory is damaged or was tampered with")
-    if st.st_size > max_bytes:
-        raise RunError(f"{path}: {st.st_size} bytes, more than a {what} can hold ({max_bytes} bytes at most); "
-                       "the run directory is damaged or was tampered with")
     try:
-        with open(path, "rb") as f:
-            data = f.read(max_bytes + 1)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = ("a folder" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode)
+                    else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "a socket"
+                    if stat.S_ISSOCK(st.st_mode) else "not a regular file")
+            raise RunError(f"{path}: is {kind}, not a regular {what}; the run directory is damaged or was tampered "
+                           "with")
+        if st.st_size > max_bytes:
+            raise RunError(f"{path}: {st.st_size} bytes, more than a {what} can hold ({max_bytes} bytes at most); "
+                           "the run directory is damaged or was tampered with")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        chunks, total = [], 0
+        while True:
+            chunk = os.read(fd, min(READ_CHUNK, max_bytes + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > max_bytes:  # grew while being read
+                raise RunError(f"{path}: more than {max_bytes} bytes; the run directory is damaged or was tampered "
+                               "with")
     except OSError as e:
         raise RunError(f"{path}: cannot read the file ({e.strerror or e})") from None
-    if len(data) > max_bytes:  # grew while being read
-        raise RunError(f"{path}: more than {max_bytes} bytes; the run directory is damaged or was tampered with")
-    return data
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
 
 
 def read_text(path, max_bytes: int = MAX_TEXT_BYTES) -> str:
@@ -366,3 +388,41 @@ def optimizer_from_tensors(prefix: str, tensors: dict[str, torch.Tensor], meta: 
         idx, key = name.split("/", 1)
         state.setdefault(int(idx), {})[key] = val
     return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def publish_bytes(path, data: bytes, *, overwrite: bool) -> None:
+    """Write an output the user named (``--out``): atomically over an existing file when ``overwrite``, else only
+    as a new file (``new_file``: a file that appeared since the command checked is never replaced). The checks
+    of the output policy (``outputs.check_output``) come first; this is only the write."""
+    if overwrite:
+        atomic_write_bytes(path, data)
+    else:
+        with new_file(path) as f:
+            f.write(data)
+
+
+def lock_file(path, write_pid: bool = True) -> tuple[int | None, str]:
+    """Take an exclusive advisory lock (flock) on ``path`` (created if need be), held until the fd is closed or
+    the process ends, even by kill -9: (fd, "") with this process's pid written in the file (``write_pid=False``:
+    the file as it was, for a caller that reads what the previous holder left), or (None, who)
+    when another process holds it, ``who`` naming it ("process 123" when its pid is readable). A RunError when
+    the file cannot be opened. Where there are no advisory locks (Windows), the lock is always granted."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+    except OSError as e:
+        raise RunError(f"{path}: cannot open the lock file ({e.strerror or e})") from None
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - no advisory locks on this platform
+        return fd, ""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        os.close(fd)
+        return None, f"process {holder}" if holder.isdigit() else "another process"
+    if write_pid:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd, ""

@@ -3,9 +3,10 @@
 Every model is built through ``instantiate`` (``build`` and ``build_for`` call it): it first builds the
 model on torch's "meta" device, which allocates nothing and draws no random number, counts its
 parameters and buffers, and refuses with a ConfigError a model larger than ``max_model_params()``
-(default: a quarter of this machine's physical memory in float32 values; environment variable
-AEKIT_MAX_MODEL_PARAMS), so a config.json with ``latent_dim`` 10**9 is one line, not a MemoryError or a
-swapping machine. The meta build of a usual model takes about a millisecond.
+(default: what lets training, which peaks at TRAIN_PEAK_FACTOR times the weight bytes, fit in half of this
+machine's physical memory; environment variable AEKIT_MAX_MODEL_PARAMS), so a config.json with
+``latent_dim`` 10**9 is one line, not a MemoryError or a swapping machine.
+The meta build of a usual model takes about a millisecond.
 
 Custom networks: ``build`` also takes an ``nn.Module`` instance as ``encoder`` / ``decoder``; it is turned into
 its import path and arguments (``nets.network_spec``), the model is built from the config as always, and the
@@ -55,7 +56,11 @@ def get(name: str) -> type[Autoencoder]:
 
 
 MAX_PARAMS_ENV = "AEKIT_MAX_MODEL_PARAMS"
-FALLBACK_MAX_PARAMS = 2**30  # 4 GiB of float32, where the physical memory cannot be read
+# Peak memory of training per byte of float32 weights: the weights, their gradients, Adam's two moments, the
+# best weights kept aside, the checkpoint's serialized copy of all of these, and the activations. Measured
+# 14.5 for ae, vae and aae at 203 MB of weights, 15.2 at 74 MB (benchmarks/RESULTS_train_peak.md); rounded up.
+TRAIN_PEAK_FACTOR = 16
+FALLBACK_MAX_PARAMS = 2**26  # 4 GiB of training peak at TRAIN_PEAK_FACTOR, where the physical memory cannot be read
 
 
 def physical_memory_bytes() -> int | None:
@@ -68,10 +73,11 @@ def physical_memory_bytes() -> int | None:
 
 def max_model_params() -> int:
     """The most parameters and buffers a model may hold: AEKIT_MAX_MODEL_PARAMS when set (a positive
-    integer, else a ConfigError), else a quarter of the physical memory in float32 values
-    (phys_bytes // 4 // 4), else FALLBACK_MAX_PARAMS."""
+    integer, else a ConfigError), else as many float32 values as let training peak (TRAIN_PEAK_FACTOR times
+    the weight bytes) within half of the physical memory (phys_bytes // 2 // (4 * TRAIN_PEAK_FACTOR)), else
+    FALLBACK_MAX_PARAMS."""
     phys = physical_memory_bytes()
-    return env_limit(MAX_PARAMS_ENV, phys // 16 if phys else FALLBACK_MAX_PARAMS)
+    return env_limit(MAX_PARAMS_ENV, phys // 2 // (4 * TRAIN_PEAK_FACTOR) if phys else FALLBACK_MAX_PARAMS)
 
 
 def model_size(name: str, config: ModelConfig) -> tuple[int, int]:
@@ -99,7 +105,8 @@ def check_model_size(name: str, config: ModelConfig) -> None:
     n, nbytes = model_size(name, config)
     if n > limit:
         why = f"{MAX_PARAMS_ENV}={os.environ[MAX_PARAMS_ENV].strip()}" if os.environ.get(MAX_PARAMS_ENV, "").strip() \
-            else f"a quarter of this machine's memory; set {MAX_PARAMS_ENV} to change it"
+            else (f"training peaks at about {TRAIN_PEAK_FACTOR}x the weights, within half of this machine's memory; "
+                  f"set {MAX_PARAMS_ENV} to change it")
         raise ConfigError(
             f"model {name} with these options would hold {n:,} parameters ({nbytes / 2**30:,.1f} GiB), more than "
             f"the limit of {limit:,} ({why}); choose a smaller latent_dim, hidden sizes or input shape"

@@ -197,6 +197,8 @@ def render(run, *, model=None, dataset=None, values: dict | None = None, normal_
 def write_report(run, out=None, **kw) -> Path:
     """Write the report of ``run`` (a Run or a run directory) to ``out`` (default RUN/report.html)."""
     run = run if isinstance(run, Run) else Run.open(run)
-    out = Path(out) if out is not None else run.path / "report.html"
+    if out is None:  # the run's own report: through Run, which owns the run's files
+        return run.write_report(render(run, **kw))
+    out = Path(out)
     files.atomic_write_text(out, render(run, **kw))
     return out

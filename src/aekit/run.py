@@ -34,7 +34,7 @@ from torch import Tensor
 
 from . import files, registry
 from .config import TrainConfig, resolve_device
-from .datasets import DataConfig
+from .datasets import DataConfig, columns_path
 from .datasets import load as load_dataset
 from .errors import AekitError, RunError
 
@@ -139,6 +139,10 @@ class Run:
         out = Path(out)
         if out.exists() and not out.is_dir():
             raise RunError(f"{out} is a file, not a folder; choose another output folder (nothing was overwritten)")
+        outer = cls.enclosing(out)
+        if outer is not None:
+            raise RunError(f"{out}: lies inside the aekit run {outer}; a run is never created inside another run: "
+                           "choose a folder outside it (nothing was written)")
         made = not out.exists()
         try:
             out.mkdir(parents=True, exist_ok=True)
@@ -260,6 +264,32 @@ class Run:
             raise RunError(f"{path} {why}; it is left alone")
         shutil.rmtree(path)
 
+    @staticmethod
+    def enclosing(path: str | Path, itself: bool = False) -> Path | None:
+        """The aekit run folder that ``path`` lies inside (``itself``: or is), by its marker, or config.json and
+        weights for a run from before markers; following links too. None when there is none."""
+        p = Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
+        for q in dict.fromkeys((p, Path(os.path.realpath(p)))):
+            for d in ([q] if itself else []) + list(q.parents):
+                try:
+                    if (d / MARKER).is_file() or ((d / CONFIG).is_file() and (d / WEIGHTS).is_file()):
+                        return d
+                except OSError:
+                    continue
+        return None
+
+    def write_report(self, html: str) -> Path:
+        """Write the run's own report (RUN/report.html), replacing an earlier one."""
+        path = self.path / REPORT
+        files.atomic_write_text(path, html)
+        return path
+
+    def write_figure(self, name: str, png: bytes) -> Path:
+        """Write one of the run's own figures (RUN/figures/NAME.png), replacing an earlier one."""
+        path = self.path / FIGURES / f"{name}.png"
+        files.atomic_write_bytes(path, png)
+        return path
+
     @property
     def has_weights(self) -> bool:
         """Whether the best weights were written (at the first checkpoint, and when training ends)."""
@@ -309,6 +339,11 @@ class Run:
         given = {k: v for k, v in overrides.items() if v is not None}
         if "name_or_path" in given:
             keep = {"label_column": self.data.label_column, "features": self.data.features, "stats": self.data.stats}
+            new = Path(os.path.expanduser(str(given["name_or_path"])))
+            if not (new.is_file() and new.suffix.lower() in (".csv", ".tsv", ".txt")):  # no such columns to name
+                keep.pop("label_column")
+                if not (new.is_file() and new.suffix.lower() == ".npy" and columns_path(new).exists()):
+                    keep.pop("features")
             return load_dataset(DataConfig.from_dict({**keep, **given}, what="data"))
         return load_dataset(self.data.replace(**given))
 
@@ -612,25 +647,10 @@ def _unstart(folder: Path, made: bool) -> None:
 
 def _lock(folder: Path) -> int:
     """An fd of folder/LOCK holding an exclusive flock, with this process's pid written in it."""
-    path = folder / LOCK
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError as e:
-        raise RunError(f"{path}: cannot open the run's lock ({e.strerror or e})") from None
-    try:
-        import fcntl
-    except ImportError:  # no advisory locks on this platform (Windows): one writer is the user's to ensure
-        return fd
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-        os.close(fd)
-        who = f"process {holder}" if holder.isdigit() else "another process"
+    fd, who = files.lock_file(folder / LOCK)
+    if fd is None:
         raise RunError(f"{folder}: in use by {who} (an aekit run writing to it); wait for it to end or stop "
-                       "it, then try again") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+                       "it, then try again")
     return fd
 
 
@@ -650,17 +670,35 @@ def save(model, path: str | Path, train: TrainConfig | None = None, data=None) -
         The run directory to create: new or empty, as for a training run.
     train : aekit.TrainConfig, optional
         The training options to record (default: ``TrainConfig()``).
-    data : aekit.DataConfig, optional
-        How the data was read, when known (``Dataset.spec``).
+    data : aekit.datasets.Dataset or aekit.DataConfig, optional
+        How the data was read, when known (a Dataset's ``spec`` is kept).
 
     Returns
     -------
     Run
-        The run written.
+        The run written. A save that fails leaves nothing behind (the folder is as it was), so it can be retried.
     """
+    from .datasets import Dataset
+    from .errors import ConfigError
+
+    if isinstance(data, Dataset):
+        data = data.spec
+    if data is not None and not isinstance(data, DataConfig):
+        raise ConfigError(f"save(data=...): expected a Dataset, a DataConfig or None, got {type(data).__name__}")
+    if train is not None and not isinstance(train, TrainConfig):
+        raise ConfigError(f"save(train=...): expected a TrainConfig or None, got {type(train).__name__}")
+    path = Path(path)
+    existed = path.is_dir()
     run = Run.create(path, model.name, model.config, train or TrainConfig(), data)
     try:
         run.save_weights(model.state_dict())
-    finally:
+    except BaseException:
         run.release()
+        if existed:  # it was empty: empty it again
+            for q in path.iterdir():
+                shutil.rmtree(q) if q.is_dir() and not q.is_symlink() else q.unlink(missing_ok=True)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+    run.release()
     return run

@@ -67,7 +67,7 @@ import os
 from pathlib import Path
 
 from ..errors import DataError
-from .arrays import _load_array_file, from_arrays, read_samples
+from .arrays import _load_array_file, check_arrays, columns_path, from_arrays, read_samples
 from .config import DataConfig, _check_name
 from .dataset import Dataset
 from .idx import BUILTIN_NAMES, FASHION_MNIST_DIR, _load_digits, _load_idx_dataset, available
@@ -79,8 +79,8 @@ from .storage import ByteStore, MappedStore, Store
 from .tables import TABLE_DELIMITERS, _load_table_file
 
 __all__ = ["Dataset", "DataConfig", "load", "from_arrays", "available", "max_data_bytes", "image_files",
-           "BUILTIN_NAMES", "FASHION_MNIST_DIR", "pack", "Packed", "Store", "ByteStore", "MappedStore",
-           "read_samples", "preview", "size_text"]
+           "BUILTIN_NAMES", "FASHION_MNIST_DIR", "pack", "Packed", "columns_path", "check_arrays",
+           "Store", "ByteStore", "MappedStore", "read_samples", "preview", "size_text"]
 
 ACCEPTED = ".npy, .npz, .csv, .tsv or .txt file, or a folder of .png/.jpg/.jpeg images"
 
@@ -179,8 +179,10 @@ def _load_path(original: str, path: str, *, label_column, features, data_dir) ->
         _only_for(f"{p}", data_dir=data_dir)
         return _load_table_file(p, TABLE_DELIMITERS[suffix], label_column, features)
     if suffix in (".npy", ".npz"):
-        _only_for(f"{p}", label_column=label_column, features=features, data_dir=data_dir)
-        return _load_array_file(p)
+        _only_for(f"{p}", label_column=label_column, data_dir=data_dir)
+        if suffix == ".npz":
+            _only_for(f"{p}", features=features)
+        return _load_array_file(p, features=None if features is None else list(features))
     raise DataError(
         f"{p}: unsupported file type {suffix or '(no extension)'!r}; aekit reads a {ACCEPTED}. "
         "Convert the data to one of these (e.g. np.save('data.npy', array))"

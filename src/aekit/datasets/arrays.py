@@ -95,6 +95,7 @@ def from_arrays(
         raise ConfigError(f"name: expected a non-empty string that names the dataset, got {name!r}")
     if feature_names is None and getattr(x, "columns", None) is not None:  # a pandas DataFrame
         feature_names = [str(c) for c in x.columns]
+    check_arrays(x, name)
     x = _as_array(x, name, "x")
     if (kind == "table" and x.ndim != 2) or (kind == "image" and x.ndim not in (3, 4)):
         want = ("a 2-D array (N, D)" if kind == "table"
@@ -122,6 +123,24 @@ def read_samples(x, *, kind: str = "auto", name: str = "X") -> np.ndarray:
     return _array_source(x, None, name=name, what=name, owner=name).x
 
 
+IN_MEMORY_BYTES = {"table": 12, "image": 4}  # per value: a table's float64 copy and float32 tensors; images' float32
+
+
+def check_arrays(x, what: str = "X", copies: int = 1) -> None:
+    """A DataError, before anything is copied, when ``copies`` datasets built from the array ``x`` (as
+    ``from_arrays`` builds them: a table's float64 copy and float32 tensors, images' float32 tensors, 8-bit images'
+    uint8 copy) would exceed the memory budget (``max_data_bytes``). ``from_arrays`` checks one copy; a caller that
+    makes several (the Detector: its training data and the rows it scores) names how many."""
+    shape = tuple(getattr(x, "shape", ()) or ())
+    if len(shape) < 2:
+        return
+    dtype = getattr(x, "dtype", None)
+    per = 1 if str(dtype) in ("uint8", "torch.uint8") and len(shape) in (3, 4) else \
+        IN_MEMORY_BYTES["table" if len(shape) == 2 else "image"]
+    _check_budget(what, copies * math.prod(shape) * per,
+                  f"{'' if copies == 1 else f'{copies} datasets of '}an array of shape {shape} ({dtype})")
+
+
 def _as_array(a, what: str, role: str) -> np.ndarray:
     """A numpy array on the CPU from an array, a tensor (any device), nested lists, ... (no copy if possible)."""
     return to_numpy(a, f"{what}: {role}")
@@ -143,12 +162,78 @@ LABELS_SUFFIX = ".labels.npy"  # a .npy file's labels, beside it: data.npy -> da
 MAPPED_BYTES_PER_SAMPLE = 24  # a memory-mapped array's resident index: the split permutation, split rows, a batch order
 
 
+COLUMNS_SUFFIX = ".columns.json"  # a packed table's column names, beside it: data.npy -> data.columns.json
+MAX_COLUMNS_BYTES = 64 * 2**20  # a columns file holds names: far below this
+
+
 def labels_path(p: Path) -> Path:
     """Where the labels of the .npy file ``p`` are looked for: ``data.npy`` -> ``data.labels.npy``."""
     return p.with_name(p.name[: -len(p.suffix)] + LABELS_SUFFIX)
 
 
-def _load_array_file(p: Path) -> _Source:
+def columns_path(p: Path) -> Path:
+    """Where the column names of the .npy table ``p`` are kept: ``data.npy`` -> ``data.columns.json``."""
+    return p.with_name(p.name[: -len(p.suffix)] + COLUMNS_SUFFIX)
+
+
+def columns_document(names: list[str], source: str) -> dict:
+    """What ``aekit pack`` writes to ``columns_path``: the column names of the table, in the file's order, and
+    what the values are (the source's own numbers: nothing is standardized before training)."""
+    return {"format": "aekit table columns 1", "columns": list(names), "source": source,
+            "values": "as in the source table, in its own units (standardized only when loaded for training)"}
+
+
+def _read_columns(p: Path, d: int) -> list[str]:
+    """The column names kept beside the .npy table ``p`` of ``d`` columns (``columns_path``), checked."""
+    import json
+
+    cp = columns_path(p)
+    f, size = _open_regular(cp)
+    with f:
+        if size > MAX_COLUMNS_BYTES:
+            raise DataError(f"{cp}: {size} bytes, far more than column names take; it is not aekit's columns file: "
+                            "remove it or pack the table again")
+        raw = f.read(size)
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+        names = doc["columns"]
+        ok = isinstance(names, list) and all(isinstance(n, str) for n in names)
+    except (UnicodeDecodeError, ValueError, TypeError, KeyError, RecursionError):
+        ok = False
+    if not ok:
+        raise DataError(f"{cp}: not an aekit columns file ({{\"columns\": [names...]}}); remove it or pack the "
+                        "table again")
+    if len(names) != d or len(set(names)) != d:
+        raise DataError(f"{cp}: {len(names)} column names ({len(set(names))} distinct) for a table of {d} columns in "
+                        f"{p.name}; the two files do not belong together: pack the table again")
+    return names
+
+
+def _select_columns(src: _Source, features, p: Path) -> _Source:
+    """The columns ``features`` (names kept beside a packed .npy table) of ``src``, in that order."""
+    names = src.feature_names
+    if src.kind != "table" or names is None:
+        raise ConfigError(f"features does not apply to {p}: only a table with column names (a CSV/TSV file, or a "
+                          f".npy file packed from one, with its {COLUMNS_SUFFIX} beside it) has named columns; "
+                          "remove the option")
+    index = {n: i for i, n in enumerate(names)}
+    unknown = [f for f in features if f not in index]
+    if unknown:
+        raise DataError(f"{p}: feature column(s) {_preview(unknown, 20)} not found (--features); the columns are: "
+                        f"{_preview(names, 20)}")
+    cols = [index[f] for f in features]
+    if cols == list(range(len(names))):
+        return src
+    _check_budget(str(p), len(src.x) * len(cols) * 8, f"the {len(cols)} chosen columns of {len(src.x)} rows")
+    x = np.empty((len(src.x), len(cols)), np.float64)
+    step = chunk_rows(src.x)
+    for a in range(0, len(src.x), step):  # read in chunks of rows: a memory-mapped file is never read whole
+        x[a:a + step] = src.x[a:a + step][:, cols]
+    src.x, src.mapping, src.feature_names = x, None, list(features)
+    return src
+
+
+def _load_array_file(p: Path, features=None) -> _Source:
     """A .npy file (one array, memory-mapped; labels from ``labels_path(p)`` when it exists) or .npz file
     (``x`` and optional ``y``, read into memory), read only after its headers.
 
@@ -156,7 +241,8 @@ def _load_array_file(p: Path) -> _Source:
     checked against the memory budget before any data is read; numpy allocates what a header
     announces, so a lying header would otherwise decide how much memory is taken. A memory-mapped array
     takes no memory of its own: its budget is its index (``MAPPED_BYTES_PER_SAMPLE`` per sample), and its
-    length is checked against the file's before it is mapped.
+    length is checked against the file's before it is mapped. A .npy table packed from a CSV has its column
+    names beside it (``columns_path``): they become the feature names, and ``features`` picks columns by name.
     """
     is_npy = p.suffix.lower() == ".npy"
     mapping = y = None
@@ -203,7 +289,10 @@ def _load_array_file(p: Path) -> _Source:
         owner = str(labels_path(p))
         y = _read_npy_in_memory(labels_path(p), per_value=8)
     what = f"{p}" if xkey in (None, "x") else f"{p} (array {xkey!r})"
-    return _array_source(x, y, name=p.name, what=what, owner=owner, mapping=mapping)
+    src = _array_source(x, y, name=p.name, what=what, owner=owner, mapping=mapping)
+    if is_npy and src.kind == "table" and os.path.lexists(columns_path(p)):
+        src.feature_names = _read_columns(p, src.x.shape[1])
+    return src if features is None else _select_columns(src, features, p)
 
 
 def _read_npy_in_memory(p: Path, per_value: int) -> np.ndarray:
@@ -266,6 +355,19 @@ def _array_bytes(shape, dtype: np.dtype, per_value: int) -> int:
     return n * (dtype.itemsize + per_value)
 
 
+_TABLE_TRANSIENT = 8  # bytes per value on top: the finiteness masks of the splits, chunk buffers, the allocator
+
+
+def _table_peak_bytes(shape, dtype: np.dtype) -> int:
+    """The peak memory of reading a table (N, D) of a .npz into a dataset: the raw array and its float64 copy
+    (none when it is float64 already), then that copy and the float32 split tensors, plus ``_TABLE_TRANSIENT``.
+    Measured (ru_maxrss, 1M x 50 float32 and 500k x 50 float64): 17.8 and 17.6 bytes per value; 20 budgeted.
+    (It was 8 and 12, for peaks of 20: a member estimated at 5.0 GiB peaked at 12.3 GiB.)"""
+    n = math.prod(shape)
+    raw = 0 if dtype == np.float64 else dtype.itemsize
+    return n * (max(raw + 8, 8 + 4) + _TABLE_TRANSIENT)
+
+
 def _check_length(have: int, shape, dtype: np.dtype, what: str) -> None:
     need = math.prod(shape) * dtype.itemsize
     if have < need:
@@ -304,7 +406,10 @@ def _read_npz(f, p: Path) -> tuple[str, np.ndarray, np.ndarray | None]:
                 shape, dtype = _npy_header(m, what)
                 # float32 tensors (8-bit images: uint8 copies, see storage.ByteStore), int64 labels
                 per_value = (1 if dtype == np.uint8 and len(shape) in (3, 4) else 4) if role == "x" else 8
-                sizes.append((_array_bytes(shape, dtype, per_value), f"{wanted[role]!r} of shape {shape} {dtype}"))
+                nbytes = _array_bytes(shape, dtype, per_value)
+                if role == "x" and len(shape) == 2:  # a table: _table_peak_bytes
+                    nbytes = _table_peak_bytes(shape, dtype)
+                sizes.append((nbytes, f"{wanted[role]!r} of shape {shape} {dtype}"))
                 _check_budget(str(p), sum(n for n, _ in sizes),
                               f"the array{'s' if len(sizes) > 1 else ''} {' and '.join(h for _, h in sizes)}")
                 _check_length(info.file_size - m.tell(), shape, dtype, what)
@@ -340,7 +445,7 @@ def _array_source(x, y, *, name: str, what: str, owner: str, mapping: Mapping | 
     if x.ndim == 2:
         if x.shape[1] == 0:
             raise DataError(f"{what}: the table has 0 columns (shape {x.shape}); the dataset is empty")
-        table = x if mapping is not None else x.astype(np.float64)
+        table = x if mapping is not None else x.astype(np.float64, copy=False)
         _check_finite(table, what, table=True, mapping=mapping)
         src = _Source(name=name, what=what, kind="table", x=table, mapping=mapping)
     elif x.ndim in (3, 4):

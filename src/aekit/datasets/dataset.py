@@ -80,10 +80,18 @@ class Dataset:
         return total
 
     def to_user_units(self, x: torch.Tensor) -> torch.Tensor:
-        """Undo the standardization of a table: x * std + mean, x of shape (..., D). Images: x."""
+        """Undo the standardization of a table: x * std + mean, x of shape (..., D). Images: x.
+
+        Computed in float64 and returned in x's dtype, unless that would overflow: a column whose values lie
+        near float32's limit (say +-3e38) is returned in float64 rather than as inf."""
         if self.kind != "table" or self.mean is None or self.std is None:
             return x
-        return x * self.std.to(device=x.device, dtype=x.dtype) + self.mean.to(device=x.device, dtype=x.dtype)
+        std, mean = self.std.to(device=x.device), self.mean.to(device=x.device)
+        if x.dtype == torch.float64 or not x.is_floating_point():
+            return x * std.to(x.dtype) + mean.to(x.dtype)
+        wide = x.double() * std.double() + mean.double()
+        narrow = wide.to(x.dtype)
+        return narrow if bool(torch.isfinite(narrow).all()) or not bool(torch.isfinite(wide).all()) else wide
 
     def to(self, device) -> Dataset:
         """A copy whose tensors are all on ``device``; stores gather onto ``device`` (8-bit images move there

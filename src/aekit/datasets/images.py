@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -126,8 +127,12 @@ def _image(path: Path):
 
     f, _ = _open_regular(path)
     try:
-        with f, Image.open(f, formats=_FORMATS) as im:
-            yield im
+        # Pillow's own warnings (a large image's DecompressionBombWarning) would print before aekit's line: the
+        # memory budget, checked from the headers, is what decides about large images
+        with f, warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(f, formats=_FORMATS) as im:
+                yield im
     except AekitError:
         raise
     except UnidentifiedImageError as e:

@@ -113,8 +113,7 @@ def _assemble(src: _Source, spec: DataConfig, fit_class: int | None = None) -> D
                 _check_standardized_extremes(src.x, i, m, s, k, src, std, stats is not None, mapping)
             tensors = {k: MappedStore(mapping, src.x, i, what(k), mean=m, std=s) for k, i in idx.items()}
         else:
-            with np.errstate(over="ignore"):  # reported below, with the column
-                tensors = {k: torch.from_numpy(((source[k][i] - m) / s).astype(np.float32)) for k, i in idx.items()}
+            tensors = {k: _standardized(source[k], i, m, s) for k, i in idx.items()}
             for k, t in tensors.items():
                 _check_standardized(t, k, src, std, given=stats is not None)
         spec_stats = {"mean": mean.tolist(), "std": std.tolist()}
@@ -130,6 +129,17 @@ def _assemble(src: _Source, spec: DataConfig, fit_class: int | None = None) -> D
         feature_names=None if src.feature_names is None else list(src.feature_names),
         mean=mean, std=std, spec=dataclasses.replace(spec, stats=spec_stats), fixed_test=src.x_test is not None,
     )
+
+
+def _standardized(x: np.ndarray, rows: np.ndarray, m: np.ndarray, s: np.ndarray) -> torch.Tensor:
+    """float32 ``(x[rows] - m) / s`` (computed in float64, as numpy would), a chunk of rows at a time: the peak
+    is the float32 result, not float64 copies of the split. Overflows are reported by the caller."""
+    out = np.empty((len(rows), x.shape[1]), np.float32)
+    step = max(1, CHUNK_BYTES // (8 * max(1, x.shape[1])))
+    with np.errstate(over="ignore"):
+        for a in range(0, len(rows), step):
+            out[a:a + step] = (x[rows[a:a + step]] - m) / s
+    return torch.from_numpy(out)
 
 
 def _column_stats(x: np.ndarray, rows: np.ndarray, mapping=None) -> tuple[np.ndarray, np.ndarray]:

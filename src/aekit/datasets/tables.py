@@ -173,7 +173,8 @@ def _load_table_file(p: Path, delimiter: str | None, label_column: str | None,
                 "pick the feature columns with --features"
             )
     else:
-        unknown = [f for f in features if f not in header]
+        known = set(header)
+        unknown = [f for f in features if f not in known]
         if unknown:
             raise DataError(f"{p}: feature column(s) {_preview(unknown, 20)} not found (--features); "
                             f"the columns are: {_preview(header, 20)}")
@@ -220,8 +221,8 @@ def _parse_table_fast(text, delimiter, ncol, cols, lab):
     newlines = np.flatnonzero(b == 10)
     starts = np.concatenate(([0], newlines + 1))
     ends = np.concatenate((newlines, [len(b)]))
-    cum = np.concatenate(([0], np.cumsum(b == ord(delimiter))))
-    fields = cum[ends] - cum[starts] + 1
+    delims = np.flatnonzero(b == ord(delimiter))  # delimiters per line from their positions (no int64 per byte)
+    fields = np.searchsorted(delims, ends) - np.searchsorted(delims, starts) + 1
     nonblank = np.flatnonzero(ends > starts)
     if len(nonblank) < 2 or (fields[nonblank] != ncol).any():
         return None

@@ -32,10 +32,13 @@ each definition once, as scikit-learn's set_output wraps ``transform``. Such a t
 family's own code (a type, dtype and device check is all the wrapper adds), so the training objectives,
 which call encode internally, keep their speed and their gradients; a tensor is differentiable as with any
 nn.Module, while a numpy array or a list is run in batches without autograd and returned as numpy.
+``sample`` has no data to take the kind from: ``sample(n, y, output="numpy")`` returns a numpy array (as do
+labels ``y`` given as a numpy array), ``output="tensor"`` or the default a tensor (``answers_in_kind``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import operator
@@ -43,6 +46,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -123,11 +127,43 @@ def accepts_arrays(fn: Callable, data: bool) -> Callable:
     return method
 
 
+SAMPLE_OUTPUTS = (None, "tensor", "numpy")
+
+
+def answers_in_kind(fn: Callable) -> Callable:
+    """``sample(n, y=None, generator=None)`` given the keyword ``output``: "tensor" (a tensor on the model's
+    device, as the family returns it), "numpy" (a numpy array, as the array methods answer numpy users), or
+    None (the default): numpy when the labels ``y`` are a numpy array, else a tensor, so torch callers (and
+    labels given as an int or a list) are unchanged."""
+    @functools.wraps(fn)
+    def method(self, *args, output: str | None = None, **kwargs):
+        if output not in SAMPLE_OUTPUTS:
+            raise ConfigError(f"model {self.name}: sample(output={output!r}): choose 'tensor', 'numpy' or None "
+                              "(numpy when y is a numpy array or a list, else a tensor)")
+        y = args[1] if len(args) > 1 else kwargs.get("y")
+        as_numpy = output == "numpy" or (output is None and isinstance(y, np.ndarray))
+        if isinstance(y, np.ndarray):  # as a tensor on the model's device (class_labels names what is wrong)
+            y = torch.from_numpy(y.astype(np.int64)) if y.dtype.kind in "iu" else y.tolist()
+            if len(args) > 1:
+                args = (args[0], y, *args[2:])
+            else:
+                kwargs["y"] = y
+        with torch.no_grad() if as_numpy else contextlib.nullcontext():
+            x = fn(self, *args, **kwargs)
+        return x.detach().cpu().numpy() if as_numpy else x
+
+    method.answers_in_kind = True
+    return method
+
+
 def _wrap_array_methods(cls: type) -> None:
     for name, data in ARRAY_METHODS.items():
         fn = cls.__dict__.get(name)
         if callable(fn) and not getattr(fn, "accepts_arrays", False):
             setattr(cls, name, accepts_arrays(fn, data))
+    fn = cls.__dict__.get("sample")
+    if callable(fn) and not getattr(fn, "answers_in_kind", False):
+        cls.sample = answers_in_kind(fn)
 
 
 class Autoencoder(nn.Module):
