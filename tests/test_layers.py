@@ -16,7 +16,7 @@ LAYERS = [
     {"run"},
     {"trainer"},
     {"metrics", "plots"},
-    {"report", "compare", "detector"},
+    {"report", "compare", "detector", "adapt"},
     {"cli", "__init__", "__main__"},
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}

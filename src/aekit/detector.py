@@ -92,7 +92,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
-from . import files, metrics, plots, registry, trainer
+from . import adapt, files, metrics, plots, registry, trainer
 from .config import TrainConfig, resolve_device
 from .datasets import DataConfig, from_arrays
 from .datasets.arrays import _as_array
@@ -142,7 +142,7 @@ class Detector(BaseEstimator):
 
     def __init__(self, model="ae", model_options=None, latent_dim=None, hidden=None, epochs=None, batch_size=128,
                  lr=1e-3, contamination=0.1, anomaly_score="auto", preprocessing="standard", val_fraction=0.1,
-                 n_estimators=1, robust=False, random_state=None, device="auto", verbose=False):
+                 n_estimators=1, robust=False, random_state=None, device="auto", verbose=False, folds="auto"):
         self.model = model
         self.model_options = model_options
         self.latent_dim = latent_dim
@@ -159,6 +159,7 @@ class Detector(BaseEstimator):
         self.random_state = random_state
         self.device = device
         self.verbose = verbose
+        self.folds = folds
 
     # --- training -------------------------------------------------------------------------------
     def fit(self, X, y=None):
@@ -167,25 +168,43 @@ class Detector(BaseEstimator):
         arr, columns = _numeric(X)
         kind = _kind_of(arr)
         rng = check_random_state(self.random_state)
-        seeds = [int(s) for s in rng.randint(0, 2**31 - 1, size=int(self.n_estimators) + 1)]
-        rows = arr
+        k = adapt.n_folds(self.folds, arr, kind)  # cross-fitting (aekit.adapt): k folds, k > 1
+        seeds = [int(s) for s in rng.randint(0, 2**31 - 1, size=k * int(self.n_estimators) + 1)]
+        rows, kept = arr, None
         for attempt in range(2 if self.robust else 1):
             ds = self._training_data(rows, kind, columns, seeds[0])
-            fitted = [self._train_member(ds, seed) for seed in seeds[1:]]  # (TrainConfig, FitResult) each
-            models = [result.model for _, result in fitted]
-            score = _resolve_score(self.anomaly_score, models[0])
+            latent = self.latent_dim if self.latent_dim is not None or kind != "table" else \
+                adapt.table_latent(len(rows), ds.dim, k)
             x = _tensor(arr, kind, ds.spec.stats)
-            joint = None
-            if score == "joint" and rows is arr:  # statistics and scores from one pass over the rows
-                joint, raw = _fit_joint(models, x, kind)
+            if k > 1:  # members trained on k-1 folds; statistics, normalization, training scores from the other
+                stats = ds.spec.stats
+                cf = adapt.cross_fit(rows, k, seeds[1:], seeds[0], lambda r, seed, stats=stats, latent=latent: (
+                    self._train_member(self._training_data(r, kind, columns, seeds[0], stats), seed, latent)),
+                    lambda model, r, stats=stats: self._held_out(model, _tensor(r, kind, stats), kind))
+                fitted, norm = cf.fitted, cf.normalization
+                models = [result.model for _, result in fitted]
+                score = _resolve_score(self.anomaly_score, models[0])
+                joint = cf.stats if score == "joint" else None
+                scores = cf.scores
+                if rows is not arr:  # robust's second pass: the rows it dropped were seen by no member
+                    scores = _combine(_raw_scores(models, x, score, joint), norm)
+                    scores[kept] = cf.scores
             else:
-                if score == "joint":  # the statistics come from the rows the members trained on
-                    joint = _fit_joint(models, _tensor(rows, kind, ds.spec.stats), kind)[0]
-                raw = _raw_scores(models, x, score, joint)
-            norm = _normalization(raw)
-            scores = _combine(raw, norm)
+                fitted = [self._train_member(ds, seed, latent) for seed in seeds[1:]]  # (TrainConfig, FitResult)
+                models = [result.model for _, result in fitted]
+                score = _resolve_score(self.anomaly_score, models[0])
+                joint = None
+                if score == "joint" and rows is arr:  # statistics and scores from one pass over the rows
+                    joint, raw = _fit_joint(models, x, kind)
+                else:
+                    if score == "joint":  # the statistics come from the rows the members trained on
+                        joint = _fit_joint(models, _tensor(rows, kind, ds.spec.stats), kind)[0]
+                    raw = _raw_scores(models, x, score, joint)
+                norm = _normalization(raw)
+                scores = _combine(raw, norm)
             if self.robust and attempt == 0:  # drop the rows that look like outliers, train again
-                rows = arr[scores <= np.quantile(scores, 1.0 - float(self.contamination))]
+                kept = scores <= np.quantile(scores, 1.0 - float(self.contamination))
+                rows = arr[kept]
 
         for stale in ("feature_names_in_", "calibration_scores_"):  # of an earlier fit or calibrate
             self.__dict__.pop(stale, None)
@@ -257,6 +276,10 @@ class Detector(BaseEstimator):
                                      ("preprocessing", self.preprocessing, PREPROCESSING)):
             if value not in choices:
                 raise ConfigError(f"Detector({name}={value!r}): choose one of {', '.join(map(repr, choices))}")
+        if not (self.folds == "auto" or (isinstance(self.folds, numbers.Integral) and not isinstance(self.folds, bool)
+                                         and self.folds >= 1)):
+            raise ConfigError(f"Detector(folds={self.folds!r}): expected 'auto' or an integer >= 1 (1: no "
+                              "cross-fitting)")
         if not isinstance(self.robust, (bool, np.bool_)):
             raise ConfigError(f"Detector(robust={self.robust!r}): expected True or False")
         self._train_config(epochs=1, seed=0)  # batch_size, lr, device: TrainConfig's checks and messages
@@ -265,11 +288,11 @@ class Detector(BaseEstimator):
         return TrainConfig.from_dict({"epochs": epochs, "batch_size": self.batch_size, "lr": self.lr, "seed": seed,
                                       "patience": patience, "device": self.device}, what="Detector")
 
-    def _training_data(self, rows: np.ndarray, kind: str, columns, seed: int):
-        """The Dataset the members train on: a validation part when there are rows enough for one."""
+    def _training_data(self, rows: np.ndarray, kind: str, columns, seed: int, stats: dict | None = None):
+        """The Dataset the members train on: a validation part when there are rows enough for one (``stats``:
+        scaled with these, e.g. those of all rows for a cross-fitted member, instead of rows' own)."""
         val_fraction = float(self.val_fraction) if len(rows) * float(self.val_fraction) >= 1.0 else 0.0
-        stats = None
-        if kind == "table" and self.preprocessing != "standard":
+        if stats is None and kind == "table" and self.preprocessing != "standard":
             lo, hi = rows.min(axis=0).astype(np.float64), rows.max(axis=0).astype(np.float64)
             span = np.where(hi > lo, hi - lo, 1.0)
             stats = ({"mean": lo.tolist(), "std": span.tolist()} if self.preprocessing == "minmax"
@@ -277,7 +300,15 @@ class Detector(BaseEstimator):
         return from_arrays(rows, kind=kind, name="X", val_fraction=val_fraction, test_fraction=0.0, seed=seed,
                            stats=stats, feature_names=None if kind == "image" else columns)
 
-    def _train_member(self, ds, seed: int):
+    def _held_out(self, model, x: torch.Tensor, kind: str):
+        """A cross-fitted member's score statistics (None for a score without any) and raw scores, from rows
+        it did not train on."""
+        if _resolve_score(self.anomaly_score, model) == "joint":
+            joint, raw = _fit_joint([model], x, kind)
+            return joint[0], raw[0]
+        return None, _raw_scores([model], x, _resolve_score(self.anomaly_score, model))[0]
+
+    def _train_member(self, ds, seed: int, latent: int | None = None):
         """One autoencoder trained on ds from ``seed``: (its TrainConfig, the trainer's FitResult)."""
         options = dict(self.model_options or {})
         if self.hidden is not None:
@@ -285,8 +316,9 @@ class Detector(BaseEstimator):
         table = ds.kind == "table"
         if self.hidden is None and table and options.get("arch", "mlp") == "mlp":
             options.setdefault("hidden", TABLE_HIDDEN)
-        latent = self.latent_dim if self.latent_dim is not None else (
-            TABLE_LATENT if table else max(2, min(32, ds.dim // 4)))
+        if latent is None:
+            latent = self.latent_dim if self.latent_dim is not None else (
+                TABLE_LATENT if table else max(2, min(32, ds.dim // 4)))
         model = registry.build_for(self.model, ds, seed=seed, latent_dim=int(latent), **options)
         if model.capabilities.uses_labels:  # e.g. the supervised aae
             raise _needs_labels(self.model, " with these model_options")
