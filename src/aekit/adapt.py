@@ -102,14 +102,12 @@ def cross_fit(rows: np.ndarray, k: int, seeds: list[int], fold_seed: int,
     return CrossFit(fitted, stats, np.asarray(norm, dtype=np.float64), scores, folds)
 
 
-def fit_run(model: str, ds, out, contamination: float, train_options: dict, model_options: dict):
-    """``aekit train MODEL --contamination C``: ``Detector(model=MODEL, contamination=C)`` with the command
-    line's training and model options, fitted by ``Detector.fit`` on the dataset's training rows (train and
-    validation parts, in the user's units) and saved as the run directory ``out`` (its data config is the
-    command line's, so ``aekit score`` and ``aekit calibrate`` read new files as this one). Returns
-    (the Detector, a FitResult of its first member, for the command's summary)."""
-    import torch
-
+def fit_run(model: str, ds, out, contamination: float, train_options: dict, model_options: dict, seed: int = 0):
+    """``aekit train MODEL --contamination C``: ``Detector(model=MODEL, contamination=C, random_state=seed)``
+    with the command line's training and model options, fitted by ``Detector.fit`` on the dataset's training
+    rows (in the user's units; the detector holds out its own validation and statistics rows) and saved as the
+    run directory ``out`` (its data config is the command line's, so ``aekit score`` and ``aekit calibrate``
+    read new files as this one). Returns (the Detector, a FitResult of its first member, for the summary)."""
     from .detector import Detector
     from .trainer import FitResult
 
@@ -117,9 +115,8 @@ def fit_run(model: str, ds, out, contamination: float, train_options: dict, mode
     params = {"latent_dim": opts.pop("latent_dim", None), "hidden": opts.pop("hidden", None)}
     params.update({k: train_options[k] for k in ("epochs", "batch_size", "lr", "device") if k in train_options})
     det = Detector(model=model, model_options=opts or None, contamination=contamination,
-                   random_state=train_options.get("seed", 0), **params)
-    x = torch.cat([ds.x_train, ds.x_val]) if len(ds.x_val) else ds.x_train
-    det.fit(ds.to_user_units(x).numpy())
+                   random_state=seed, **params)
+    det.fit(ds.to_user_units(ds.x_train).numpy())
     det.data_spec_ = dataclasses.replace(ds.spec, stats=det.data_spec_.stats)
     det.save(out)
     s = det.summary_
