@@ -32,7 +32,7 @@ SHARED = Path("/work/shared/data")
 TABLES, EMBEDDINGS = SHARED / "adbench", SHARED / "adbench-embeddings"
 CACHE = HERE / ".cache" / "adbench-select"
 OUT_MD, OUT_JSON = HERE / "RESULTS_adbench_select.md", HERE / "RESULTS_adbench_select.json"
-PLANT_BASES = ["4_breastw", "27_PageBlocks", "41_Waveform", "18_Ionosphere", "NLP_by_RoBERTa__20news_3"]
+PLANT_BASES = ["4_breastw", "18_Ionosphere", "NLP_by_RoBERTa__20news_3"]
 PLANT_TYPES = ["local", "global", "dependency", "clustered"]
 TINY_BASES = ["4_breastw", "7_Cardiotocography", "12_fault", "18_Ionosphere", "29_Pima", "41_Waveform", "43_WDBC",
               "47_yeast"]
