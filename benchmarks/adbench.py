@@ -1,9 +1,18 @@
 """ADBench's unsupervised protocol, aekit side by side with pyod. Not part of the test suite.
 
-    python benchmarks/adbench.py DATA_DIR [--seeds 1,2,3] [--methods aekit,iforest,...] [--sets A,B] [--jobs 2]
+    python benchmarks/adbench.py DATA_DIR [DATA_DIR ...] [--seeds 1,2,3] [--methods aekit,iforest,...] [--sets A,B]
 
-DATA_DIR is a folder of ADBench-format ``.npz`` files (``X`` (n, d) features, ``y`` (n,) with 1 = anomaly),
-e.g. a copy of ADBench's ``adbench/datasets/Classical`` folder; aekit bundles none of them.
+Each DATA_DIR is a folder of ADBench-format ``.npz`` files (``X`` (n, d) features, ``y`` (n,) with 1 =
+anomaly), e.g. a copy of ADBench's ``adbench/datasets/Classical`` folder; aekit bundles none of them. Each
+folder is a *domain* (``adbench`` -> "tables", ``adbench-embeddings`` -> "embeddings", else the folder's
+name), summarized on its own: mean AUROC, mean rank, sets above IForest, the worst set against IForest and
+against the best baseline there, seconds and their ratio to pyod AutoEncoder's.
+
+Reuse, so that a full run stays affordable on a small machine: pyod AutoEncoder's and VAE's results (~10 and
+~30 s per (set, seed)) are taken from the previous RESULTS_adbench.json where it has them (``--reuse``; same
+seeds, and the split fingerprints are checked against this run's other methods), and every pyod result is
+cached in ``benchmarks/.cache/adbench-results`` (same method, set, seeds and pyod release; ``--no-cache``
+reruns them). RESULTS_adbench.md says which methods were measured in the run and which were reused.
 
 The protocol is ADBench's (Minqi824/ADBench, ``datasets/data_generator.py`` and ``run.py``, unsupervised
 setting), reproduced here call for call so that numpy's global random stream is consumed in the same order:
@@ -288,11 +297,10 @@ def mean_ranks(table: dict[str, dict[str, float]], methods: list[str]) -> dict[s
     from scipy.stats import rankdata
 
     ranks = {m: [] for m in methods}
-    for row in table.values():
-        if not all(np.isfinite(row.get(m, np.nan)) for m in methods):
-            continue
-        r = rankdata([-row[m] for m in methods])
-        for m, v in zip(methods, r):
+    for row in table.values():  # among the methods with a result on the set
+        there = [m for m in methods if np.isfinite(row.get(m, np.nan))]
+        r = rankdata([-row[m] for m in there])
+        for m, v in zip(there, r):
             ranks[m].append(float(v))
     return {m: float(np.mean(v)) if v else float("nan") for m, v in ranks.items()}
 
@@ -304,7 +312,9 @@ def worst_losses(table: dict[str, dict[str, float]], methods: list[str], sets: l
     for m in methods:
         vs_if, vs_best = [-np.inf, None], [-np.inf, None, None]
         for s in sets:
-            row = table[s]
+            row = {k: v for k, v in table[s].items() if np.isfinite(v)}
+            if m not in row:
+                continue
             if "iforest" in row and m != "iforest" and row["iforest"] - row[m] > vs_if[0]:
                 vs_if = [row["iforest"] - row[m], s]
             others = [b for b in BASELINES if b in row and b != m]
@@ -340,19 +350,27 @@ def summarize(results: dict[str, dict[str, dict]], methods: list[str], sets: lis
         for seed, fp in prints.items():
             if len(fp) > 1:
                 problems.append(f"{s} seed {seed}: the methods saw different splits ({sorted(fp)})")
-    complete = [s for s in sets if all(np.isfinite(table[s][m]) for m in methods)]
-    mean_auroc = {m: float(np.mean([table[s][m] for s in complete])) if complete else float("nan") for m in methods}
+    # the sets where every method without gaps has a result; a method with gaps (pyod's MCD where it did not finish
+    # in time) is averaged, ranked and compared over the sets it has, and says how many
+    have = {m: [s for s in sets if np.isfinite(table[s][m])] for m in methods}
+    full = [m for m in methods if len(have[m]) == len(sets)] or methods
+    complete = [s for s in sets if all(np.isfinite(table[s][m]) for m in full)]
+    on = {m: [s for s in complete if np.isfinite(table[s][m])] for m in methods}
+    mean_auroc = {m: float(np.mean([table[s][m] for s in on[m]])) if on[m] else float("nan") for m in methods}
+    iforest_on = {m: float(np.mean([table[s]["iforest"] for s in on[m]])) if on[m] and "iforest" in methods
+                  else float("nan") for m in methods}
     mean_seconds = {m: float(np.mean(v)) if v else float("nan") for m, v in secs.items()}
     ae = mean_seconds.get("pyod-ae", float("nan"))
     base = [m for m in methods if m in BASELINES]
-    best_per_set = float(np.mean([max(table[s][b] for b in base) for s in complete])) if complete and base else \
-        float("nan")
-    return {"table": table, "complete_sets": complete, "mean_auroc": mean_auroc,
-            "mean_rank": mean_ranks({s: table[s] for s in complete}, methods),
+    best_per_set = float(np.mean([max(table[s][b] for b in base if np.isfinite(table[s][b])) for s in complete])) \
+        if complete and base else float("nan")
+    return {"table": table, "complete_sets": complete, "mean_auroc": mean_auroc, "n_sets": {m: len(on[m]) for m in
+                                                                                             methods},
+            "iforest_on_same_sets": iforest_on, "mean_rank": mean_ranks({s: table[s] for s in complete}, methods),
             "worst": worst_losses(table, methods, complete), "mean_seconds": mean_seconds,
             "seconds_vs_pyod_ae": {m: v / ae if np.isfinite(ae) and ae > 0 else float("nan")
                                    for m, v in mean_seconds.items()},
-            "wins_vs_iforest": {m: sum(table[s][m] > table[s]["iforest"] for s in complete)
+            "wins_vs_iforest": {m: sum(table[s][m] > table[s]["iforest"] for s in on[m])
                                 for m in methods if "iforest" in methods},
             "best_baseline_per_set": best_per_set, "problems": problems}
 
@@ -418,11 +436,15 @@ def render(summaries: dict[str, dict], methods: list[str], meta: dict) -> str:
             wb = f"{w['best'][0]:.1f} ({w['best'][1]}, {LABELS.get(w['best'][2], w['best'][2])})" if w["best"] \
                 else "-"
             d_if = s["mean_auroc"][m] - s["mean_auroc"].get("iforest", float("nan"))
-            wins = f"{s['wins_vs_iforest'][m]} of {n}" if m != "iforest" and s.get("wins_vs_iforest") else "-"
-            lines.append(f"| {h} | {s['mean_auroc'][m]:.2f} | {_pts(d_if) if m != 'iforest' else '-'} | "
+            d_if = s["mean_auroc"][m] - s["iforest_on_same_sets"][m]
+            wins = f"{s['wins_vs_iforest'][m]} of {s['n_sets'][m]}" if m != "iforest" and s.get("wins_vs_iforest") \
+                else "-"
+            gaps = f" ({s['n_sets'][m]} sets)" if s["n_sets"][m] < n else ""
+            lines.append(f"| {h} | {s['mean_auroc'][m]:.2f}{gaps} | {_pts(d_if) if m != 'iforest' else '-'} | "
                          f"{s['mean_rank'][m]:.2f} | {wins} | {wi} | {wb} | {s['mean_seconds'][m]:.2f} | "
                          f"{s['seconds_vs_pyod_ae'][m]:.2f} |")
-        lines += ["", f"Means over the {n} sets where every method has a result. The best baseline of each set "
+        lines += ["", f"Means over the {n} sets where every method without gaps has a result (a method with fewer "
+                  "sets is averaged, ranked and compared with IForest over its own). The best baseline of each set "
                   f"(the best pyod method there, chosen with the test labels: an oracle) averages "
                   f"{s['best_baseline_per_set']:.2f}.", ""]
     for domain, s in summaries.items():
@@ -478,13 +500,18 @@ def main(argv=None) -> int:
     p.add_argument("--sets", default="", help="comma-separated set names (file stems); default: every .npz")
     p.add_argument("--jobs", type=int, default=1, help="subprocesses at a time (default 1)")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds per subprocess")
-    p.add_argument("--reuse", default="pyod-ae,pyod-vae",
+    p.add_argument("--reuse", default="pyod-ae,pyod-vae,aekit-ae",
                    help="methods whose results are taken from the RESULTS_adbench.json of an earlier run where it "
                    "has them (same seeds; the split fingerprints are checked); '' reruns everything "
-                   "(default: pyod-ae,pyod-vae, ~10 and ~30 s per (set, seed))")
+                   "(default: pyod-ae,pyod-vae,aekit-ae: ~10, ~30 and ~3 s per (set, seed); aekit-ae is the plain "
+                   "autoencoder with the library's defaults, which the detector's changes do not touch)")
+    p.add_argument("--reuse-only", action="store_true", help="never run the --reuse methods: where no earlier "
+                   "result exists (e.g. a new domain) they are reported as not measured")
     p.add_argument("--no-cache", action="store_true", help="rerun pyod's methods even where benchmarks/.cache "
                    "holds their result for the same set, seeds and pyod release")
     p.add_argument("--no-write", action="store_true", help="print only; leave RESULTS_adbench.* as they are")
+    p.add_argument("--results", default="adbench", help="write benchmarks/RESULTS_<this>.md and .json (default "
+                   "adbench; e.g. adbench_timing for a same-load timing comparison on a few sets)")
     p.add_argument("--side", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",") if s]
@@ -539,6 +566,8 @@ def main(argv=None) -> int:
                 if got is not None:
                     results[d][f.stem][m] = got
                     reused.setdefault(m, set()).add(got["reused"])
+                elif args.reuse_only and m in args.reuse.split(","):
+                    results[d][f.stem][m] = {"error": "not measured: --reuse-only and no earlier result"}
                 else:
                     pairs.append((d, f, m))
 
@@ -578,10 +607,11 @@ def main(argv=None) -> int:
             "reused": {m: " / ".join(sorted(v)) for m, v in reused.items()}, "notes": NOTES}
     print(f"\nwall time {wall / 60:.1f} min")
     if not args.no_write:
-        RESULTS_MD.write_text(render(summaries, methods, meta))
-        RESULTS_JSON.write_text(json.dumps({"meta": meta, "methods": methods, "summary": summaries,
-                                            "raw": results}, indent=1, default=float) + "\n")
-        print(f"wrote {RESULTS_MD.relative_to(HERE.parent)} and {RESULTS_JSON.relative_to(HERE.parent)}")
+        md, js = HERE / f"RESULTS_{args.results}.md", HERE / f"RESULTS_{args.results}.json"
+        md.write_text(render(summaries, methods, meta))
+        js.write_text(json.dumps({"meta": meta, "methods": methods, "summary": summaries,
+                                  "raw": results}, indent=1, default=float) + "\n")
+        print(f"wrote {md.relative_to(HERE.parent)} and {js.relative_to(HERE.parent)}")
     return 0
 
 
