@@ -194,7 +194,7 @@ LABELS = {"aekit": "aekit.Detector()", "aekit-ae": "aekit plain ae",
           "pyod-ae": "pyod AutoEncoder", "pyod-vae": "pyod VAE"}
 # a data folder's domain: its name in the report (the folder's own name when it is not listed here)
 DOMAIN_NAMES = {"adbench": "tables", "adbench-embeddings": "embeddings"}
-CACHE = HERE / ".cache" / "adbench-results"  # pyod's results per (method, domain, set, seeds): reused, not rerun
+CACHE = HERE / ".cache" / "adbench-results"  # results per (method, domain, set, seeds): reused, not rerun
 
 
 def domain_of(folder: Path) -> str:
@@ -254,18 +254,27 @@ def _cache_file(method: str, domain: str, set_name: str, seeds: list[int]) -> Pa
     return CACHE / method / f"{domain}__{set_name}__seeds{'-'.join(map(str, seeds))}.json"
 
 
-def cached(method: str, domain: str, set_name: str, seeds: list[int], pyod_version: str) -> dict | None:
-    """A pyod result of an earlier run of this harness (same method, set, seeds and pyod release), or None."""
+def _version_key(method: str, pyod_version: str, commit: str) -> tuple[str, str]:
+    """What a cached result must match: pyod's release for pyod's methods; for aekit's, the aekit commit
+    measured (never a checkout with uncommitted changes)."""
+    return ("aekit_commit", commit) if method in AEKIT_METHODS else ("pyod", pyod_version)
+
+
+def cached(method: str, domain: str, set_name: str, seeds: list[int], pyod_version: str, commit: str) -> dict | None:
+    """A result of an earlier run of this harness (same method, set, seeds, and pyod release or aekit commit)."""
     f = _cache_file(method, domain, set_name, seeds)
-    if method in AEKIT_METHODS or not f.exists():
+    key, want = _version_key(method, pyod_version, commit)
+    if not f.exists() or "+" in want:
         return None
     r = json.loads(f.read_text())
-    return r if r.get("pyod") == pyod_version and [x["seed"] for x in r.get("runs", [])] == seeds else None
+    return r if r.get(key) == want and [x["seed"] for x in r.get("runs", [])] == seeds else None
 
 
-def store(method: str, domain: str, set_name: str, seeds: list[int], result: dict) -> None:
-    if method in AEKIT_METHODS or "error" in result or not result.get("runs"):
+def store(method: str, domain: str, set_name: str, seeds: list[int], result: dict, commit: str) -> None:
+    if "error" in result or not result.get("runs") or (method in AEKIT_METHODS and "+" in commit):
         return
+    if method in AEKIT_METHODS:
+        result = {**result, "aekit_commit": commit}
     f = _cache_file(method, domain, set_name, seeds)
     f.parent.mkdir(parents=True, exist_ok=True)
     f.write_text(json.dumps(result) + "\n")
@@ -548,6 +557,7 @@ def main(argv=None) -> int:
             methods = [m for m in methods if m not in PYOD_METHODS]
         else:
             pyod_versions = versions(pyod_py, ["pyod", "torch", "scikit-learn", "numpy"])
+    commit = code_version()
     previous = json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.exists() else None
     reuse = reusable(previous, [m for m in args.reuse.split(",") if m in methods], seeds)
     load_start, t0 = loadavg(), time.perf_counter()
@@ -559,10 +569,11 @@ def main(argv=None) -> int:
             for m in methods:
                 got = reuse.get((d, f.stem, m))
                 if got is None and not args.no_cache:
-                    got = cached(m, d, f.stem, seeds, pyod_versions.get("pyod", "?"))
+                    got = cached(m, d, f.stem, seeds, pyod_versions.get("pyod", "?"), commit)
                     if got is not None:
+                        what = f"aekit commit {commit}" if m in AEKIT_METHODS else f"pyod {got.get('pyod')}"
                         got = {**got, "reused": got.get("reused", f"cached by an earlier run of this harness "
-                                                        f"(benchmarks/.cache; pyod {got.get('pyod')})")}
+                                                        f"(benchmarks/.cache; {what})")}
                 if got is not None:
                     results[d][f.stem][m] = got
                     reused.setdefault(m, set()).add(got["reused"])
@@ -575,7 +586,7 @@ def main(argv=None) -> int:
         d, f, m = pair
         r = run_one(m, f, seeds, pyod_py, args.timeout)
         results[d][f.stem][m] = r
-        store(m, d, f.stem, seeds, r)
+        store(m, d, f.stem, seeds, r, commit)
         ran.add(m)
         aucs = " ".join(f"{x['auroc'] * 100:.1f}" for x in r.get("runs", []))
         secs = sum(x["fit_seconds"] + x["score_seconds"] for x in r.get("runs", []))
@@ -597,7 +608,7 @@ def main(argv=None) -> int:
                          for m in methods if m in AEKIT_METHODS) or "not run"
     meta = {"command": "python benchmarks/adbench.py " + shlex.join(sys.argv[1:] if argv is None else argv),
             "date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"), "wall_minutes": wall / 60, "jobs": args.jobs,
-            "aekit_commit": code_version(), "aekit_detector": detector,
+            "aekit_commit": commit, "aekit_detector": detector,
             "pyod_versions": ", ".join(f"{k} {v}" for k, v in pyod_versions.items()) or "not run",
             "machine": cpu_model(), "python": platform.python_version(), "load_start": load_start,
             "load_end": loadavg(), "seeds": seeds,

@@ -28,7 +28,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-FOLDS = 3  # folds="auto": this many folds on a table with enough distinct rows ...
+FOLDS = 2  # folds="auto": this many folds on a table with enough distinct rows ...
 MIN_FOLD_ROWS = 10  # ... each fold holding at least this many distinct rows (fewer folds, down to 1, otherwise)
 TABLE_LATENT = 16  # the largest code of a table chosen from the data
 ROWS_PER_CODE = 6  # latent_dim=None: at least this many rows of a fold per code dimension

@@ -111,7 +111,7 @@ SCORES = ("auto", "joint", "recon_error", "neg_elbo")
 # the defaults for tables, chosen by benchmarks/adbench.py (ADBench's unsupervised protocol, 33 sets, 3 seeds)
 TABLE_LATENT = 16  # latent_dim=None on a table
 TABLE_HIDDEN = (64, 64)  # hidden=None on a table with an MLP family
-TABLE_STEPS = 150  # epochs=None on a table: about this many optimizer steps, best validation epoch kept
+TABLE_STEPS = 100  # epochs=None on a table: about this many optimizer steps per member, best validation epoch kept
 # the joint score's statistics (see _JointStats)
 JOINT_TRIM = 0.2  # refitted on the (1 - JOINT_TRIM) share of the training rows with the lowest score ...
 JOINT_REFITS = 3  # ... this many times
