@@ -516,6 +516,8 @@ def main(argv=None) -> int:
                    "autoencoder with the library's defaults, which the detector's changes do not touch)")
     p.add_argument("--reuse-only", action="store_true", help="never run the --reuse methods: where no earlier "
                    "result exists (e.g. a new domain) they are reported as not measured")
+    p.add_argument("--cached-only", action="store_true", help="run nothing: report what the caches and --reuse hold "
+                   "(the rest as not measured), e.g. to write the report of runs made piecewise")
     p.add_argument("--no-cache", action="store_true", help="rerun pyod's methods even where benchmarks/.cache "
                    "holds their result for the same set, seeds and pyod release")
     p.add_argument("--no-write", action="store_true", help="print only; leave RESULTS_adbench.* as they are")
@@ -577,8 +579,9 @@ def main(argv=None) -> int:
                 if got is not None:
                     results[d][f.stem][m] = got
                     reused.setdefault(m, set()).add(got["reused"])
-                elif args.reuse_only and m in args.reuse.split(","):
-                    results[d][f.stem][m] = {"error": "not measured: --reuse-only and no earlier result"}
+                elif args.cached_only or (args.reuse_only and m in args.reuse.split(",")):
+                    results[d][f.stem][m] = {"error": "not measured in time: no earlier result and "
+                                             + ("--cached-only" if args.cached_only else "--reuse-only")}
                 else:
                     pairs.append((d, f, m))
 
