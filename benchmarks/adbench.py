@@ -260,14 +260,28 @@ def _version_key(method: str, pyod_version: str, commit: str) -> tuple[str, str]
     return ("aekit_commit", commit) if method in AEKIT_METHODS else ("pyod", pyod_version)
 
 
+_TREES: dict[str, str] = {}
+
+
+def _src_tree(rev: str) -> str:
+    """The git tree of src/ at ``rev``: two commits with the same one measure the same aekit."""
+    if rev not in _TREES:
+        p = subprocess.run(["git", "rev-parse", f"{rev}:src"], cwd=HERE, capture_output=True, text=True)
+        _TREES[rev] = p.stdout.strip() if p.returncode == 0 else f"?{rev}"
+    return _TREES[rev]
+
+
 def cached(method: str, domain: str, set_name: str, seeds: list[int], pyod_version: str, commit: str) -> dict | None:
-    """A result of an earlier run of this harness (same method, set, seeds, and pyod release or aekit commit)."""
+    """A result of an earlier run of this harness (same method, set, seeds, and pyod release, or for aekit's
+    methods a commit with the same src/ as this clean checkout)."""
     f = _cache_file(method, domain, set_name, seeds)
     key, want = _version_key(method, pyod_version, commit)
     if not f.exists() or "+" in want:
         return None
     r = json.loads(f.read_text())
-    return r if r.get(key) == want and [x["seed"] for x in r.get("runs", [])] == seeds else None
+    same = (r.get(key) == want if key == "pyod" else
+            r.get(key) is not None and _src_tree(r[key]) == _src_tree(want.split("+")[0]))
+    return r if same and [x["seed"] for x in r.get("runs", [])] == seeds else None
 
 
 def store(method: str, domain: str, set_name: str, seeds: list[int], result: dict, commit: str) -> None:
