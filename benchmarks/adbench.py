@@ -498,10 +498,12 @@ def print_table(summary: dict, methods: list[str]) -> None:
 
 
 NOTES = [
-    "aekit.Detector(): aekit's detector class with the defaults of the commit measured: an ae D-64-64-16-64-64-D "
-    "trained ~150 Adam steps on standardized inputs; score = Mahalanobis distance of the code + squared "
-    "residuals in units of each feature's typical residual, statistics refitted 3 times on the 80% of the train "
-    "split with the lowest score (the configuration selected in benchmarks/README.md).",
+    "aekit.Detector(): aekit's detector class with the defaults of the commit measured (issue 18, chosen by "
+    "benchmarks/adbench_select.py: RESULTS_adbench_select.md): 2 cross-fitted members, each an ae D-64-64-k-64-64-D "
+    "(k = min(16, D // 2, rows of a fold // 6)) trained ~100 Adam steps on one half of the distinct rows of the "
+    "standardized train split; each member's joint-score statistics (Mahalanobis distance of the code + squared "
+    "residuals in units of each feature's typical residual, refitted 3 times on the 80% lowest) and its median/IQR "
+    "come from the half it did not train on; a test row gets the mean of the members' normalized scores.",
     "aekit plain ae: `aekit.build('ae')` and `aekit.TrainConfig()` defaults (MLP D-256-16-256-D, 20 epochs), "
     "standardized inputs, reconstruction error as the score; its training and scoring are one call, counted "
     "as fit.",
@@ -509,6 +511,10 @@ NOTES = [
     "columns (after subsampling) some ratios are exactly 0 and every score is +inf: every test example ties "
     "(AUROC 0.5). The side ranks scores (+inf above every finite score) rather than failing; the count of "
     "non-finite scores is listed in the notes.",
+    "Seconds of reused results are those of the run that measured them (the header says which and when); this "
+    "machine is shared and its load varies several-fold between runs, so a ratio of seconds is only exact between "
+    "methods measured in the same run: `--results adbench_timing` runs a few sets back to back for that "
+    "(RESULTS_adbench_timing.md).",
     "pyod's AutoEncoder and VAE default to random_state=42 (the same initial weights at every seed), as in "
     "ADBench; only verbose=0 is passed.",
 ]
