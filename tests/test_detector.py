@@ -45,7 +45,7 @@ def planted():
     y = np.r_[np.zeros(570), np.ones(30)]
     order = np.random.default_rng(2).permutation(len(X))
     X, y = X[order], y[order]
-    return X, y, Detector(contamination=0.05, random_state=0, **FAST).fit(X)
+    return X, y, Detector(contamination=0.05, random_state=0, folds=1, **FAST).fit(X)  # one member (its math)
 
 
 class FrameLike:
@@ -277,11 +277,11 @@ def test_model_options_reach_the_family():
 def test_default_budget_and_preprocessing():
     X = table(300, 4)
     det = Detector(random_state=0).fit(X)  # a table: about 150 steps, no early stopping, best val epoch kept
-    # cross-fitted: 3 members, each on 2 folds (200 rows: 180 to train, 2 steps per epoch)
-    assert len(det.models_) == 3 and det.normalization_.shape == (3, 2)
-    assert det.train_config_.epochs == 75 and det.train_config_.patience == 0
+    # cross-fitted: 2 members, each on one fold (150 rows: 135 to train, 2 steps per epoch, ~100 steps)
+    assert len(det.models_) == 2 and det.normalization_.shape == (2, 2)
+    assert det.train_config_.epochs == 50 and det.train_config_.patience == 0
     cfg = det.models_[0].config
-    assert len(det.history_) == 75 and (cfg.latent_dim, cfg.hidden) == (4, (64, 64))  # code: 8 features // 2
+    assert len(det.history_) == 50 and (cfg.latent_dim, cfg.hidden) == (4, (64, 64))  # code: 8 features // 2
     assert det.anomaly_score_ == "joint"
     big = Detector(random_state=0, hidden=(8,), latent_dim=2).fit(table(30000, 4))  # 211 steps per epoch
     assert big.train_config_.epochs == 1
@@ -343,7 +343,7 @@ def test_the_threshold_holds_on_unseen_rows_of_a_tiny_table():
     train, new = rng.normal(size=(90, 13)) @ mix, rng.normal(size=(400, 13)) @ mix
     old = Detector(folds=1, latent_dim=16, contamination=0.05, random_state=0).fit(train)
     det = Detector(contamination=0.05, random_state=0).fit(train)
-    assert len(det.models_) == 3 and old.predict(new).mean() > 0.2  # 4x the contamination
+    assert len(det.models_) == 2 and old.predict(new).mean() > 0.2  # 4x the contamination
     assert det.predict(new).mean() < 0.15
 
 
@@ -424,7 +424,7 @@ def test_save_and_load_an_ensemble(tmp_path):
     X = table(200, 6)
     det = Detector(n_estimators=2, random_state=0, **{**FAST, "epochs": 2}).fit(X)
     back = Detector.load(det.save(tmp_path / "ens"))
-    assert len(back.models_) == 2
+    assert len(back.models_) == 4  # 2 members on each of the 2 folds
     np.testing.assert_array_equal(back.decision_function(X), det.decision_function(X))
     np.testing.assert_array_equal(back.normalization_, det.normalization_)
     assert back.threshold_ == det.threshold_

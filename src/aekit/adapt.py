@@ -108,12 +108,16 @@ def fit_run(model: str, ds, out, contamination: float, train_options: dict, mode
     rows (in the user's units; the detector holds out its own validation and statistics rows) and saved as the
     run directory ``out`` (its data config is the command line's, so ``aekit score`` and ``aekit calibrate``
     read new files as this one). Returns (the Detector, a FitResult of its first member, for the summary)."""
+    from . import registry
+    from .config import TrainConfig
     from .detector import Detector
     from .trainer import FitResult
 
-    opts = dict(model_options)
+    typed = registry.get(model).Config.from_dict(dict(model_options)).to_dict()  # command-line text, typed
+    opts = {k: typed[k] for k in model_options}
     params = {"latent_dim": opts.pop("latent_dim", None), "hidden": opts.pop("hidden", None)}
-    params.update({k: train_options[k] for k in ("epochs", "batch_size", "lr", "device") if k in train_options})
+    train = TrainConfig.from_dict(dict(train_options)).to_dict()
+    params.update({k: train[k] for k in ("epochs", "batch_size", "lr", "device") if k in train_options})
     det = Detector(model=model, model_options=opts or None, contamination=contamination,
                    random_state=seed, **params)
     det.fit(ds.to_user_units(ds.x_train).numpy())
