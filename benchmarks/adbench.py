@@ -271,17 +271,34 @@ def _src_tree(rev: str) -> str:
     return _TREES[rev]
 
 
-def cached(method: str, domain: str, set_name: str, seeds: list[int], pyod_version: str, commit: str) -> dict | None:
+def _src_changes(rev: str) -> str:
+    """The files of src/ that differ between ``rev`` and the working tree ("" when none)."""
+    p = subprocess.run(["git", "diff", "--name-only", rev, "--", "../src"], cwd=HERE, capture_output=True, text=True)
+    return ", ".join(p.stdout.split()) if p.returncode == 0 else "?"
+
+
+def cached(method: str, domain: str, set_name: str, seeds: list[int], pyod_version: str, commit: str,
+           any_commit: bool = False) -> dict | None:
     """A result of an earlier run of this harness (same method, set, seeds, and pyod release, or for aekit's
-    methods a commit with the same src/ as this clean checkout)."""
+    methods a commit with the same src/ as this clean checkout; with ``any_commit``, any commit, and the result
+    says which files of src/ have changed since)."""
     f = _cache_file(method, domain, set_name, seeds)
     key, want = _version_key(method, pyod_version, commit)
-    if not f.exists() or "+" in want:
+    if not f.exists() or ("+" in want and not any_commit):
         return None
     r = json.loads(f.read_text())
-    same = (r.get(key) == want if key == "pyod" else
-            r.get(key) is not None and _src_tree(r[key]) == _src_tree(want.split("+")[0]))
-    return r if same and [x["seed"] for x in r.get("runs", [])] == seeds else None
+    if [x["seed"] for x in r.get("runs", [])] != seeds:
+        return None
+    if key == "pyod":
+        return r if r.get(key) == want else None
+    if r.get(key) is None:
+        return None
+    if _src_tree(r[key]) == _src_tree(want.split("+")[0]) and "+" not in want:
+        return r
+    if not any_commit:
+        return None
+    return {**r, "reused": f"measured at aekit commit {r[key]} (src/ changed since in: "
+                          f"{_src_changes(r[key]) or 'nothing'})"}
 
 
 def store(method: str, domain: str, set_name: str, seeds: list[int], result: dict, commit: str) -> None:
@@ -537,7 +554,8 @@ def main(argv=None) -> int:
     p.add_argument("--reuse-only", action="store_true", help="never run the --reuse methods: where no earlier "
                    "result exists (e.g. a new domain) they are reported as not measured")
     p.add_argument("--cached-only", action="store_true", help="run nothing: report what the caches and --reuse hold "
-                   "(the rest as not measured), e.g. to write the report of runs made piecewise")
+                   "(the rest as not measured; aekit's results of any commit, naming the files of src/ changed since), "
+                   "e.g. to write the report of runs made piecewise")
     p.add_argument("--no-cache", action="store_true", help="rerun pyod's methods even where benchmarks/.cache "
                    "holds their result for the same set, seeds and pyod release")
     p.add_argument("--no-write", action="store_true", help="print only; leave RESULTS_adbench.* as they are")
@@ -591,7 +609,7 @@ def main(argv=None) -> int:
             for m in methods:
                 got = reuse.get((d, f.stem, m))
                 if got is None and not args.no_cache:
-                    got = cached(m, d, f.stem, seeds, pyod_versions.get("pyod", "?"), commit)
+                    got = cached(m, d, f.stem, seeds, pyod_versions.get("pyod", "?"), commit, args.cached_only)
                     if got is not None:
                         what = f"aekit commit {commit}" if m in AEKIT_METHODS else f"pyod {got.get('pyod')}"
                         got = {**got, "reused": got.get("reused", f"cached by an earlier run of this harness "
