@@ -31,33 +31,41 @@ table is scaled with statistics of the training rows that are saved with the mod
 "standard" = mean and std, "minmax" = min and range, "none"; images are used as they are, in [0, 1]).
 New data at predict time is read the same way with the same statistics, in the caller's row order.
 
-Defaults: chosen by benchmarks/adbench.py (ADBench's unsupervised protocol, 33 tables, 3 seeds; evidence in
-benchmarks/RESULTS_adbench.md) for tables, and on a validation split of Fashion-MNIST's training images for
-images (benchmarks/fmnist_oneclass.py; RESULTS_fmnist_oneclass.md):
+Defaults: chosen by benchmarks/adbench_select.py for tables (leave-one-group-out over groups of ADBench sets,
+embeddings and sets made from them; benchmarks/README.md, "Selection protocol"; evidence in
+benchmarks/RESULTS_adbench_select.md and RESULTS_adbench.md), and on a validation split of Fashion-MNIST's
+training images for images (benchmarks/fmnist_oneclass.py; RESULTS_fmnist_oneclass.md):
 
 - ``model="ae"``: the plain autoencoder; any family of ``aekit.MODELS`` that trains without labels (cvae and
   the supervised aae need labels: a ConfigError). ``model_options``: that family's own options.
-- ``latent_dim=None``: 16 for a table (``TABLE_LATENT``); ``max(2, min(32, d // 4))`` for images of d values.
+- ``folds="auto"``: on a table, cross-fitting (``aekit.adapt``): the distinct rows are dealt into 2 folds
+  (1, no cross-fitting, below 20 distinct rows; images: 1); the ``n_estimators`` members of fold k train on the
+  other folds, and their score statistics, normalization and the training scores of fold k's rows come from
+  fold k, which they never saw, so the contamination threshold holds on unseen rows. An int sets K (1: every
+  member trains on every row and the statistics come from those rows, as before issue 18).
+- ``latent_dim=None``: for a table ``aekit.adapt.table_latent``: min(16, d // 2, rows of a fold // 6), at
+  least 1; ``max(2, min(32, d // 4))`` for images of d values.
   ``hidden=None``: (64, 64) for a table with an MLP (``TABLE_HIDDEN``); the family's default for images.
-- ``epochs=None``: tables: about ``TABLE_STEPS`` = 150 optimizer steps (``round(150 / steps_per_epoch)``
+- ``epochs=None``: tables: about ``TABLE_STEPS`` = 100 optimizer steps per member (``round(100 / steps_per_epoch)``
   epochs, at least 1), no early stopping, the weights of the best validation epoch kept; ADBench's tables are
   small and a short budget generalizes best there. Images: ``ceil(TARGET_STEPS / steps_per_epoch)`` epochs
   capped at ``MAX_EPOCHS`` (about 1500 steps, at most 200 epochs), with early stopping after ``PATIENCE``
   epochs without improvement of the loss on the held-out ``val_fraction`` of X. An explicit ``epochs`` trains
   that many epochs (best validation weights kept). With fewer than ``1 / val_fraction`` rows there is no
   validation part.
-- ``anomaly_score="auto"``: ``"joint"`` for every family (``_JointStats``): with z = f(x) the code and
-  r = x - g(f(x)) the residual in the model's units, ``(z - mu)' S^-1 (z - mu) + sum_d (r_d / sigma_d)^2``,
-  i.e. -2 log p(x) + const under "code ~ N(mu, S), x | code ~ N(g(code), diag sigma^2)", its statistics fitted
-  on the training rows and refitted on their least anomalous 80%. ``"recon_error"``: the sum of squared
-  errors of the reconstruction (model units). ``"neg_elbo"``: -ELBO in nats, ``MC_SAMPLES`` posterior samples
-  from a fixed seed, for probabilistic families (vae, iwae); the Monte-Carlo -ELBO of a row depends slightly
-  on the other rows of its batch (one generator draws for the batch). A plain run directory of ``aekit
-  train`` opened with ``load`` has no joint statistics: there "auto" is "neg_elbo" for probabilistic families
-  and "recon_error" for the others.
-- ``n_estimators=1``: members trained from different seeds. With several, each member's scores are
-  normalized by the median and interquartile range of its own training scores, ``(s - median) / IQR``, and
-  averaged (not ranks: a rank saturates beyond the largest training score, where the outliers are).
+- ``anomaly_score="auto"``: ``"joint"`` for every family (``_JointStats``): with z = f(x) the code and r = x -
+  g(f(x)) the residual in the model's units, ``(z - mu)' S^-1 (z - mu) + sum_d (r_d / sigma_d)^2``, i.e. -2 log
+  p(x) + const under "code ~ N(mu, S), x | code ~ N(g(code), diag sigma^2)", its statistics fitted on the
+  training rows a member did not train on (``folds``) and refitted on their least anomalous 80%.
+  ``"recon_error"``: the sum of squared errors of the reconstruction (model units). ``"neg_elbo"``: -ELBO in
+  nats, ``MC_SAMPLES`` posterior samples from a fixed seed, for probabilistic families (vae, iwae); the
+  Monte-Carlo -ELBO of a row depends slightly on the other rows of its batch (one generator draws for the
+  batch). A plain run directory of ``aekit train`` opened with ``load`` has no joint statistics: there "auto" is
+  "neg_elbo" for probabilistic families and "recon_error" for the others.
+- ``n_estimators=1``: members per fold, trained from different seeds. With several members in all, each
+  member's scores are normalized by the median and interquartile range of its scores of the rows it did not
+  train on (with ``folds=1``: of its training rows), ``(s - median) / IQR``, and averaged (not ranks: a rank
+  saturates beyond the largest training score, where the outliers are).
 - ``robust=False``: when True, a first pass is trained on all rows, the rows above the (1 - contamination)
   quantile of its training scores are dropped, and the detector is trained again on the rest (preprocessing
   statistics included).
@@ -108,8 +116,8 @@ SCORE_SEED = 0  # the -ELBO score's samples come from this seed: the same X give
 PNG_IMAGES = 16  # explain(png=...) draws the first images only
 FORMAT = 1  # detector.json's format
 SCORES = ("auto", "joint", "recon_error", "neg_elbo")
-# the defaults for tables, chosen by benchmarks/adbench.py (ADBench's unsupervised protocol, 33 sets, 3 seeds)
-TABLE_LATENT = 16  # latent_dim=None on a table
+# the defaults for tables, chosen by benchmarks/adbench_select.py (see aekit.adapt for folds and the code size)
+TABLE_LATENT = 16  # the largest code of a table (fit sizes a table's code with adapt.table_latent)
 TABLE_HIDDEN = (64, 64)  # hidden=None on a table with an MLP family
 TABLE_STEPS = 100  # epochs=None on a table: about this many optimizer steps per member, best validation epoch kept
 # the joint score's statistics (see _JointStats)
