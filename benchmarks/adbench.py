@@ -393,7 +393,8 @@ def summarize(results: dict[str, dict[str, dict]], methods: list[str], sets: lis
     # the sets where every method without gaps has a result; a method with gaps (pyod's MCD where it did not finish
     # in time) is averaged, ranked and compared over the sets it has, and says how many
     have = {m: [s for s in sets if np.isfinite(table[s][m])] for m in methods}
-    full = [m for m in methods if len(have[m]) == len(sets)] or methods
+    most = max(len(v) for v in have.values())
+    full = [m for m in methods if len(have[m]) == most]
     complete = [s for s in sets if all(np.isfinite(table[s][m]) for m in full)]
     on = {m: [s for s in complete if np.isfinite(table[s][m])] for m in methods}
     mean_auroc = {m: float(np.mean([table[s][m] for s in on[m]])) if on[m] else float("nan") for m in methods}
@@ -402,8 +403,8 @@ def summarize(results: dict[str, dict[str, dict]], methods: list[str], sets: lis
     mean_seconds = {m: float(np.mean(v)) if v else float("nan") for m, v in secs.items()}
     ae = mean_seconds.get("pyod-ae", float("nan"))
     base = [m for m in methods if m in BASELINES]
-    best_per_set = float(np.mean([max(table[s][b] for b in base if np.isfinite(table[s][b])) for s in complete])) \
-        if complete and base else float("nan")
+    bests = [max(v) for v in ([table[s][b] for b in base if np.isfinite(table[s][b])] for s in complete) if v]
+    best_per_set = float(np.mean(bests)) if bests else float("nan")
     return {"table": table, "complete_sets": complete, "mean_auroc": mean_auroc, "n_sets": {m: len(on[m]) for m in
                                                                                              methods},
             "iforest_on_same_sets": iforest_on, "mean_rank": mean_ranks({s: table[s] for s in complete}, methods),
