@@ -12,7 +12,6 @@ import csv
 import io
 
 import numpy as np
-import pytest
 from sklearn.datasets import load_breast_cancer
 from sklearn.metrics import roc_auc_score
 
@@ -29,7 +28,6 @@ def scores_of(path):
     return np.array([float(r["score"]) for r in rows]), np.array([int(r["is_outlier"]) for r in rows])
 
 
-@pytest.mark.slow
 def test_readme_recipe_on_breast_cancer(cli, tmp_path):
     data = load_breast_cancer()
     X, benign = data.data, data.target == 1  # 357 benign (normal), 212 malignant
