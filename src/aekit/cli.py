@@ -176,6 +176,9 @@ def cmd_train(args) -> int:
             if args.contamination is not None:  # the detector: aekit.Detector's defaults and fitting (aekit.adapt)
                 from .adapt import fit_run
 
+                if distributed.world_size() > 1:
+                    raise ConfigError("--contamination fits a detector in one process; run it without torchrun")
+
                 det, result = fit_run(name, ds, out, args.contamination, train_opts, model_opts, seed=tcfg.seed)
             else:
                 model = registry.build_for(args.model, ds, seed=tcfg.seed, **model_opts)
