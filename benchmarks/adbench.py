@@ -1,9 +1,18 @@
 """ADBench's unsupervised protocol, aekit side by side with pyod. Not part of the test suite.
 
-    python benchmarks/adbench.py DATA_DIR [--seeds 1,2,3] [--methods aekit,iforest,...] [--sets A,B] [--jobs 2]
+    python benchmarks/adbench.py DATA_DIR [DATA_DIR ...] [--seeds 1,2,3] [--methods aekit,iforest,...] [--sets A,B]
 
-DATA_DIR is a folder of ADBench-format ``.npz`` files (``X`` (n, d) features, ``y`` (n,) with 1 = anomaly),
-e.g. a copy of ADBench's ``adbench/datasets/Classical`` folder; aekit bundles none of them.
+Each DATA_DIR is a folder of ADBench-format ``.npz`` files (``X`` (n, d) features, ``y`` (n,) with 1 =
+anomaly), e.g. a copy of ADBench's ``adbench/datasets/Classical`` folder; aekit bundles none of them. Each
+folder is a *domain* (``adbench`` -> "tables", ``adbench-embeddings`` -> "embeddings", else the folder's
+name), summarized on its own: mean AUROC, mean rank, sets above IForest, the worst set against IForest and
+against the best baseline there, seconds and their ratio to pyod AutoEncoder's.
+
+Reuse, so that a full run stays affordable on a small machine: pyod AutoEncoder's and VAE's results (~10 and
+~30 s per (set, seed)) are taken from the previous RESULTS_adbench.json where it has them (``--reuse``; same
+seeds, and the split fingerprints are checked against this run's other methods), and every pyod result is
+cached in ``benchmarks/.cache/adbench-results`` (same method, set, seeds and pyod release; ``--no-cache``
+reruns them). RESULTS_adbench.md says which methods were measured in the run and which were reused.
 
 The protocol is ADBench's (Minqi824/ADBench, ``datasets/data_generator.py`` and ``run.py``, unsupervised
 setting), reproduced here call for call so that numpy's global random stream is consumed in the same order:
@@ -175,11 +184,21 @@ def aekit_side(method: str, set_path: str, seeds: list[int]) -> None:
 # The harness
 
 AEKIT_METHODS = ("aekit", "aekit-ae")
-PYOD_METHODS = ("iforest", "ecod", "pca", "pyod-ae", "pyod-vae")
+# pyod's detectors that ADBench's unsupervised table D4 lists, run with their defaults (ADBench's PYOD.fit)
+PYOD_METHODS = ("iforest", "ecod", "pca", "mcd", "knn", "cblof", "hbos", "copod", "lof", "pyod-ae", "pyod-vae")
 METHODS = AEKIT_METHODS + PYOD_METHODS
+BASELINES = PYOD_METHODS  # "the best baseline on a set": the best of these there
 LABELS = {"aekit": "aekit.Detector()", "aekit-ae": "aekit plain ae",
-          "iforest": "pyod IForest", "ecod": "pyod ECOD", "pca": "pyod PCA",
+          "iforest": "pyod IForest", "ecod": "pyod ECOD", "pca": "pyod PCA", "mcd": "pyod MCD", "knn": "pyod KNN",
+          "cblof": "pyod CBLOF", "hbos": "pyod HBOS", "copod": "pyod COPOD", "lof": "pyod LOF",
           "pyod-ae": "pyod AutoEncoder", "pyod-vae": "pyod VAE"}
+# a data folder's domain: its name in the report (the folder's own name when it is not listed here)
+DOMAIN_NAMES = {"adbench": "tables", "adbench-embeddings": "embeddings"}
+CACHE = HERE / ".cache" / "adbench-results"  # results per (method, domain, set, seeds): reused, not rerun
+
+
+def domain_of(folder: Path) -> str:
+    return DOMAIN_NAMES.get(folder.resolve().name, folder.resolve().name)
 
 
 def ensure_pyod() -> tuple[Path | None, str]:
@@ -231,22 +250,125 @@ def run_one(method: str, set_path: Path, seeds: list[int], pyod_py: Path | None,
             "wall_seconds": wall}
 
 
+def _cache_file(method: str, domain: str, set_name: str, seeds: list[int]) -> Path:
+    return CACHE / method / f"{domain}__{set_name}__seeds{'-'.join(map(str, seeds))}.json"
+
+
+def _version_key(method: str, pyod_version: str, commit: str) -> tuple[str, str]:
+    """What a cached result must match: pyod's release for pyod's methods; for aekit's, the aekit commit
+    measured (never a checkout with uncommitted changes)."""
+    return ("aekit_commit", commit) if method in AEKIT_METHODS else ("pyod", pyod_version)
+
+
+_TREES: dict[str, str] = {}
+
+
+def _src_tree(rev: str) -> str:
+    """The git tree of src/ at ``rev``: two commits with the same one measure the same aekit."""
+    if rev not in _TREES:
+        p = subprocess.run(["git", "rev-parse", f"{rev}:src"], cwd=HERE, capture_output=True, text=True)
+        _TREES[rev] = p.stdout.strip() if p.returncode == 0 else f"?{rev}"
+    return _TREES[rev]
+
+
+def _src_changes(rev: str) -> str:
+    """The files of src/ that differ between ``rev`` and the working tree ("" when none)."""
+    p = subprocess.run(["git", "diff", "--name-only", rev, "--", "../src"], cwd=HERE, capture_output=True, text=True)
+    return ", ".join(p.stdout.split()) if p.returncode == 0 else "?"
+
+
+def cached(method: str, domain: str, set_name: str, seeds: list[int], pyod_version: str, commit: str,
+           any_commit: bool = False) -> dict | None:
+    """A result of an earlier run of this harness (same method, set, seeds, and pyod release, or for aekit's
+    methods a commit with the same src/ as this clean checkout; with ``any_commit``, any commit, and the result
+    says which files of src/ have changed since)."""
+    f = _cache_file(method, domain, set_name, seeds)
+    key, want = _version_key(method, pyod_version, commit)
+    if not f.exists() or ("+" in want and not any_commit):
+        return None
+    r = json.loads(f.read_text())
+    if [x["seed"] for x in r.get("runs", [])] != seeds:
+        return None
+    if key == "pyod":
+        return r if r.get(key) == want else None
+    if r.get(key) is None:
+        return None
+    if _src_tree(r[key]) == _src_tree(want.split("+")[0]) and "+" not in want:
+        return r
+    if not any_commit:
+        return None
+    return {**r, "reused": f"measured at aekit commit {r[key]} (src/ changed since in: "
+                          f"{_src_changes(r[key]) or 'nothing'})"}
+
+
+def store(method: str, domain: str, set_name: str, seeds: list[int], result: dict, commit: str) -> None:
+    if "error" in result or not result.get("runs") or (method in AEKIT_METHODS and "+" in commit):
+        return
+    if method in AEKIT_METHODS:
+        result = {**result, "aekit_commit": commit}
+    f = _cache_file(method, domain, set_name, seeds)
+    f.parent.mkdir(parents=True, exist_ok=True)
+    f.write_text(json.dumps(result) + "\n")
+
+
+def reusable(previous: dict | None, methods: list[str], seeds: list[int]) -> dict:
+    """{(domain, set, method): result} from the RESULTS_adbench.json of an earlier run, for ``methods`` (the slow
+    pyod AutoEncoder and VAE by default): same protocol, same seeds; the split fingerprints are checked by
+    ``summarize`` against the other methods' of this run. Reads the format with domains and the older one
+    (one folder: the tables)."""
+    if not previous or previous.get("meta", {}).get("seeds") != seeds:
+        return {}
+    meta, raw = previous["meta"], previous["raw"]
+    if "domains" not in meta:
+        raw = {"tables": raw}
+    where = f"reused from RESULTS_adbench.json of {meta.get('date', '?')} (aekit commit {meta.get('aekit_commit')})"
+    out = {}
+    for domain, sets in raw.items():
+        for set_name, by_method in sets.items():
+            for m in methods:
+                r = by_method.get(m)
+                if r and r.get("runs") and "error" not in r:
+                    out[(domain, set_name, m)] = {**r, "reused": r.get("reused", where)}
+    return out
+
+
 def mean_ranks(table: dict[str, dict[str, float]], methods: list[str]) -> dict[str, float]:
     """Mean over sets of each method's rank on the set (1 = highest AUROC; ties share the mean rank)."""
     from scipy.stats import rankdata
 
     ranks = {m: [] for m in methods}
-    for row in table.values():
-        if not all(np.isfinite(row.get(m, np.nan)) for m in methods):
-            continue
-        r = rankdata([-row[m] for m in methods])
-        for m, v in zip(methods, r):
+    for row in table.values():  # among the methods with a result on the set
+        there = [m for m in methods if np.isfinite(row.get(m, np.nan))]
+        r = rankdata([-row[m] for m in there])
+        for m, v in zip(there, r):
             ranks[m].append(float(v))
     return {m: float(np.mean(v)) if v else float("nan") for m, v in ranks.items()}
 
 
+def worst_losses(table: dict[str, dict[str, float]], methods: list[str], sets: list[str]) -> dict:
+    """Per method, the largest loss on any set against IForest and against the best baseline there (the best
+    of the pyod methods other than itself): {"iforest": [points, set], "best": [points, set, baseline]}."""
+    out = {}
+    for m in methods:
+        vs_if, vs_best = [-np.inf, None], [-np.inf, None, None]
+        for s in sets:
+            row = {k: v for k, v in table[s].items() if np.isfinite(v)}
+            if m not in row:
+                continue
+            if "iforest" in row and m != "iforest" and row["iforest"] - row[m] > vs_if[0]:
+                vs_if = [row["iforest"] - row[m], s]
+            others = [b for b in BASELINES if b in row and b != m]
+            if others:
+                b = max(others, key=lambda k: row[k])
+                if row[b] - row[m] > vs_best[0]:
+                    vs_best = [row[b] - row[m], s, b]
+        out[m] = {"iforest": vs_if if vs_if[1] else None, "best": vs_best if vs_best[1] else None}
+    return out
+
+
 def summarize(results: dict[str, dict[str, dict]], methods: list[str], sets: list[str]) -> dict:
-    """Per-set mean AUROC (x100) over seeds, means over sets, mean ranks, mean seconds per (set, seed)."""
+    """One domain: per-set mean AUROC (x100) over seeds, means over sets, mean ranks, the worst set against
+    IForest and against the best baseline, mean seconds per (set, seed) and their ratio to pyod AutoEncoder's."""
     table, secs, problems = {}, {m: [] for m in methods}, []
     for s in sets:
         table[s] = {}
@@ -268,12 +390,30 @@ def summarize(results: dict[str, dict[str, dict]], methods: list[str], sets: lis
         for seed, fp in prints.items():
             if len(fp) > 1:
                 problems.append(f"{s} seed {seed}: the methods saw different splits ({sorted(fp)})")
-    complete = [s for s in sets if all(np.isfinite(table[s][m]) for m in methods)]
-    mean_auroc = {m: float(np.mean([table[s][m] for s in complete])) if complete else float("nan") for m in methods}
-    return {"table": table, "complete_sets": complete, "mean_auroc": mean_auroc,
-            "mean_rank": mean_ranks({s: table[s] for s in complete}, methods),
-            "mean_seconds": {m: float(np.mean(v)) if v else float("nan") for m, v in secs.items()},
-            "problems": problems}
+    # the sets where every method without gaps has a result; a method with gaps (pyod's MCD where it did not finish
+    # in time) is averaged, ranked and compared over the sets it has, and says how many
+    have = {m: [s for s in sets if np.isfinite(table[s][m])] for m in methods}
+    most = max(len(v) for v in have.values())
+    full = [m for m in methods if len(have[m]) == most]
+    complete = [s for s in sets if all(np.isfinite(table[s][m]) for m in full)]
+    on = {m: [s for s in complete if np.isfinite(table[s][m])] for m in methods}
+    mean_auroc = {m: float(np.mean([table[s][m] for s in on[m]])) if on[m] else float("nan") for m in methods}
+    iforest_on = {m: float(np.mean([table[s]["iforest"] for s in on[m]])) if on[m] and "iforest" in methods
+                  else float("nan") for m in methods}
+    mean_seconds = {m: float(np.mean(v)) if v else float("nan") for m, v in secs.items()}
+    ae = mean_seconds.get("pyod-ae", float("nan"))
+    base = [m for m in methods if m in BASELINES]
+    bests = [max(v) for v in ([table[s][b] for b in base if np.isfinite(table[s][b])] for s in complete) if v]
+    best_per_set = float(np.mean(bests)) if bests else float("nan")
+    return {"table": table, "complete_sets": complete, "mean_auroc": mean_auroc, "n_sets": {m: len(on[m]) for m in
+                                                                                             methods},
+            "iforest_on_same_sets": iforest_on, "mean_rank": mean_ranks({s: table[s] for s in complete}, methods),
+            "worst": worst_losses(table, methods, complete), "mean_seconds": mean_seconds,
+            "seconds_vs_pyod_ae": {m: v / ae if np.isfinite(ae) and ae > 0 else float("nan")
+                                   for m, v in mean_seconds.items()},
+            "wins_vs_iforest": {m: sum(table[s][m] > table[s]["iforest"] for s in on[m])
+                                for m in methods if "iforest" in methods},
+            "best_baseline_per_set": best_per_set, "problems": problems}
 
 
 def cpu_model() -> str:
@@ -302,12 +442,17 @@ def loadavg() -> str:
         return "?"
 
 
-def render(summary: dict, methods: list[str], meta: dict) -> str:
+def _pts(v: float) -> str:
+    return f"{v:+.1f}" if np.isfinite(v) else "-"
+
+
+def render(summaries: dict[str, dict], methods: list[str], meta: dict) -> str:
     heads = [LABELS.get(m, m) for m in methods]
     lines = ["# ADBench, unsupervised protocol: aekit side by side with pyod", "",
              "Generated by `python benchmarks/adbench.py` (see its docstring for the protocol). Test AUROC x100, "
              f"mean over seeds {meta['seeds']}; rank 1 = best on a set; seconds = fit + score per (set, seed), "
-             "measured inside each method's own subprocess (1 thread each).", "",
+             "measured inside each method's own subprocess (1 thread each). Each data folder is a domain, "
+             "reported on its own.", "",
              f"- command: `{meta['command']}`",
              f"- date: {meta['date']}; wall time of the whole run: {meta['wall_minutes']:.1f} min "
              f"({meta['jobs']} subprocess(es) at a time)",
@@ -317,20 +462,44 @@ def render(summary: dict, methods: list[str], meta: dict) -> str:
              f"- machine: {meta['machine']}; Python {meta['python']}; load average {meta['load_start']} at the "
              f"start, {meta['load_end']} at the end (the machine is shared: seconds are noisy, compare within a "
              "row of sets run back to back)",
-             f"- data: {meta['n_sets']} sets from `{meta['data_dir']}`", ""]
-    s = summary
-    lines += ["## Summary", "", "| method | mean AUROC | mean rank | mean seconds (fit+score) |", "|---|---|---|---|"]
-    for m, h in zip(methods, heads):
-        lines.append(f"| {h} | {s['mean_auroc'][m]:.2f} | {s['mean_rank'][m]:.2f} | {s['mean_seconds'][m]:.2f} |")
-    lines += ["", f"Means over the {len(s['complete_sets'])} sets where every method has a result.", ""]
-    lines += ["## Per set", "", "| set | " + " | ".join(heads) + " |", "|---" * (len(methods) + 1) + "|"]
-    for name, row in s["table"].items():
-        best = max((v for v in row.values() if np.isfinite(v)), default=float("nan"))
-        cells = [f"**{row[m]:.1f}**" if np.isfinite(row[m]) and row[m] == best else
-                 (f"{row[m]:.1f}" if np.isfinite(row[m]) else "-") for m in methods]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    if s["problems"]:
-        lines += ["", "## Notes", ""] + [f"- {p}" for p in s["problems"]]
+             "- data: " + "; ".join(f"{d['name']}: {d['n_sets']} sets from `{d['dir']}`" for d in meta["domains"]),
+             f"- measured in this run: {', '.join(meta['ran']) or 'nothing'}; reused: "
+             + ("; ".join(f"{k}: {v}" for k, v in meta["reused"].items()) or "nothing"), ""]
+    for domain, s in summaries.items():
+        n = len(s["complete_sets"])
+        lines += [f"## {domain}: summary over {n} sets", "",
+                  "| method | mean AUROC | vs IForest | mean rank | sets above IForest | worst loss vs IForest (set) "
+                  "| worst loss vs best baseline (set, baseline) | seconds | x pyod AutoEncoder |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for m, h in zip(methods, heads):
+            w = s["worst"][m]
+            wi = f"{w['iforest'][0]:.1f} ({w['iforest'][1]})" if w["iforest"] else "-"
+            wb = f"{w['best'][0]:.1f} ({w['best'][1]}, {LABELS.get(w['best'][2], w['best'][2])})" if w["best"] \
+                else "-"
+            d_if = s["mean_auroc"][m] - s["mean_auroc"].get("iforest", float("nan"))
+            d_if = s["mean_auroc"][m] - s["iforest_on_same_sets"][m]
+            wins = f"{s['wins_vs_iforest'][m]} of {s['n_sets'][m]}" if m != "iforest" and s.get("wins_vs_iforest") \
+                else "-"
+            gaps = f" ({s['n_sets'][m]} sets)" if s["n_sets"][m] < n else ""
+            lines.append(f"| {h} | {s['mean_auroc'][m]:.2f}{gaps} | {_pts(d_if) if m != 'iforest' else '-'} | "
+                         f"{s['mean_rank'][m]:.2f} | {wins} | {wi} | {wb} | {s['mean_seconds'][m]:.2f} | "
+                         f"{s['seconds_vs_pyod_ae'][m]:.2f} |")
+        lines += ["", f"Means over the {n} sets where every method without gaps has a result (a method with fewer "
+                  "sets is averaged, ranked and compared with IForest over its own). The best baseline of each set "
+                  f"(the best pyod method there, chosen with the test labels: an oracle) averages "
+                  f"{s['best_baseline_per_set']:.2f}.", ""]
+    for domain, s in summaries.items():
+        lines += [f"## {domain}: per set", "", "| set | " + " | ".join(heads) + " |", "|---" * (len(methods) + 1)
+                  + "|"]
+        for name, row in s["table"].items():
+            best = max((v for v in row.values() if np.isfinite(v)), default=float("nan"))
+            cells = [f"**{row[m]:.1f}**" if np.isfinite(row[m]) and row[m] == best else
+                     (f"{row[m]:.1f}" if np.isfinite(row[m]) else "-") for m in methods]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    problems = [f"{d}: {p}" for d, s in summaries.items() for p in s["problems"]]
+    if problems:
+        lines += ["## Notes", ""] + [f"- {p}" for p in problems]
     if meta.get("notes"):
         lines += ["", "## About the methods", ""] + [f"- {n}" for n in meta["notes"]]
     return "\n".join(lines) + "\n"
@@ -341,15 +510,18 @@ def print_table(summary: dict, methods: list[str]) -> None:
     print(f"{'set':22}" + "".join(f"{m[:w]:>{w + 1}}" for m in methods))
     for name, row in summary["table"].items():
         print(f"{name[:22]:22}" + "".join(f"{row[m]:{w + 1}.1f}" for m in methods))
-    for key, fmt in (("mean_auroc", "{:.2f}"), ("mean_rank", "{:.2f}"), ("mean_seconds", "{:.2f}")):
-        print(f"{key:22}" + "".join(f"{fmt.format(summary[key][m]):>{w + 1}}" for m in methods))
+    for key, fmt in (("mean_auroc", "{:.2f}"), ("mean_rank", "{:.2f}"), ("mean_seconds", "{:.2f}"),
+                     ("seconds_vs_pyod_ae", "{:.2f}")):
+        print(f"{key[:22]:22}" + "".join(f"{fmt.format(summary[key][m]):>{w + 1}}" for m in methods))
 
 
 NOTES = [
-    "aekit.Detector(): aekit's detector class with the defaults of the commit measured: an ae D-64-64-16-64-64-D "
-    "trained ~150 Adam steps on standardized inputs; score = Mahalanobis distance of the code + squared "
-    "residuals in units of each feature's typical residual, statistics refitted 3 times on the 80% of the train "
-    "split with the lowest score (the configuration selected in benchmarks/README.md).",
+    "aekit.Detector(): aekit's detector class with the defaults of the commit measured (issue 18, chosen by "
+    "benchmarks/adbench_select.py: RESULTS_adbench_select.md): 2 cross-fitted members, each an ae D-64-64-k-64-64-D "
+    "(k = min(16, D // 2, rows of a fold // 6)) trained ~100 Adam steps on one half of the distinct rows of the "
+    "standardized train split; each member's joint-score statistics (Mahalanobis distance of the code + squared "
+    "residuals in units of each feature's typical residual, refitted 3 times on the 80% lowest) and its median/IQR "
+    "come from the half it did not train on; a test row gets the mean of the members' normalized scores.",
     "aekit plain ae: `aekit.build('ae')` and `aekit.TrainConfig()` defaults (MLP D-256-16-256-D, 20 epochs), "
     "standardized inputs, reconstruction error as the score; its training and scoring are one call, counted "
     "as fit.",
@@ -357,6 +529,10 @@ NOTES = [
     "columns (after subsampling) some ratios are exactly 0 and every score is +inf: every test example ties "
     "(AUROC 0.5). The side ranks scores (+inf above every finite score) rather than failing; the count of "
     "non-finite scores is listed in the notes.",
+    "Seconds of reused results are those of the run that measured them (the header says which and when); this "
+    "machine is shared and its load varies several-fold between runs, so a ratio of seconds is only exact between "
+    "methods measured in the same run: `--results adbench_timing` runs a few sets back to back for that "
+    "(RESULTS_adbench_timing.md).",
     "pyod's AutoEncoder and VAE default to random_state=42 (the same initial weights at every seed), as in "
     "ADBench; only verbose=0 is passed.",
 ]
@@ -365,28 +541,48 @@ NOTES = [
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("data_dir", help="folder of ADBench-format .npz files (X, y)")
+    p.add_argument("data_dir", nargs="+", help="folder(s) of ADBench-format .npz files (X, y); each is a domain")
     p.add_argument("--seeds", default=",".join(map(str, SEEDS)))
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {', '.join(METHODS)}")
     p.add_argument("--sets", default="", help="comma-separated set names (file stems); default: every .npz")
     p.add_argument("--jobs", type=int, default=1, help="subprocesses at a time (default 1)")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds per subprocess")
+    p.add_argument("--reuse", default="pyod-ae,pyod-vae,aekit-ae",
+                   help="methods whose results are taken from the RESULTS_adbench.json of an earlier run where it "
+                   "has them (same seeds; the split fingerprints are checked); '' reruns everything "
+                   "(default: pyod-ae,pyod-vae,aekit-ae: ~10, ~30 and ~3 s per (set, seed); aekit-ae is the plain "
+                   "autoencoder with the library's defaults, which the detector's changes do not touch)")
+    p.add_argument("--reuse-only", action="store_true", help="never run the --reuse methods: where no earlier "
+                   "result exists (e.g. a new domain) they are reported as not measured")
+    p.add_argument("--cached-only", action="store_true", help="run nothing: report what the caches and --reuse hold "
+                   "(the rest as not measured; aekit's results of any commit, naming the files of src/ changed since), "
+                   "e.g. to write the report of runs made piecewise")
+    p.add_argument("--no-cache", action="store_true", help="rerun pyod's methods even where benchmarks/.cache "
+                   "holds their result for the same set, seeds and pyod release")
     p.add_argument("--no-write", action="store_true", help="print only; leave RESULTS_adbench.* as they are")
+    p.add_argument("--results", default="adbench", help="write benchmarks/RESULTS_<this>.md and .json (default "
+                   "adbench; e.g. adbench_timing for a same-load timing comparison on a few sets)")
     p.add_argument("--side", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",") if s]
     if args.side:
-        aekit_side(args.side, args.data_dir, seeds)
+        aekit_side(args.side, args.data_dir[0], seeds)
         return 0
 
-    data = Path(args.data_dir)
-    files = sorted(data.glob("*.npz"), key=lambda f: (int(f.stem.split("_")[0]) if f.stem.split("_")[0].isdigit()
-                                                       else 10**9, f.stem))
-    if args.sets:
-        want = args.sets.split(",")
-        files = [f for f in files if f.stem in want]
-    if not files:
-        print(f"no .npz files{' matching --sets' if args.sets else ''} in {data}", file=sys.stderr)
+    def number_first(f):
+        head = f.stem.split("_")[0]
+        return (int(head) if head.isdigit() else 10**9, f.stem)
+
+    domains = {}  # name -> (folder, files)
+    for folder in map(Path, args.data_dir):
+        files = sorted(folder.glob("*.npz"), key=number_first)
+        if args.sets:
+            files = [f for f in files if f.stem in args.sets.split(",")]
+        if files:
+            domains[domain_of(folder)] = (folder, files)
+    if not domains:
+        print(f"no .npz files{' matching --sets' if args.sets else ''} in {', '.join(args.data_dir)}",
+              file=sys.stderr)
         return 2
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     bad = [m for m in methods if m not in METHODS]
@@ -402,44 +598,73 @@ def main(argv=None) -> int:
             methods = [m for m in methods if m not in PYOD_METHODS]
         else:
             pyod_versions = versions(pyod_py, ["pyod", "torch", "scikit-learn", "numpy"])
+    commit = code_version()
+    previous = json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.exists() else None
+    reuse = reusable(previous, [m for m in args.reuse.split(",") if m in methods], seeds)
     load_start, t0 = loadavg(), time.perf_counter()
-    results = {f.stem: {} for f in files}
-    # one (set, method) pair per subprocess; a set's methods back to back, sets in order of the files
-    pairs = [(f, m) for f in files for m in methods]
+    results = {d: {f.stem: {} for f in files} for d, (_, files) in domains.items()}
+    ran, reused = set(), {}
+    pairs = []  # one (set, method) pair per subprocess; a set's methods back to back, sets in order of the files
+    for d, (_, files) in domains.items():
+        for f in files:
+            for m in methods:
+                got = reuse.get((d, f.stem, m))
+                if got is None and not args.no_cache:
+                    got = cached(m, d, f.stem, seeds, pyod_versions.get("pyod", "?"), commit, args.cached_only)
+                    if got is not None:
+                        what = f"aekit commit {commit}" if m in AEKIT_METHODS else f"pyod {got.get('pyod')}"
+                        got = {**got, "reused": got.get("reused", f"cached by an earlier run of this harness "
+                                                        f"(benchmarks/.cache; {what})")}
+                if got is not None:
+                    results[d][f.stem][m] = got
+                    reused.setdefault(m, set()).add(got["reused"])
+                elif args.cached_only or (args.reuse_only and m in args.reuse.split(",")):
+                    results[d][f.stem][m] = {"error": "not measured in time: no earlier result and "
+                                             + ("--cached-only" if args.cached_only else "--reuse-only")}
+                else:
+                    pairs.append((d, f, m))
 
     def work(pair):
-        f, m = pair
+        d, f, m = pair
         r = run_one(m, f, seeds, pyod_py, args.timeout)
-        results[f.stem][m] = r
+        results[d][f.stem][m] = r
+        store(m, d, f.stem, seeds, r, commit)
+        ran.add(m)
         aucs = " ".join(f"{x['auroc'] * 100:.1f}" for x in r.get("runs", []))
         secs = sum(x["fit_seconds"] + x["score_seconds"] for x in r.get("runs", []))
-        print(f"  {f.stem:22} {m:10} {r.get('error') or f'AUROC {aucs}  ({secs:.1f} s fit+score)'}", flush=True)
+        print(f"  {d[:10]:10} {f.stem:22} {m:10} {r.get('error') or f'AUROC {aucs}  ({secs:.1f} s fit+score)'}",
+              flush=True)
 
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as ex:
         list(ex.map(work, pairs))
     wall = time.perf_counter() - t0
-    sets = [f.stem for f in files]
-    summary = summarize(results, methods, sets)
-    print()
-    print_table(summary, methods)
-    for pr in summary["problems"]:
-        print("note:", pr)
-    detector = "; ".join(f"{m}: " + next((r["detector"] for s in sets for mm, r in results[s].items()
-                                           if mm == m and r.get("detector")), "no result")
+    summaries = {}
+    for d, (_, files) in domains.items():
+        summaries[d] = summarize(results[d], methods, [f.stem for f in files])
+        print(f"\n== {d}")
+        print_table(summaries[d], methods)
+        for pr in summaries[d]["problems"]:
+            print("note:", pr)
+    detector = "; ".join(f"{m}: " + next((r["detector"] for dom in results.values() for by in dom.values()
+                                           for mm, r in by.items() if mm == m and r.get("detector")), "no result")
                          for m in methods if m in AEKIT_METHODS) or "not run"
     meta = {"command": "python benchmarks/adbench.py " + shlex.join(sys.argv[1:] if argv is None else argv),
             "date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"), "wall_minutes": wall / 60, "jobs": args.jobs,
-            "aekit_commit": code_version(), "aekit_detector": detector,
+            "aekit_commit": commit, "aekit_detector": detector,
             "pyod_versions": ", ".join(f"{k} {v}" for k, v in pyod_versions.items()) or "not run",
             "machine": cpu_model(), "python": platform.python_version(), "load_start": load_start,
-            "load_end": loadavg(), "n_sets": len(sets), "data_dir": str(args.data_dir), "seeds": seeds,
-            "notes": NOTES}
+            "load_end": loadavg(), "seeds": seeds,
+            "domains": [{"name": d, "dir": str(folder), "n_sets": len(files)}
+                        for d, (folder, files) in domains.items()],
+            "ran": sorted(ran, key=methods.index),
+            "reused": {m: " / ".join(sorted(v)) for m, v in reused.items()}, "notes": NOTES}
     print(f"\nwall time {wall / 60:.1f} min")
     if not args.no_write:
-        RESULTS_MD.write_text(render(summary, methods, meta))
-        RESULTS_JSON.write_text(json.dumps({"meta": meta, "methods": methods, "summary": summary,
-                                            "raw": results}, indent=1, default=float) + "\n")
-        print(f"wrote {RESULTS_MD.relative_to(HERE.parent)} and {RESULTS_JSON.relative_to(HERE.parent)}")
+        md, js = HERE / f"RESULTS_{args.results}.md", HERE / f"RESULTS_{args.results}.json"
+        md.write_text(render(summaries, methods, meta))
+        js.write_text(json.dumps({"meta": meta, "methods": methods, "summary": summaries,
+                                  "raw": results}, indent=1, default=float) + "\n")
+        print(f"wrote {md.relative_to(HERE.parent)} and {js.relative_to(HERE.parent)}")
     return 0
 
 

@@ -45,7 +45,7 @@ def planted():
     y = np.r_[np.zeros(570), np.ones(30)]
     order = np.random.default_rng(2).permutation(len(X))
     X, y = X[order], y[order]
-    return X, y, Detector(contamination=0.05, random_state=0, **FAST).fit(X)
+    return X, y, Detector(contamination=0.05, random_state=0, folds=1, **FAST).fit(X)  # one member (its math)
 
 
 class FrameLike:
@@ -268,7 +268,7 @@ def test_model_options_reach_the_family():
     det = Detector(model="dae", model_options={"noise": "mask", "noise_level": 0.2}, random_state=0,
                    **{**FAST, "epochs": 2}).fit(table(100, 0))
     cfg = det.models_[0].config
-    assert (cfg.noise, cfg.noise_level, cfg.hidden, cfg.latent_dim) == ("mask", 0.2, (32,), 16)  # TABLE_LATENT
+    assert (cfg.noise, cfg.noise_level, cfg.hidden, cfg.latent_dim) == ("mask", 0.2, (32,), 4)  # 8 features // 2
     vae = Detector(model="vae", random_state=0, **{**FAST, "epochs": 2}).fit(table(100, 0))
     assert vae.anomaly_score_ == "joint"  # "auto" is the joint score for every family
     np.testing.assert_array_equal(vae.decision_function(table(20, 1)), vae.decision_function(table(20, 1)))
@@ -277,9 +277,11 @@ def test_model_options_reach_the_family():
 def test_default_budget_and_preprocessing():
     X = table(300, 4)
     det = Detector(random_state=0).fit(X)  # a table: about 150 steps, no early stopping, best val epoch kept
-    assert det.train_config_.epochs == 50 and det.train_config_.patience == 0  # 270 rows: 3 steps per epoch
+    # cross-fitted: 2 members, each on one fold (150 rows: 135 to train, 2 steps per epoch, ~100 steps)
+    assert len(det.models_) == 2 and det.normalization_.shape == (2, 2)
+    assert det.train_config_.epochs == 50 and det.train_config_.patience == 0
     cfg = det.models_[0].config
-    assert len(det.history_) == 50 and (cfg.latent_dim, cfg.hidden) == (16, (64, 64))
+    assert len(det.history_) == 50 and (cfg.latent_dim, cfg.hidden) == (4, (64, 64))  # code: 8 features // 2
     assert det.anomaly_score_ == "joint"
     big = Detector(random_state=0, hidden=(8,), latent_dim=2).fit(table(30000, 4))  # 211 steps per epoch
     assert big.train_config_.epochs == 1
@@ -292,8 +294,8 @@ def test_default_budget_and_preprocessing():
 
 def test_ensemble_and_robust_training(planted):
     X, y, _ = planted
-    ens = Detector(n_estimators=3, contamination=0.05, random_state=0, anomaly_score="recon_error",
-                   **{**FAST, "epochs": 8}).fit(X)
+    ens = Detector(n_estimators=3, folds=1, contamination=0.05, random_state=0, anomaly_score="recon_error",
+                   **{**FAST, "epochs": 8}).fit(X)  # folds=1: every member on every row
     assert len(ens.models_) == 3 and ens.normalization_.shape == (3, 2)
     assert roc_auc_score(y, ens.decision_scores_) > 0.9
     # each member's training scores, normalized by their median and IQR, averaged
@@ -306,6 +308,43 @@ def test_ensemble_and_robust_training(planted):
     assert roc_auc_score(y, rob.decision_scores_) > 0.9
     assert rob.decision_scores_.shape == (len(X),)
     assert rob.data_spec_.stats != ens.data_spec_.stats  # statistics of the rows that were kept
+
+
+def test_cross_fitting_scores_each_training_row_with_the_member_that_did_not_train_on_it(tmp_path):
+    X = table(150, 3)
+    X = np.vstack([X, X[:40]])  # duplicated rows, as ADBench's resampling of small sets makes them
+    det = Detector(random_state=0, folds=3, **{**FAST, "epochs": 3}).fit(X)
+    assert len(det.models_) == 3 and len(det.joint_) == 3
+    folds = aekit.adapt.fold_ids(X, 3, det.seeds_[0])
+    np.testing.assert_array_equal(folds[:40], folds[150:])  # a row and its copies share a fold
+    assert sorted(np.bincount(folds[:150])) == [50, 50, 50]
+    x = det._model_input(X)
+    member = []
+    for k, (model, js) in enumerate(zip(det.models_, det.joint_)):
+        z = aekit.metrics.codes(model, x).double().numpy()
+        r = (x - aekit.metrics.reconstructions(model, x)).double().numpy()
+        d = z - js.mu
+        raw = np.einsum("ij,jk,ik->i", d, js.prec, d) + ((r / js.sigma) ** 2).sum(1)
+        member.append((raw - det.normalization_[k, 0]) / det.normalization_[k, 1])
+        # the training rows of fold k are scored by member k alone, with statistics fitted on fold k
+        np.testing.assert_allclose(det.decision_scores_[folds == k], member[k][folds == k], rtol=1e-5, atol=1e-6)
+        med = np.median(raw[folds == k])
+        assert abs(med - det.normalization_[k, 0]) < 1e-6 * max(1.0, abs(med))
+    np.testing.assert_allclose(det.decision_function(X), np.mean(member, axis=0), rtol=1e-5, atol=1e-6)
+    back = Detector.load(det.save(tmp_path / "det"))
+    np.testing.assert_array_equal(back.decision_function(X[:20]), det.decision_function(X[:20]))
+
+
+def test_the_threshold_holds_on_unseen_rows_of_a_tiny_table():
+    """90 rows of 13 features, the defaults: with the statistics of the rows the network trained on (folds=1)
+    the contamination threshold flags most unseen normal rows; cross-fitted, about the contamination."""
+    rng = np.random.default_rng(0)
+    mix = rng.normal(size=(13, 13))
+    train, new = rng.normal(size=(90, 13)) @ mix, rng.normal(size=(400, 13)) @ mix
+    old = Detector(folds=1, latent_dim=16, contamination=0.05, random_state=0).fit(train)
+    det = Detector(contamination=0.05, random_state=0).fit(train)
+    assert len(det.models_) == 2 and old.predict(new).mean() > 0.2  # 4x the contamination
+    assert det.predict(new).mean() < 0.15
 
 
 # --- randomness and the scikit-learn contract --------------------------------------------------------------
@@ -385,7 +424,7 @@ def test_save_and_load_an_ensemble(tmp_path):
     X = table(200, 6)
     det = Detector(n_estimators=2, random_state=0, **{**FAST, "epochs": 2}).fit(X)
     back = Detector.load(det.save(tmp_path / "ens"))
-    assert len(back.models_) == 2
+    assert len(back.models_) == 4  # 2 members on each of the 2 folds
     np.testing.assert_array_equal(back.decision_function(X), det.decision_function(X))
     np.testing.assert_array_equal(back.normalization_, det.normalization_)
     assert back.threshold_ == det.threshold_

@@ -16,7 +16,7 @@ LAYERS = [
     {"run", "outputs"},
     {"metrics", "plots", "scoring"},
     {"trainer", "callbacks", "loggers"},  # the loggers of --log draw figures (plots) while training
-    {"report", "compare", "detector", "encoder", "export"},
+    {"report", "compare", "detector", "adapt", "encoder", "export"},
     {"cli", "__init__", "__main__", "serve"},
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}

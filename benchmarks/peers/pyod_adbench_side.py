@@ -2,7 +2,8 @@
 
     python pyod_adbench_side.py METHOD SET.npz [--seeds 1,2,3]
 
-METHOD is one of iforest, ecod, pca, pyod-ae, pyod-vae. For each seed: the split of ADBench's unsupervised
+METHOD is one of iforest, ecod, pca, mcd, knn, cblof, hbos, copod, lof, pyod-ae, pyod-vae. For each seed:
+the split of ADBench's unsupervised
 protocol (``benchmarks/adbench.py``'s ``protocol_split``, imported from there so both sides read the same
 code), then, as ADBench's ``PYOD.fit`` does, ``np.random.seed(seed)`` and the detector built with its
 default settings (only ``verbose=0`` is passed to the deep ones: no progress lines, same model), fitted on
@@ -26,24 +27,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _common import Timer, emit, stdout_to_stderr  # noqa: E402
 
+# pyod's detectors with their default settings, as ADBench's baseline/PyOD.py builds them (class and module)
+CLASSES = {"iforest": ("iforest", "IForest"), "ecod": ("ecod", "ECOD"), "pca": ("pca", "PCA"),
+           "mcd": ("mcd", "MCD"), "knn": ("knn", "KNN"), "cblof": ("cblof", "CBLOF"), "hbos": ("hbos", "HBOS"),
+           "copod": ("copod", "COPOD"), "lof": ("lof", "LOF"), "pyod-ae": ("auto_encoder", "AutoEncoder"),
+           "pyod-vae": ("vae", "VAE")}
+
 
 def make(method: str):
-    if method == "iforest":
-        from pyod.models.iforest import IForest
-        return IForest()
-    if method == "ecod":
-        from pyod.models.ecod import ECOD
-        return ECOD()
-    if method == "pca":
-        from pyod.models.pca import PCA
-        return PCA()
-    if method == "pyod-ae":
-        from pyod.models.auto_encoder import AutoEncoder
-        return AutoEncoder(verbose=0)
-    if method == "pyod-vae":
-        from pyod.models.vae import VAE
-        return VAE(verbose=0)
-    raise SystemExit(f"unknown method {method!r}; expected iforest, ecod, pca, pyod-ae or pyod-vae")
+    import importlib
+
+    if method not in CLASSES:
+        raise SystemExit(f"unknown method {method!r}; expected one of {', '.join(CLASSES)}")
+    module, name = CLASSES[method]
+    cls = getattr(importlib.import_module(f"pyod.models.{module}"), name)
+    return cls(verbose=0) if method in ("pyod-ae", "pyod-vae") else cls()
 
 
 def main() -> None:

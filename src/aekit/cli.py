@@ -241,10 +241,18 @@ def cmd_train(args) -> int:
         out = distributed.agree(choose_out, main_only=True, share=True)
         try:
             ds = datasets.load(dcfg)
-            model = registry.build_for(args.model, ds, seed=tcfg.seed, **model_opts)
             name = args.model
             args.run_dir = out
-            result = trainer.fit(model, ds, tcfg, out_dir=out, quiet=args.quiet or None, model_name=name)
+            if args.contamination is not None:  # the detector: aekit.Detector's defaults and fitting (aekit.adapt)
+                from .adapt import fit_run
+
+                if distributed.world_size() > 1:
+                    raise ConfigError("--contamination fits a detector in one process; run it without torchrun")
+
+                det, result = fit_run(name, ds, out, args.contamination, train_opts, model_opts, seed=tcfg.seed)
+            else:
+                model = registry.build_for(args.model, ds, seed=tcfg.seed, **model_opts)
+                result = trainer.fit(model, ds, tcfg, out_dir=out, quiet=args.quiet or None, model_name=name)
         except AekitError:
             if not args.out and distributed.is_main() and not any(out.iterdir()):
                 out.rmdir()  # the default folder this command made, still empty: no trace of a failed start
@@ -256,18 +264,22 @@ def cmd_train(args) -> int:
         return 0
     test = metrics.reconstruction_metrics(result.model, ds, "test")
     used = result.config
-    if not args.resume and "epochs" not in train_opts:  # say what the automatic budget chose
+    if args.contamination is not None and not args.resume:
+        print(f"detector: {len(det.models_)} member(s), code {det.models_[0].latent_dim}, {used.epochs} epochs "
+              "each, cross-fitted where the rows allow (aekit.Detector's defaults; docs/design.md)")
+    elif not args.resume and "epochs" not in train_opts:  # say what the automatic budget chose
         stop = f", early stopping after {used.patience} epochs without improvement" if used.patience else ""
         print(f"epochs: {used.epochs}, chosen for {ds.x_train.shape[0]} training examples (at least "
               f"{AUTO_STEPS} steps of batch {used.batch_size}, {AUTO_EPOCHS[0]} to {AUTO_EPOCHS[1]} epochs){stop}; "
               f"threads: {used.threads}")
     if result.note:
         print(f"aekit train: warning: {result.note.replace('RUN', str(out))}", file=sys.stderr)
-    if args.contamination is not None:  # a threshold for `aekit score`, as PyOD sets it
+    if args.contamination is not None and args.resume:  # a threshold for `aekit score`, as PyOD sets it
         from .detector import Detector
 
         det = Detector.load(out).set_contamination(ds.to_user_units(ds.x_train).numpy(), args.contamination)
         det.save_state(out)
+    if args.contamination is not None:
         print(f"threshold {det.threshold_:.6g}: {args.contamination:g} of the training data scores above it")
     print(f"trained {name} on {ds.name}: {len(result.history)} epochs "
           f"({result.stopped}), best epoch {result.best_epoch}, val loss {result.best_val_loss:.4f}")

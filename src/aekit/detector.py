@@ -31,35 +31,43 @@ table is scaled with statistics of the training rows that are saved with the mod
 "standard" = mean and std, "minmax" = min and range, "none"; images are used as they are, in [0, 1]).
 New data at predict time is read the same way with the same statistics, in the caller's row order.
 
-Defaults: chosen by benchmarks/adbench.py (ADBench's unsupervised protocol, 33 tables, 3 seeds; evidence in
-benchmarks/RESULTS_adbench.md) for tables, and on a validation split of Fashion-MNIST's training images for
-images (benchmarks/fmnist_oneclass.py; RESULTS_fmnist_oneclass.md):
+Defaults: chosen by benchmarks/adbench_select.py for tables (leave-one-group-out over groups of ADBench sets,
+embeddings and sets made from them; benchmarks/README.md, "Selection protocol"; evidence in
+benchmarks/RESULTS_adbench_select.md and RESULTS_adbench.md), and on a validation split of Fashion-MNIST's
+training images for images (benchmarks/fmnist_oneclass.py; RESULTS_fmnist_oneclass.md):
 
 - ``model="ae"``: the plain autoencoder; any family of ``aekit.MODELS`` that trains without labels (cvae and
   the supervised aae need labels: a ConfigError). ``model_options``: that family's own options.
   ``encoder`` / ``decoder`` (with ``encoder_args`` / ``decoder_args``): custom networks, as ``aekit.build`` takes
   them (an import path 'package.module:Class', or an instance whose arguments can be recovered).
-- ``latent_dim=None``: 16 for a table (``TABLE_LATENT``); ``max(2, min(32, d // 4))`` for images of d values.
+- ``folds="auto"``: on a table, cross-fitting (``aekit.adapt``): the distinct rows are dealt into 2 folds
+  (1, no cross-fitting, below 20 distinct rows; images: 1); the ``n_estimators`` members of fold k train on the
+  other folds, and their score statistics, normalization and the training scores of fold k's rows come from
+  fold k, which they never saw, so the contamination threshold holds on unseen rows. An int sets K (1: every
+  member trains on every row and the statistics come from those rows, as before issue 18).
+- ``latent_dim=None``: for a table ``aekit.adapt.table_latent``: min(16, d // 2, rows of a fold // 6), at
+  least 1; ``max(2, min(32, d // 4))`` for images of d values.
   ``hidden=None``: (64, 64) for a table with an MLP (``TABLE_HIDDEN``); the family's default for images.
-- ``epochs=None``: tables: about ``TABLE_STEPS`` = 150 optimizer steps (``round(150 / steps_per_epoch)``
+- ``epochs=None``: tables: about ``TABLE_STEPS`` = 100 optimizer steps per member (``round(100 / steps_per_epoch)``
   epochs, at least 1), no early stopping, the weights of the best validation epoch kept; ADBench's tables are
   small and a short budget generalizes best there. Images: ``ceil(TARGET_STEPS / steps_per_epoch)`` epochs
   capped at ``MAX_EPOCHS`` (about 1500 steps, at most 200 epochs), with early stopping after ``PATIENCE``
   epochs without improvement of the loss on the held-out ``val_fraction`` of X. An explicit ``epochs`` trains
   that many epochs (best validation weights kept). With fewer than ``1 / val_fraction`` rows there is no
   validation part.
-- ``anomaly_score="auto"``: ``"joint"`` for every family (``aekit.scoring.JointStats``): with z = f(x) the code and
-  r = x - g(f(x)) the residual in the model's units, ``(z - mu)' S^-1 (z - mu) + sum_d (r_d / sigma_d)^2``,
-  i.e. -2 log p(x) + const under "code ~ N(mu, S), x | code ~ N(g(code), diag sigma^2)", its statistics fitted
-  on the training rows and refitted on their least anomalous 80%. ``"recon_error"``: the sum of squared
-  errors of the reconstruction (model units). ``"neg_elbo"``: -ELBO in nats, ``MC_SAMPLES`` posterior samples
-  from a fixed seed, for probabilistic families (vae, iwae); the Monte-Carlo -ELBO of a row depends slightly
-  on the other rows of its batch (one generator draws for the batch). A plain run directory of ``aekit
-  train`` opened with ``load`` has no joint statistics: there "auto" is "neg_elbo" for probabilistic families
-  and "recon_error" for the others.
-- ``n_estimators=1``: members trained from different seeds. With several, each member's scores are
-  normalized by the median and interquartile range of its own training scores, ``(s - median) / IQR``, and
-  averaged (not ranks: a rank saturates beyond the largest training score, where the outliers are).
+- ``anomaly_score="auto"``: ``"joint"`` for every family (``aekit.scoring.JointStats``): with z = f(x) the code
+  and r = x - g(f(x)) the residual in the model's units, ``(z - mu)' S^-1 (z - mu) + sum_d (r_d / sigma_d)^2``,
+  i.e. -2 log p(x) + const under "code ~ N(mu, S), x | code ~ N(g(code), diag sigma^2)", its statistics fitted on the
+  training rows a member did not train on (``folds``) and refitted on their least anomalous 80%.
+  ``"recon_error"``: the sum of squared errors of the reconstruction (model units). ``"neg_elbo"``: -ELBO in
+  nats, ``MC_SAMPLES`` posterior samples from a fixed seed, for probabilistic families (vae, iwae); the
+  Monte-Carlo -ELBO of a row depends slightly on the other rows of its batch (one generator draws for the
+  batch). A plain run directory of ``aekit train`` opened with ``load`` has no joint statistics: there "auto" is
+  "neg_elbo" for probabilistic families and "recon_error" for the others.
+- ``n_estimators=1``: members per fold, trained from different seeds. With several members in all, each
+  member's scores are normalized by the median and interquartile range of its scores of the rows it did not
+  train on (with ``folds=1``: of its training rows), ``(s - median) / IQR``, and averaged (not ranks: a rank
+  saturates beyond the largest training score, where the outliers are).
 - ``robust=False``: when True, a first pass is trained on all rows, the rows above the (1 - contamination)
   quantile of its training scores are dropped, and the detector is trained again on the rest (preprocessing
   statistics included).
@@ -101,7 +109,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
-from . import metrics, plots, registry, scoring, trainer
+from . import adapt, metrics, plots, registry, scoring, trainer
 from .arraylike import to_numpy
 from .config import TrainConfig, resolve_device
 from .datasets import DataConfig, check_arrays, from_arrays, preview, read_samples
@@ -114,10 +122,10 @@ MAX_EPOCHS = 200  # ... but at most this many epochs
 PATIENCE = 10  # epochs=None: early stopping after this many epochs without a better validation loss
 PNG_IMAGES = 16  # explain(png=...) draws the first images only
 SCORES = ("auto", *scoring.SCORES)
-# the defaults for tables, chosen by benchmarks/adbench.py (ADBench's unsupervised protocol, 33 sets, 3 seeds)
-TABLE_LATENT = 16  # latent_dim=None on a table
+# the defaults for tables, chosen by benchmarks/adbench_select.py (see aekit.adapt for folds and the code size)
+TABLE_LATENT = 16  # the largest code of a table (fit sizes a table's code with adapt.table_latent)
 TABLE_HIDDEN = (64, 64)  # hidden=None on a table with an MLP family
-TABLE_STEPS = 150  # epochs=None on a table: about this many optimizer steps, best validation epoch kept
+TABLE_STEPS = 100  # epochs=None on a table: about this many optimizer steps per member, best validation epoch kept
 PREPROCESSING = ("standard", "minmax", "none")
 _SET_BY_DETECTOR = {"latent_dim": "Detector(latent_dim=...)", "hidden": "Detector(hidden=...)",
                     "input_shape": "the data", "num_classes": "the data (a detector has no labels)"}
@@ -141,11 +149,12 @@ class Detector(BaseEstimator):
         That family's own options (e.g. ``{"noise": "mask"}`` for dae, ``{"arch": "conv"}``); latent_dim and
         hidden are set by the parameters below.
     latent_dim : int or None, default None
-        Code size; None: 16 for a table, ``max(2, min(32, d // 4))`` for images of d values.
+        Code size; None: for a table min(16, d // 2, rows of a fold // 6) (``aekit.adapt.table_latent``),
+        ``max(2, min(32, d // 4))`` for images of d values.
     hidden : tuple of int or None, default None
         Hidden layer widths (conv: channel counts); None: (64, 64) for a table with an MLP, else the family's.
     epochs : int or None, default None
-        Training epochs; None: about 150 optimizer steps for a table, about 1500 steps (at most 200 epochs,
+        Training epochs; None: about 100 optimizer steps per member for a table, about 1500 steps (at most 200 epochs,
         early stopping after 10 without improvement) for images. The best validation epoch is kept.
     batch_size : int, default 128
         Rows per optimizer step.
@@ -162,7 +171,8 @@ class Detector(BaseEstimator):
     val_fraction : float in [0, 0.5], default 0.1
         The share of the rows held out to pick the best epoch (none with fewer than 1 / val_fraction rows).
     n_estimators : int, default 1
-        Members trained from different seeds; their scores are normalized by median and IQR and averaged.
+        Members per fold trained from different seeds; their scores are normalized by median and IQR (of the
+        rows each did not train on) and averaged.
     robust : bool, default False
         Train twice: the second time without the rows above the (1 - contamination) training-score quantile.
     random_state : None, int or numpy.random.RandomState, default None
@@ -171,6 +181,16 @@ class Detector(BaseEstimator):
         Where to train and score: "auto" (CUDA, else MPS, else the CPU), "cpu", "cuda", "cuda:1", "mps".
     verbose : bool, default False
         Show the trainer's progress bar.
+    encoder, decoder : str or torch.nn.Module or None, default None
+        Custom networks, as ``aekit.build`` takes them: an import path "package.module:Class", or an instance
+        whose class is importable and whose arguments can be recovered.
+    encoder_args, decoder_args : dict or None, default None
+        JSON keyword arguments of the custom networks.
+    folds : "auto" or int, default "auto"
+        Cross-fitting (``aekit.adapt``): "auto" deals a table's distinct rows into 2 folds (1 below 20 distinct
+        rows, and for images); the members of fold k train on the other folds, and the score statistics,
+        normalization and training scores of fold k's rows come from fold k, so the contamination threshold
+        holds on unseen rows. 1: every member trains on every row, as before.
 
     Attributes
     ----------
@@ -194,7 +214,7 @@ class Detector(BaseEstimator):
     def __init__(self, model="ae", model_options=None, latent_dim=None, hidden=None, epochs=None, batch_size=128,
                  lr=1e-3, contamination=0.1, anomaly_score="auto", preprocessing="standard", val_fraction=0.1,
                  n_estimators=1, robust=False, random_state=None, device="auto", verbose=False, encoder=None,
-                 encoder_args=None, decoder=None, decoder_args=None):
+                 encoder_args=None, decoder=None, decoder_args=None, folds="auto"):
         self.model = model
         self.model_options = model_options
         self.latent_dim = latent_dim
@@ -215,6 +235,7 @@ class Detector(BaseEstimator):
         self.encoder_args = encoder_args
         self.decoder = decoder
         self.decoder_args = decoder_args
+        self.folds = folds
 
     # --- training -------------------------------------------------------------------------------
     def fit(self, X, y=None):
@@ -236,26 +257,42 @@ class Detector(BaseEstimator):
         kind = _kind_of(arr)
         check_arrays(arr, "X", copies=2)  # the members' training data and the rows scored
         rng = check_random_state(self.random_state)
-        seeds = [int(s) for s in rng.randint(0, 2**31 - 1, size=int(self.n_estimators) + 1)]
-        rows = arr
+        k = adapt.n_folds(self.folds, arr, kind)  # cross-fitting (aekit.adapt): k folds, k > 1
+        seeds = [int(s) for s in rng.randint(0, 2**31 - 1, size=k * int(self.n_estimators) + 1)]
+        rows, kept = arr, None
         for attempt in range(2 if self.robust else 1):
             ds = self._training_data(rows, kind, columns, seeds[0])
-            fitted = [self._train_member(ds, seed) for seed in seeds[1:]]  # (TrainConfig, FitResult) each
-            models = [result.model for _, result in fitted]
-            score = scoring.resolve_score(self.anomaly_score, models[0])
-            pre = Preprocess(kind, tuple(ds.shape), ds.spec.stats, models[0].dtype).to(models[0].device)
-            x = pre(torch.from_numpy(read_samples(arr, kind=kind)).to(models[0].device))
-            # the joint score's statistics come from the rows the members trained on
-            joint = None
-            if score == "joint":
-                on = x if rows is arr else pre(torch.from_numpy(read_samples(rows, kind=kind)).to(x.device))
-                joint = scoring.fit_joint(models, on, kind)
-            scorer = Scorer(models, kind=kind, stats=ds.spec.stats, score=score, joint=joint)
-            raw = scorer.raw_model_units(x).cpu().numpy()
-            norm = scoring.normalization(raw)
-            scores = raw[0] if norm is None else ((raw - norm[:, :1]) / norm[:, 1:]).mean(axis=0)
+            latent = self.latent_dim if self.latent_dim is not None or kind != "table" else \
+                adapt.table_latent(len(rows), ds.dim, k)
+            stats = ds.spec.stats
+            if k > 1:  # members trained on k-1 folds; statistics, normalization, training scores from the other
+                cf = adapt.cross_fit(rows, k, seeds[1:], seeds[0], lambda r, seed, stats=stats, latent=latent: (
+                    self._train_member(self._training_data(r, kind, columns, seeds[0], stats), seed, latent)),
+                    lambda model, r, ds=ds: self._held_out(model, _model_rows(r, kind, ds, model), kind, ds))
+                fitted, norm = cf.fitted, cf.normalization
+                models = [result.model for _, result in fitted]
+                score = scoring.resolve_score(self.anomaly_score, models[0])
+                joint = cf.stats if score == "joint" else None
+                scores = cf.scores
+                if rows is not arr:  # robust's second pass: the rows it dropped were seen by no member
+                    scorer = Scorer(models, kind=kind, stats=stats, score=score, joint=joint)
+                    scores = _combine(scorer.raw_model_units(_model_rows(arr, kind, ds, models[0])).cpu().numpy(), norm)
+                    scores[kept] = cf.scores
+            else:
+                fitted = [self._train_member(ds, seed, latent) for seed in seeds[1:]]  # (TrainConfig, FitResult)
+                models = [result.model for _, result in fitted]
+                score = scoring.resolve_score(self.anomaly_score, models[0])
+                x = _model_rows(arr, kind, ds, models[0])
+                joint = None
+                if score == "joint":  # the statistics come from the rows the members trained on
+                    on = x if rows is arr else _model_rows(rows, kind, ds, models[0])
+                    joint = scoring.fit_joint(models, on, kind)
+                raw = Scorer(models, kind=kind, stats=stats, score=score, joint=joint).raw_model_units(x).cpu().numpy()
+                norm = scoring.normalization(raw)
+                scores = _combine(raw, norm)
             if self.robust and attempt == 0:  # drop the rows that look like outliers, train again
-                rows = arr[scores <= np.quantile(scores, 1.0 - float(self.contamination))]
+                kept = scores <= np.quantile(scores, 1.0 - float(self.contamination))
+                rows = arr[kept]
 
         for stale in ("feature_names_in_", "calibration_scores_"):  # of an earlier fit or calibrate
             self.__dict__.pop(stale, None)
@@ -348,6 +385,10 @@ class Detector(BaseEstimator):
                                      ("preprocessing", self.preprocessing, PREPROCESSING)):
             if value not in choices:
                 raise ConfigError(f"Detector({name}={value!r}): choose one of {', '.join(map(repr, choices))}")
+        if not (self.folds == "auto" or (isinstance(self.folds, numbers.Integral) and not isinstance(self.folds, bool)
+                                         and self.folds >= 1)):
+            raise ConfigError(f"Detector(folds={self.folds!r}): expected 'auto' or an integer >= 1 (1: no "
+                              "cross-fitting)")
         if not isinstance(self.robust, (bool, np.bool_)):
             raise ConfigError(f"Detector(robust={self.robust!r}): expected True or False")
         self._train_config(epochs=1, seed=0)  # batch_size, lr, device: TrainConfig's checks and messages
@@ -356,11 +397,11 @@ class Detector(BaseEstimator):
         return TrainConfig.from_dict({"epochs": epochs, "batch_size": self.batch_size, "lr": self.lr, "seed": seed,
                                       "patience": patience, "device": self.device}, what="Detector")
 
-    def _training_data(self, rows: np.ndarray, kind: str, columns, seed: int):
-        """The Dataset the members train on: a validation part when there are rows enough for one."""
+    def _training_data(self, rows: np.ndarray, kind: str, columns, seed: int, stats: dict | None = None):
+        """The Dataset the members train on: a validation part when there are rows enough for one (``stats``:
+        scaled with these, e.g. those of all rows for a cross-fitted member, instead of rows' own)."""
         val_fraction = float(self.val_fraction) if len(rows) * float(self.val_fraction) >= 1.0 else 0.0
-        stats = None
-        if kind == "table" and self.preprocessing != "standard":
+        if stats is None and kind == "table" and self.preprocessing != "standard":
             lo, hi = rows.min(axis=0).astype(np.float64), rows.max(axis=0).astype(np.float64)
             span = np.where(hi > lo, hi - lo, 1.0)
             stats = ({"mean": lo.tolist(), "std": span.tolist()} if self.preprocessing == "minmax"
@@ -368,7 +409,15 @@ class Detector(BaseEstimator):
         return from_arrays(rows, kind=kind, name="X", val_fraction=val_fraction, test_fraction=0.0, seed=seed,
                            stats=stats, feature_names=None if kind == "image" else columns)
 
-    def _train_member(self, ds, seed: int):
+    def _held_out(self, model, x: torch.Tensor, kind: str, ds):
+        """A cross-fitted member's score statistics (None for a score without any) and raw scores, from rows
+        x (model units) it did not train on."""
+        score = scoring.resolve_score(self.anomaly_score, model)
+        joint = scoring.fit_joint([model], x, kind) if score == "joint" else None
+        scorer = Scorer([model], kind=kind, stats=ds.spec.stats, score=score, joint=joint)
+        return (None if joint is None else joint[0]), scorer.raw_model_units(x).cpu().numpy()[0]
+
+    def _train_member(self, ds, seed: int, latent: int | None = None):
         """One autoencoder trained on ds from ``seed``: (its TrainConfig, the trainer's FitResult)."""
         options = dict(self.model_options or {})
         options.update({k: getattr(self, k) for k in ("encoder", "encoder_args", "decoder", "decoder_args")
@@ -378,8 +427,9 @@ class Detector(BaseEstimator):
         table = ds.kind == "table"
         if self.hidden is None and table and options.get("arch", "mlp") == "mlp":
             options.setdefault("hidden", TABLE_HIDDEN)
-        latent = self.latent_dim if self.latent_dim is not None else (
-            TABLE_LATENT if table else max(2, min(32, ds.dim // 4)))
+        if latent is None:
+            latent = self.latent_dim if self.latent_dim is not None else (
+                TABLE_LATENT if table else max(2, min(32, ds.dim // 4)))
         model = registry.build_for(self.model, ds, seed=seed, latent_dim=int(latent), **options)
         if model.capabilities.uses_labels:  # e.g. the supervised aae
             raise _needs_labels(self.model, " with these model_options")
@@ -890,3 +940,14 @@ def _default_names(ds) -> list[str]:
 
 
 __all__ = ["Detector", "NotCalibratedError"]
+
+
+def _model_rows(rows: np.ndarray, kind: str, ds, model) -> torch.Tensor:
+    """Rows in the user's units as ``model`` reads them (the run's preprocessing, ``scoring.Preprocess``)."""
+    pre = Preprocess(kind, tuple(ds.shape), ds.spec.stats, model.dtype).to(model.device)
+    return pre(torch.from_numpy(read_samples(rows, kind=kind)).to(model.device))
+
+
+def _combine(raw: np.ndarray, norm: np.ndarray | None) -> np.ndarray:
+    """The members' raw scores (members, n) as one score: each normalized by its (median, IQR), then averaged."""
+    return raw[0] if norm is None else ((raw - norm[:, :1]) / norm[:, 1:]).mean(axis=0)

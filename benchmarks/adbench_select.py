@@ -1,0 +1,313 @@
+"""The selection of aekit.Detector()'s defaults by cross-validation over groups of sets (issue 18).
+
+    benchmarks/.venvs/pyod-adbench/bin/python benchmarks/adbench_select.py [--seeds 1] [--candidates a,b]
+
+The protocol is written in benchmarks/README.md ("Selection protocol"): six groups of sets (small, lowdim,
+highdim tables, embeddings, planted synthetic anomalies, tiny subsamples), the candidates listed in
+CANDIDATES, leave-one-group-out: for each group, the candidate with the best mean rank on the other groups
+(groups weighted equally, ties broken by the smaller worst-set loss against IForest), reported on the group
+it did not see. Runs in the pyod environment that benchmarks/adbench.py creates (pyod's IForest and MCD in
+the same process, aekit from this checkout: set PYTHONPATH=src). One thread; results per (candidate, set,
+seed) are cached in benchmarks/.cache/adbench-select, so an interrupted run resumes. Writes
+benchmarks/RESULTS_adbench_select.md and .json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from adbench import N_MIN, TEST_SIZE, _set_seed, cpu_model, load_set, loadavg, protocol_split  # noqa: E402
+
+SHARED = Path("/work/shared/data")
+TABLES, EMBEDDINGS = SHARED / "adbench", SHARED / "adbench-embeddings"
+CACHE = HERE / ".cache" / "adbench-select"
+OUT_MD, OUT_JSON = HERE / "RESULTS_adbench_select.md", HERE / "RESULTS_adbench_select.json"
+PLANT_BASES = ["4_breastw", "18_Ionosphere", "NLP_by_RoBERTa__20news_3"]
+PLANT_TYPES = ["local", "global", "dependency", "clustered"]
+TINY_BASES = ["4_breastw", "7_Cardiotocography", "12_fault", "18_Ionosphere", "29_Pima", "41_Waveform", "43_WDBC",
+              "47_yeast"]
+TINY_ROWS = 200
+# name -> (Detector parameters, optimizer steps of a table member)
+CANDIDATES = {
+    "current": ({"folds": 1, "latent_dim": 16}, 150),
+    "cf2-data": ({"folds": 2}, 150),
+    "cf3-data": ({"folds": 3}, 150),
+    "cf2-data-100": ({"folds": 2}, 100),  # within the time budget: ~200 steps in all (the current default: 150)
+    "cf3-data-75": ({"folds": 3}, 75),
+}
+GROUPS = ["small", "lowdim", "highdim", "embeddings", "planted", "tiny"]
+# the time budget, relative to the current default timed in the same run: in RESULTS_adbench.json (tables) pyod
+# AutoEncoder took 9.96 s and the current default 1.60 s per fit+score, so 1/4 of the former is 1.56x the latter
+BUDGET = 9.96 / 4 / 1.60
+
+
+# --------------------------------------------------------------------------------------------------
+# the pool
+
+
+def plant(Xn: np.ndarray, kind: str, rng: np.random.RandomState) -> np.ndarray:
+    """Anomalies of ADBench's synthetic types made from the normal rows Xn (5%, at least 10)."""
+    from sklearn.mixture import GaussianMixture
+
+    n = max(10, round(0.05 * len(Xn)))
+    mu, sd = Xn.mean(0), Xn.std(0)
+    sd = np.where(sd > 0, sd, 1.0)
+    z = (Xn - mu) / sd
+    if kind == "global":
+        lo, hi = z.min(0), z.max(0)
+        pad = 0.1 * (hi - lo)
+        a = rng.uniform(lo - pad, hi + pad, size=(n, z.shape[1]))
+    elif kind == "dependency":  # each feature from the normal rows' values, independently of the others
+        a = np.stack([z[rng.randint(0, len(z), n), j] for j in range(z.shape[1])], axis=1)
+    else:
+        cov = "full" if z.shape[1] <= 50 else "diag"
+        g = GaussianMixture(n_components=3, covariance_type=cov, random_state=0, reg_covar=1e-3).fit(z)
+        comp = rng.choice(3, size=n, p=g.weights_)
+        a = np.empty((n, z.shape[1]))
+        for c in range(3):  # local: the mixture with its covariances x5; clustered: with its means x5
+            idx = comp == c
+            cv = g.covariances_[c] if cov == "full" else np.diag(g.covariances_[c])
+            mean = g.means_[c] * (5.0 if kind == "clustered" else 1.0)
+            a[idx] = rng.multivariate_normal(mean, cv * (5.0 if kind == "local" else 1.0), size=int(idx.sum()))
+    return a * sd + mu
+
+
+def pool() -> list[dict]:
+    """Every set of the selection: name, group, X, y, and whether the protocol resamples it."""
+    sets = []
+    for f in sorted(TABLES.glob("*.npz")):
+        X, y = load_set(f)
+        group = "small" if len(y) < N_MIN else ("lowdim" if X.shape[1] <= 12 else "highdim")
+        sets.append({"name": f.stem, "group": group, "X": X, "y": y, "resample": True})
+    for f in sorted(EMBEDDINGS.glob("*.npz")):
+        X, y = load_set(f)
+        sets.append({"name": f.stem, "group": "embeddings", "X": X, "y": y, "resample": True})
+    by_name = {s["name"]: s for s in sets}
+    for base in PLANT_BASES:
+        X, y = by_name[base]["X"], by_name[base]["y"]
+        Xn = X[y == 0]
+        if len(Xn) > 3000:
+            Xn = Xn[np.random.RandomState(0).choice(len(Xn), 3000, replace=False)]
+        for i, kind in enumerate(PLANT_TYPES):
+            a = plant(Xn.astype(np.float64), kind, np.random.RandomState(100 + i))
+            sets.append({"name": f"{base}+{kind}", "group": "planted", "X": np.vstack([Xn, a]),
+                         "y": np.r_[np.zeros(len(Xn)), np.ones(len(a))], "resample": True})
+    for base in TINY_BASES:
+        X, y = by_name[base]["X"], by_name[base]["y"]
+        rng = np.random.RandomState(7)
+        n_a = max(int(round(TINY_ROWS * y.mean())), TINY_ROWS // 10)
+        ia = rng.choice(np.flatnonzero(y == 1), min(n_a, int(y.sum())), replace=False)
+        inn = rng.choice(np.flatnonzero(y == 0), TINY_ROWS - len(ia), replace=False)
+        idx = np.r_[inn, ia]
+        sets.append({"name": f"{base}@{TINY_ROWS}", "group": "tiny", "X": X[idx], "y": y[idx], "resample": False})
+    return sets
+
+
+def split(s: dict, seed: int) -> dict:
+    if s["resample"]:
+        return protocol_split(s["X"], s["y"], seed)
+    from sklearn.model_selection import train_test_split
+    from sklearn.preprocessing import MinMaxScaler
+
+    _set_seed(seed)
+    X_train, X_test, _, y_test = train_test_split(s["X"], s["y"], test_size=TEST_SIZE, shuffle=True, stratify=s["y"])
+    scaler = MinMaxScaler().fit(X_train)
+    return {"X_train": scaler.transform(X_train), "X_test": scaler.transform(X_test), "y_test": y_test}
+
+
+# --------------------------------------------------------------------------------------------------
+# the methods
+
+
+def run_method(method: str, d: dict, seed: int) -> dict:
+    from sklearn.metrics import roc_auc_score
+
+    import aekit
+    import aekit.detector as detmod
+
+    t0 = time.perf_counter()
+    _set_seed(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if method in ("iforest", "mcd"):
+            from pyod.models.iforest import IForest
+            from pyod.models.mcd import MCD
+
+            det = (IForest() if method == "iforest" else MCD()).fit(d["X_train"])
+        else:
+            params, steps = CANDIDATES[method]
+            detmod.TABLE_STEPS = steps
+            try:
+                det = aekit.Detector(random_state=seed, **params).fit(d["X_train"])
+            finally:
+                detmod.TABLE_STEPS = 150
+        scores = np.asarray(det.decision_function(d["X_test"]), dtype=np.float64)
+    secs = time.perf_counter() - t0
+    ok = np.isfinite(scores).all()
+    return {"auroc": float(roc_auc_score(d["y_test"], scores)) if ok else 0.5, "seconds": secs}
+
+
+def measure(sets, methods, seeds, log) -> dict:
+    """{set: {method: {seed: {auroc, seconds}}}}, cached per (method, set, seed)."""
+    out = {}
+    for s in sets:
+        out[s["name"]] = {}
+        for seed in seeds:
+            d = None
+            for m in methods:
+                if m == "mcd" and (s["X"].shape[1] > 40 or len(s["y"]) > N_MIN):
+                    continue  # a reference only: pyod's MCD takes ~1 min on 7000 rows here, hours on 512 features
+                f = CACHE / m / f"{s['name']}__{seed}.json"
+                if f.exists():
+                    r = json.loads(f.read_text())
+                else:
+                    d = d or split(s, seed)
+                    r = run_method(m, d, seed)
+                    f.parent.mkdir(parents=True, exist_ok=True)
+                    f.write_text(json.dumps(r))
+                    log(f"  {s['group']:10} {s['name']:34} {seed} {m:13} {100 * r['auroc']:6.1f} {r['seconds']:6.2f} s")
+                out[s["name"]].setdefault(m, {})[seed] = r
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# the rule
+
+
+def figures(names, res, cands, seeds) -> dict:
+    """Per candidate, over ``names``: mean AUROC, mean rank among ``cands``, mean AUROC of IForest / MCD on the
+    same sets, worst-set loss vs IForest, mean seconds."""
+    from scipy.stats import rankdata
+
+    auc = {m: {n: 100 * np.mean([res[n][m][s]["auroc"] for s in seeds]) for n in names if m in res[n]}
+           for m in list(cands) + ["iforest", "mcd"]}
+    ranks = {m: [] for m in cands}
+    for n in names:
+        r = rankdata([-auc[m][n] for m in cands])
+        for m, v in zip(cands, r):
+            ranks[m].append(v)
+    out = {}
+    for m in cands:
+        loss = {n: auc["iforest"][n] - auc[m][n] for n in names}
+        worst = max(loss, key=loss.get)
+        mcd_names = [n for n in names if n in auc["mcd"]]
+        out[m] = {"auroc": float(np.mean([auc[m][n] for n in names])), "rank": float(np.mean(ranks[m])),
+                  "iforest": float(np.mean([auc["iforest"][n] for n in names])),
+                  "mcd": float(np.mean([auc["mcd"][n] for n in mcd_names])) if mcd_names else None,
+                  "auroc_on_mcd_sets": float(np.mean([auc[m][n] for n in mcd_names])) if mcd_names else None,
+                  "n_mcd": len(mcd_names),
+                  "worst_vs_iforest": [float(loss[worst]), worst],
+                  "seconds": float(np.mean([res[n][m][s]["seconds"] for n in names for s in seeds]))}
+    return out
+
+
+def choose(groups: list[str], by_group: dict, eligible: list[str]) -> str:
+    """The rule: the best mean (over groups) of the group's mean rank among the candidates; ties: the smaller
+    worst-set loss against IForest over those groups."""
+    def key(m):
+        return (np.mean([by_group[g][m]["rank"] for g in groups]),
+                max(by_group[g][m]["worst_vs_iforest"][0] for g in groups))
+    return min(eligible, key=key)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seeds", default="1")
+    p.add_argument("--candidates", default=",".join(CANDIDATES))
+    p.add_argument("--groups", default=",".join(GROUPS))
+    args = p.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(1)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    cands = args.candidates.split(",")
+    groups = args.groups.split(",")
+    t0, load0 = time.perf_counter(), loadavg()
+    sets = [s for s in pool() if s["group"] in groups]
+    res = measure(sets, ["iforest", "mcd", *cands], seeds, lambda m: print(m, flush=True))
+    names = {g: [s["name"] for s in sets if s["group"] == g] for g in groups}
+    by_group = {g: figures(names[g], res, cands, seeds) for g in groups}
+    table_groups = [g for g in ("small", "lowdim", "highdim") if g in groups]
+    secs = {m: float(np.mean([by_group[g][m]["seconds"] for g in table_groups])) for m in cands}
+    ref = secs.get("current")
+    in_budget = [m for m in cands if ref is None or secs[m] <= BUDGET * ref] or cands
+    # the threshold must hold on unseen rows (issue 18; tests/test_detector.py, tests/test_recipe_breast_cancer.py):
+    # a candidate that takes its statistics from the rows its network trained on (folds=1) flags 25-100% of the
+    # unseen normal rows of a small table at contamination 0.05, so it is not eligible as the default
+    eligible = [m for m in in_budget if CANDIDATES[m][0].get("folds", 2) != 1] or in_budget
+    rank_only = choose(groups, by_group, in_budget)
+    folds = []
+    for g in groups:
+        rest = [h for h in groups if h != g]
+        m = choose(rest, by_group, eligible)
+        folds.append({"held_out": g, "chosen": m, **by_group[g][m]})
+    final = choose(groups, by_group, eligible)
+    meta = {"command": "benchmarks/.venvs/pyod-adbench/bin/python benchmarks/adbench_select.py "
+                       + " ".join(sys.argv[1:] if argv is None else argv),
+            "date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"), "seeds": seeds, "machine": cpu_model(),
+            "load": f"{load0} -> {loadavg()}", "wall_minutes": (time.perf_counter() - t0) / 60,
+            "sets": {g: names[g] for g in groups}}
+    OUT_JSON.write_text(json.dumps({"meta": meta, "candidates": {m: CANDIDATES[m] for m in cands},
+                                    "by_group": by_group, "seconds_tables": secs, "in_budget": in_budget,
+                                    "eligible": eligible, "rank_only_choice": rank_only,
+                                    "folds": folds, "final": final, "raw": res}, indent=1, default=float) + "\n")
+    OUT_MD.write_text(render(meta, cands, groups, by_group, secs, in_budget, eligible, rank_only, folds, final))
+    print(OUT_MD.read_text())
+    return 0
+
+
+def render(meta, cands, groups, by_group, secs, in_budget, eligible, rank_only, folds, final) -> str:
+    L = ["# Selection of aekit.Detector()'s defaults: leave-one-group-out over groups of sets", "",
+         "Generated by `benchmarks/adbench_select.py`; the protocol is benchmarks/README.md's \"Selection protocol\". "
+         f"Test AUROC x100, mean over seeds {meta['seeds']}; ranks among the candidates; fit+score seconds per "
+         "(set, seed), one thread, in one process (the machine is shared).", "",
+         f"- command: `{meta['command']}`", f"- date: {meta['date']}; {meta['wall_minutes']:.1f} min; load average "
+         f"{meta['load']}; {meta['machine']}", ""]
+    L += ["## Candidates", "", "| candidate | Detector parameters | steps per member | seconds on tables | "
+          f"within the budget ({BUDGET:.2f}x the current default's seconds) | eligible |", "|---|---|---|---|---|---|"]
+    for m in cands:
+        L.append(f"| {m} | `{CANDIDATES[m][0]}` | {CANDIDATES[m][1]} | {secs[m]:.2f} | "
+                 f"{'yes' if m in in_budget else 'no'} | {'yes' if m in eligible else 'no'} |")
+    L += ["", "Eligible: within the budget and cross-fitted. A candidate whose statistics come from the rows its "
+          "network trained on (folds=1) sets a threshold that does not hold on unseen rows (it flags 25-100% of the "
+          "unseen normal rows of a small table at contamination 0.05: tests/test_detector.py, issue 18's "
+          "breast-cancer recipe), which the issue requires. By mean rank alone, among the candidates within the "
+          f"budget, the rule would pick **{rank_only}**."]
+    L += ["", "## Held-out folds (the candidate chosen without the group, on the group)", "",
+          "| held-out group | sets | chosen on the other groups | mean AUROC | IForest | vs IForest | MCD (sets with "
+          "<= 40 features and under 1000 rows: candidate / MCD) | worst loss vs IForest (set) |",
+          "|---|---|---|---|---|---|---|---|"]
+    for f in folds:
+        g = f["held_out"]
+        mcd = f"{f['auroc_on_mcd_sets']:.2f} / {f['mcd']:.2f} ({f['n_mcd']})" if f["mcd"] is not None else "-"
+        L.append(f"| {g} | {len(meta['sets'][g])} | {f['chosen']} | {f['auroc']:.2f} | {f['iforest']:.2f} | "
+                 f"{f['auroc'] - f['iforest']:+.2f} | {mcd} | {f['worst_vs_iforest'][0]:.1f} "
+                 f"({f['worst_vs_iforest'][1]}) |")
+    allsets = sum(len(meta["sets"][g]) for g in groups)
+    mean_held = sum(f["auroc"] * len(meta["sets"][f["held_out"]]) for f in folds) / allsets
+    mean_if = sum(f["iforest"] * len(meta["sets"][f["held_out"]]) for f in folds) / allsets
+    L += ["", f"Over the held-out folds ({allsets} sets): {mean_held:.2f} against IForest's {mean_if:.2f} "
+          f"({mean_held - mean_if:+.2f}). **Chosen on all groups: {final}.**", ""]
+    L += ["## Every candidate on every group", "", "| group | " + " | ".join(cands) + " | IForest |",
+          "|---" * (len(cands) + 2) + "|"]
+    for g in groups:
+        cells = [f"{by_group[g][m]['auroc']:.2f} (rank {by_group[g][m]['rank']:.2f}, worst "
+                 f"{by_group[g][m]['worst_vs_iforest'][0]:+.1f})" for m in cands]
+        L.append(f"| {g} | " + " | ".join(cells) + f" | {by_group[g][cands[0]]['iforest']:.2f} |")
+    L += ["", "Worst = the largest loss against IForest on one set of the group (points of AUROC).", "",
+          "## Sets", ""] + [f"- {g}: {', '.join(meta['sets'][g])}" for g in groups]
+    return "\n".join(L) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""How ``aekit.Detector`` fits a table so that its scores hold on rows it never saw (issue 18).
+
+An autoencoder trained on a few hundred rows memorizes them: its codes and residuals on those rows are not
+those of new rows (on 90 rows, 150 steps, a code as wide as the input, the residuals of training rows are
+near zero). Statistics of the score estimated on those rows (the code's covariance, each value's typical
+residual, the median and spread used to normalize, the contamination threshold) are then wrong for every new
+row: the detector ranks new rows by noise, and flags all of them. Two remedies, both chosen by the protocol
+of benchmarks/README.md ("Selection protocol") and measured in benchmarks/RESULTS_adbench_select.md:
+
+- **Cross-fitting** (``folds``): the distinct rows are split into K folds; member k trains on the other K-1
+  folds and its score statistics, its normalization (median and IQR) and the training rows' scores come from
+  fold k, which it never saw. A new row is scored by every member (their normalized scores averaged); a
+  training row by the member(s) that did not train on it, so the contamination threshold is set on scores
+  of unseen rows. Duplicated rows (ADBench's resampling of small sets makes many) fall in one fold together.
+- **A code sized from the data** (``latent_dim=None``): at most ``TABLE_LATENT``, at most half the number
+  of features (a code as wide as the input copies it), and small enough for its covariance to be estimated
+  on one fold (at least ``ROWS_PER_CODE`` rows per code dimension).
+
+The functions here are the policy; ``Detector.fit`` calls them with its own training and scoring steps, and
+``fit_run`` is ``aekit train --contamination``: the same detector, the same defaults, written as a run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+FOLDS = 2  # folds="auto": this many folds on a table with enough distinct rows ...
+MIN_FOLD_ROWS = 10  # ... each fold holding at least this many distinct rows (fewer folds, down to 1, otherwise)
+TABLE_LATENT = 16  # the largest code of a table chosen from the data
+ROWS_PER_CODE = 6  # latent_dim=None: at least this many rows of a fold per code dimension
+
+
+def n_distinct(arr: np.ndarray) -> int:
+    return len(np.unique(arr.reshape(len(arr), -1), axis=0))
+
+
+def n_folds(folds, arr: np.ndarray, kind: str) -> int:
+    """The number of folds ``Detector(folds=...)`` uses on ``arr``: an int as given (1: no cross-fitting);
+    "auto": ``FOLDS`` on a table whose distinct rows fill them with ``MIN_FOLD_ROWS`` each, fewer folds where
+    they do not, 1 for images (their default was chosen on Fashion-MNIST without cross-fitting)."""
+    if folds != "auto":
+        return int(folds)
+    if kind != "table":
+        return 1
+    distinct = n_distinct(arr)
+    return next((k for k in range(FOLDS, 1, -1) if distinct >= k * MIN_FOLD_ROWS), 1)
+
+
+def table_latent(n_rows: int, n_features: int, folds: int) -> int:
+    """The code size of a table of ``n_rows`` training rows and ``n_features`` columns with ``folds`` folds:
+    min(TABLE_LATENT, n_features // 2, rows of one statistics fold // ROWS_PER_CODE), at least 1."""
+    stat_rows = n_rows / folds if folds > 1 else n_rows
+    return int(max(1, min(TABLE_LATENT, n_features // 2, stat_rows // ROWS_PER_CODE)))
+
+
+def fold_ids(arr: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """(n,) fold of each row, 0..k-1: the distinct rows dealt at random into k folds of equal size (within
+    one), every copy of a row in the fold of its first copy."""
+    _, inverse = np.unique(arr.reshape(len(arr), -1), axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    order = np.random.RandomState(seed).permutation(inverse.max() + 1)
+    return (order % k)[inverse]
+
+
+def robust_scale(raw: np.ndarray) -> tuple[float, float]:
+    """(median, interquartile range; 1 where it is 0) of a member's scores of rows it did not train on."""
+    q1, median, q3 = np.percentile(raw, [25, 50, 75])
+    return float(median), float(q3 - q1) if q3 > q1 else 1.0
+
+
+@dataclasses.dataclass
+class CrossFit:
+    fitted: list  # (TrainConfig, FitResult) of each member, fold by fold
+    stats: list  # each member's score statistics (None for scores without any), fitted on its held-out fold
+    normalization: np.ndarray  # (members, 2): median and IQR of each member's scores of its held-out fold
+    scores: np.ndarray  # (n,): each row's normalized score by the member(s) that did not train on it
+    folds: np.ndarray  # (n,): the fold of each row
+
+
+def cross_fit(rows: np.ndarray, k: int, seeds: list[int], fold_seed: int,
+              train: Callable[[np.ndarray, int], tuple], held_out: Callable[[object, np.ndarray], tuple]) -> CrossFit:
+    """Fit ``len(seeds) // k`` members per fold. ``train(rows, seed)`` -> (TrainConfig, FitResult);
+    ``held_out(model, rows)`` -> (statistics or None, raw scores (n,)) of rows the model did not train on."""
+    folds = fold_ids(rows, k, fold_seed)
+    per_fold = len(seeds) // k
+    fitted, stats, norm = [], [], []
+    scores = np.zeros(len(rows))
+    for f in range(k):
+        out = folds == f
+        for seed in seeds[f * per_fold:(f + 1) * per_fold]:
+            cfg, result = train(rows[~out], seed)
+            member_stats, raw = held_out(result.model, rows[out])
+            median, iqr = robust_scale(raw)
+            scores[out] += (raw - median) / iqr / per_fold
+            fitted.append((cfg, result))
+            stats.append(member_stats)
+            norm.append((median, iqr))
+    return CrossFit(fitted, stats, np.asarray(norm, dtype=np.float64), scores, folds)
+
+
+def fit_run(model: str, ds, out, contamination: float, train_options: dict, model_options: dict, seed: int = 0):
+    """``aekit train MODEL --contamination C``: ``Detector(model=MODEL, contamination=C, random_state=seed)``
+    with the command line's training and model options, fitted by ``Detector.fit`` on the dataset's training
+    rows (in the user's units; the detector holds out its own validation and statistics rows) and saved as the
+    run directory ``out`` (its data config is the command line's, so ``aekit score`` and ``aekit calibrate``
+    read new files as this one). Returns (the Detector, a FitResult of its first member, for the summary)."""
+    from . import registry
+    from .config import TrainConfig
+    from .detector import Detector
+    from .trainer import FitResult
+
+    typed = registry.get(model).Config.from_dict(dict(model_options)).to_dict()  # command-line text, typed
+    opts = {k: typed[k] for k in model_options}
+    params = {"latent_dim": opts.pop("latent_dim", None), "hidden": opts.pop("hidden", None)}
+    train = TrainConfig.from_dict(dict(train_options)).to_dict()
+    params.update({k: train[k] for k in ("epochs", "batch_size", "lr", "device") if k in train_options})
+    det = Detector(model=model, model_options=opts or None, contamination=contamination,
+                   random_state=seed, **params)
+    det.fit(ds.to_user_units(ds.x_train).numpy())
+    det.data_spec_ = dataclasses.replace(ds.spec, stats=det.data_spec_.stats)
+    det.save(out)
+    s = det.summary_
+    result = FitResult(model=det.models_[0], history=det.history_, best_epoch=s["best_epoch"],
+                       best_val_loss=math.inf if s["best_val_loss"] is None else s["best_val_loss"],
+                       stopped=s["stopped"], run_dir=str(out), config=det.train_config_)
+    return det, result
+
+
+__all__ = ["CrossFit", "cross_fit", "fit_run", "fold_ids", "n_folds", "table_latent"]
