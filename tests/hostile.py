@@ -1,5 +1,6 @@
-"""Helpers of the hostile-condition tests: a time limit for reads that could block (tests/adversarial/), and
-waiting for a training process to be mid-run before it is killed (test_trainer.py, test_distributed.py)."""
+"""Helpers of the hostile-condition tests: a time limit for reads that could block (tests/adversarial/),
+waiting for a training process to be mid-run before it is killed (test_trainer.py, test_distributed.py), and
+the check that a command failed with one line (exit 2, no traceback)."""
 
 import contextlib
 import signal
@@ -39,3 +40,11 @@ def wait_for_epochs(run_dir: Path, epochs: int, timeout: float) -> None:
         if metrics.exists() and len(metrics.read_text().splitlines()) >= epochs:
             return
         time.sleep(0.005)
+
+
+def one_line(code, err, *fragments):
+    """A command's failure as aekit promises it: exit status 2 and one line on stderr, holding ``fragments``."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    for f in fragments:
+        assert f in lines[0], (f, lines[0])

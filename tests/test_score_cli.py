@@ -7,15 +7,9 @@ import numpy as np
 import pytest
 
 from aekit.scoring import Scorer
+from hostile import one_line
 
 FAST = ["--epochs", "30", "--latent-dim", "2", "--hidden", "16", "--quiet"]
-
-
-def one_line(code, err, *fragments):
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
-    for f in fragments:
-        assert f in lines[0], (f, lines[0])
 
 
 def table(rows: np.ndarray, names, label=None) -> str:

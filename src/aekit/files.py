@@ -239,14 +239,10 @@ def write_json(path, obj: Any) -> None:
 READ_CHUNK = 16 * 2**20  # bytes read at once: memory follows the file's real size, never the bound
 
 
-def read_bytes(path, max_bytes: int, *, what: str = "file") -> bytes:
-    """The bytes of a regular file of at most ``max_bytes``, else a RunError that names it.
-
-    Opened without blocking and checked on the open descriptor (fstat), so a FIFO (which would block, even one
-    swapped in after a check of the path), a device such as /dev/zero (endless), a folder or an oversized file
-    is refused instead of read. Read in chunks: memory follows the file's size, whatever ``max_bytes`` says.
-    """
-    path = Path(path)
+def _open_regular(path: Path, what: str) -> tuple[int, os.stat_result]:
+    """(descriptor, its fstat) of a regular file, opened without blocking and checked on the open descriptor, so
+    a FIFO (which would block, even one swapped in after a check of the path), a device such as /dev/zero, a
+    folder or a socket is refused with a RunError naming it instead of read. The caller closes the descriptor."""
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
     try:
         fd = os.open(path, flags)
@@ -256,12 +252,28 @@ def read_bytes(path, max_bytes: int, *, what: str = "file") -> bytes:
         raise RunError(f"{path}: cannot read the file ({e.strerror or e})") from None
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            kind = ("a folder" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode)
-                    else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "a socket"
-                    if stat.S_ISSOCK(st.st_mode) else "not a regular file")
-            raise RunError(f"{path}: is {kind}, not a regular {what}; the run directory is damaged or was tampered "
-                           "with")
+    except OSError as e:
+        os.close(fd)
+        raise RunError(f"{path}: cannot read the file ({e.strerror or e})") from None
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        kind = ("a folder" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode)
+                else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "a socket"
+                if stat.S_ISSOCK(st.st_mode) else "not a regular file")
+        raise RunError(f"{path}: is {kind}, not a regular {what}; the run directory is damaged or was tampered with")
+    return fd, st
+
+
+def read_bytes(path, max_bytes: int, *, what: str = "file") -> bytes:
+    """The bytes of a regular file of at most ``max_bytes``, else a RunError that names it.
+
+    Opened without blocking and checked on the open descriptor (fstat), so a FIFO (which would block, even one
+    swapped in after a check of the path), a device such as /dev/zero (endless), a folder or an oversized file
+    is refused instead of read. Read in chunks: memory follows the file's size, whatever ``max_bytes`` says.
+    """
+    path = Path(path)
+    fd, st = _open_regular(path, what)
+    try:
         if st.st_size > max_bytes:
             raise RunError(f"{path}: {st.st_size} bytes, more than a {what} can hold ({max_bytes} bytes at most); "
                            "the run directory is damaged or was tampered with")
@@ -339,16 +351,8 @@ def read_tensors_meta(path) -> dict | None:
     """The JSON metadata in the header of a safetensors file (None without any), read without the tensors:
     the file is opened without blocking and must be a regular file (a RunError naming it otherwise)."""
     path = Path(path)
+    fd, st = _open_regular(path, "safetensors file")
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except FileNotFoundError:
-        raise RunError(f"{path}: file not found") from None
-    except OSError as e:
-        raise RunError(f"{path}: cannot read the file ({e.strerror or e})") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise RunError(f"{path}: not a regular file; the run directory is damaged or was tampered with")
         n = int.from_bytes(os.pread(fd, 8, 0), "little")
         if n > min(MAX_HEADER_BYTES, st.st_size - 8):
             raise RunError(f"{path}: not a readable safetensors file (a header of {n} bytes in a file of "

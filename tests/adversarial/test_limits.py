@@ -22,16 +22,9 @@ import aekit
 from aekit import datasets, files
 from aekit.errors import ConfigError, DataError, RunError
 from aekit.run import CONFIG, Run
-from hostile import time_limit
+from hostile import one_line, time_limit
 
 FAST = ["--epochs", "2", "--latent-dim", "2", "--hidden", "16", "--quiet"]
-
-
-def one_line(code, err, *fragments):
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
-    for f in fragments:
-        assert f in lines[0], (f, lines[0])
 
 
 # --- unbounded reads -----------------------------------------------------------------------------

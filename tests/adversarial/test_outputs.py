@@ -21,15 +21,9 @@ from aekit import compare, files
 from aekit.errors import ConfigError, RunError
 from aekit.outputs import check_output
 from aekit.run import CONFIG, FIGURES, REPORT, WEIGHTS, Run
+from hostile import one_line
 
 FAST = ["--epochs", "1", "--latent-dim", "4", "--hidden", "16", "--quiet"]
-
-
-def one_line(code, err, *fragments):
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
-    for f in fragments:
-        assert f in lines[0], (f, lines[0])
 
 
 def digest(folder: Path) -> dict:

@@ -18,15 +18,9 @@ from aekit.config import TrainConfig
 from aekit.errors import TrainingDiverged
 from aekit.models.ae import AE
 from aekit.run import CHECKPOINT, CONFIG, MARKER, METRICS, SUMMARY, WEIGHTS
+from hostile import one_line
 
 FAST = ["--latent-dim", "4", "--hidden", "16", "--quiet", "--limit", "300"]
-
-
-def one_line(code, err, *fragments):
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
-    for f in fragments:
-        assert f in lines[0], (f, lines[0])
 
 
 def snapshot(run):

@@ -21,7 +21,7 @@ from aekit import files, trainer
 from aekit.config import TrainConfig
 from aekit.errors import RunError, TrainingDiverged
 from aekit.run import CHECKPOINT, CONFIG, LOCK, MARKER, METRICS, SUMMARY, WEIGHTS, Run
-from hostile import time_limit
+from hostile import one_line, time_limit
 
 FAST = ["--epochs", "1", "--latent-dim", "4", "--hidden", "16", "--quiet", "--limit", "300"]
 # every command that opens a run, with the arguments it needs
@@ -30,13 +30,6 @@ OPENERS = [
     ["reconstruct", "--out", "{tmp}/r.png"], ["sample", "--out", "{tmp}/s.png", "-n", "4"],
     ["train", "--resume"],
 ]
-
-
-def one_line(code, err, *fragments):
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
-    for f in fragments:
-        assert f in lines[0], (f, lines[0])
 
 
 @pytest.fixture(scope="module")
