@@ -122,6 +122,8 @@ def fit_run(model: str, ds, out, contamination: float, train_options: dict, mode
                    random_state=seed, **params)
     det.fit(ds.to_user_units(ds.x_train).numpy())
     det.data_spec_ = dataclasses.replace(ds.spec, stats=det.data_spec_.stats)
+    if ds.feature_names:  # the table's own column names: `aekit score` and export match new files by them
+        det.feature_names_ = list(ds.feature_names)
     det.save(out)
     s = det.summary_
     result = FitResult(model=det.models_[0], history=det.history_, best_epoch=s["best_epoch"],
@@ -130,4 +132,4 @@ def fit_run(model: str, ds, out, contamination: float, train_options: dict, mode
     return det, result
 
 
-__all__ = ["CrossFit", "cross_fit", "fit_run", "fold_ids", "n_folds", "table_latent"]
+__all__ = ["CrossFit", "cross_fit", "fit_run", "fold_ids", "n_folds", "table_latent", "n_distinct", "robust_scale"]

@@ -27,7 +27,7 @@ from .errors import RunError
 __all__ = ["TMP_SUFFIX", "MAX_TEXT_BYTES", "MAX_HEADER_BYTES", "atomic_write_bytes", "new_file", "atomic_write_text",
            "write_json", "read_bytes", "read_text", "read_json", "save_tensors", "load_tensors",
            "optimizer_to_tensors", "optimizer_from_tensors", "AppendFile",
-           "streamed_file", "read_tensors_meta"]
+           "streamed_file", "read_tensors_meta", "fsync_dir", "publish_bytes", "lock_file"]
 
 TMP_SUFFIX = ".tmp"  # atomic writes go through ".<name>.<random>.tmp" in the target's folder
 MAX_TEXT_BYTES = 256 * 2**20  # config.json, metrics.jsonl, summary.json: far above any real run's

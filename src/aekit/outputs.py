@@ -24,6 +24,8 @@ from pathlib import Path
 from .errors import ConfigError
 from .run import Run
 
+__all__ = ["same_path", "check_output"]
+
 
 def _absolute(path) -> Path:
     return Path(os.path.abspath(os.path.expanduser(os.fspath(path))))

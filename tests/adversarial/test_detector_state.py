@@ -34,7 +34,8 @@ def table(n: int, seed: int, d: int = 5) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
-    """A saved two-member detector and the data of two calibrations of different sizes and rates."""
+    """A saved detector of 2 members per fold (4, cross-fitted) and the data of two calibrations of different sizes
+    and rates."""
     d = tmp_path_factory.mktemp("state")
     det = Detector(n_estimators=2, random_state=0, **FAST).fit(table(300, 0))
     np.save(d / "cal_a.npy", table(199, 1))
@@ -47,7 +48,7 @@ def consistent(det) -> bool:
     """The threshold is the conformal quantile of the calibration scores it was saved with."""
     cal, fpr = det.calibration_scores_, det.flag_rate_
     k = math.ceil(round((len(cal) + 1) * (1.0 - fpr), 9))
-    return det.threshold_ == cal[k - 1] and det.labels_ is not None and len(det.models_) == 2
+    return det.threshold_ == cal[k - 1] and det.labels_ is not None and len(det.models_) == 4  # 2 folds x 2
 
 
 WRITER = textwrap.dedent("""

@@ -26,7 +26,8 @@ from .source import _check_budget, _check_finite, _encode_labels, _open_regular,
 from .splitting import _assemble, _one_class
 from .storage import Mapping, chunk_rows
 
-__all__ = ["KINDS", "from_arrays", "LABELS_SUFFIX", "MAPPED_BYTES_PER_SAMPLE", "labels_path", "read_samples"]
+__all__ = ["KINDS", "from_arrays", "LABELS_SUFFIX", "MAPPED_BYTES_PER_SAMPLE", "labels_path", "read_samples",
+           "check_arrays", "columns_path", "columns_document"]
 
 KINDS = ("auto", "table", "image")
 

@@ -54,7 +54,8 @@ from .. import arraylike
 from ..config import ModelConfig
 from ..errors import ConfigError, DataError
 
-__all__ = ["Output", "Capabilities", "ARRAY_METHODS", "accepts_arrays", "Autoencoder", "class_labels", "check_count"]
+__all__ = ["Output", "Capabilities", "ARRAY_METHODS", "accepts_arrays", "Autoencoder", "class_labels", "check_count",
+           "answers_in_kind"]
 
 
 @dataclass
