@@ -146,7 +146,7 @@ def test_kill_9_during_score_out_leaves_nothing(cli, tmp_path):
     (out / "scores.csv").write_text("an older file\n")
     env = {**os.environ, "PYTHONPATH": str(Path(aekit.__file__).parents[1])}
     cmd = [sys.executable, "-m", "aekit", "score", str(tmp_path / "run"), str(tmp_path / "big.npy"),
-           "--out", str(out / "scores.csv")]
+           "--out", str(out / "scores.csv"), "--overwrite"]  # the older file may be replaced, once complete
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while p.poll() is None and not _writing_into(p.pid, out) and time.time() < deadline:
