@@ -31,7 +31,7 @@ Complex, string and object data, and ragged lists, are one DataError line.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import torch
@@ -105,13 +105,20 @@ def sample_rows(X, what: str = "X") -> tuple[np.ndarray, list[str] | None]:
     """
     if callable(getattr(X, "toarray", None)) and hasattr(X, "nnz"):  # scipy.sparse, without importing it
         raise TypeError(f"{what} is a sparse matrix; aekit needs dense data: pass {what}.toarray()")
+    if isinstance(X, (Mapping, set, frozenset, str, bytes)):
+        raise DataError(f"{what} is a {type(X).__name__}, not rows of numbers; pass a 2-D array (N, D), a DataFrame, "
+                        f"a tensor or images (for a dict of columns: pandas.DataFrame({what}))")
     columns = getattr(X, "columns", None)
     columns = None if columns is None else [str(c) for c in columns]
     arr = to_numpy(X, what)
     if arr.dtype.kind == "c":
         raise DataError(f"{what}: Complex data not supported (dtype {arr.dtype}); pass real numbers")
-    if arr.dtype.kind == "O":  # numbers held as Python objects; a TypeError or ValueError for anything else
-        arr = arr.astype(np.float64)
+    if arr.dtype.kind == "O":  # numbers held as Python objects; a TypeError for other objects, as scikit-learn's
+        try:
+            arr = arr.astype(np.float64)
+        except ValueError as e:  # text
+            raise DataError(f"{what} holds text that is not a number ({e}); aekit needs numeric columns: drop or "
+                            "encode the text columns") from None
     if arr.dtype.kind not in "fiub":
         raise DataError(f"{what} must hold real numbers (float, int or bool), got an array of dtype {arr.dtype}")
     if arr.ndim >= 1 and arr.shape[0] == 0:

@@ -110,7 +110,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from . import adapt, metrics, plots, registry, scoring, trainer
-from .arraylike import to_numpy
+from .arraylike import sample_rows
 from .config import TrainConfig, resolve_device
 from .datasets import DataConfig, check_arrays, from_arrays, preview, read_samples
 from .errors import ConfigError, DataError, RunError
@@ -253,7 +253,7 @@ class Detector(BaseEstimator):
         self
         """
         self._check_params()
-        arr, columns = _numeric(X)
+        arr, columns = sample_rows(X)
         kind = _kind_of(arr)
         check_arrays(arr, "X", copies=2)  # the members' training data and the rows scored
         rng = check_random_state(self.random_state)
@@ -694,7 +694,7 @@ class Detector(BaseEstimator):
         """X as the models read it: (n, *input_shape_), scaled as the training rows, in X's row order
         (``Preprocess`` of the scorer). One DataError line for data the detector cannot score: another number
         of features or image shape, other column names, NaN/Inf (naming the first bad row), no rows."""
-        arr, columns = _numeric(X)
+        arr, columns = sample_rows(X)
         want = self.input_shape_
         if self.kind_ == "table" and (arr.ndim != 2 or arr.shape[1] != want[0]):
             got = f"{arr.shape[1]} features" if arr.ndim == 2 else f"shape {arr.shape}"
@@ -878,41 +878,6 @@ def _check_number(name: str, value, lo: float, hi: float, *, lo_open=False, hi_o
     if not ok:
         interval = f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
         raise ConfigError(f"{what}({name}={value!r}): expected a number in {interval}")
-
-
-def _numeric(X) -> tuple[np.ndarray, list[str] | None]:
-    """X as a numpy array of numbers (on the CPU; no copy where possible) and a DataFrame's column names.
-
-    The errors scikit-learn's estimator checks look for, each one line: sparse input (TypeError), complex
-    numbers, a 1-D array (reshape), no samples, no features. The rest of the interpretation (tables or
-    images, dtypes, NaN/Inf) is ``datasets.read_samples``'s.
-    """
-    import scipy.sparse
-
-    if scipy.sparse.issparse(X):
-        raise TypeError("X is a sparse matrix; a Detector needs dense data: pass X.toarray()")
-    if isinstance(X, (Mapping, set, frozenset, str, bytes)):
-        raise DataError(f"X is a {type(X).__name__}, not rows of numbers; pass a 2-D array (N, D), a DataFrame, "
-                        "a tensor or images (for a dict of columns: pandas.DataFrame(X))")
-    columns = getattr(X, "columns", None)
-    columns = None if columns is None else [str(c) for c in columns]
-    arr = to_numpy(X, "X: the input")
-    if arr.dtype.kind == "c":
-        raise DataError(f"X: Complex data not supported (dtype {arr.dtype}); pass real numbers")
-    if arr.dtype.kind == "O":  # numbers held as Python objects; a TypeError for other objects, as scikit-learn's
-        try:
-            arr = arr.astype(np.float64)
-        except ValueError as e:  # text
-            raise DataError(f"X holds text that is not a number ({e}); a Detector needs numeric columns: drop "
-                            "or encode the text columns") from None
-    if arr.ndim >= 1 and arr.shape[0] == 0:
-        raise DataError(f"X holds no samples (shape {arr.shape}); pass at least one row")
-    if arr.ndim < 2:
-        raise DataError(f"X is a {arr.ndim}-D array of shape {arr.shape}, expected 2-D (N, D) rows or images; "
-                        "Reshape your data with X.reshape(-1, 1) for one feature or X.reshape(1, -1) for one sample")
-    if arr.ndim == 2 and arr.shape[1] == 0:
-        raise DataError(f"X has 0 feature(s) (shape={arr.shape}) while a minimum of 1 is required.")
-    return arr, columns
 
 
 def _kind_of(arr: np.ndarray) -> str:
