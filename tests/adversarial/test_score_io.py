@@ -152,9 +152,10 @@ def test_kill_9_during_score_out_leaves_nothing(cli, tmp_path):
     while p.poll() is None and not _writing_into(p.pid, out) and time.time() < deadline:
         time.sleep(0.05)
     assert p.poll() is None, f"score ended before it was killed: {p.stderr.read().decode()}"
-    time.sleep(0.5)  # some rows written
+    time.sleep(0.05)  # some rows written
     os.kill(p.pid, signal.SIGKILL)
-    p.wait()
+    if p.wait() == 0:  # it finished (and published a whole file) before the kill landed: no kill to check
+        pytest.skip("aekit score finished before SIGKILL reached it (a fast machine)")
     assert sorted(os.listdir(out)) == ["scores.csv"] and (out / "scores.csv").read_text() == "an older file\n"
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
