@@ -277,8 +277,10 @@ def test_model_options_reach_the_family():
 def test_default_budget_and_preprocessing():
     X = table(300, 4)
     det = Detector(random_state=0).fit(X)  # a table: about 150 steps, no early stopping, best val epoch kept
-    # cross-fitted: 2 members, each on one fold (150 rows: 135 to train, 2 steps per epoch, ~100 steps)
-    assert len(det.models_) == 2 and det.normalization_.shape == (2, 2)
+    # cross-fitted: 2 members, each on one fold (150 rows: 135 to train, 2 steps per epoch, ~100 steps); each has
+    # its joint score and the code-space neighbour term (k = 10), each normalized on the member's held-out fold
+    assert len(det.models_) == 2 and det.normalization_.shape == (4, 2) and det.neighbors_ == 10
+    assert [len(r) for r in det.references_] == [150, 150]
     assert det.train_config_.epochs == 50 and det.train_config_.patience == 0
     cfg = det.models_[0].config
     assert len(det.history_) == 50 and (cfg.latent_dim, cfg.hidden) == (4, (64, 64))  # code: 8 features // 2
@@ -313,7 +315,7 @@ def test_ensemble_and_robust_training(planted):
 def test_cross_fitting_scores_each_training_row_with_the_member_that_did_not_train_on_it(tmp_path):
     X = table(150, 3)
     X = np.vstack([X, X[:40]])  # duplicated rows, as ADBench's resampling of small sets makes them
-    det = Detector(random_state=0, folds=3, **{**FAST, "epochs": 3}).fit(X)
+    det = Detector(random_state=0, folds=3, neighbors=0, **{**FAST, "epochs": 3}).fit(X)
     assert len(det.models_) == 3 and len(det.joint_) == 3
     folds = aekit.adapt.fold_ids(X, 3, det.seeds_[0])
     np.testing.assert_array_equal(folds[:40], folds[150:])  # a row and its copies share a fold
@@ -333,6 +335,43 @@ def test_cross_fitting_scores_each_training_row_with_the_member_that_did_not_tra
     np.testing.assert_allclose(det.decision_function(X), np.mean(member, axis=0), rtol=1e-5, atol=1e-6)
     back = Detector.load(det.save(tmp_path / "det"))
     np.testing.assert_array_equal(back.decision_function(X[:20]), det.decision_function(X[:20]))
+
+
+def test_the_neighbour_term_against_scikit_learn(tmp_path):
+    """neighbors=k: each member adds the distance of a row's code to the k-th nearest code of the rows it trained
+    on (scikit-learn's NearestNeighbors here), normalized by median and IQR over its held-out fold."""
+    from sklearn.neighbors import NearestNeighbors
+
+    X = table(160, 5)
+    X = np.vstack([X, X[:30]])  # duplicated rows stay in one fold
+    det = Detector(random_state=0, folds=2, neighbors=7, **{**FAST, "epochs": 3}).fit(X)
+    folds = aekit.adapt.fold_ids(X, 2, det.seeds_[0])
+    x = det._model_input(X)
+    rows, train_scores = [], np.zeros(len(X))
+    for k, (model, js) in enumerate(zip(det.models_, det.joint_)):
+        z = aekit.metrics.codes(model, x).double().numpy()
+        r = (x - aekit.metrics.reconstructions(model, x)).double().numpy()
+        d = z - js.mu
+        joint = np.einsum("ij,jk,ik->i", d, js.prec, d) + ((r / js.sigma) ** 2).sum(1)
+        seen = folds != k
+        np.testing.assert_allclose(det.references_[k], z[seen], rtol=1e-6, atol=1e-7)
+        knn = NearestNeighbors(n_neighbors=7).fit(z[seen]).kneighbors(z)[0][:, -1]
+        for j, raw in enumerate((joint, knn)):
+            med, iqr = det.normalization_[2 * k + j]
+            q1, q2, q3 = np.percentile(raw[~seen], [25, 50, 75])
+            assert abs(med - q2) < 1e-6 * max(1.0, abs(q2)) and abs(iqr - (q3 - q1)) < 1e-6 * max(1.0, iqr)
+            rows.append((raw - med) / iqr)
+        train_scores[~seen] = (rows[-2][~seen] + rows[-1][~seen]) / 2
+    np.testing.assert_allclose(det.decision_scores_, train_scores, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(det.decision_function(X), np.mean(rows, axis=0), rtol=1e-5, atol=1e-6)
+    back = Detector.load(det.save(tmp_path / "det"))
+    assert back.neighbors_ == 7
+    np.testing.assert_array_equal(back.decision_function(X[:20]), det.decision_function(X[:20]))
+    with pytest.raises(aekit.errors.ConfigError, match="needs cross-fitting"):
+        Detector(folds=1, neighbors=5, **{**FAST, "epochs": 1}).fit(X)
+    for bad in (-1, 2.5, True, "many"):
+        with pytest.raises(aekit.errors.ConfigError, match="neighbors"):
+            Detector(neighbors=bad).fit(X)
 
 
 def test_the_threshold_holds_on_unseen_rows_of_a_tiny_table():

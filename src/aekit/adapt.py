@@ -32,6 +32,7 @@ FOLDS = 2  # folds="auto": this many folds on a table with enough distinct rows 
 MIN_FOLD_ROWS = 10  # ... each fold holding at least this many distinct rows (fewer folds, down to 1, otherwise)
 TABLE_LATENT = 16  # the largest code of a table chosen from the data
 ROWS_PER_CODE = 6  # latent_dim=None: at least this many rows of a fold per code dimension
+NEIGHBORS = 10  # neighbors="auto" on a cross-fitted table: k of the code-space neighbour term
 
 
 def n_distinct(arr: np.ndarray) -> int:
@@ -48,6 +49,14 @@ def n_folds(folds, arr: np.ndarray, kind: str) -> int:
         return 1
     distinct = n_distinct(arr)
     return next((k for k in range(FOLDS, 1, -1) if distinct >= k * MIN_FOLD_ROWS), 1)
+
+
+def n_neighbors(neighbors, k: int, kind: str) -> int:
+    """k of the code-space neighbour term ``Detector(neighbors=...)`` uses: an int as given (0: none);
+    "auto": ``NEIGHBORS`` on a cross-fitted table (k > 1 folds), 0 otherwise (images, one fold)."""
+    if neighbors != "auto":
+        return int(neighbors)
+    return NEIGHBORS if kind == "table" and k > 1 else 0
 
 
 def table_latent(n_rows: int, n_features: int, folds: int) -> int:
@@ -75,8 +84,8 @@ def robust_scale(raw: np.ndarray) -> tuple[float, float]:
 @dataclasses.dataclass
 class CrossFit:
     fitted: list  # (TrainConfig, FitResult) of each member, fold by fold
-    stats: list  # each member's score statistics (None for scores without any), fitted on its held-out fold
-    normalization: np.ndarray  # (members, 2): median and IQR of each member's scores of its held-out fold
+    stats: list  # each member's statistics (``held_out``'s first result), fitted on its held-out fold
+    normalization: np.ndarray  # (raw rows, 2): median and IQR of each raw score row of its held-out fold
     scores: np.ndarray  # (n,): each row's normalized score by the member(s) that did not train on it
     folds: np.ndarray  # (n,): the fold of each row
 
@@ -84,7 +93,9 @@ class CrossFit:
 def cross_fit(rows: np.ndarray, k: int, seeds: list[int], fold_seed: int,
               train: Callable[[np.ndarray, int], tuple], held_out: Callable[[object, np.ndarray], tuple]) -> CrossFit:
     """Fit ``len(seeds) // k`` members per fold. ``train(rows, seed)`` -> (TrainConfig, FitResult);
-    ``held_out(model, rows)`` -> (statistics or None, raw scores (n,)) of rows the model did not train on."""
+    ``held_out(model, rows, seen)`` -> (statistics, raw scores (n,) or (terms, n)) of rows the model did not
+    train on (``seen``: the rows it trained on). Each raw row is normalized by its own median and IQR; a row's
+    score is the mean over the fold's members and their terms."""
     folds = fold_ids(rows, k, fold_seed)
     per_fold = len(seeds) // k
     fitted, stats, norm = [], [], []
@@ -93,12 +104,14 @@ def cross_fit(rows: np.ndarray, k: int, seeds: list[int], fold_seed: int,
         out = folds == f
         for seed in seeds[f * per_fold:(f + 1) * per_fold]:
             cfg, result = train(rows[~out], seed)
-            member_stats, raw = held_out(result.model, rows[out])
-            median, iqr = robust_scale(raw)
-            scores[out] += (raw - median) / iqr / per_fold
+            member_stats, raw = held_out(result.model, rows[out], rows[~out])
+            raw = np.atleast_2d(raw)
+            for term in raw:
+                median, iqr = robust_scale(term)
+                scores[out] += (term - median) / iqr / per_fold / len(raw)
+                norm.append((median, iqr))
             fitted.append((cfg, result))
             stats.append(member_stats)
-            norm.append((median, iqr))
     return CrossFit(fitted, stats, np.asarray(norm, dtype=np.float64), scores, folds)
 
 

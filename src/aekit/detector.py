@@ -214,7 +214,7 @@ class Detector(BaseEstimator):
     def __init__(self, model="ae", model_options=None, latent_dim=None, hidden=None, epochs=None, batch_size=128,
                  lr=1e-3, contamination=0.1, anomaly_score="auto", preprocessing="standard", val_fraction=0.1,
                  n_estimators=1, robust=False, random_state=None, device="auto", verbose=False, encoder=None,
-                 encoder_args=None, decoder=None, decoder_args=None, folds="auto"):
+                 encoder_args=None, decoder=None, decoder_args=None, folds="auto", neighbors="auto"):
         self.model = model
         self.model_options = model_options
         self.latent_dim = latent_dim
@@ -236,6 +236,7 @@ class Detector(BaseEstimator):
         self.decoder = decoder
         self.decoder_args = decoder_args
         self.folds = folds
+        self.neighbors = neighbors
 
     # --- training -------------------------------------------------------------------------------
     def fit(self, X, y=None):
@@ -258,6 +259,7 @@ class Detector(BaseEstimator):
         check_arrays(arr, "X", copies=2)  # the members' training data and the rows scored
         rng = check_random_state(self.random_state)
         k = adapt.n_folds(self.folds, arr, kind)  # cross-fitting (aekit.adapt): k folds, k > 1
+        neighbors = adapt.n_neighbors(self.neighbors, k, kind)
         seeds = [int(s) for s in rng.randint(0, 2**31 - 1, size=k * int(self.n_estimators) + 1)]
         rows, kept = arr, None
         for attempt in range(2 if self.robust else 1):
@@ -268,17 +270,25 @@ class Detector(BaseEstimator):
             if k > 1:  # members trained on k-1 folds; statistics, normalization, training scores from the other
                 cf = adapt.cross_fit(rows, k, seeds[1:], seeds[0], lambda r, seed, stats=stats, latent=latent: (
                     self._train_member(self._training_data(r, kind, columns, seeds[0], stats), seed, latent)),
-                    lambda model, r, ds=ds: self._held_out(model, _model_rows(r, kind, ds, model), kind, ds))
+                    lambda model, r, seen, ds=ds: self._held_out(model, _model_rows(r, kind, ds, model), kind, ds,
+                                                                 neighbors, _model_rows(seen, kind, ds, model)))
                 fitted, norm = cf.fitted, cf.normalization
                 models = [result.model for _, result in fitted]
                 score = scoring.resolve_score(self.anomaly_score, models[0])
-                joint = cf.stats if score == "joint" else None
+                joint = [st[0] for st in cf.stats] if score == "joint" else None
+                references = [st[1] for st in cf.stats] if neighbors else None
                 scores = cf.scores
                 if rows is not arr:  # robust's second pass: the rows it dropped were seen by no member
-                    scorer = Scorer(models, kind=kind, stats=stats, score=score, joint=joint)
+                    scorer = Scorer(models, kind=kind, stats=stats, score=score, joint=joint, neighbors=neighbors,
+                                    references=references)
                     scores = _combine(scorer.raw_model_units(_model_rows(arr, kind, ds, models[0])).cpu().numpy(), norm)
                     scores[kept] = cf.scores
             else:
+                if neighbors:
+                    raise ConfigError(f"Detector(neighbors={self.neighbors!r}): the code-space neighbour term needs "
+                                      "cross-fitting (folds >= 2: a table of at least 20 distinct rows); use "
+                                      "neighbors=0 or 'auto'")
+                references = None
                 fitted = [self._train_member(ds, seed, latent) for seed in seeds[1:]]  # (TrainConfig, FitResult)
                 models = [result.model for _, result in fitted]
                 score = scoring.resolve_score(self.anomaly_score, models[0])
@@ -300,6 +310,7 @@ class Detector(BaseEstimator):
         self.model_name_ = self.model
         self.anomaly_score_ = score
         self.joint_ = joint
+        self.neighbors_, self.references_ = neighbors, references
         self.kind_ = kind
         self.input_shape_ = tuple(ds.shape)
         self.n_features_in_ = math.prod(ds.shape)
@@ -389,6 +400,10 @@ class Detector(BaseEstimator):
                                          and self.folds >= 1)):
             raise ConfigError(f"Detector(folds={self.folds!r}): expected 'auto' or an integer >= 1 (1: no "
                               "cross-fitting)")
+        if not (self.neighbors == "auto" or (isinstance(self.neighbors, numbers.Integral)
+                                             and not isinstance(self.neighbors, bool) and 0 <= self.neighbors <= 1000)):
+            raise ConfigError(f"Detector(neighbors={self.neighbors!r}): expected 'auto' or an integer 0..1000 (0: no "
+                              "code-space neighbour term)")
         if not isinstance(self.robust, (bool, np.bool_)):
             raise ConfigError(f"Detector(robust={self.robust!r}): expected True or False")
         self._train_config(epochs=1, seed=0)  # batch_size, lr, device: TrainConfig's checks and messages
@@ -409,13 +424,16 @@ class Detector(BaseEstimator):
         return from_arrays(rows, kind=kind, name="X", val_fraction=val_fraction, test_fraction=0.0, seed=seed,
                            stats=stats, feature_names=None if kind == "image" else columns)
 
-    def _held_out(self, model, x: torch.Tensor, kind: str, ds):
-        """A cross-fitted member's score statistics (None for a score without any) and raw scores, from rows
-        x (model units) it did not train on."""
+    def _held_out(self, model, x: torch.Tensor, kind: str, ds, neighbors: int, seen: torch.Tensor):
+        """A cross-fitted member's statistics ((joint statistics or None, reference codes or None)) and raw
+        scores ((1 or 2, n): the score, then the neighbour term), from rows x (model units) it did not train on;
+        ``seen``: the rows it trained on (model units), whose codes are the neighbour term's references."""
         score = scoring.resolve_score(self.anomaly_score, model)
         joint = scoring.fit_joint([model], x, kind) if score == "joint" else None
-        scorer = Scorer([model], kind=kind, stats=ds.spec.stats, score=score, joint=joint)
-        return (None if joint is None else joint[0]), scorer.raw_model_units(x).cpu().numpy()[0]
+        ref = scoring.codes_and_residuals(model, seen)[0] if neighbors else None
+        scorer = Scorer([model], kind=kind, stats=ds.spec.stats, score=score, joint=joint, neighbors=neighbors,
+                        references=None if ref is None else [ref])
+        return ((None if joint is None else joint[0]), ref), scorer.raw_model_units(x).cpu().numpy()
 
     def _train_member(self, ds, seed: int, latent: int | None = None):
         """One autoencoder trained on ds from ``seed``: (its TrainConfig, the trainer's FitResult)."""
@@ -455,7 +473,8 @@ class Detector(BaseEstimator):
         return Scorer(self.models_, kind=self.kind_, stats=self.data_spec_.stats, score=self.anomaly_score_,
                       joint=self.joint_, normalization=self.normalization_, threshold=self.threshold_,
                       calibration=getattr(self, "calibration_scores_", None), feature_names=self.feature_names_,
-                      flag_rate=self.flag_rate_, threshold_from=self.threshold_from_)
+                      flag_rate=self.flag_rate_, threshold_from=self.threshold_from_,
+                      neighbors=getattr(self, "neighbors_", 0), references=getattr(self, "references_", None))
 
     def decision_function(self, X) -> np.ndarray:
         """Anomaly scores of X: higher = more anomalous.
@@ -799,7 +818,8 @@ class Detector(BaseEstimator):
             threshold=self.threshold_, flag_rate=self.flag_rate_, threshold_from=self.threshold_from_,
             decision_scores=self.decision_scores_, calibration_scores=getattr(self, "calibration_scores_", None),
             feature_names=list(self.feature_names_),
-            feature_names_in=None if names_in is None else [str(c) for c in names_in], seeds=self.seeds_)
+            feature_names_in=None if names_in is None else [str(c) for c in names_in], seeds=self.seeds_,
+            neighbors=getattr(self, "neighbors_", 0), references=getattr(self, "references_", None))
 
     @classmethod
     def load(cls, path, device=None) -> Detector:
@@ -851,6 +871,7 @@ class Detector(BaseEstimator):
         else:
             det.anomaly_score_ = state.score
         det.seeds_, det.joint_, det.normalization_ = state.seeds, state.joint, state.normalization
+        det.neighbors_, det.references_ = state.neighbors, state.references
         det.decision_scores_ = state.decision_scores
         if state.calibration_scores is not None:
             det.calibration_scores_ = state.calibration_scores
@@ -914,5 +935,6 @@ def _model_rows(rows: np.ndarray, kind: str, ds, model) -> torch.Tensor:
 
 
 def _combine(raw: np.ndarray, norm: np.ndarray | None) -> np.ndarray:
-    """The members' raw scores (members, n) as one score: each normalized by its (median, IQR), then averaged."""
+    """Raw scores (rows, n) as one score: each row normalized by its (median, IQR), then averaged (as
+    ``Scorer.combine``)."""
     return raw[0] if norm is None else ((raw - norm[:, :1]) / norm[:, 1:]).mean(axis=0)

@@ -16,8 +16,12 @@
    (r_d / sigma_d)^2`` with the member's ``JointStats`` (float64); ``"recon_error"``: the sum of squared
    errors of the reconstruction; ``"neg_elbo"``: -ELBO in nats from ``MC_SAMPLES`` posterior samples of a
    fixed seed (``metrics.anomaly_scores``; the only score with random draws: not in exported graphs).
-3. The members' combination: one member's raw score, or the mean of ``(s - median) / IQR`` of each member's
-   training scores (``normalization``).
+   With ``neighbors`` = k > 0 (a cross-fitted table detector), each member has a second raw score, the
+   code-space neighbour term: the Euclidean distance of the row's code to its k-th nearest code among the
+   rows that member trained on (``references``). Raw scores are then (members x 2) rows: member 0's score,
+   member 0's neighbour term, member 1's score, ...
+3. The combination: one member's raw score, or the mean over the raw rows of ``(s - median) / IQR``
+   (``normalization``: one (median, IQR) per raw row, from the rows the member did not train on).
 4. The decision: ``p_value`` = (1 + #{calibration scores >= s}) / (n_cal + 1), the split-conformal p-value
    of ``Detector.calibrate``; NaN when the detector was never calibrated (training scores are not
    exchangeable with new data: a p-value from them would not be valid). ``is_outlier`` = s > threshold; the
@@ -64,7 +68,8 @@ JOINT_RIDGE = 1e-3  # added to the code covariance: this times its mean variance
 # the smallest residual standard deviation of a value (model units): standardized table columns; image pixels in
 # [0, 1], where pixels that never vary in training (a border) would otherwise dominate the score
 JOINT_SIGMA_FLOOR = {"table": 1e-3, "image": 0.1}
-STATE_FORMAT = 2  # the detector state's format (1: detector.json + detector.safetensors, read only)
+STATE_FORMAT = 3  # the detector state's format (1: detector.json + detector.safetensors, read only; 3: neighbors)
+NEIGHBOR_BLOCK = 2**22  # distances of the neighbour term computed at once (rows x reference rows, float64)
 
 
 def resolve_score(score: str, model, *, fitted: bool = True) -> str:
@@ -160,6 +165,22 @@ def fit_joint(models, x: Tensor, kind: str, y: Tensor | None = None) -> list[Joi
     return [JointStats.fit(*codes_and_residuals(m, x, y), floor=JOINT_SIGMA_FLOOR[kind]) for m in models]
 
 
+def kth_neighbor_distance(z: Tensor, ref: Tensor, k: int) -> Tensor:
+    """(n,) float64: the Euclidean distance of each code z (n, K) to its k-th nearest row of ref (m, K) (k is
+    capped at m), in blocks of rows of NEIGHBOR_BLOCK distances (one block inside an ONNX export)."""
+    z, k = z.flatten(1).to(torch.float64), min(int(k), ref.shape[0])
+    rr = (ref * ref).sum(1)
+
+    def kth(zi: Tensor) -> Tensor:  # |z - r|^2 = |z|^2 - 2 z.r + |r|^2: a matrix product (ONNX has it)
+        d2 = ((zi * zi).sum(1, keepdim=True) - 2.0 * zi @ ref.T + rr).clamp_min(0.0)
+        return torch.topk(d2, k, dim=1, largest=False).values[:, -1].sqrt()
+
+    if torch.onnx.is_in_onnx_export():  # one block: a loop over rows would fix the graph's batch size
+        return kth(z)
+    step = max(1, NEIGHBOR_BLOCK // max(1, ref.shape[0]))
+    return torch.cat([kth(z[i:i + step]) for i in range(0, max(z.shape[0], 1), step)])
+
+
 def normalization(raw: np.ndarray) -> np.ndarray | None:
     """(members, 2): the median and interquartile range of each member's training scores raw (members, n);
     None for one member."""
@@ -243,9 +264,13 @@ class Scorer(nn.Module):
         Each member's raw score (the module docstring).
     joint : list of JointStats, optional
         One per member; required for ``score="joint"``.
-    normalization : ndarray (members, 2), optional
-        Median and IQR of each member's training scores; several members are combined only with it
-        (``raw_model_units`` needs none).
+    normalization : ndarray (raw rows, 2), optional
+        Median and IQR of each raw row (members, or members x 2 with ``neighbors``); several rows are combined
+        only with it (``raw_model_units`` needs none).
+    neighbors : int, default 0
+        k of the code-space neighbour term (0: none); needs ``references``.
+    references : list of ndarray (m_j, K), optional
+        Each member's codes of the rows it trained on (the neighbour term's reference set).
     threshold : float, optional
         ``is_outlier`` is ``score > threshold``; None: no threshold (NaN inside the module).
     calibration : ndarray (n_cal,), optional
@@ -264,14 +289,17 @@ class Scorer(nn.Module):
 
     def __init__(self, members, *, kind: str, stats: dict | None, score: str, joint=None, normalization=None,
                  threshold: float | None = None, calibration=None, feature_names=None, flag_rate=None,
-                 threshold_from: str | None = None):
+                 threshold_from: str | None = None, neighbors: int = 0, references=None):
         super().__init__()
         if score not in SCORES:
             raise ConfigError(f"score: choose one of {', '.join(map(repr, SCORES))}, got {score!r}")
         if score == "joint" and (joint is None or len(joint) != len(members)):
             raise ConfigError("score='joint' needs the joint statistics of every member (JointStats)")
+        if neighbors and (references is None or len(references) != len(members)):
+            raise ConfigError("neighbors > 0 needs the reference codes of every member")
         first = members[0]
         self.members = nn.ModuleList(members)
+        self.neighbors = int(neighbors)
         self.score_name, self.kind = score, kind
         self.input_shape = tuple(first.config.input_shape)
         self.feature_names = None if feature_names is None else list(feature_names)
@@ -283,6 +311,8 @@ class Scorer(nn.Module):
             self.register_buffer(f"mu{j}", torch.as_tensor(st.mu, **f64))
             self.register_buffer(f"prec{j}", torch.as_tensor(st.prec, **f64))
             self.register_buffer(f"sigma{j}", torch.as_tensor(st.sigma, **f64))
+        for j, ref in enumerate(references or []) if self.neighbors else ():
+            self.register_buffer(f"ref{j}", torch.as_tensor(np.asarray(ref), **f64).reshape(len(ref), -1))
         norm = np.zeros((0, 2)) if normalization is None else np.asarray(normalization, dtype=np.float64)
         self.register_buffer("normalization", torch.as_tensor(norm, **f64))
         self.register_buffer("threshold", torch.tensor(math.nan if threshold is None else float(threshold), **f64))
@@ -317,7 +347,8 @@ class Scorer(nn.Module):
         return self.decide(self.combine(self.raw_scores(self.preprocess(x), y)))
 
     def raw_scores(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        """Each member's raw score of the model-unit rows x (n, *input_shape): (members, n) float64.
+        """Each member's raw score(s) of the model-unit rows x (n, *input_shape): (members, n) float64, or
+        (members x 2, n) with the neighbour term (member j's score in row 2j, its neighbour term in 2j + 1).
         Deterministic scores in one pass (the caller batches); ``neg_elbo`` through ``metrics.anomaly_scores``
         (blocks of its own, samples seeded by SCORE_SEED)."""
         out = []
@@ -330,19 +361,21 @@ class Scorer(nn.Module):
             rec = m.decode(z, y)
             if self.score_name == "recon_error":
                 out.append(metrics.sse_per_example(x, rec).to(torch.float64))
-                continue
-            r = (x - rec).flatten(1).to(torch.float64)
-            d = z.flatten(1).to(torch.float64) - getattr(self, f"mu{j}")
-            code = ((d @ getattr(self, f"prec{j}")) * d).sum(1)
-            out.append(code + (r / getattr(self, f"sigma{j}")).pow(2).sum(1))
+            else:
+                r = (x - rec).flatten(1).to(torch.float64)
+                d = z.flatten(1).to(torch.float64) - getattr(self, f"mu{j}")
+                code = ((d @ getattr(self, f"prec{j}")) * d).sum(1)
+                out.append(code + (r / getattr(self, f"sigma{j}")).pow(2).sum(1))
+            if self.neighbors:
+                out.append(kth_neighbor_distance(z, getattr(self, f"ref{j}"), self.neighbors))
         return torch.stack(out)
 
     def combine(self, raw: Tensor) -> Tensor:
-        """One score per row from raw (members, n): the member's own, or the mean of (s - median) / IQR."""
+        """One score per row from raw (rows, n): the one row, or the mean of (s - median) / IQR over the rows."""
         if raw.shape[0] == 1:
             return raw[0]
         if self.normalization.shape[0] != raw.shape[0]:
-            raise ConfigError(f"{raw.shape[0]} members need their normalization (median, IQR) to be combined")
+            raise ConfigError(f"{raw.shape[0]} raw scores need their normalization (median, IQR) to be combined")
         return ((raw - self.normalization[:, :1]) / self.normalization[:, 1:]).mean(0)
 
     def decide(self, score: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -474,12 +507,15 @@ class DetectorState:
     feature_names_in: list | None = None
     seeds: list | None = None
     fitted: bool = True
+    neighbors: int = 0
+    references: list | None = None
 
     def scorer(self, run: Run | None = None) -> Scorer:
         return Scorer(self.members, kind=self.kind, stats=self.stats, score=self.score, joint=self.joint,
                       normalization=self.normalization, threshold=self.threshold,
                       calibration=self.calibration_scores, feature_names=self.feature_names,
-                      flag_rate=self.flag_rate, threshold_from=self.threshold_from)
+                      flag_rate=self.flag_rate, threshold_from=self.threshold_from, neighbors=self.neighbors,
+                      references=self.references)
 
 
 def weights_digest(model) -> str:
@@ -499,6 +535,8 @@ def save_state(run: Run, state: DetectorState) -> None:
     tensors = {f"member{k}/{name}": t for k, m in enumerate(members) if k for name, t in m.state_dict().items()}
     for j, st in enumerate(state.joint or []):
         tensors.update(st.tensors(f"joint{j}/"))
+    for j, ref in enumerate(state.references or []) if state.neighbors else ():
+        tensors[f"reference{j}"] = torch.from_numpy(np.ascontiguousarray(ref, dtype=np.float64))
     for name in ("decision_scores", "calibration_scores"):
         value = getattr(state, name)
         if value is not None:
@@ -507,7 +545,8 @@ def save_state(run: Run, state: DetectorState) -> None:
         "format": STATE_FORMAT, "params": state.params, "kind": state.kind, "input_shape": list(state.input_shape),
         "n_features_in": math.prod(state.input_shape), "feature_names": list(state.feature_names),
         "feature_names_in": state.feature_names_in, "score": state.score, "mc_samples": MC_SAMPLES,
-        "score_seed": SCORE_SEED, "n_members": len(members), "seeds": state.seeds,
+        "score_seed": SCORE_SEED, "n_members": len(members), "seeds": state.seeds, "neighbors": state.neighbors,
+        "n_references": [len(r) for r in state.references] if state.neighbors else None,
         "normalization": None if state.normalization is None else np.asarray(state.normalization).tolist(),
         "threshold": state.threshold, "flag_rate": state.flag_rate, "threshold_from": state.threshold_from,
         "n_decision_scores": None if state.decision_scores is None else len(state.decision_scores),
@@ -533,7 +572,7 @@ def load_state(run: Run, where: torch.device | None = None) -> DetectorState:  #
     def bound(meta: dict) -> int:
         k, counts = _counts(meta)
         joint_bytes = k * 8 * (code + code * code + d)
-        return (k - 1) * member_bytes + 8 * sum(counts) + joint_bytes
+        return (k - 1) * member_bytes + 8 * sum(counts) + joint_bytes + 8 * code * sum(_references(meta, k))
 
     found = run.detector_state(bound)
     if found is None:
@@ -548,7 +587,7 @@ def load_state(run: Run, where: torch.device | None = None) -> DetectorState:  #
                              seeds=[None, run.train.seed])
     meta, tensors, file = found
     try:
-        if meta["format"] not in (1, STATE_FORMAT) or meta["kind"] != kind or tuple(meta["input_shape"]) != shape:
+        if meta["format"] not in (1, 2, STATE_FORMAT) or meta["kind"] != kind or tuple(meta["input_shape"]) != shape:
             raise ValueError("its format, kind or input shape does not match config.json")
         k, counts = _counts(meta)
         if not isinstance(meta["params"], dict):
@@ -556,9 +595,11 @@ def load_state(run: Run, where: torch.device | None = None) -> DetectorState:  #
         if meta["score"] not in SCORES:
             raise ValueError(f"unknown score {meta['score']!r}")
         score = resolve_score(meta["score"], first)
+        neighbors, n_refs = int(meta.get("neighbors") or 0), _references(meta, k)
+        rows = k * (2 if neighbors else 1)
         norm = meta["normalization"]
-        norm = None if norm is None else np.asarray(norm, dtype=np.float64).reshape(k, 2)
-        if (norm is None) != (k == 1) or (norm is not None and not np.isfinite(norm).all()):
+        norm = None if norm is None else np.asarray(norm, dtype=np.float64).reshape(rows, 2)
+        if (norm is None) != (rows == 1) or (norm is not None and not np.isfinite(norm).all()):
             raise ValueError(f"{k} member(s) with normalization {meta['normalization']!r}")
         threshold, source = meta["threshold"], meta["threshold_from"]
         threshold = None if threshold is None else float(threshold)
@@ -580,6 +621,14 @@ def load_state(run: Run, where: torch.device | None = None) -> DetectorState:  #
     if threshold is not None and not math.isfinite(threshold):
         raise RunError(f"{file}: the threshold is {threshold} (not a finite number), which would flag nothing or "
                        "everything; calibrate the detector again (`aekit calibrate RUN --normal DATA`)")
+    references = None
+    if neighbors:
+        references = [tensors.get(f"reference{j}") for j in range(k)]
+        if any(r is None or tuple(r.shape) != (n, code) or not bool(torch.isfinite(r).all())
+               for r, n in zip(references, n_refs)):
+            raise RunError(f"{file}: the neighbour term's reference codes do not match the {k} member(s) of code "
+                           f"{code} the state announces; the run directory may be damaged")
+        references = [r.double().numpy() for r in references]
     joint = None
     if score == "joint":
         try:
@@ -611,7 +660,20 @@ def load_state(run: Run, where: torch.device | None = None) -> DetectorState:  #
         members=members, kind=kind, input_shape=shape, stats=data.stats, score=score, params=meta["params"],
         joint=joint, normalization=norm, threshold=threshold, flag_rate=rate, threshold_from=source,
         decision_scores=scores["decision_scores"], calibration_scores=cal, feature_names=names,
-        feature_names_in=names_in, seeds=meta["seeds"])
+        feature_names_in=names_in, seeds=meta["seeds"], neighbors=neighbors, references=references)
+
+
+def _references(meta: dict, k: int) -> list[int]:
+    """The number of reference codes of each of the k members a state announces ([] without the neighbour
+    term); ValueError when impossible."""
+    if not meta.get("neighbors"):
+        return []
+    if int(meta["neighbors"]) < 1:
+        raise ValueError(f"neighbors {meta['neighbors']!r}")
+    n = [int(v) for v in meta["n_references"]]
+    if len(n) != k or min(n) < 1:
+        raise ValueError(f"n_references {meta['n_references']!r} for {k} member(s)")
+    return n
 
 
 def _counts(meta: dict) -> tuple[int, list[int]]:
@@ -624,4 +686,5 @@ def _counts(meta: dict) -> tuple[int, list[int]]:
 
 
 __all__ = ["Scorer", "Scores", "Preprocess", "JointStats", "DetectorState", "resolve_score", "load_state",
-           "save_state", "fit_joint", "codes_and_residuals", "normalization", "weights_digest"]
+           "save_state", "fit_joint", "codes_and_residuals", "normalization", "weights_digest",
+           "kth_neighbor_distance"]
