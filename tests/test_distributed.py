@@ -29,7 +29,7 @@ import pytest
 import torch
 
 import aekit
-from aekit import distributed, files, metrics, registry, trainer
+from aekit import distributed, files, metrics, optim, registry, trainer
 from aekit import run as run_files
 from aekit.config import TrainConfig
 from aekit.errors import ConfigError, TrainingDiverged
@@ -156,7 +156,7 @@ def _replay(ds, name: str, cfg: TrainConfig, world: int):
     cfg = cfg.resolved_for(ds.x_train.shape[0])
     x, y = ds.x_train, ds.y_train
     groups = model.param_groups()
-    opts = {g: trainer._make_optimizer(p, cfg, torch.device("cpu"), cfg.lr * model.lr_scales().get(g, 1.0))
+    opts = {g: optim.make(p, cfg.lr * model.lr_scales().get(g, 1.0), cfg.weight_decay, torch.device("cpu"))
             for g, p in groups.items()}
     losses = []
     with torch.random.fork_rng():

@@ -9,7 +9,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "aekit"
 
 # bottom to top, as in docs/design.md ("Layers")
 LAYERS = [
-    {"errors", "config", "files", "arraylike", "distributed"},
+    {"errors", "config", "files", "arraylike", "distributed", "optim"},
     {"nets", "likelihoods", "regularizers", "bounds", "posterior", "reference"},
     {"models"},
     {"registry", "datasets"},

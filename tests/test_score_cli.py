@@ -128,3 +128,29 @@ def test_eval_reports_the_auroc_of_the_score_that_score_writes(cli, workflow):
     assert res["anomaly_auroc_score"] == pytest.approx(roc_auc_score(y, det.decision_function(x)), abs=2e-3)
     assert res["anomaly_auroc_score"] != res["anomaly_auroc_recon_error"]  # another score than the plain error
     assert 0 < res["anomaly_ap_score"] <= 1
+
+
+def test_calibrate_scores_a_block_at_a_time_and_matches_the_detector(cli, workflow, tmp_path, monkeypatch):
+    """`aekit calibrate` keeps only scores (bounded memory on a large file): in blocks of 1024 rows it sets the
+    same threshold and calibration scores as Detector.calibrate on all the rows at once."""
+    import shutil
+
+    from aekit import cli as cli_module
+    from aekit.detector import Detector
+
+    rng = np.random.default_rng(3)
+    held = rng.normal(size=(2500, 4)) * [1.0, 10.0, 100.0, 0.1] + [0.0, 5.0, -50.0, 1.0]
+    (tmp_path / "held.csv").write_text(table(held, "abcd"))
+    run = tmp_path / "run"
+    shutil.copytree(workflow / "run", run)
+    monkeypatch.setattr(cli_module, "SCORE_BYTES", 4 * 4 * 1024)  # 1024 rows of 4 columns: 3 blocks
+    assert [hi - lo for lo, hi in cli_module.score_blocks(cli_module.new_rows(cli_module.Run.open(run),
+                                                                              str(tmp_path / "held.csv"))[0])] \
+        == [1024, 1024, 452]
+    code, out, err = cli("calibrate", run, "--normal", tmp_path / "held.csv", "--fpr", "0.05")
+    assert code == 0 and "2500 normal examples" in out, err
+    as_written = np.loadtxt(tmp_path / "held.csv", delimiter=",", skiprows=1)  # the CSV's 5 decimals
+    ref = Detector.load(workflow / "run").calibrate(as_written, fpr=0.05)
+    got = Detector.load(run)
+    assert got.threshold_ == pytest.approx(ref.threshold_, rel=1e-6)
+    np.testing.assert_allclose(got.calibration_scores_, ref.calibration_scores_, rtol=1e-5, atol=1e-6)

@@ -32,7 +32,7 @@ def _import_commands() -> None:
 
 
 __all__ = ["DATA_FIXED", "NORMAL_CLASS_HELP", "DATA_PREFIX", "cmd_export", "cmd_serve", "new_rows", "user_rows",
-           "score_columns", "write_scores", "score_table", "cmd_train", "evaluation_key", "cmd_eval", "cmd_sample",
+           "score_columns", "score_blocks", "SCORE_BYTES", "write_scores", "score_table", "cmd_train", "evaluation_key", "cmd_eval", "cmd_sample",
            "cmd_reconstruct", "cmd_encode", "cmd_plot", "cmd_report", "cmd_compare", "cmd_score", "cmd_calibrate",
            "cmd_models", "cmd_datasets", "cmd_pack", "build_parser", "SEVERAL_PROCESSES", "main"]
 
@@ -648,6 +648,13 @@ def score_table(scorer, x, ids, id_name: str = "id") -> str:
 SCORE_BYTES = 32 * 2**20  # float32 bytes of input rows `aekit score` scores at once (whole blocks of 1024 rows)
 
 
+def score_blocks(ds):
+    """(lo, hi) of the blocks of ``new_rows``'s rows that `aekit score` and `aekit calibrate` score at once."""
+    n = len(ds.x_train)
+    step = max(1, SCORE_BYTES // (4 * max(1, ds.dim) * 1024)) * 1024
+    return [(lo, min(n, lo + step)) for lo in range(0, n, step)]
+
+
 def cmd_score(args) -> int:
     import contextlib
     import csv
@@ -660,7 +667,6 @@ def cmd_score(args) -> int:
     scorer = Scorer.from_run(run.path)
     ds, ids = new_rows(run, args.data, args.id_column)
     n = len(ds.x_train)
-    step = max(1, SCORE_BYTES // (4 * max(1, ds.dim) * 1024)) * 1024
     flagged = 0
     with contextlib.ExitStack() as stack:  # rows are written as they are scored; a file appears only when complete
         if args.out:
@@ -670,8 +676,8 @@ def cmd_score(args) -> int:
             out = sys.stdout
         writer = csv.writer(out, lineterminator="\n")
         ids = iter(ids)
-        for lo in range(0, n, step):
-            cols = score_columns(scorer, user_rows(ds, lo, lo + step))
+        for lo, hi in score_blocks(ds):
+            cols = score_columns(scorer, user_rows(ds, lo, hi))
             if lo == 0:
                 writer.writerow([args.id_column or "id", *cols])
             flagged += int(cols["is_outlier"].sum()) if "is_outlier" in cols else 0
@@ -684,15 +690,19 @@ def cmd_score(args) -> int:
 
 
 def cmd_calibrate(args) -> int:
+    import numpy as np
+
     from .detector import Detector
 
     run = Run.open(args.run)
     det = Detector.load(run.path)
     ds, _ = new_rows(run, args.normal)
-    x = user_rows(ds)  # calibration keeps every score: the rows are scored at once
-    det.calibrate(x, fpr=args.fpr)
+    # a block of rows at a time (a memory-mapped file stays on disk); only the scores are kept
+    scores = [det.decision_function(user_rows(ds, lo, hi)) for lo, hi in score_blocks(ds)]
+    det.calibrate_scores(np.concatenate(scores) if scores else np.zeros(0), args.fpr)
     det.save_state(run.path)
-    print(f"calibrated {run.path} on {len(x)} normal examples of {args.normal}: threshold {det.threshold_:.6g} "
+    n = len(ds.x_train)
+    print(f"calibrated {run.path} on {n} normal examples of {args.normal}: threshold {det.threshold_:.6g} "
           f"(at most {args.fpr:g} of normal data flagged); `aekit score` now writes p-values")
     return 0
 

@@ -614,7 +614,13 @@ class Detector(BaseEstimator):
         self
         """
         _check_number("fpr", fpr, 0.0, 1.0, lo_open=True, hi_open=True, what="calibrate")
-        scores = np.sort(self.decision_function(X_normal))
+        return self.calibrate_scores(self.decision_function(X_normal), fpr)
+
+    def calibrate_scores(self, scores, fpr: float = 0.01):
+        """``calibrate`` from the scores (``decision_function``) of held-out normal rows, computed elsewhere:
+        `aekit calibrate` scores a large file a block at a time and keeps only the scores."""
+        _check_number("fpr", fpr, 0.0, 1.0, lo_open=True, hi_open=True, what="calibrate")
+        scores = np.sort(np.asarray(scores, dtype=np.float64).reshape(-1))
         n = len(scores)
         k = math.ceil(round((n + 1) * (1.0 - float(fpr)), 9))
         if k > n:

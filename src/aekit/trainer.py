@@ -49,7 +49,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from . import distributed
+from . import distributed, optim
 from .callbacks import (
     Callback,
     Checkpoints,
@@ -171,14 +171,6 @@ class TrainState:
                           optimizers={g: o.state_dict() for g, o in self.optimizers.items()}, rng=rng,
                           history=self.history, best_val=self.best_val, best_epoch=self.best_epoch,
                           bad_epochs=self.bad_epochs, initial_loss=self.initial_loss)
-
-
-def _make_optimizer(params, cfg: TrainConfig, device: torch.device, lr: float):
-    kw = dict(lr=lr, weight_decay=cfg.weight_decay)
-    try:  # fused kernels where this torch has them for the device, else foreach
-        return torch.optim.Adam(params, fused=True, **kw)
-    except (RuntimeError, TypeError):
-        return torch.optim.Adam(params, foreach=device.type != "cpu" or None, **kw)
 
 
 def _check_labels(model: Autoencoder, dataset) -> None:
@@ -334,7 +326,9 @@ class _Loop:
 
         self.groups = model.param_groups()
         self.scales = {g: model.lr_scales().get(g, 1.0) for g in self.groups}  # e.g. a slower adversary
-        opts = {g: _make_optimizer(p, cfg, device, cfg.lr * self.scales[g]) for g, p in self.groups.items()}
+        plain = cfg.amp != "fp16" and not cfg.compile  # aekit.optim.Adam on CPU: no torch._dynamo import
+        opts = {g: optim.make(p, cfg.lr * self.scales[g], cfg.weight_decay, device, plain)
+                for g, p in self.groups.items()}
         phases = model.update_phases()
         unknown = [g for g, _ in phases if g not in opts]
         if unknown:

@@ -757,3 +757,20 @@ def test_fuzz_readers(reader, tmp_path, monkeypatch):
 @pytest.mark.parametrize("reader", sorted(STRATEGIES))
 def test_fuzz_readers_slow(reader, tmp_path, monkeypatch):
     fuzz(reader, SLOW_EXAMPLES, tmp_path, monkeypatch)
+
+
+def test_finite_values_near_the_float32_limit_train_and_score(tmp_path, cli):
+    """A table of finite values of about +-3e38 (the edge of float32) is data, not a divergence: the statistics
+    are float64, so training, the report and scoring finish with finite numbers."""
+    rng = np.random.default_rng(0)
+    a = rng.choice([3e38, -3e38], size=120)
+    rows = ["a,b,c"] + [f"{x:.6g},{y:.6g},{z:.6g}" for x, y, z in zip(a, rng.random(120), rng.random(120) * 3e38)]
+    (tmp_path / "edge.csv").write_text("\n".join(rows) + "\n")
+    code, out, err = cli("train", "ae", "--dataset", tmp_path / "edge.csv", "--epochs", "3", "--contamination",
+                         "0.05", "--quiet", "--out", tmp_path / "run")
+    assert code == 0, err
+    assert "diverg" not in (out + err).lower()
+    code, out, err = cli("score", tmp_path / "run", tmp_path / "edge.csv")
+    assert code == 0, err
+    scores = np.array([float(line.split(",")[1]) for line in out.splitlines()[1:]])
+    assert len(scores) == 120 and np.isfinite(scores).all()
