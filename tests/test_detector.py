@@ -277,10 +277,9 @@ def test_model_options_reach_the_family():
 def test_default_budget_and_preprocessing():
     X = table(300, 4)
     det = Detector(random_state=0).fit(X)  # a table: about 150 steps, no early stopping, best val epoch kept
-    # cross-fitted: 2 members, each on one fold (150 rows: 135 to train, 2 steps per epoch, ~100 steps); each has
-    # its joint score and the code-space neighbour term (k = 10), each normalized on the member's held-out fold
-    assert len(det.models_) == 2 and det.normalization_.shape == (4, 2) and det.neighbors_ == 10
-    assert [len(r) for r in det.references_] == [150, 150]
+    # cross-fitted: 2 members, each on one fold (150 rows: 135 to train, 2 steps per epoch, ~100 steps)
+    assert len(det.models_) == 2 and det.normalization_.shape == (2, 2)
+    assert det.neighbors_ == 0 and det.references_ is None  # the neighbour term is an option (round 2)
     assert det.train_config_.epochs == 50 and det.train_config_.patience == 0
     cfg = det.models_[0].config
     assert len(det.history_) == 50 and (cfg.latent_dim, cfg.hidden) == (4, (64, 64))  # code: 8 features // 2
@@ -369,7 +368,7 @@ def test_the_neighbour_term_against_scikit_learn(tmp_path):
     np.testing.assert_array_equal(back.decision_function(X[:20]), det.decision_function(X[:20]))
     with pytest.raises(aekit.errors.ConfigError, match="needs cross-fitting"):
         Detector(folds=1, neighbors=5, **{**FAST, "epochs": 1}).fit(X)
-    for bad in (-1, 2.5, True, "many"):
+    for bad in (-1, 2.5, True, "auto", 1001):
         with pytest.raises(aekit.errors.ConfigError, match="neighbors"):
             Detector(neighbors=bad).fit(X)
 
@@ -512,10 +511,27 @@ def test_a_damaged_detector_state_is_one_run_error(tmp_path):
     good = (path / "detector.safetensors").read_bytes()
     for change in ({"score": "magic"}, {"n_members": 3}, {"threshold_from": "calibration"}, {"params": "x"},
                    {"normalization": None}, {"n_decision_scores": 7}, {"params": {"colour": 1}},
-                   {"n_calibration_scores": 10**15}, {"n_members": 10**15}, {"n_members": "many"}):
+                   {"n_calibration_scores": 10**15}, {"n_members": 10**15}, {"n_members": "many"},
+                   {"neighbors": 3}, {"neighbors": -1, "n_references": [5, 5, 5, 5]},
+                   {"neighbors": 3, "n_references": [10**15] * 4}):
         (path / "detector.safetensors").write_bytes(good)
         _rewrite_state(path, change)
         with pytest.raises(aekit.RunError, match="detector"):
+            Detector.load(path)
+    # the neighbour term: reference codes that do not match what the state announces
+    det = Detector(random_state=0, neighbors=3, **{**FAST, "epochs": 1}).fit(table(100, 9))
+    path = det.save(tmp_path / "knn")
+    good = (path / "detector.safetensors").read_bytes()
+    from safetensors.torch import load_file
+
+    tensors = load_file(path / "detector.safetensors")
+    for change, damaged in (({"n_references": [len(det.references_[0]) + 1, len(det.references_[1])]}, None),
+                            (None, {**tensors, "reference1": tensors["reference1"][:, :1].contiguous()}),
+                            (None, {k: v for k, v in tensors.items() if k != "reference0"}),
+                            (None, {**tensors, "reference0": tensors["reference0"] * float("nan")})):
+        (path / "detector.safetensors").write_bytes(good)
+        _rewrite_state(path, change, damaged)
+        with pytest.raises(aekit.RunError, match="reference codes"):
             Detector.load(path)
 
 
@@ -557,6 +573,8 @@ def test_damaged_joint_statistics_are_one_run_error(planted, tmp_path):
 
     _, _, det = planted
     path = det.save(tmp_path / "det")
+    from safetensors.torch import load_file
+
     tensors = load_file(path / "detector.safetensors")
     for name, value in (("joint0/sigma", None), ("joint0/prec", torch.zeros(3, 3, dtype=torch.float64)),
                         ("joint0/sigma", -torch.ones(8, dtype=torch.float64))):

@@ -128,13 +128,14 @@ def table(n: int, seed: int, d: int = 6) -> np.ndarray:
 
 
 def test_detector_export_matches_detector(tmp_path):
-    det = Detector(n_estimators=2, random_state=0, epochs=3, hidden=(16,), latent_dim=2).fit(table(400, 0))
+    det = Detector(n_estimators=2, random_state=0, epochs=3, hidden=(16,), latent_dim=2, neighbors=5).fit(table(400, 0))
     det.calibrate(table(200, 1), fpr=0.05)
     info = det.export(tmp_path / "exp")
     assert sorted(os.listdir(tmp_path / "exp")) == ["decoder.onnx", "encoder.onnx", "export.json", "scorer.onnx"]
     assert json.loads((tmp_path / "exp" / "export.json").read_text()) == info
     assert info["threshold"] == det.threshold_ and info["calibration_fpr"] == 0.05
-    assert info["members"] == len(det.models_) == 4  # 2 members in each of 2 folds (cross-fitting)
+    assert info["members"] == len(det.models_) == 4  # 2 members in each of 2 folds (cross-fitting), each with the
+    assert det.normalization_.shape == (8, 2)  # neighbour term: the graph holds the reference codes and top-k
     assert info["columns"] == [f"f{i}" for i in range(6)] and info["aekit_version"] == aekit.__version__
     assert info["graphs"]["scorer"]["inputs"] == [{"name": "x", "shape": ["batch", 6], "dtype": "float64",
                                                    "units": info["units"]}]

@@ -32,7 +32,6 @@ FOLDS = 2  # folds="auto": this many folds on a table with enough distinct rows 
 MIN_FOLD_ROWS = 10  # ... each fold holding at least this many distinct rows (fewer folds, down to 1, otherwise)
 TABLE_LATENT = 16  # the largest code of a table chosen from the data
 ROWS_PER_CODE = 6  # latent_dim=None: at least this many rows of a fold per code dimension
-NEIGHBORS = 10  # neighbors="auto" on a cross-fitted table: k of the code-space neighbour term
 
 
 def n_distinct(arr: np.ndarray) -> int:
@@ -49,14 +48,6 @@ def n_folds(folds, arr: np.ndarray, kind: str) -> int:
         return 1
     distinct = n_distinct(arr)
     return next((k for k in range(FOLDS, 1, -1) if distinct >= k * MIN_FOLD_ROWS), 1)
-
-
-def n_neighbors(neighbors, k: int, kind: str) -> int:
-    """k of the code-space neighbour term ``Detector(neighbors=...)`` uses: an int as given (0: none);
-    "auto": ``NEIGHBORS`` on a cross-fitted table (k > 1 folds), 0 otherwise (images, one fold)."""
-    if neighbors != "auto":
-        return int(neighbors)
-    return NEIGHBORS if kind == "table" and k > 1 else 0
 
 
 def table_latent(n_rows: int, n_features: int, folds: int) -> int:

@@ -45,6 +45,12 @@ training images for images (benchmarks/fmnist_oneclass.py; RESULTS_fmnist_onecla
   other folds, and their score statistics, normalization and the training scores of fold k's rows come from
   fold k, which they never saw, so the contamination threshold holds on unseen rows. An int sets K (1: every
   member trains on every row and the statistics come from those rows, as before issue 18).
+- ``neighbors=0``: k > 0 adds to each cross-fitted member's score a code-space neighbour term, the distance
+  of a row's code to its k-th nearest code among the rows that member trained on, normalized like the score
+  (median and IQR over the member's held-out fold) and averaged with it (``aekit.scoring``). Off by default:
+  selection round 2 (benchmarks/README.md) measured +2.1 AUROC points on the tables of more than 12 features
+  and +1.3 on the 200-row tables with k = 10, but -1.3 on low-dimensional tables and -1.8 on planted
+  anomalies, and the rule on mean rank keeps it off (RESULTS_adbench_select2.md). Needs ``folds`` >= 2.
 - ``latent_dim=None``: for a table ``aekit.adapt.table_latent``: min(16, d // 2, rows of a fold // 6), at
   least 1; ``max(2, min(32, d // 4))`` for images of d values.
   ``hidden=None``: (64, 64) for a table with an MLP (``TABLE_HIDDEN``); the family's default for images.
@@ -214,7 +220,7 @@ class Detector(BaseEstimator):
     def __init__(self, model="ae", model_options=None, latent_dim=None, hidden=None, epochs=None, batch_size=128,
                  lr=1e-3, contamination=0.1, anomaly_score="auto", preprocessing="standard", val_fraction=0.1,
                  n_estimators=1, robust=False, random_state=None, device="auto", verbose=False, encoder=None,
-                 encoder_args=None, decoder=None, decoder_args=None, folds="auto", neighbors="auto"):
+                 encoder_args=None, decoder=None, decoder_args=None, folds="auto", neighbors=0):
         self.model = model
         self.model_options = model_options
         self.latent_dim = latent_dim
@@ -259,7 +265,7 @@ class Detector(BaseEstimator):
         check_arrays(arr, "X", copies=2)  # the members' training data and the rows scored
         rng = check_random_state(self.random_state)
         k = adapt.n_folds(self.folds, arr, kind)  # cross-fitting (aekit.adapt): k folds, k > 1
-        neighbors = adapt.n_neighbors(self.neighbors, k, kind)
+        neighbors = int(self.neighbors)
         seeds = [int(s) for s in rng.randint(0, 2**31 - 1, size=k * int(self.n_estimators) + 1)]
         rows, kept = arr, None
         for attempt in range(2 if self.robust else 1):
@@ -286,8 +292,8 @@ class Detector(BaseEstimator):
             else:
                 if neighbors:
                     raise ConfigError(f"Detector(neighbors={self.neighbors!r}): the code-space neighbour term needs "
-                                      "cross-fitting (folds >= 2: a table of at least 20 distinct rows); use "
-                                      "neighbors=0 or 'auto'")
+                                      "cross-fitting (folds >= 2 on a table of at least 20 distinct rows); use "
+                                      "neighbors=0 here")
                 references = None
                 fitted = [self._train_member(ds, seed, latent) for seed in seeds[1:]]  # (TrainConfig, FitResult)
                 models = [result.model for _, result in fitted]
@@ -400,9 +406,9 @@ class Detector(BaseEstimator):
                                          and self.folds >= 1)):
             raise ConfigError(f"Detector(folds={self.folds!r}): expected 'auto' or an integer >= 1 (1: no "
                               "cross-fitting)")
-        if not (self.neighbors == "auto" or (isinstance(self.neighbors, numbers.Integral)
-                                             and not isinstance(self.neighbors, bool) and 0 <= self.neighbors <= 1000)):
-            raise ConfigError(f"Detector(neighbors={self.neighbors!r}): expected 'auto' or an integer 0..1000 (0: no "
+        if not (isinstance(self.neighbors, numbers.Integral) and not isinstance(self.neighbors, bool)
+                and 0 <= self.neighbors <= MAX_NEIGHBORS):
+            raise ConfigError(f"Detector(neighbors={self.neighbors!r}): expected an integer 0..{MAX_NEIGHBORS} (0: no "
                               "code-space neighbour term)")
         if not isinstance(self.robust, (bool, np.bool_)):
             raise ConfigError(f"Detector(robust={self.robust!r}): expected True or False")
@@ -891,6 +897,7 @@ _NO_THRESHOLD = ("this detector has no threshold: it was loaded from a plain run
 
 
 MAX_ESTIMATORS = 1000  # members of an ensemble: each is a model trained in full
+MAX_NEIGHBORS = 1000  # k of the neighbour term
 
 
 def _needs_labels(model: str, how: str = "") -> ConfigError:
