@@ -573,8 +573,6 @@ def test_damaged_joint_statistics_are_one_run_error(planted, tmp_path):
 
     _, _, det = planted
     path = det.save(tmp_path / "det")
-    from safetensors.torch import load_file
-
     tensors = load_file(path / "detector.safetensors")
     for name, value in (("joint0/sigma", None), ("joint0/prec", torch.zeros(3, 3, dtype=torch.float64)),
                         ("joint0/sigma", -torch.ones(8, dtype=torch.float64))):
