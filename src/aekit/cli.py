@@ -32,7 +32,8 @@ def _import_commands() -> None:
 
 
 __all__ = ["DATA_FIXED", "NORMAL_CLASS_HELP", "DATA_PREFIX", "cmd_export", "cmd_serve", "new_rows", "user_rows",
-           "score_columns", "score_blocks", "SCORE_BYTES", "write_scores", "score_table", "cmd_train", "evaluation_key", "cmd_eval", "cmd_sample",
+           "score_columns", "score_blocks", "SCORE_BYTES", "write_scores", "score_table", "cmd_train",
+           "evaluation_key", "cmd_eval", "cmd_sample",
            "cmd_reconstruct", "cmd_encode", "cmd_plot", "cmd_report", "cmd_compare", "cmd_score", "cmd_calibrate",
            "cmd_models", "cmd_datasets", "cmd_pack", "build_parser", "SEVERAL_PROCESSES", "main"]
 
