@@ -40,12 +40,10 @@ def n_distinct(arr: np.ndarray) -> int:
 
 def n_folds(folds, arr: np.ndarray, kind: str) -> int:
     """The number of folds ``Detector(folds=...)`` uses on ``arr``: an int as given (1: no cross-fitting);
-    "auto": ``FOLDS`` on a table whose distinct rows fill them with ``MIN_FOLD_ROWS`` each, fewer folds where
-    they do not, 1 for images (their default was chosen on Fashion-MNIST without cross-fitting)."""
+    "auto": ``FOLDS`` on data (a table or images) whose distinct rows fill them with ``MIN_FOLD_ROWS`` each,
+    fewer folds where they do not (images: chosen on validation data by benchmarks/fmnist_select.py)."""
     if folds != "auto":
         return int(folds)
-    if kind != "table":
-        return 1
     distinct = n_distinct(arr)
     return next((k for k in range(FOLDS, 1, -1) if distinct >= k * MIN_FOLD_ROWS), 1)
 

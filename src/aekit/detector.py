@@ -41,7 +41,8 @@ training images for images (benchmarks/fmnist_oneclass.py; RESULTS_fmnist_onecla
   ``encoder`` / ``decoder`` (with ``encoder_args`` / ``decoder_args``): custom networks, as ``aekit.build`` takes
   them (an import path 'package.module:Class', or an instance whose arguments can be recovered).
 - ``folds="auto"``: on a table, cross-fitting (``aekit.adapt``): the distinct rows are dealt into 2 folds
-  (1, no cross-fitting, below 20 distinct rows; images: 1); the ``n_estimators`` members of fold k train on the
+  (1, no cross-fitting, below 20 distinct rows; images too, chosen by benchmarks/fmnist_select.py on
+  validation data, RESULTS_fmnist_select.md); the ``n_estimators`` members of fold k train on the
   other folds, and their score statistics, normalization and the training scores of fold k's rows come from
   fold k, which they never saw, so the contamination threshold holds on unseen rows. An int sets K (1: every
   member trains on every row and the statistics come from those rows, as before issue 18).
@@ -193,8 +194,8 @@ class Detector(BaseEstimator):
     encoder_args, decoder_args : dict or None, default None
         JSON keyword arguments of the custom networks.
     folds : "auto" or int, default "auto"
-        Cross-fitting (``aekit.adapt``): "auto" deals a table's distinct rows into 2 folds (1 below 20 distinct
-        rows, and for images); the members of fold k train on the other folds, and the score statistics,
+        Cross-fitting (``aekit.adapt``): "auto" deals the distinct rows (of a table or of images) into 2 folds
+        (1 below 20 distinct rows); the members of fold k train on the other folds, and the score statistics,
         normalization and training scores of fold k's rows come from fold k, so the contamination threshold
         holds on unseen rows. 1: every member trains on every row, as before.
 
