@@ -1,4 +1,4 @@
-"""How ``aekit.Detector`` fits a table so that its scores hold on rows it never saw (issue 18).
+"""How ``aekit.Detector`` fits a table (or images) so that its scores hold on rows it never saw (issue 18).
 
 An autoencoder trained on a few hundred rows memorizes them: its codes and residuals on those rows are not
 those of new rows (on 90 rows, 150 steps, a code as wide as the input, the residuals of training rows are
