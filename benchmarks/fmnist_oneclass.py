@@ -90,7 +90,7 @@ def cached_run(method: str, cls: int, seed: int, pyod_py, timeout: float, commit
     """run_one's result, from the cache when this (method, class, seed) ran before (for aekit: at this commit)."""
     key = CACHE / method / f"{cls}__{seed}{'' if method == 'pyod-ae' else '__' + commit}.json"
     if key.exists():
-        return json.loads(key.read_text())
+        return {**json.loads(key.read_text()), "cached": True}
     r = run_one(method, cls, seed, pyod_py, timeout)
     if "auroc" in r:
         key.parent.mkdir(parents=True, exist_ok=True)
@@ -117,7 +117,11 @@ def render(results: dict, methods: list[str], classes: list[int], meta: dict, se
              f"- command: `{meta['command']}`", f"- date: {meta['date']}; wall {meta['wall_minutes']:.1f} min",
              f"- aekit: commit {meta['aekit_commit']}; pyod: {meta['pyod_versions']}",
              f"- machine: {meta['machine']}; load average {meta['load_start']} at the start, {meta['load_end']} at "
-             "the end", "",
+             "the end",
+             "- reused from benchmarks/.cache (earlier runs of this script; their seconds were measured then, not "
+             "side by side with this run's): " + (", ".join(
+                 f"{m} {sum(r.get('cached', False) for c in classes for r in results[c][m].values())} of "
+                 f"{len(classes) * len(seeds)}" for m in methods)), "",
              "| class | " + " | ".join(LABELS[m] for m in methods) + " |", "|---" * (len(methods) + 1) + "|"]
     for c in classes:
         cells = []
