@@ -42,6 +42,22 @@ def test_bit_identical_to_torch_fused_adam(weight_decay):
             assert torch.equal(our_sd["state"][i][k], v), (i, k)
 
 
+def test_parameters_of_two_dtypes():
+    """float32 and float64 parameters in one group: one kernel call per dtype, as torch.optim.Adam does."""
+    def params():
+        torch.manual_seed(3)
+        return [torch.randn(4, 3, requires_grad=True), torch.randn(5, dtype=torch.float64, requires_grad=True)]
+
+    a, b = params(), params()
+    ours, ref = optim.Adam(a, lr=1e-2), torch.optim.Adam(b, lr=1e-2, fused=True)
+    for step in range(5):
+        for ps, opt in ((a, ours), (b, ref)):
+            opt.zero_grad()
+            (ps[0].sin().sum() + ps[1].pow(3).sum() * (step + 1)).backward()
+            opt.step()
+        assert all(torch.equal(p, q) for p, q in zip(a, b)), step
+
+
 def test_state_dict_round_trip_both_ways():
     """Checkpointed by one, resumed under the other: the continuation equals the uninterrupted run."""
     gen = torch.Generator().manual_seed(2)

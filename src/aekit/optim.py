@@ -67,14 +67,18 @@ class Adam:
                     self.state[p] = {"step": torch.zeros((), dtype=torch.float32),
                                      "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
                                      "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
-            sts = [self.state[p] for p in ps]
-            steps = [s["step"] for s in sts]
-            torch._foreach_add_(steps, 1)
             beta1, beta2 = g["betas"]
-            torch._fused_adam_(ps, [p.grad for p in ps], [s["exp_avg"] for s in sts],
-                               [s["exp_avg_sq"] for s in sts], [], steps, amsgrad=False, lr=g["lr"],
-                               beta1=beta1, beta2=beta2, weight_decay=g["weight_decay"], eps=g["eps"],
-                               maximize=False, grad_scale=None, found_inf=None)
+            by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+            for p in ps:  # one kernel call per dtype, as torch groups them
+                by_dtype.setdefault(p.dtype, []).append(p)
+            for same in by_dtype.values():
+                sts = [self.state[p] for p in same]
+                steps = [s["step"] for s in sts]
+                torch._foreach_add_(steps, 1)
+                torch._fused_adam_(same, [p.grad for p in same], [s["exp_avg"] for s in sts],
+                                   [s["exp_avg_sq"] for s in sts], [], steps, amsgrad=False, lr=g["lr"],
+                                   beta1=beta1, beta2=beta2, weight_decay=g["weight_decay"], eps=g["eps"],
+                                   maximize=False, grad_scale=None, found_inf=None)
 
     def state_dict(self) -> dict:
         """torch.optim.Optimizer's format: parameters numbered in group order, state by number."""
