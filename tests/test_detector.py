@@ -277,7 +277,7 @@ def test_model_options_reach_the_family():
 
 def test_default_budget_and_preprocessing():
     X = table(300, 4)
-    det = Detector(random_state=0).fit(X)  # a table: about 150 steps, no early stopping, best val epoch kept
+    det = Detector(random_state=0).fit(X)  # a table: about 100 steps, no early stopping, best val epoch kept
     # cross-fitted: 2 members, each on one fold (150 rows: 135 to train, 2 steps per epoch, ~100 steps)
     assert len(det.models_) == 2 and det.normalization_.shape == (2, 2)
     assert det.neighbors_ == 0 and det.references_ is None  # the neighbour term is an option (round 2)
