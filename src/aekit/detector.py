@@ -33,8 +33,9 @@ New data at predict time is read the same way with the same statistics, in the c
 
 Defaults: chosen by benchmarks/adbench_select.py for tables (leave-one-group-out over groups of ADBench sets,
 embeddings and sets made from them; benchmarks/README.md, "Selection protocol"; evidence in
-benchmarks/RESULTS_adbench_select.md and RESULTS_adbench.md), and on a validation split of Fashion-MNIST's
-training images for images (benchmarks/fmnist_oneclass.py; RESULTS_fmnist_oneclass.md):
+benchmarks/RESULTS_adbench_select.md and RESULTS_adbench.md), and on validation splits of Fashion-MNIST's
+training images and digits for images (benchmarks/fmnist_select.py; RESULTS_fmnist_select.md; the test images
+in RESULTS_fmnist_oneclass.md):
 
 - ``model="ae"``: the plain autoencoder; any family of ``aekit.MODELS`` that trains without labels (cvae and
   the supervised aae need labels: a ConfigError). ``model_options``: that family's own options.
