@@ -110,8 +110,11 @@ def fit_run(model: str, ds, out, contamination: float, train_options: dict, mode
     rows (in the user's units; the detector holds out its own validation and statistics rows) and saved as the
     run directory ``out`` (its data config is the command line's, so ``aekit score`` and ``aekit calibrate``
     read new files as this one). Returns (the Detector, a FitResult of its first member, for the summary)."""
+    import types
+
     from . import registry
     from .config import TrainConfig
+    from .datasets import check_arrays
     from .detector import Detector
     from .trainer import FitResult
 
@@ -122,6 +125,10 @@ def fit_run(model: str, ds, out, contamination: float, train_options: dict, mode
     params.update({k: train[k] for k in ("epochs", "batch_size", "lr", "device") if k in train_options})
     det = Detector(model=model, model_options=opts or None, contamination=contamination,
                    random_state=seed, **params)
+    # the training rows become one array in the user's units, and the Detector makes two datasets of it:
+    # checked against the memory budget before anything is copied (a memory-mapped file stays on disk until then)
+    check_arrays(types.SimpleNamespace(shape=tuple(ds.x_train.shape), dtype="float32"),
+                 f"--contamination (the training split of {ds.name})", copies=3)
     det.fit(ds.to_user_units(ds.x_train).numpy())
     det.data_spec_ = dataclasses.replace(ds.spec, stats=det.data_spec_.stats)
     if ds.feature_names:  # the table's own column names: `aekit score` and export match new files by them

@@ -112,6 +112,19 @@ def test_arrays_given_to_the_detector_are_budgeted(monkeypatch):
     datasets.check_arrays(np.zeros((1000, 3)), copies=2)
 
 
+def test_train_contamination_asks_the_budget_before_copying_a_memory_mapped_file(cli, tmp_path, monkeypatch):
+    """`aekit train --contamination` on a memory-mapped uint8 file made the whole training split a float32 array
+    (and the Detector two datasets of it) without asking the budget; now it refuses first, in one line, and
+    leaves no run folder."""
+    np.save(tmp_path / "imgs.npy", (np.random.default_rng(0).random((2000, 28, 28)) * 255).astype(np.uint8))
+    monkeypatch.setenv("AEKIT_MAX_DATA_BYTES", str(10**7))  # the file (1.6 MB) fits, 3 float32 copies do not
+    code, out, err = cli("train", "ae", "--dataset", tmp_path / "imgs.npy", "--contamination", "0.05",
+                         "--epochs", "1", "--out", tmp_path / "run")
+    one_line(code, err, "--contamination", "3 datasets of an array of shape (1400, 1, 28, 28)",
+             "AEKIT_MAX_DATA_BYTES")
+    assert not (tmp_path / "run").exists()
+
+
 def test_sampling_a_trillion_is_one_line(cli, tmp_path):
     """`aekit sample -n 1000000000000` asked for 64 TB."""
     assert cli("train", "vae", *FAST, "--limit", "300", "--out", tmp_path / "v")[0] == 0
