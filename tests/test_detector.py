@@ -367,6 +367,9 @@ def test_the_neighbour_term_against_scikit_learn(tmp_path):
     back = Detector.load(det.save(tmp_path / "det"))
     assert back.neighbors_ == 7
     np.testing.assert_array_equal(back.decision_function(X[:20]), det.decision_function(X[:20]))
+    for kw in ({"model": "vae", "anomaly_score": "neg_elbo"}, {"anomaly_score": "recon_error"}, {"robust": True}):
+        other = Detector(random_state=0, neighbors=4, **{**FAST, "epochs": 2}, **kw).fit(X)  # every score has it
+        assert other.normalization_.shape == (4, 2) and np.isfinite(other.decision_function(X[:10])).all(), kw
     with pytest.raises(aekit.errors.ConfigError, match="needs cross-fitting"):
         Detector(folds=1, neighbors=5, **{**FAST, "epochs": 1}).fit(X)
     for bad in (-1, 2.5, True, "auto", 1001):

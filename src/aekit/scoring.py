@@ -356,6 +356,8 @@ class Scorer(nn.Module):
             if self.score_name == "neg_elbo":
                 s = metrics.anomaly_scores(m, x, y, mc_samples=MC_SAMPLES, seed=SCORE_SEED)["neg_elbo"]
                 out.append(torch.as_tensor(s).to(device=self.device, dtype=torch.float64))
+                if self.neighbors:  # the codes (posterior means) as the references were taken: model.encode
+                    out.append(kth_neighbor_distance(metrics.codes(m, x, y), getattr(self, f"ref{j}"), self.neighbors))
                 continue
             z = m.encode(x, y)
             rec = m.decode(z, y)
