@@ -287,9 +287,9 @@ class Detector(BaseEstimator):
                 references = [st[1] for st in cf.stats] if neighbors else None
                 scores = cf.scores
                 if rows is not arr:  # robust's second pass: the rows it dropped were seen by no member
-                    scorer = Scorer(models, kind=kind, stats=stats, score=score, joint=joint, neighbors=neighbors,
-                                    references=references)
-                    scores = _combine(scorer.raw_model_units(_model_rows(arr, kind, ds, models[0])).cpu().numpy(), norm)
+                    scorer = Scorer(models, kind=kind, stats=stats, score=score, joint=joint, normalization=norm,
+                                    neighbors=neighbors, references=references)
+                    scores = scorer.score_model_units(_model_rows(arr, kind, ds, models[0]))
                     scores[kept] = cf.scores
             else:
                 if neighbors:
@@ -305,9 +305,10 @@ class Detector(BaseEstimator):
                 if score == "joint":  # the statistics come from the rows the members trained on
                     on = x if rows is arr else _model_rows(rows, kind, ds, models[0])
                     joint = scoring.fit_joint(models, on, kind)
-                raw = Scorer(models, kind=kind, stats=stats, score=score, joint=joint).raw_model_units(x).cpu().numpy()
-                norm = scoring.normalization(raw)
-                scores = _combine(raw, norm)
+                raw = Scorer(models, kind=kind, stats=stats, score=score, joint=joint).raw_model_units(x)
+                norm = scoring.normalization(raw.cpu().numpy())
+                scores = Scorer(models, kind=kind, stats=stats, score=score, joint=joint,
+                                normalization=norm).combine(raw).cpu().numpy()
             if self.robust and attempt == 0:  # drop the rows that look like outliers, train again
                 kept = scores <= np.quantile(scores, 1.0 - float(self.contamination))
                 rows = arr[kept]
@@ -438,7 +439,7 @@ class Detector(BaseEstimator):
         ``seen``: the rows it trained on (model units), whose codes are the neighbour term's references."""
         score = scoring.resolve_score(self.anomaly_score, model)
         joint = scoring.fit_joint([model], x, kind) if score == "joint" else None
-        ref = scoring.codes_and_residuals(model, seen)[0] if neighbors else None
+        ref = metrics.codes(model, seen).flatten(1).double().cpu().numpy() if neighbors else None
         scorer = Scorer([model], kind=kind, stats=ds.spec.stats, score=score, joint=joint, neighbors=neighbors,
                         references=None if ref is None else [ref])
         return ((None if joint is None else joint[0]), ref), scorer.raw_model_units(x).cpu().numpy()
@@ -947,9 +948,3 @@ def _model_rows(rows: np.ndarray, kind: str, ds, model) -> torch.Tensor:
     """Rows in the user's units as ``model`` reads them (the run's preprocessing, ``scoring.Preprocess``)."""
     pre = Preprocess(kind, tuple(ds.shape), ds.spec.stats, model.dtype).to(model.device)
     return pre(torch.from_numpy(read_samples(rows, kind=kind)).to(model.device))
-
-
-def _combine(raw: np.ndarray, norm: np.ndarray | None) -> np.ndarray:
-    """Raw scores (rows, n) as one score: each row normalized by its (median, IQR), then averaged (as
-    ``Scorer.combine``)."""
-    return raw[0] if norm is None else ((raw - norm[:, :1]) / norm[:, 1:]).mean(axis=0)

@@ -117,6 +117,13 @@ def _link_new(tmp: str, path: Path) -> None:
     os.unlink(tmp)
 
 
+def _make_durable(f) -> None:
+    """A file just written, still open: flushed, given the mode ``open()`` would give, fsync'ed."""
+    f.flush()
+    os.fchmod(f.fileno(), _file_mode())
+    os.fsync(f.fileno())
+
+
 @contextlib.contextmanager
 def _staged(path: Path, place):
     """A temporary file beside ``path`` to write; once the block is done it is flushed, given the mode
@@ -131,9 +138,7 @@ def _staged(path: Path, place):
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
-            f.flush()
-            os.fchmod(f.fileno(), _file_mode())
-            os.fsync(f.fileno())
+            _make_durable(f)
         place(tmp, path)
     except BaseException as e:
         try:
@@ -179,6 +184,8 @@ class AppendFile:
         fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)
+
+
 @contextlib.contextmanager
 def streamed_file(path: str | os.PathLike):
     """A binary file written in pieces (output made as it is written) that replaces ``path`` only once complete.
@@ -203,9 +210,7 @@ def streamed_file(path: str | os.PathLike):
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
-            f.flush()
-            os.fchmod(f.fileno(), _file_mode())
-            os.fsync(f.fileno())
+            _make_durable(f)
             _name_unnamed(f.fileno(), path)
     except OSError as e:
         raise _write_error(path, e) from None

@@ -192,41 +192,41 @@ function figure(canvas, caption) {
   return div;
 }
 
-function imageCanvas(values, c, h, w, scale) {  // values (C, H, W) nested or flat, in [0, scale]
-  const v = flat(values);
+function pixelCanvas(h, w, paint) {  // an h x w canvas shown enlarged; paint(rgba data) fills its pixels
   const canvas = document.createElement("canvas");
   canvas.width = w; canvas.height = h; canvas.className = "px";
   const size = Math.max(96, Math.min(224, 8 * w));
   canvas.style.width = size + "px"; canvas.style.height = Math.round(size * h / w) + "px";
   const ctx = canvas.getContext("2d");
   const img = ctx.createImageData(w, h);
-  for (let i = 0; i < h * w; i++) {
-    for (let k = 0; k < 3; k++) {
-      const x = v[(c === 1 ? 0 : k) * h * w + i] / scale;
-      img.data[4 * i + k] = Math.round(255 * Math.min(1, Math.max(0, x)));
-    }
-    img.data[4 * i + 3] = 255;
-  }
+  paint(img.data);
   ctx.putImageData(img, 0, 0);
   return canvas;
+}
+
+function imageCanvas(values, c, h, w, scale) {  // values (C, H, W) nested or flat, in [0, scale]
+  const v = flat(values);
+  return pixelCanvas(h, w, (data) => {
+    for (let i = 0; i < h * w; i++) {
+      for (let k = 0; k < 3; k++) {
+        const x = v[(c === 1 ? 0 : k) * h * w + i] / scale;
+        data[4 * i + k] = Math.round(255 * Math.min(1, Math.max(0, x)));
+      }
+      data[4 * i + 3] = 255;
+    }
+  });
 }
 
 function heatCanvas(values, h, w) {  // white (0) to dark red (the row's largest part)
   const v = flat(values);
   const peak = v.reduce((m, x) => Math.max(m, x), 0) || 1;
-  const canvas = document.createElement("canvas");
-  canvas.width = w; canvas.height = h; canvas.className = "px";
-  const size = Math.max(96, Math.min(224, 8 * w));
-  canvas.style.width = size + "px"; canvas.style.height = Math.round(size * h / w) + "px";
-  const ctx = canvas.getContext("2d");
-  const img = ctx.createImageData(w, h);
-  for (let i = 0; i < h * w; i++) {
-    const a = Math.min(1, v[i] / peak);
-    img.data[4 * i] = Math.round(255 - 75 * a); img.data[4 * i + 1] = Math.round(255 * (1 - a));
-    img.data[4 * i + 2] = Math.round(255 * (1 - a)); img.data[4 * i + 3] = 255;
-  }
-  ctx.putImageData(img, 0, 0);
-  return canvas;
+  return pixelCanvas(h, w, (data) => {
+    for (let i = 0; i < h * w; i++) {
+      const a = Math.min(1, v[i] / peak);
+      data[4 * i] = Math.round(255 - 75 * a); data[4 * i + 1] = Math.round(255 * (1 - a));
+      data[4 * i + 2] = Math.round(255 * (1 - a)); data[4 * i + 3] = 255;
+    }
+  });
 }
 
 function bars(names, parts, inputs, recon) {  // an SVG bar per feature, largest part first (at most 25)
