@@ -10,7 +10,8 @@ For each digit d of digits (8 x 8 images scaled to [0, 1]): 80% of its images fi
 many images of the other digits are anomalies. A task's figure is the validation AUROC x100. The candidates
 (CANDIDATES) are ranked per task; the choice is the best mean rank over the 20 tasks (ties: the better mean
 AUROC on Fashion-MNIST). One thread, in this process; seconds = fit + score per task. Results are cached per
-(candidate, task, seed) in benchmarks/.cache/fmnist-select; writes benchmarks/RESULTS_fmnist_select.md / .json.
+(candidate, task, seed) in benchmarks/.cache/fmnist-select; writes benchmarks/RESULTS_fmnist_select.md / .json
+(``--results NAME``: RESULTS_NAME.md / .json).
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ CANDIDATES = {  # name -> Detector parameters (fixed before the run: benchmarks/
     "folds2": {"folds": 2},  # cross-fitting: 2 members, statistics from the fold each did not train on
     "ens2": {"n_estimators": 2, "folds": 1},  # 2 members on every image: the ensemble without the cross-fitting
     "latent16": {"latent_dim": 16},  # a smaller code than max(2, min(32, d // 4)) = 32
+    # round 2 (benchmarks/README.md, "Selection for images, round 2"): folds2 plus the code-space neighbour term
+    "folds2-knn10": {"folds": 2, "neighbors": 10},
 }
 
 
@@ -80,6 +83,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--candidates", default=",".join(CANDIDATES))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--results", default="fmnist_select", help="write benchmarks/RESULTS_<this>.md and .json")
     args = p.parse_args()
     import torch
     from scipy.stats import rankdata
@@ -126,8 +130,8 @@ def main() -> int:
                  f"{s['seconds_fmnist']:.1f} |")
     L += ["", f"**Chosen: {choice}.**", "", "| task | " + " | ".join(cands) + " |", "|---" * (len(cands) + 1) + "|"]
     L += [f"| {t} | " + " | ".join(f"{v:.2f}" for v in row) + " |" for t, row in zip(names, auc)]
-    (HERE / "RESULTS_fmnist_select.md").write_text("\n".join(L) + "\n")
-    (HERE / "RESULTS_fmnist_select.json").write_text(json.dumps({"meta": meta, "candidates": {m: CANDIDATES[m]
+    (HERE / f"RESULTS_{args.results}.md").write_text("\n".join(L) + "\n")
+    (HERE / f"RESULTS_{args.results}.json").write_text(json.dumps({"meta": meta, "candidates": {m: CANDIDATES[m]
                                                      for m in cands}, "summary": summary, "choice": choice,
                                                      "results": res}, indent=1))
     print("\n".join(L))
