@@ -49,6 +49,9 @@ CANDIDATES = {
     # round 3 (benchmarks/README.md): the term by a data rule, neighbors="auto" (see RULES)
     "wide12-knn10": ({"folds": 2, "neighbors": "auto", "wide": 12}, 100),
     "wide32-knn10": ({"folds": 2, "neighbors": "auto", "wide": 32}, 100),
+    # round 4 (benchmarks/README.md): the same ~100 optimizer steps per fold, spent otherwise
+    "robust-50": ({"folds": 2, "robust": True}, 50),  # two passes of 50 steps: the second without the top 10%
+    "ens2-50": ({"folds": 2, "n_estimators": 2}, 50),  # two members of 50 steps per fold (seeds), averaged
 }
 # a rule candidate: (features above which it is the first candidate, else the second); on each set it is the
 # same fit as one of them (the same seed and configuration), so its results are theirs
