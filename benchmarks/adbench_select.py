@@ -52,6 +52,9 @@ CANDIDATES = {
     # round 4 (benchmarks/README.md): the same ~100 optimizer steps per fold, spent otherwise
     "robust-50": ({"folds": 2, "robust": True}, 50),  # two passes of 50 steps: the second without the top 10%
     "ens2-50": ({"folds": 2, "n_estimators": 2}, 50),  # two members of 50 steps per fold (seeds), averaged
+    # round 4 (benchmarks/README.md): the joint score's residual model, a PPCA of q factors (q < D)
+    "rr2": ({"folds": 2, "residual_rank": 2}, 100),
+    "rr8": ({"folds": 2, "residual_rank": 8}, 100),
 }
 # a rule candidate: (features above which it is the first candidate, else the second); on each set it is the
 # same fit as one of them (the same seed and configuration), so its results are theirs

@@ -32,6 +32,8 @@ FOLDS = 2  # folds="auto": this many folds on a table with enough distinct rows 
 MIN_FOLD_ROWS = 10  # ... each fold holding at least this many distinct rows (fewer folds, down to 1, otherwise)
 TABLE_LATENT = 16  # the largest code of a table chosen from the data
 ROWS_PER_CODE = 6  # latent_dim=None: at least this many rows of a fold per code dimension
+TABLE_RESIDUAL_RANK = 0  # residual_rank="auto": the joint score's residual model on a table (aekit.scoring)
+IMAGE_RESIDUAL_RANK = 0  # ... and on images (0: diagonal)
 
 
 def n_distinct(arr: np.ndarray) -> int:
@@ -46,6 +48,14 @@ def n_folds(folds, arr: np.ndarray, kind: str) -> int:
         return int(folds)
     distinct = n_distinct(arr)
     return next((k for k in range(FOLDS, 1, -1) if distinct >= k * MIN_FOLD_ROWS), 1)
+
+
+def residual_rank(rank, kind: str, n_values: int) -> int:
+    """The rank of the joint score's residual model (``aekit.scoring.JointStats``): an int as given; "auto":
+    ``TABLE_RESIDUAL_RANK`` on a table, ``IMAGE_RESIDUAL_RANK`` on images, at most ``n_values`` - 1 (a rank as
+    large as the number of values leaves no noise to estimate)."""
+    q = (TABLE_RESIDUAL_RANK if kind == "table" else IMAGE_RESIDUAL_RANK) if rank == "auto" else int(rank)
+    return max(0, min(q, n_values - 1))
 
 
 def table_latent(n_rows: int, n_features: int, folds: int) -> int:
@@ -141,4 +151,4 @@ def fit_run(model: str, ds, out, contamination: float, train_options: dict, mode
     return det, result
 
 
-__all__ = ["CrossFit", "cross_fit", "fit_run", "fold_ids", "n_folds", "table_latent", "n_distinct", "robust_scale"]
+__all__ = ["CrossFit", "cross_fit", "fit_run", "fold_ids", "n_folds", "residual_rank", "table_latent", "n_distinct", "robust_scale"]

@@ -222,7 +222,7 @@ class Detector(BaseEstimator):
     def __init__(self, model="ae", model_options=None, latent_dim=None, hidden=None, epochs=None, batch_size=128,
                  lr=1e-3, contamination=0.1, anomaly_score="auto", preprocessing="standard", val_fraction=0.1,
                  n_estimators=1, robust=False, random_state=None, device="auto", verbose=False, encoder=None,
-                 encoder_args=None, decoder=None, decoder_args=None, folds="auto", neighbors=0):
+                 encoder_args=None, decoder=None, decoder_args=None, folds="auto", neighbors=0, residual_rank="auto"):
         self.model = model
         self.model_options = model_options
         self.latent_dim = latent_dim
@@ -245,6 +245,7 @@ class Detector(BaseEstimator):
         self.decoder_args = decoder_args
         self.folds = folds
         self.neighbors = neighbors
+        self.residual_rank = residual_rank
 
     # --- training -------------------------------------------------------------------------------
     def fit(self, X, y=None):
@@ -268,6 +269,7 @@ class Detector(BaseEstimator):
         rng = check_random_state(self.random_state)
         k = adapt.n_folds(self.folds, arr, kind)  # cross-fitting (aekit.adapt): k folds, k > 1
         neighbors = int(self.neighbors)
+        rank = adapt.residual_rank(self.residual_rank, kind, math.prod(arr.shape[1:]))
         seeds = [int(s) for s in rng.randint(0, 2**31 - 1, size=k * int(self.n_estimators) + 1)]
         rows, kept = arr, None
         for attempt in range(2 if self.robust else 1):
@@ -279,7 +281,7 @@ class Detector(BaseEstimator):
                 cf = adapt.cross_fit(rows, k, seeds[1:], seeds[0], lambda r, seed, stats=stats, latent=latent: (
                     self._train_member(self._training_data(r, kind, columns, seeds[0], stats), seed, latent)),
                     lambda model, r, seen, ds=ds: self._held_out(model, _model_rows(r, kind, ds, model), kind, ds,
-                                                                 neighbors, _model_rows(seen, kind, ds, model)))
+                                                                 neighbors, _model_rows(seen, kind, ds, model), rank))
                 fitted, norm = cf.fitted, cf.normalization
                 models = [result.model for _, result in fitted]
                 score = scoring.resolve_score(self.anomaly_score, models[0])
@@ -304,7 +306,7 @@ class Detector(BaseEstimator):
                 joint = None
                 if score == "joint":  # the statistics come from the rows the members trained on
                     on = x if rows is arr else _model_rows(rows, kind, ds, models[0])
-                    joint = scoring.fit_joint(models, on, kind)
+                    joint = scoring.fit_joint(models, on, kind, rank=rank)
                 raw = Scorer(models, kind=kind, stats=stats, score=score, joint=joint).raw_model_units(x)
                 norm = scoring.normalization(raw.cpu().numpy())
                 scores = Scorer(models, kind=kind, stats=stats, score=score, joint=joint,
@@ -320,6 +322,7 @@ class Detector(BaseEstimator):
         self.anomaly_score_ = score
         self.joint_ = joint
         self.neighbors_, self.references_ = neighbors, references
+        self.residual_rank_ = _rank_of(joint)
         self.kind_ = kind
         self.input_shape_ = tuple(ds.shape)
         self.n_features_in_ = math.prod(ds.shape)
@@ -365,7 +368,10 @@ class Detector(BaseEstimator):
         _check_number("contamination", contamination, 0.0, 0.5, lo_open=True)
         if self.joint_ is None and self.anomaly_score in ("auto", "joint"):
             x = self._model_input(X_train)
-            self.joint_ = scoring.fit_joint(self.models_, x, self.kind_)
+            self.joint_ = scoring.fit_joint(self.models_, x, self.kind_,
+                                            rank=adapt.residual_rank(self.residual_rank, self.kind_,
+                                                                     self.n_features_in_))
+            self.residual_rank_ = _rank_of(self.joint_)
             self.anomaly_score_ = "joint"
             self.__dict__.pop("calibration_scores_", None)
             self.decision_scores_ = self.scorer().score_model_units(x)
@@ -413,6 +419,11 @@ class Detector(BaseEstimator):
                 and 0 <= self.neighbors <= MAX_NEIGHBORS):
             raise ConfigError(f"Detector(neighbors={self.neighbors!r}): expected an integer 0..{MAX_NEIGHBORS} (0: no "
                               "code-space neighbour term)")
+        if not (self.residual_rank == "auto" or (isinstance(self.residual_rank, numbers.Integral)
+                                                 and not isinstance(self.residual_rank, bool)
+                                                 and self.residual_rank >= 0)):
+            raise ConfigError(f"Detector(residual_rank={self.residual_rank!r}): expected 'auto' or an integer >= 0 "
+                              "(0: a diagonal residual model)")
         if not isinstance(self.robust, (bool, np.bool_)):
             raise ConfigError(f"Detector(robust={self.robust!r}): expected True or False")
         self._train_config(epochs=1, seed=0)  # batch_size, lr, device: TrainConfig's checks and messages
@@ -433,12 +444,12 @@ class Detector(BaseEstimator):
         return from_arrays(rows, kind=kind, name="X", val_fraction=val_fraction, test_fraction=0.0, seed=seed,
                            stats=stats, feature_names=None if kind == "image" else columns)
 
-    def _held_out(self, model, x: torch.Tensor, kind: str, ds, neighbors: int, seen: torch.Tensor):
+    def _held_out(self, model, x: torch.Tensor, kind: str, ds, neighbors: int, seen: torch.Tensor, rank: int = 0):
         """A cross-fitted member's statistics ((joint statistics or None, reference codes or None)) and raw
         scores ((1 or 2, n): the score, then the neighbour term), from rows x (model units) it did not train on;
         ``seen``: the rows it trained on (model units), whose codes are the neighbour term's references."""
         score = scoring.resolve_score(self.anomaly_score, model)
-        joint = scoring.fit_joint([model], x, kind) if score == "joint" else None
+        joint = scoring.fit_joint([model], x, kind, rank=rank) if score == "joint" else None
         ref = metrics.codes(model, seen).flatten(1).double().cpu().numpy() if neighbors else None
         scorer = Scorer([model], kind=kind, stats=ds.spec.stats, score=score, joint=joint, neighbors=neighbors,
                         references=None if ref is None else [ref])
@@ -687,12 +698,13 @@ class Detector(BaseEstimator):
         check_is_fitted(self, "models_")
         x = self._model_input(X)
         recs = torch.stack([metrics.reconstructions(m, x) for m in self.models_])  # (k, n, *shape)
-        err2 = (recs - x).pow(2).double().cpu().numpy()
+        resid = (x - recs).double().cpu().numpy()
+        err2 = resid**2
         x_hat = recs.mean(0).double().cpu().numpy()
         out = {}
         if self.anomaly_score_ == "joint":
-            flat = err2.reshape(len(self.models_), len(x), -1)
-            parts = np.mean([flat[j] / stats.sigma**2 for j, stats in enumerate(self.joint_)], axis=0)
+            flat = resid.reshape(len(self.models_), len(x), -1)
+            parts = np.mean([stats.residual_terms(flat[j]) for j, stats in enumerate(self.joint_)], axis=0)
             out["code_distance"] = np.mean([stats.code_distance(metrics.codes(m, x).flatten(1).double().cpu().numpy())
                                             for m, stats in zip(self.models_, self.joint_)], axis=0)
             contributions = parts.reshape(err2.shape[1:])
@@ -887,6 +899,7 @@ class Detector(BaseEstimator):
             det.anomaly_score_ = state.score
         det.seeds_, det.joint_, det.normalization_ = state.seeds, state.joint, state.normalization
         det.neighbors_, det.references_ = state.neighbors, state.references
+        det.residual_rank_ = _rank_of(state.joint)
         det.decision_scores_ = state.decision_scores
         if state.calibration_scores is not None:
             det.calibration_scores_ = state.calibration_scores
@@ -942,6 +955,11 @@ def _default_names(ds) -> list[str]:
 
 
 __all__ = ["Detector", "NotCalibratedError"]
+
+
+def _rank_of(joint) -> int:
+    """The largest rank of the members' residual models (0: diagonal, or no joint score)."""
+    return max((st.rank for st in joint), default=0) if joint else 0
 
 
 def _model_rows(rows: np.ndarray, kind: str, ds, model) -> torch.Tensor:

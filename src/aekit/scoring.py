@@ -65,10 +65,12 @@ SCORE_SEED = 0  # the -ELBO score's samples come from this seed: the same X give
 JOINT_TRIM = 0.2  # refitted on the (1 - JOINT_TRIM) share of the training rows with the lowest score ...
 JOINT_REFITS = 3  # ... this many times
 JOINT_RIDGE = 1e-3  # added to the code covariance: this times its mean variance
+JOINT_NOISE_FLOOR = 1e-3  # the residual model's smallest variance (of residuals scaled to unit variance)
 # the smallest residual standard deviation of a value (model units): standardized table columns; image pixels in
 # [0, 1], where pixels that never vary in training (a border) would otherwise dominate the score
 JOINT_SIGMA_FLOOR = {"table": 1e-3, "image": 0.1}
-STATE_FORMAT = 3  # the detector state's format (1: detector.json + detector.safetensors, read only; 3: neighbors)
+STATE_FORMAT = 4  # the detector state's format (1: detector.json + detector.safetensors, read only; 3: neighbors;
+# 4: the joint score's residual model, residual_ranks)
 NEIGHBOR_BLOCK = 2**22  # distances of the neighbour term computed at once (rows x reference rows, float64)
 
 
@@ -90,38 +92,75 @@ def resolve_score(score: str, model, *, fitted: bool = True) -> str:
 
 class JointStats:
     """The joint score's statistics of one member: -2 log p(x) up to a constant under "code ~ N(mu, S),
-    x | code ~ N(g(code), diag sigma^2)", i.e. with z = f(x) the code and r = x - g(f(x)) the residual
-    (model units),
+    x | code ~ N(g(code), Sigma)", i.e. with z = f(x) the code and r = x - g(f(x)) the residual (model units),
 
-        score(x) = (z - mu)' S^-1 (z - mu) + sum_d (r_d / sigma_d)^2
+        score(x) = (z - mu)' S^-1 (z - mu) + c' C^-1 c,    c = r / sigma - m
 
-    the distance of the code from the training codes plus the reconstruction error of each value in units
-    of its typical error. ``fit`` estimates mu (K,), S (K, K) (with a ridge of JOINT_RIDGE x its mean
-    variance; ``prec`` is its pseudo-inverse) and sigma (D,) (at least JOINT_SIGMA_FLOOR of the data's kind)
+    the distance of the code from the training codes plus the reconstruction error in units of its typical
+    error: sigma (D,) is each value's residual standard deviation (at least JOINT_SIGMA_FLOOR of the data's
+    kind), so Sigma = diag(sigma) C diag(sigma). ``rank`` q = 0: C = I and m = 0, the sum of (r_d / sigma_d)^2
+    (a diagonal model). q > 0: C is a probabilistic PCA of the scaled residuals (Tipping & Bishop 1999, the
+    maximum-likelihood fit): m their mean, ``basis`` V (D, q) their q leading principal directions with
+    variances ``lam`` (q,), and ``noise`` s2 the mean variance of the other D - q directions (at least
+    JOINT_NOISE_FLOOR), so c' C^-1 c = sum_i (v_i'c)^2 / lam_i + |c - V V'c|^2 / s2: residuals that move
+    together (a blurred edge, correlated columns) count once, not once per value. ``fit`` estimates mu, S (with
+    a ridge of JOINT_RIDGE x its mean variance; ``prec`` is its pseudo-inverse), sigma and the residual model
     on the training rows, then refits them JOINT_REFITS times on the (1 - JOINT_TRIM) share of the rows with
-    the lowest score, so that the anomalies of a contaminated training set do not widen them. float64 numpy.
+    the lowest score, so that the anomalies of a contaminated training set do not widen them (the trimming is
+    the diagonal model's; the residual model is fitted once, on the rows it kept). float64 numpy.
     """
 
-    def __init__(self, mu: np.ndarray, prec: np.ndarray, sigma: np.ndarray):
+    def __init__(self, mu: np.ndarray, prec: np.ndarray, sigma: np.ndarray, rmean: np.ndarray | None = None,
+                 basis: np.ndarray | None = None, lam: np.ndarray | None = None, noise: float = 1.0):
         self.mu, self.prec, self.sigma = mu, prec, sigma
+        d = len(sigma)
+        self.rmean = np.zeros(d) if rmean is None else rmean
+        self.basis = np.zeros((d, 0)) if basis is None else basis
+        self.lam = np.zeros(0) if lam is None else lam
+        self.noise = float(noise)
+
+    @property
+    def rank(self) -> int:
+        return self.basis.shape[1]
 
     @classmethod
-    def estimate(cls, z: np.ndarray, r: np.ndarray, floor: float) -> JointStats:
+    def estimate(cls, z: np.ndarray, r: np.ndarray, floor: float, rank: int = 0) -> JointStats:
         mu = z.mean(axis=0)
         cov = np.atleast_2d(np.cov(z - mu, rowvar=False)) if len(z) > 1 else np.zeros((z.shape[1],) * 2)
         k = cov.shape[0]
         cov = cov + (JOINT_RIDGE * np.trace(cov) / k + 1e-12) * np.eye(k)
-        return cls(mu, np.linalg.pinv(cov, hermitian=True), np.maximum(r.std(axis=0), floor))
+        sigma = np.maximum(r.std(axis=0), floor)
+        d = r.shape[1]
+        q = min(int(rank), d - 1, len(r) - 2)
+        if q < 1:
+            return cls(mu, np.linalg.pinv(cov, hermitian=True), sigma)
+        c = r / sigma
+        m = c.mean(axis=0)
+        c = c - m
+        n = len(c)
+        if n < d:  # the q leading principal directions from the (n, n) Gram matrix, else the (D, D) covariance
+            var, u = np.linalg.eigh(c @ c.T / (n - 1))
+            var, u = var[::-1][:q], u[:, ::-1][:, :q]
+            basis = c.T @ u / np.sqrt(np.maximum(var, 1e-300) * (n - 1))
+        else:
+            var, v = np.linalg.eigh(c.T @ c / (n - 1))
+            var, basis = var[::-1][:q], v[:, ::-1][:, :q]
+        total = float((c * c).sum()) / (n - 1)
+        noise = max((total - float(np.maximum(var, 0).sum())) / (d - q), JOINT_NOISE_FLOOR)
+        lam = np.maximum(var, noise)
+        return cls(mu, np.linalg.pinv(cov, hermitian=True), sigma, m, np.ascontiguousarray(basis), lam, noise)
 
     @classmethod
-    def fit(cls, z: np.ndarray, r: np.ndarray, floor: float = JOINT_SIGMA_FLOOR["table"]) -> JointStats:
-        stats = cls.estimate(z, r, floor)
+    def fit(cls, z: np.ndarray, r: np.ndarray, floor: float = JOINT_SIGMA_FLOOR["table"], rank: int = 0) -> JointStats:
+        """The diagonal model fitted and refitted (trimmed) as the class says; with ``rank`` > 0, the residual
+        model of that rank is then fitted once, on the rows the last refit kept."""
+        stats, keep = cls.estimate(z, r, floor), slice(None)
         for _ in range(JOINT_REFITS):
             s = stats.score(z, r)
-            keep = s <= np.quantile(s, 1.0 - JOINT_TRIM)
-            if keep.sum() >= 2:
-                stats = cls.estimate(z[keep], r[keep], floor)
-        return stats
+            kept = s <= np.quantile(s, 1.0 - JOINT_TRIM)
+            if kept.sum() >= 2:
+                stats, keep = cls.estimate(z[kept], r[kept], floor), kept
+        return cls.estimate(z[keep], r[keep], floor, rank) if rank else stats
 
     def score(self, z: np.ndarray, r: np.ndarray) -> np.ndarray:
         return self.code_distance(z) + self.residual_terms(r).sum(axis=1)
@@ -131,24 +170,42 @@ class JointStats:
         return np.einsum("ij,jk,ik->i", d, self.prec, d)
 
     def residual_terms(self, r: np.ndarray) -> np.ndarray:
-        return (r / self.sigma) ** 2
+        """(n, D): each value's part of the residual term, c_d (C^-1 c)_d; (r_d / sigma_d)^2 for rank 0. They
+        sum to c' C^-1 c (a part may be negative where values move together)."""
+        c = r / self.sigma
+        if not self.rank:
+            return c**2
+        c = c - self.rmean
+        p = c @ self.basis
+        return c * ((c - p @ self.basis.T) / self.noise + (p / self.lam) @ self.basis.T)
 
     def tensors(self, prefix: str) -> dict[str, Tensor]:
-        return {f"{prefix}{name}": torch.from_numpy(np.ascontiguousarray(getattr(self, name), dtype=np.float64))
-                for name in ("mu", "prec", "sigma")}
+        names = ("mu", "prec", "sigma") + (("rmean", "basis", "lam") if self.rank else ())
+        out = {f"{prefix}{name}": torch.from_numpy(np.ascontiguousarray(getattr(self, name), dtype=np.float64))
+               for name in names}
+        if self.rank:
+            out[f"{prefix}noise"] = torch.tensor([self.noise], dtype=torch.float64)
+        return out
 
     @classmethod
-    def from_tensors(cls, tensors: dict, prefix: str, k: int, d: int) -> JointStats:
-        """The statistics saved by ``tensors``; a ValueError when one is missing or of the wrong shape."""
+    def from_tensors(cls, tensors: dict, prefix: str, k: int, d: int, rank: int = 0) -> JointStats:
+        """The statistics saved by ``tensors`` (a residual model of ``rank``); a ValueError when one is missing
+        or of the wrong shape."""
         got = {}
-        for name, shape in (("mu", (k,)), ("prec", (k, k)), ("sigma", (d,))):
+        shapes = (("mu", (k,)), ("prec", (k, k)), ("sigma", (d,)))
+        if rank:
+            shapes += (("rmean", (d,)), ("basis", (d, rank)), ("lam", (rank,)), ("noise", (1,)))
+        for name, shape in shapes:
             t = tensors.get(prefix + name)
             if t is None or tuple(t.shape) != shape:
                 raise ValueError(f"{prefix}{name} is missing or not of shape {shape}")
             got[name] = t.double().numpy()
-        if not (np.isfinite(got["prec"]).all() and np.isfinite(got["mu"]).all() and (got["sigma"] > 0).all()
-                and np.isfinite(got["sigma"]).all()):
-            raise ValueError(f"{prefix}: non-finite statistics or a residual std <= 0")
+            if not np.isfinite(got[name]).all():
+                raise ValueError(f"{prefix}{name}: non-finite statistics")
+        if not (got["sigma"] > 0).all() or (rank and not ((got["lam"] > 0).all() and got["noise"][0] > 0)):
+            raise ValueError(f"{prefix}: a residual standard deviation or variance <= 0")
+        if rank:
+            got["noise"] = float(got["noise"][0])
         return cls(**got)
 
 
@@ -159,10 +216,10 @@ def codes_and_residuals(model, x: Tensor, y: Tensor | None = None) -> tuple[np.n
     return z.double().cpu().numpy(), r.double().cpu().numpy()
 
 
-def fit_joint(models, x: Tensor, kind: str, y: Tensor | None = None) -> list[JointStats]:
+def fit_joint(models, x: Tensor, kind: str, y: Tensor | None = None, rank: int = 0) -> list[JointStats]:
     """Each member's joint-score statistics fitted on the model-unit rows x (n, *shape) (and labels y, for a
-    conditional family)."""
-    return [JointStats.fit(*codes_and_residuals(m, x, y), floor=JOINT_SIGMA_FLOOR[kind]) for m in models]
+    conditional family), with a residual model of ``rank`` factors (0: diagonal)."""
+    return [JointStats.fit(*codes_and_residuals(m, x, y), floor=JOINT_SIGMA_FLOOR[kind], rank=rank) for m in models]
 
 
 def kth_neighbor_distance(z: Tensor, ref: Tensor, k: int) -> Tensor:
@@ -307,10 +364,12 @@ class Scorer(nn.Module):
         self.stats = stats
         self.preprocess = Preprocess(kind, self.input_shape, stats, first.dtype)
         f64 = dict(dtype=torch.float64)
+        self.ranks = [st.rank for st in joint] if score == "joint" else []  # each member's residual model
         for j, st in enumerate(joint or []) if score == "joint" else ():
-            self.register_buffer(f"mu{j}", torch.as_tensor(st.mu, **f64))
-            self.register_buffer(f"prec{j}", torch.as_tensor(st.prec, **f64))
-            self.register_buffer(f"sigma{j}", torch.as_tensor(st.sigma, **f64))
+            for name in ("mu", "prec", "sigma") + (("rmean", "basis", "lam") if st.rank else ()):
+                self.register_buffer(f"{name}{j}", torch.as_tensor(np.asarray(getattr(st, name)), **f64))
+            if st.rank:
+                self.register_buffer(f"noise{j}", torch.tensor(st.noise, **f64))
         for j, ref in enumerate(references or []) if self.neighbors else ():
             self.register_buffer(f"ref{j}", torch.as_tensor(np.asarray(ref), **f64).reshape(len(ref), -1))
         norm = np.zeros((0, 2)) if normalization is None else np.asarray(normalization, dtype=np.float64)
@@ -364,10 +423,17 @@ class Scorer(nn.Module):
             if self.score_name == "recon_error":
                 out.append(metrics.sse_per_example(x, rec).to(torch.float64))
             else:
-                r = (x - rec).flatten(1).to(torch.float64)
+                c = (x - rec).flatten(1).to(torch.float64) / getattr(self, f"sigma{j}")
                 d = z.flatten(1).to(torch.float64) - getattr(self, f"mu{j}")
                 code = ((d @ getattr(self, f"prec{j}")) * d).sum(1)
-                out.append(code + (r / getattr(self, f"sigma{j}")).pow(2).sum(1))
+                if self.ranks[j]:  # JointStats.residual_terms: sum_i (v_i'c)^2 / lam_i + |c - V V'c|^2 / s2
+                    c = c - getattr(self, f"rmean{j}")
+                    basis = getattr(self, f"basis{j}")
+                    p = c @ basis
+                    out.append(code + (p.pow(2) / getattr(self, f"lam{j}")).sum(1)
+                               + (c - p @ basis.T).pow(2).sum(1) / getattr(self, f"noise{j}"))
+                else:
+                    out.append(code + c.pow(2).sum(1))
             if self.neighbors:
                 out.append(kth_neighbor_distance(z, getattr(self, f"ref{j}"), self.neighbors))
         return torch.stack(out)
@@ -549,6 +615,7 @@ def save_state(run: Run, state: DetectorState) -> None:
         "feature_names_in": state.feature_names_in, "score": state.score, "mc_samples": MC_SAMPLES,
         "score_seed": SCORE_SEED, "n_members": len(members), "seeds": state.seeds, "neighbors": state.neighbors,
         "n_references": [len(r) for r in state.references] if state.neighbors else None,
+        "residual_ranks": [st.rank for st in state.joint] if state.joint else None,
         "normalization": None if state.normalization is None else np.asarray(state.normalization).tolist(),
         "threshold": state.threshold, "flag_rate": state.flag_rate, "threshold_from": state.threshold_from,
         "n_decision_scores": None if state.decision_scores is None else len(state.decision_scores),
@@ -573,7 +640,7 @@ def load_state(run: Run, where: torch.device | None = None) -> DetectorState:  #
 
     def bound(meta: dict) -> int:
         k, counts = _counts(meta)
-        joint_bytes = k * 8 * (code + code * code + d)
+        joint_bytes = k * 8 * (code + code * code + d) + 8 * sum((d + 1) * (q + 1) for q in _ranks(meta, k, d))
         return (k - 1) * member_bytes + 8 * sum(counts) + joint_bytes + 8 * code * sum(_references(meta, k))
 
     found = run.detector_state(bound)
@@ -589,7 +656,7 @@ def load_state(run: Run, where: torch.device | None = None) -> DetectorState:  #
                              seeds=[None, run.train.seed])
     meta, tensors, file = found
     try:
-        if meta["format"] not in (1, 2, STATE_FORMAT) or meta["kind"] != kind or tuple(meta["input_shape"]) != shape:
+        if meta["format"] not in (1, 2, 3, STATE_FORMAT) or meta["kind"] != kind or tuple(meta["input_shape"]) != shape:
             raise ValueError("its format, kind or input shape does not match config.json")
         k, counts = _counts(meta)
         if not isinstance(meta["params"], dict):
@@ -634,7 +701,7 @@ def load_state(run: Run, where: torch.device | None = None) -> DetectorState:  #
     joint = None
     if score == "joint":
         try:
-            joint = [JointStats.from_tensors(tensors, f"joint{j}/", code, d) for j in range(k)]
+            joint = [JointStats.from_tensors(tensors, f"joint{j}/", code, d, q) for j, q in enumerate(_ranks(meta, k, d))]
         except ValueError as e:
             raise RunError(f"{file}: the joint score's statistics do not match the model ({e}); the run "
                            "directory may be damaged") from None
@@ -676,6 +743,18 @@ def _references(meta: dict, k: int) -> list[int]:
     if len(n) != k or min(n) < 1:
         raise ValueError(f"n_references {meta['n_references']!r} for {k} member(s)")
     return n
+
+
+def _ranks(meta: dict, k: int, d: int) -> list[int]:
+    """The rank of each of the k members' residual model a state announces (0: diagonal; states before format
+    4 have none); ValueError when impossible for d values."""
+    ranks = meta.get("residual_ranks")
+    if ranks is None:
+        return [0] * k
+    q = [int(v) for v in ranks]
+    if len(q) != k or min(q) < 0 or max(q) >= max(d, 1):
+        raise ValueError(f"residual_ranks {ranks!r} for {k} member(s) of {d} values")
+    return q
 
 
 def _counts(meta: dict) -> tuple[int, list[int]]:
