@@ -162,8 +162,12 @@ def test_explain_splits_the_score_by_feature(planted):
     np.testing.assert_allclose(out["contributions"].sum(1) + out["code_distance"], det.decision_function(X[:30]),
                                rtol=1e-5)
     std = np.asarray(det.data_spec_.stats["std"])
-    sigma = det.joint_[0].sigma  # the joint score's parts are squared errors in units of each feature's own
-    np.testing.assert_allclose(out["contributions_user_units"], out["contributions"] * sigma**2 * std**2)
+    # with the diagonal residual model the joint score's parts are squared errors in units of each feature's own
+    # typical error (the default's residual model: tests/test_residual_model.py)
+    flat = Detector(random_state=0, residual_rank=0, folds=1, **FAST).fit(X)
+    parts = flat.explain(X[:30])
+    sigma = flat.joint_[0].sigma
+    np.testing.assert_allclose(parts["contributions_user_units"], parts["contributions"] * sigma**2 * std**2)
     # the reconstruction is in the user's units: its squared error there is contributions_user_units
     np.testing.assert_allclose((X[:30] - out["reconstruction"]) ** 2, out["contributions_user_units"], rtol=1e-3,
                                atol=1e-6)
@@ -325,8 +329,8 @@ def test_cross_fitting_scores_each_training_row_with_the_member_that_did_not_tra
     for k, (model, js) in enumerate(zip(det.models_, det.joint_)):
         z = aekit.metrics.codes(model, x).double().numpy()
         r = (x - aekit.metrics.reconstructions(model, x)).double().numpy()
-        d = z - js.mu
-        raw = np.einsum("ij,jk,ik->i", d, js.prec, d) + ((r / js.sigma) ** 2).sum(1)
+        d = z - js.mu  # the residual model's own term is checked in tests/test_residual_model.py
+        raw = np.einsum("ij,jk,ik->i", d, js.prec, d) + js.residual_terms(r).sum(1)
         member.append((raw - det.normalization_[k, 0]) / det.normalization_[k, 1])
         # the training rows of fold k are scored by member k alone, with statistics fitted on fold k
         np.testing.assert_allclose(det.decision_scores_[folds == k], member[k][folds == k], rtol=1e-5, atol=1e-6)
@@ -352,7 +356,7 @@ def test_the_neighbour_term_against_scikit_learn(tmp_path):
         z = aekit.metrics.codes(model, x).double().numpy()
         r = (x - aekit.metrics.reconstructions(model, x)).double().numpy()
         d = z - js.mu
-        joint = np.einsum("ij,jk,ik->i", d, js.prec, d) + ((r / js.sigma) ** 2).sum(1)
+        joint = np.einsum("ij,jk,ik->i", d, js.prec, d) + js.residual_terms(r).sum(1)
         seen = folds != k
         np.testing.assert_allclose(det.references_[k], z[seen], rtol=1e-6, atol=1e-7)
         knn = NearestNeighbors(n_neighbors=7).fit(z[seen]).kneighbors(z)[0][:, -1]
@@ -543,19 +547,26 @@ def test_a_damaged_detector_state_is_one_run_error(tmp_path):
 
 
 def test_joint_score_is_minus_two_log_likelihood(planted):
-    """score(x) = -2 log p(x) + const under code ~ N(mu, S), x | code ~ N(g(code), diag sigma^2): checked
-    against scipy's densities with the fitted statistics."""
-    from scipy.stats import multivariate_normal, norm
+    """score(x) = -2 log p(x) + const under code ~ N(mu, S), x | code ~ N(g(code) + sigma * m, Sigma) with
+    Sigma = diag(sigma) C diag(sigma), C the residual model (rank q: V diag(lam) V' + noise (I - V V'); q = 0:
+    the identity): checked against scipy's densities with the fitted statistics, for the default and q = 0."""
+    from scipy.stats import multivariate_normal
 
     from aekit.scoring import codes_and_residuals
 
     X, _, det = planted
-    stats = det.joint_[0]
-    z, r = codes_and_residuals(det.models_[0], det._model_input(X[:40]))
-    logp = multivariate_normal(stats.mu, np.linalg.pinv(stats.prec), allow_singular=True).logpdf(z) + \
-        norm(0.0, stats.sigma).logpdf(r).sum(axis=1)
-    scores = det.decision_function(X[:40])
-    np.testing.assert_allclose(scores - scores[0], -2.0 * (logp - logp[0]), rtol=1e-6, atol=1e-6)
+    flat = Detector(contamination=0.05, random_state=0, folds=1, residual_rank=0, **FAST).fit(X)
+    for d in (det, flat):
+        stats = d.joint_[0]
+        z, r = codes_and_residuals(d.models_[0], d._model_input(X[:40]))
+        v = stats.basis
+        c = v @ np.diag(stats.lam) @ v.T + stats.noise * (np.eye(len(stats.sigma)) - v @ v.T)
+        cov = np.diag(stats.sigma) @ c @ np.diag(stats.sigma)
+        logp = multivariate_normal(stats.mu, np.linalg.pinv(stats.prec), allow_singular=True).logpdf(z) + \
+            multivariate_normal(stats.sigma * stats.rmean, cov).logpdf(r)
+        scores = d.decision_function(X[:40])
+        np.testing.assert_allclose(scores - scores[0], -2.0 * (logp - logp[0]), rtol=1e-6, atol=1e-6)
+    assert det.joint_[0].rank == 7 and flat.joint_[0].rank == 0  # the default on 8 features: min(8, D - 1)
 
 
 def test_joint_statistics_resist_contamination():

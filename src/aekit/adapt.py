@@ -32,7 +32,7 @@ FOLDS = 2  # folds="auto": this many folds on a table with enough distinct rows 
 MIN_FOLD_ROWS = 10  # ... each fold holding at least this many distinct rows (fewer folds, down to 1, otherwise)
 TABLE_LATENT = 16  # the largest code of a table chosen from the data
 ROWS_PER_CODE = 6  # latent_dim=None: at least this many rows of a fold per code dimension
-TABLE_RESIDUAL_RANK = 0  # residual_rank="auto": the joint score's residual model on a table (aekit.scoring)
+TABLE_RESIDUAL_RANK = 8  # residual_rank="auto": the joint score's residual model on a table (aekit.scoring)
 IMAGE_RESIDUAL_RANK = 0  # ... and on images (0: diagonal)
 
 
