@@ -193,7 +193,8 @@ def measure(sets, methods, seeds, log) -> dict:
                 out[s["name"]].setdefault(m, {})[seed] = r
             for m in [m for m in methods if m in RULES]:
                 wide, above, below = RULES[m]
-                out[s["name"]].setdefault(m, {})[seed] = out[s["name"]][above if s["X"].shape[1] > wide else below][seed]
+                base = above if s["X"].shape[1] > wide else below
+                out[s["name"]].setdefault(m, {})[seed] = out[s["name"]][base][seed]
     return out
 
 

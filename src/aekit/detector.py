@@ -72,6 +72,14 @@ in RESULTS_fmnist_oneclass.md):
   Monte-Carlo -ELBO of a row depends slightly on the other rows of its batch (one generator draws for the
   batch). A plain run directory of ``aekit train`` opened with ``load`` has no joint statistics: there "auto" is
   "neg_elbo" for probabilistic families and "recon_error" for the others.
+- ``residual_rank="auto"``: the joint score's residual model (``aekit.scoring.JointStats``). 0: the diagonal
+  model above. q > 0: ``x | code ~ N(g(code) + sigma * m, diag(sigma) C diag(sigma))`` with C a probabilistic
+  PCA of q factors of the scaled residuals (maximum likelihood, fitted on a member's held-out rows after the
+  diagonal model's trimming), so the residual term is a Mahalanobis distance in which values whose errors move
+  together count once. "auto": ``adapt.TABLE_RESIDUAL_RANK`` = 8 on a table (at most D - 1), the diagonal
+  model on images, as selection round 4 chose on fresh seeds (benchmarks/README.md; RESULTS_adbench_select4.md:
+  held-out folds +2.43 AUROC points over IForest against +1.46 for the diagonal model, its largest gains on
+  tables of at most 12 features).
 - ``n_estimators=1``: members per fold, trained from different seeds. With several members in all, each
   member's scores are normalized by the median and interquartile range of its scores of the rows it did not
   train on (with ``folds=1``: of its training rows), ``(s - median) / IQR``, and averaged (not ranks: a rank
@@ -199,6 +207,11 @@ class Detector(BaseEstimator):
         (1 below 20 distinct rows); the members of fold k train on the other folds, and the score statistics,
         normalization and training scores of fold k's rows come from fold k, so the contamination threshold
         holds on unseen rows. 1: every member trains on every row, as before.
+    neighbors : int, default 0
+        k > 0: each cross-fitted member's code-space neighbour term (above).
+    residual_rank : "auto" or int, default "auto"
+        The rank of the joint score's residual model (above): "auto" is min(8, D - 1) on a table and 0 (the
+        diagonal model) on images; an int >= 0 sets it (capped at D - 1).
 
     Attributes
     ----------
@@ -211,8 +224,9 @@ class Detector(BaseEstimator):
     n_features_in_, feature_names_, feature_names_in_, input_shape_, kind_ :
         Columns of a table (values per image); a table's column names (a DataFrame's, or f0, f1, ...);
         the DataFrame's columns (only when X was one); the sample shape; "table" or "image".
-    anomaly_score_, models_, joint_, normalization_ :
-        The score used; the trained autoencoders; their ``aekit.scoring.JointStats``; median and IQR per member.
+    anomaly_score_, models_, joint_, normalization_, residual_rank_ :
+        The score used; the trained autoencoders; their ``aekit.scoring.JointStats``; median and IQR per member;
+        the largest rank of the members' residual models (0: diagonal).
     data_spec_, train_config_, seeds_, history_, summary_ :
         The DataConfig with the table statistics; the TrainConfig; the seeds drawn; the epochs; how it ended.
     calibration_scores_ : ndarray (n_cal,)

@@ -12,8 +12,9 @@
    ``aekit.datasets`` does it; images (N, C, H, W) are float32 in [0, 1] (uint8 images are divided by 255,
    as the data readers do).
 2. The members (``n_estimators`` autoencoders; a plain run has one) and each member's raw score:
-   ``"joint"``: with z = f(x) the code and r = x - g(f(x)) the residual, ``(z - mu)' S^-1 (z - mu) + sum_d
-   (r_d / sigma_d)^2`` with the member's ``JointStats`` (float64); ``"recon_error"``: the sum of squared
+   ``"joint"``: with z = f(x) the code and r = x - g(f(x)) the residual, ``(z - mu)' S^-1 (z - mu) + c' C^-1 c``
+   with c = r / sigma - m and C the member's residual model (``JointStats``: the identity, i.e. ``sum_d
+   (r_d / sigma_d)^2``, or a PPCA of rank q) (float64); ``"recon_error"``: the sum of squared
    errors of the reconstruction; ``"neg_elbo"``: -ELBO in nats from ``MC_SAMPLES`` posterior samples of a
    fixed seed (``metrics.anomaly_scores``; the only score with random draws: not in exported graphs).
    With ``neighbors`` = k > 0 (a cross-fitted table detector), each member has a second raw score, the
@@ -701,7 +702,8 @@ def load_state(run: Run, where: torch.device | None = None) -> DetectorState:  #
     joint = None
     if score == "joint":
         try:
-            joint = [JointStats.from_tensors(tensors, f"joint{j}/", code, d, q) for j, q in enumerate(_ranks(meta, k, d))]
+            joint = [JointStats.from_tensors(tensors, f"joint{j}/", code, d, q)
+                     for j, q in enumerate(_ranks(meta, k, d))]
         except ValueError as e:
             raise RunError(f"{file}: the joint score's statistics do not match the model ({e}); the run "
                            "directory may be damaged") from None
