@@ -49,6 +49,25 @@ def test_the_residual_term_is_the_mahalanobis_distance_under_the_ppca_covariance
     np.testing.assert_allclose(st.score(z, r), st.code_distance(z) + want, rtol=1e-8)
 
 
+def test_directions_without_variance_beyond_the_noise_are_dropped():
+    """Duplicated rows (fewer distinct rows than values, the Gram path): the model keeps only the directions whose
+    variance exceeds the noise, its basis stays orthonormal, and the term is still the explicit covariance's."""
+    z, r = correlated(6, 40, seed=5)
+    r, z = np.repeat(r, 5, axis=0), np.repeat(z, 5, axis=0)  # 30 rows, 6 distinct: rank 5 after centring
+    st = JointStats.estimate(z, r, 1e-3, 12)
+    assert 1 <= st.rank <= 5
+    np.testing.assert_allclose(st.basis.T @ st.basis, np.eye(st.rank), atol=1e-10)
+    assert np.all(st.lam > st.noise)
+    c = r / st.sigma - st.rmean
+    v = st.basis
+    cov = v @ np.diag(st.lam) @ v.T + st.noise * (np.eye(40) - v @ v.T)
+    x = c[:4] + 0.1
+    np.testing.assert_allclose(st.residual_terms(r[:4] + 0.1 * st.sigma).sum(1),
+                               np.einsum("ij,jk,ik->i", x, np.linalg.inv(cov), x), rtol=1e-8)
+    flat = JointStats.estimate(np.zeros((20, 2)), np.ones((20, 5)), 1e-3, 3)  # one distinct row
+    assert flat.rank == 0 and np.isfinite(flat.residual_terms(np.ones((3, 5)))).all()
+
+
 def test_the_residual_model_is_scikit_learns_ppca():
     """scikit-learn's PCA(q).get_precision() is the inverse of the same maximum-likelihood PPCA covariance."""
     z, r = correlated(400, 12, seed=1)

@@ -148,8 +148,13 @@ class JointStats:
             var, basis = var[::-1][:q], v[:, ::-1][:, :q]
         total = float((c * c).sum()) / (n - 1)
         noise = max((total - float(np.maximum(var, 0).sum())) / (d - q), JOINT_NOISE_FLOOR)
-        lam = np.maximum(var, noise)
-        return cls(mu, np.linalg.pinv(cov, hermitian=True), sigma, m, np.ascontiguousarray(basis), lam, noise)
+        # a direction whose variance is not above the noise adds nothing to the isotropic part (lam would be the
+        # noise): dropped, so that no direction of (near) zero variance is normalized from rounding errors
+        keep = var > noise
+        if not keep.any():  # nothing to model beyond the noise (e.g. one distinct row): the diagonal model
+            return cls(mu, np.linalg.pinv(cov, hermitian=True), sigma)
+        basis, var = basis[:, keep], var[keep]
+        return cls(mu, np.linalg.pinv(cov, hermitian=True), sigma, m, np.ascontiguousarray(basis), var, noise)
 
     @classmethod
     def fit(cls, z: np.ndarray, r: np.ndarray, floor: float = JOINT_SIGMA_FLOOR["table"], rank: int = 0) -> JointStats:
