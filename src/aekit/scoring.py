@@ -130,31 +130,35 @@ class JointStats:
         cov = np.atleast_2d(np.cov(z - mu, rowvar=False)) if len(z) > 1 else np.zeros((z.shape[1],) * 2)
         k = cov.shape[0]
         cov = cov + (JOINT_RIDGE * np.trace(cov) / k + 1e-12) * np.eye(k)
-        sigma = np.maximum(r.std(axis=0), floor)
-        d = r.shape[1]
-        q = min(int(rank), d - 1, len(r) - 2)
+        stats = cls(mu, np.linalg.pinv(cov, hermitian=True), np.maximum(r.std(axis=0), floor))
+        return stats.with_residual_model(r, rank) if rank else stats
+
+    def with_residual_model(self, r: np.ndarray, rank: int) -> JointStats:
+        """These statistics with a residual model of at most ``rank`` factors fitted on the residuals r (n, D):
+        the maximum-likelihood PPCA of r / sigma. A direction whose variance is not above the noise adds nothing
+        to the isotropic part (its lam would be the noise) and is dropped; with none left (one distinct row),
+        the diagonal model."""
+        d, n = r.shape[1], len(r)
+        q = min(int(rank), d - 1, n - 2)
         if q < 1:
-            return cls(mu, np.linalg.pinv(cov, hermitian=True), sigma)
-        c = r / sigma
+            return self
+        c = r / self.sigma
         m = c.mean(axis=0)
         c = c - m
-        n = len(c)
         if n < d:  # the q leading principal directions from the (n, n) Gram matrix, else the (D, D) covariance
             var, u = np.linalg.eigh(c @ c.T / (n - 1))
             var, u = var[::-1][:q], u[:, ::-1][:, :q]
-            basis = c.T @ u / np.sqrt(np.maximum(var, 1e-300) * (n - 1))
         else:
             var, v = np.linalg.eigh(c.T @ c / (n - 1))
-            var, basis = var[::-1][:q], v[:, ::-1][:, :q]
+            var, v = var[::-1][:q], v[:, ::-1][:, :q]
         total = float((c * c).sum()) / (n - 1)
         noise = max((total - float(np.maximum(var, 0).sum())) / (d - q), JOINT_NOISE_FLOOR)
-        # a direction whose variance is not above the noise adds nothing to the isotropic part (lam would be the
-        # noise): dropped, so that no direction of (near) zero variance is normalized from rounding errors
         keep = var > noise
-        if not keep.any():  # nothing to model beyond the noise (e.g. one distinct row): the diagonal model
-            return cls(mu, np.linalg.pinv(cov, hermitian=True), sigma)
-        basis, var = basis[:, keep], var[keep]
-        return cls(mu, np.linalg.pinv(cov, hermitian=True), sigma, m, np.ascontiguousarray(basis), var, noise)
+        if not keep.any():
+            return self
+        var = var[keep]
+        basis = c.T @ u[:, keep] / np.sqrt(var * (n - 1)) if n < d else v[:, keep]
+        return JointStats(self.mu, self.prec, self.sigma, m, np.ascontiguousarray(basis), var, noise)
 
     @classmethod
     def fit(cls, z: np.ndarray, r: np.ndarray, floor: float = JOINT_SIGMA_FLOOR["table"], rank: int = 0) -> JointStats:
@@ -166,7 +170,7 @@ class JointStats:
             kept = s <= np.quantile(s, 1.0 - JOINT_TRIM)
             if kept.sum() >= 2:
                 stats, keep = cls.estimate(z[kept], r[kept], floor), kept
-        return cls.estimate(z[keep], r[keep], floor, rank) if rank else stats
+        return stats.with_residual_model(r[keep], rank) if rank else stats
 
     def score(self, z: np.ndarray, r: np.ndarray) -> np.ndarray:
         return self.code_distance(z) + self.residual_terms(r).sum(axis=1)
