@@ -55,7 +55,11 @@ CANDIDATES = {
     # round 4 (benchmarks/README.md): the joint score's residual model, a PPCA of q factors (q < D)
     "rr2": ({"folds": 2, "residual_rank": 2}, 100),
     "rr8": ({"folds": 2, "residual_rank": 8}, 100),
+    # round 5 (benchmarks/README.md): the residual model's rank from the input's width (see RANK_RULES)
+    "rq4": ({"folds": 2, "residual_rank": "D//4 in [2, 32]"}, 100),
 }
+# a residual_rank given by the input's width D: q = D // divisor, clipped to [low, high] (the Detector caps it at D - 1)
+RANK_RULES = {"D//4 in [2, 32]": (4, 2, 32)}
 # a rule candidate: (features above which it is the first candidate, else the second); on each set it is the
 # same fit as one of them (the same seed and configuration), so its results are theirs
 RULES = {"wide12-knn10": (12, "knn10", "cf2-data-100"), "wide32-knn10": (32, "knn10", "cf2-data-100")}
@@ -160,6 +164,9 @@ def run_method(method: str, d: dict, seed: int) -> dict:
             det = (IForest() if method == "iforest" else MCD()).fit(d["X_train"])
         else:
             params, steps = CANDIDATES[method]
+            if params.get("residual_rank") in RANK_RULES:
+                divisor, low, high = RANK_RULES[params["residual_rank"]]
+                params = {**params, "residual_rank": min(high, max(low, d["X_train"].shape[1] // divisor))}
             detmod.TABLE_STEPS = steps
             try:
                 det = aekit.Detector(random_state=seed, **params).fit(d["X_train"])
