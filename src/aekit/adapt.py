@@ -28,12 +28,16 @@ from collections.abc import Callable
 
 import numpy as np
 
+from .errors import ConfigError
+
 FOLDS = 2  # folds="auto": this many folds on a table with enough distinct rows ...
 MIN_FOLD_ROWS = 10  # ... each fold holding at least this many distinct rows (fewer folds, down to 1, otherwise)
 TABLE_LATENT = 16  # the largest code of a table chosen from the data
 ROWS_PER_CODE = 6  # latent_dim=None: at least this many rows of a fold per code dimension
 TABLE_RESIDUAL_RANK = 8  # residual_rank="auto": the joint score's residual model on a table (aekit.scoring)
 IMAGE_RESIDUAL_RANK = 0  # ... and on images (0: diagonal)
+IMAGE_RESIDUAL_SMOOTH = 1  # residual_smooth="auto": the joint score's residual images smoothed over this window ...
+SMOOTH_MIN_SIDE = 16  # ... on images whose sides have at least this many pixels (aekit.scoring.smooth_residuals)
 
 
 def n_distinct(arr: np.ndarray) -> int:
@@ -56,6 +60,23 @@ def residual_rank(rank, kind: str, n_values: int) -> int:
     large as the number of values leaves no noise to estimate)."""
     q = (TABLE_RESIDUAL_RANK if kind == "table" else IMAGE_RESIDUAL_RANK) if rank == "auto" else int(rank)
     return max(0, min(q, n_values - 1))
+
+
+def residual_smooth(smooth, kind: str, shape: tuple) -> int:
+    """The window over which the joint score's residual images are smoothed (``aekit.scoring.smooth_residuals``;
+    1: not smoothed): an int as given; "auto": ``IMAGE_RESIDUAL_SMOOTH`` on images whose sides have at least
+    ``SMOOTH_MIN_SIDE`` pixels, 1 otherwise (tables have no neighbouring values). ConfigError for a window
+    that cannot be: even, below 1, wider than the image, or above 1 on a table."""
+    if smooth == "auto":
+        return IMAGE_RESIDUAL_SMOOTH if kind == "image" and min(shape[1:]) >= SMOOTH_MIN_SIDE else 1
+    k = int(smooth)
+    if k != 1 and kind != "image":
+        raise ConfigError(f"Detector(residual_smooth={smooth!r}): a table has no neighbouring values to smooth "
+                          "residuals over; use 1 or 'auto'")
+    if k != 1 and k > min(shape[1:]):
+        raise ConfigError(f"Detector(residual_smooth={smooth!r}): wider than the {shape[1]} x {shape[2]} images; "
+                          f"use an odd window of at most {min(shape[1:])} pixels, or 'auto'")
+    return k
 
 
 def table_latent(n_rows: int, n_features: int, folds: int) -> int:
@@ -151,5 +172,5 @@ def fit_run(model: str, ds, out, contamination: float, train_options: dict, mode
     return det, result
 
 
-__all__ = ["CrossFit", "cross_fit", "fit_run", "fold_ids", "n_folds", "residual_rank", "table_latent", "n_distinct",
+__all__ = ["CrossFit", "cross_fit", "fit_run", "fold_ids", "n_folds", "residual_rank", "residual_smooth", "table_latent", "n_distinct",
            "robust_scale"]

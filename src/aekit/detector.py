@@ -212,6 +212,11 @@ class Detector(BaseEstimator):
     residual_rank : "auto" or int, default "auto"
         The rank of the joint score's residual model (above): "auto" is min(8, D - 1) on a table and 0 (the
         diagonal model) on images; an int >= 0 sets it (capped at D - 1).
+    residual_smooth : "auto" or int, default "auto"
+        The joint score's residual images are smoothed over this odd window before they are scored
+        (``aekit.scoring.smooth_residuals``): an error spread over a region counts, pixel-level noise averages
+        out. "auto": ``adapt.IMAGE_RESIDUAL_SMOOTH`` on images whose sides have at least
+        ``adapt.SMOOTH_MIN_SIDE`` pixels, 1 (not smoothed) on smaller images and on tables.
 
     Attributes
     ----------
@@ -224,9 +229,10 @@ class Detector(BaseEstimator):
     n_features_in_, feature_names_, feature_names_in_, input_shape_, kind_ :
         Columns of a table (values per image); a table's column names (a DataFrame's, or f0, f1, ...);
         the DataFrame's columns (only when X was one); the sample shape; "table" or "image".
-    anomaly_score_, models_, joint_, normalization_, residual_rank_ :
+    anomaly_score_, models_, joint_, normalization_, residual_rank_, residual_smooth_ :
         The score used; the trained autoencoders; their ``aekit.scoring.JointStats``; median and IQR per member;
-        the largest rank of the members' residual models (0: diagonal).
+        the largest rank of the members' residual models (0: diagonal); the window residual images are smoothed
+        over (1: not smoothed).
     data_spec_, train_config_, seeds_, history_, summary_ :
         The DataConfig with the table statistics; the TrainConfig; the seeds drawn; the epochs; how it ended.
     calibration_scores_ : ndarray (n_cal,)
@@ -236,7 +242,8 @@ class Detector(BaseEstimator):
     def __init__(self, model="ae", model_options=None, latent_dim=None, hidden=None, epochs=None, batch_size=128,
                  lr=1e-3, contamination=0.1, anomaly_score="auto", preprocessing="standard", val_fraction=0.1,
                  n_estimators=1, robust=False, random_state=None, device="auto", verbose=False, encoder=None,
-                 encoder_args=None, decoder=None, decoder_args=None, folds="auto", neighbors=0, residual_rank="auto"):
+                 encoder_args=None, decoder=None, decoder_args=None, folds="auto", neighbors=0, residual_rank="auto",
+                 residual_smooth="auto"):
         self.model = model
         self.model_options = model_options
         self.latent_dim = latent_dim
@@ -260,6 +267,7 @@ class Detector(BaseEstimator):
         self.folds = folds
         self.neighbors = neighbors
         self.residual_rank = residual_rank
+        self.residual_smooth = residual_smooth
 
     # --- training -------------------------------------------------------------------------------
     def fit(self, X, y=None):
@@ -284,6 +292,7 @@ class Detector(BaseEstimator):
         k = adapt.n_folds(self.folds, arr, kind)  # cross-fitting (aekit.adapt): k folds, k > 1
         neighbors = int(self.neighbors)
         rank = adapt.residual_rank(self.residual_rank, kind, math.prod(arr.shape[1:]))
+        smooth = adapt.residual_smooth(self.residual_smooth, kind, arr.shape[1:])
         seeds = [int(s) for s in rng.randint(0, 2**31 - 1, size=k * int(self.n_estimators) + 1)]
         rows, kept = arr, None
         for attempt in range(2 if self.robust else 1):
@@ -295,7 +304,8 @@ class Detector(BaseEstimator):
                 cf = adapt.cross_fit(rows, k, seeds[1:], seeds[0], lambda r, seed, stats=stats, latent=latent: (
                     self._train_member(self._training_data(r, kind, columns, seeds[0], stats), seed, latent)),
                     lambda model, r, seen, ds=ds: self._held_out(model, _model_rows(r, kind, ds, model), kind, ds,
-                                                                 neighbors, _model_rows(seen, kind, ds, model), rank))
+                                                                 neighbors, _model_rows(seen, kind, ds, model), rank,
+                                                                 smooth))
                 fitted, norm = cf.fitted, cf.normalization
                 models = [result.model for _, result in fitted]
                 score = scoring.resolve_score(self.anomaly_score, models[0])
@@ -304,7 +314,7 @@ class Detector(BaseEstimator):
                 scores = cf.scores
                 if rows is not arr:  # robust's second pass: the rows it dropped were seen by no member
                     scorer = Scorer(models, kind=kind, stats=stats, score=score, joint=joint, normalization=norm,
-                                    neighbors=neighbors, references=references)
+                                    neighbors=neighbors, references=references, smooth=smooth)
                     scores = scorer.score_model_units(_model_rows(arr, kind, ds, models[0]))
                     scores[kept] = cf.scores
             else:
@@ -320,11 +330,12 @@ class Detector(BaseEstimator):
                 joint = None
                 if score == "joint":  # the statistics come from the rows the members trained on
                     on = x if rows is arr else _model_rows(rows, kind, ds, models[0])
-                    joint = scoring.fit_joint(models, on, kind, rank=rank)
-                raw = Scorer(models, kind=kind, stats=stats, score=score, joint=joint).raw_model_units(x)
+                    joint = scoring.fit_joint(models, on, kind, rank=rank, smooth=smooth)
+                raw = Scorer(models, kind=kind, stats=stats, score=score, joint=joint,
+                             smooth=smooth).raw_model_units(x)
                 norm = scoring.normalization(raw.cpu().numpy())
                 scores = Scorer(models, kind=kind, stats=stats, score=score, joint=joint,
-                                normalization=norm).combine(raw).cpu().numpy()
+                                normalization=norm, smooth=smooth).combine(raw).cpu().numpy()
             if self.robust and attempt == 0:  # drop the rows that look like outliers, train again
                 kept = scores <= np.quantile(scores, 1.0 - float(self.contamination))
                 rows = arr[kept]
@@ -337,6 +348,7 @@ class Detector(BaseEstimator):
         self.joint_ = joint
         self.neighbors_, self.references_ = neighbors, references
         self.residual_rank_ = _rank_of(joint)
+        self.residual_smooth_ = smooth if joint else 1
         self.kind_ = kind
         self.input_shape_ = tuple(ds.shape)
         self.n_features_in_ = math.prod(ds.shape)
@@ -382,10 +394,11 @@ class Detector(BaseEstimator):
         _check_number("contamination", contamination, 0.0, 0.5, lo_open=True)
         if self.joint_ is None and self.anomaly_score in ("auto", "joint"):
             x = self._model_input(X_train)
+            smooth = adapt.residual_smooth(self.residual_smooth, self.kind_, self.input_shape_)
             self.joint_ = scoring.fit_joint(self.models_, x, self.kind_,
                                             rank=adapt.residual_rank(self.residual_rank, self.kind_,
-                                                                     self.n_features_in_))
-            self.residual_rank_ = _rank_of(self.joint_)
+                                                                     self.n_features_in_), smooth=smooth)
+            self.residual_rank_, self.residual_smooth_ = _rank_of(self.joint_), smooth
             self.anomaly_score_ = "joint"
             self.__dict__.pop("calibration_scores_", None)
             self.decision_scores_ = self.scorer().score_model_units(x)
@@ -438,6 +451,11 @@ class Detector(BaseEstimator):
                                                  and self.residual_rank >= 0)):
             raise ConfigError(f"Detector(residual_rank={self.residual_rank!r}): expected 'auto' or an integer >= 0 "
                               "(0: a diagonal residual model)")
+        if not (self.residual_smooth == "auto" or (isinstance(self.residual_smooth, numbers.Integral)
+                                                   and not isinstance(self.residual_smooth, bool)
+                                                   and self.residual_smooth >= 1 and self.residual_smooth % 2)):
+            raise ConfigError(f"Detector(residual_smooth={self.residual_smooth!r}): expected 'auto' or an odd "
+                              "integer >= 1 (1: residuals not smoothed)")
         if not isinstance(self.robust, (bool, np.bool_)):
             raise ConfigError(f"Detector(robust={self.robust!r}): expected True or False")
         self._train_config(epochs=1, seed=0)  # batch_size, lr, device: TrainConfig's checks and messages
@@ -458,15 +476,16 @@ class Detector(BaseEstimator):
         return from_arrays(rows, kind=kind, name="X", val_fraction=val_fraction, test_fraction=0.0, seed=seed,
                            stats=stats, feature_names=None if kind == "image" else columns)
 
-    def _held_out(self, model, x: torch.Tensor, kind: str, ds, neighbors: int, seen: torch.Tensor, rank: int = 0):
+    def _held_out(self, model, x: torch.Tensor, kind: str, ds, neighbors: int, seen: torch.Tensor, rank: int = 0,
+                  smooth: int = 1):
         """A cross-fitted member's statistics ((joint statistics or None, reference codes or None)) and raw
         scores ((1 or 2, n): the score, then the neighbour term), from rows x (model units) it did not train on;
         ``seen``: the rows it trained on (model units), whose codes are the neighbour term's references."""
         score = scoring.resolve_score(self.anomaly_score, model)
-        joint = scoring.fit_joint([model], x, kind, rank=rank) if score == "joint" else None
+        joint = scoring.fit_joint([model], x, kind, rank=rank, smooth=smooth) if score == "joint" else None
         ref = metrics.codes(model, seen).flatten(1).double().cpu().numpy() if neighbors else None
         scorer = Scorer([model], kind=kind, stats=ds.spec.stats, score=score, joint=joint, neighbors=neighbors,
-                        references=None if ref is None else [ref])
+                        references=None if ref is None else [ref], smooth=smooth)
         return ((None if joint is None else joint[0]), ref), scorer.raw_model_units(x).cpu().numpy()
 
     def _train_member(self, ds, seed: int, latent: int | None = None):
@@ -508,7 +527,8 @@ class Detector(BaseEstimator):
                       joint=self.joint_, normalization=self.normalization_, threshold=self.threshold_,
                       calibration=getattr(self, "calibration_scores_", None), feature_names=self.feature_names_,
                       flag_rate=self.flag_rate_, threshold_from=self.threshold_from_,
-                      neighbors=getattr(self, "neighbors_", 0), references=getattr(self, "references_", None))
+                      neighbors=getattr(self, "neighbors_", 0), references=getattr(self, "references_", None),
+                      smooth=getattr(self, "residual_smooth_", 1))
 
     def decision_function(self, X) -> np.ndarray:
         """Anomaly scores of X: higher = more anomalous.
@@ -700,7 +720,8 @@ class Detector(BaseEstimator):
         -------
         dict
             ``contributions`` (n, *shape): each value's part of the score. For the ``joint`` score, (r_d /
-            sigma_d)^2, the squared reconstruction error of value d in units of its typical error, and
+            sigma_d)^2, the squared reconstruction error of value d in units of its typical error (with a residual
+            model, c_d (C^-1 c)_d; on images, of the residual smoothed over ``residual_smooth_``), and
             ``code_distance`` (n,), the code's Mahalanobis term: together they sum to the score of one member.
             For ``recon_error`` and ``neg_elbo``, the squared reconstruction error of each value in the
             model's (scaled) units (it sums to ``recon_error``). Tables also get ``contributions_user_units``
@@ -717,7 +738,9 @@ class Detector(BaseEstimator):
         x_hat = recs.mean(0).double().cpu().numpy()
         out = {}
         if self.anomaly_score_ == "joint":
-            flat = resid.reshape(len(self.models_), len(x), -1)
+            smooth = getattr(self, "residual_smooth_", 1)
+            flat = np.stack([scoring.smooth_residuals(x - rec, smooth).flatten(1).double().cpu().numpy()
+                             for rec in recs])
             parts = np.mean([stats.residual_terms(flat[j]) for j, stats in enumerate(self.joint_)], axis=0)
             out["code_distance"] = np.mean([stats.code_distance(metrics.codes(m, x).flatten(1).double().cpu().numpy())
                                             for m, stats in zip(self.models_, self.joint_)], axis=0)
@@ -860,7 +883,8 @@ class Detector(BaseEstimator):
             decision_scores=self.decision_scores_, calibration_scores=getattr(self, "calibration_scores_", None),
             feature_names=list(self.feature_names_),
             feature_names_in=None if names_in is None else [str(c) for c in names_in], seeds=self.seeds_,
-            neighbors=getattr(self, "neighbors_", 0), references=getattr(self, "references_", None))
+            neighbors=getattr(self, "neighbors_", 0), references=getattr(self, "references_", None),
+            smooth=getattr(self, "residual_smooth_", 1))
 
     @classmethod
     def load(cls, path, device=None) -> Detector:
@@ -913,7 +937,7 @@ class Detector(BaseEstimator):
             det.anomaly_score_ = state.score
         det.seeds_, det.joint_, det.normalization_ = state.seeds, state.joint, state.normalization
         det.neighbors_, det.references_ = state.neighbors, state.references
-        det.residual_rank_ = _rank_of(state.joint)
+        det.residual_rank_, det.residual_smooth_ = _rank_of(state.joint), state.smooth
         det.decision_scores_ = state.decision_scores
         if state.calibration_scores is not None:
             det.calibration_scores_ = state.calibration_scores

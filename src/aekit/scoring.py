@@ -70,8 +70,8 @@ JOINT_NOISE_FLOOR = 1e-3  # the residual model's smallest variance (of residuals
 # the smallest residual standard deviation of a value (model units): standardized table columns; image pixels in
 # [0, 1], where pixels that never vary in training (a border) would otherwise dominate the score
 JOINT_SIGMA_FLOOR = {"table": 1e-3, "image": 0.1}
-STATE_FORMAT = 4  # the detector state's format (1: detector.json + detector.safetensors, read only; 3: neighbors;
-# 4: the joint score's residual model, residual_ranks)
+STATE_FORMAT = 5  # the detector state's format (1: detector.json + detector.safetensors, read only; 3: neighbors;
+# 4: the joint score's residual model, residual_ranks; 5: residual_smooth)
 NEIGHBOR_BLOCK = 2**22  # distances of the neighbour term computed at once (rows x reference rows, float64)
 
 
@@ -219,17 +219,31 @@ class JointStats:
         return cls(**got)
 
 
-def codes_and_residuals(model, x: Tensor, y: Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(codes (n, K), residuals x - reconstruction (n, values)) of the model-unit rows x, float64 numpy."""
+def smooth_residuals(r: Tensor, smooth: int) -> Tensor:
+    """The joint score's residual images: each pixel of r (n, C, H, W) replaced by the mean of the ``smooth`` x
+    ``smooth`` window around it (within the image: a window cut by the border averages the pixels it holds),
+    so that an error spread over a region counts and pixel-level noise (an edge drawn one pixel off) averages
+    out. ``smooth`` 1: r itself (tables always)."""
+    if smooth == 1:
+        return r
+    return nn.functional.avg_pool2d(r, smooth, stride=1, padding=smooth // 2, count_include_pad=False)
+
+
+def codes_and_residuals(model, x: Tensor, y: Tensor | None = None, smooth: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(codes (n, K), residuals x - reconstruction (n, values), smoothed by ``smooth_residuals``) of the
+    model-unit rows x, float64 numpy."""
     z = metrics.codes(model, x, y).flatten(1)
-    r = (x - metrics.reconstructions(model, x, y)).flatten(1)
+    r = smooth_residuals(x - metrics.reconstructions(model, x, y), smooth).flatten(1)
     return z.double().cpu().numpy(), r.double().cpu().numpy()
 
 
-def fit_joint(models, x: Tensor, kind: str, y: Tensor | None = None, rank: int = 0) -> list[JointStats]:
+def fit_joint(models, x: Tensor, kind: str, y: Tensor | None = None, rank: int = 0,
+              smooth: int = 1) -> list[JointStats]:
     """Each member's joint-score statistics fitted on the model-unit rows x (n, *shape) (and labels y, for a
-    conditional family), with a residual model of ``rank`` factors (0: diagonal)."""
-    return [JointStats.fit(*codes_and_residuals(m, x, y), floor=JOINT_SIGMA_FLOOR[kind], rank=rank) for m in models]
+    conditional family), with a residual model of ``rank`` factors (0: diagonal) of the residuals smoothed by
+    ``smooth_residuals``."""
+    return [JointStats.fit(*codes_and_residuals(m, x, y, smooth), floor=JOINT_SIGMA_FLOOR[kind], rank=rank)
+            for m in models]
 
 
 def kth_neighbor_distance(z: Tensor, ref: Tensor, k: int) -> Tensor:
@@ -338,6 +352,9 @@ class Scorer(nn.Module):
         k of the code-space neighbour term (0: none); needs ``references``.
     references : list of ndarray (m_j, K), optional
         Each member's codes of the rows it trained on (the neighbour term's reference set).
+    smooth : int, default 1
+        The joint score's residual images are smoothed over this window (``smooth_residuals``; odd; images
+        only; 1: not smoothed).
     threshold : float, optional
         ``is_outlier`` is ``score > threshold``; None: no threshold (NaN inside the module).
     calibration : ndarray (n_cal,), optional
@@ -356,7 +373,7 @@ class Scorer(nn.Module):
 
     def __init__(self, members, *, kind: str, stats: dict | None, score: str, joint=None, normalization=None,
                  threshold: float | None = None, calibration=None, feature_names=None, flag_rate=None,
-                 threshold_from: str | None = None, neighbors: int = 0, references=None):
+                 threshold_from: str | None = None, neighbors: int = 0, references=None, smooth: int = 1):
         super().__init__()
         if score not in SCORES:
             raise ConfigError(f"score: choose one of {', '.join(map(repr, SCORES))}, got {score!r}")
@@ -365,6 +382,11 @@ class Scorer(nn.Module):
         if neighbors and (references is None or len(references) != len(members)):
             raise ConfigError("neighbors > 0 needs the reference codes of every member")
         first = members[0]
+        smooth = int(smooth)
+        if smooth != 1 and (kind != "image" or smooth < 1 or smooth % 2 == 0):
+            raise ConfigError(f"smooth={smooth}: residuals are smoothed over an odd window (3, 5, ...) of images "
+                              "only; use 1 (not smoothed)")
+        self.smooth = smooth if score == "joint" else 1
         self.members = nn.ModuleList(members)
         self.neighbors = int(neighbors)
         self.score_name, self.kind = score, kind
@@ -433,7 +455,7 @@ class Scorer(nn.Module):
             if self.score_name == "recon_error":
                 out.append(metrics.sse_per_example(x, rec).to(torch.float64))
             else:
-                c = (x - rec).flatten(1).to(torch.float64) / getattr(self, f"sigma{j}")
+                c = smooth_residuals(x - rec, self.smooth).flatten(1).to(torch.float64) / getattr(self, f"sigma{j}")
                 d = z.flatten(1).to(torch.float64) - getattr(self, f"mu{j}")
                 code = ((d @ getattr(self, f"prec{j}")) * d).sum(1)
                 if self.ranks[j]:  # JointStats.residual_terms: sum_i (v_i'c)^2 / lam_i + |c - V V'c|^2 / s2
@@ -587,13 +609,14 @@ class DetectorState:
     fitted: bool = True
     neighbors: int = 0
     references: list | None = None
+    smooth: int = 1
 
     def scorer(self, run: Run | None = None) -> Scorer:
         return Scorer(self.members, kind=self.kind, stats=self.stats, score=self.score, joint=self.joint,
                       normalization=self.normalization, threshold=self.threshold,
                       calibration=self.calibration_scores, feature_names=self.feature_names,
                       flag_rate=self.flag_rate, threshold_from=self.threshold_from, neighbors=self.neighbors,
-                      references=self.references)
+                      references=self.references, smooth=self.smooth)
 
 
 def weights_digest(model) -> str:
@@ -626,6 +649,7 @@ def save_state(run: Run, state: DetectorState) -> None:
         "score_seed": SCORE_SEED, "n_members": len(members), "seeds": state.seeds, "neighbors": state.neighbors,
         "n_references": [len(r) for r in state.references] if state.neighbors else None,
         "residual_ranks": [st.rank for st in state.joint] if state.joint else None,
+        "residual_smooth": state.smooth,
         "normalization": None if state.normalization is None else np.asarray(state.normalization).tolist(),
         "threshold": state.threshold, "flag_rate": state.flag_rate, "threshold_from": state.threshold_from,
         "n_decision_scores": None if state.decision_scores is None else len(state.decision_scores),
@@ -666,7 +690,7 @@ def load_state(run: Run, where: torch.device | None = None) -> DetectorState:  #
                              seeds=[None, run.train.seed])
     meta, tensors, file = found
     try:
-        if meta["format"] not in (1, 2, 3, STATE_FORMAT) or meta["kind"] != kind or tuple(meta["input_shape"]) != shape:
+        if meta["format"] not in (1, 2, 3, 4, STATE_FORMAT) or meta["kind"] != kind or tuple(meta["input_shape"]) != shape:
             raise ValueError("its format, kind or input shape does not match config.json")
         k, counts = _counts(meta)
         if not isinstance(meta["params"], dict):
@@ -674,6 +698,7 @@ def load_state(run: Run, where: torch.device | None = None) -> DetectorState:  #
         if meta["score"] not in SCORES:
             raise ValueError(f"unknown score {meta['score']!r}")
         score = resolve_score(meta["score"], first)
+        smooth = _smooth(meta, kind, shape)
         neighbors, n_refs = int(meta.get("neighbors") or 0), _references(meta, k)
         rows = k * (2 if neighbors else 1)
         norm = meta["normalization"]
@@ -740,7 +765,8 @@ def load_state(run: Run, where: torch.device | None = None) -> DetectorState:  #
         members=members, kind=kind, input_shape=shape, stats=data.stats, score=score, params=meta["params"],
         joint=joint, normalization=norm, threshold=threshold, flag_rate=rate, threshold_from=source,
         decision_scores=scores["decision_scores"], calibration_scores=cal, feature_names=names,
-        feature_names_in=names_in, seeds=meta["seeds"], neighbors=neighbors, references=references)
+        feature_names_in=names_in, seeds=meta["seeds"], neighbors=neighbors, references=references,
+        smooth=smooth)
 
 
 def _references(meta: dict, k: int) -> list[int]:
@@ -768,6 +794,18 @@ def _ranks(meta: dict, k: int, d: int) -> list[int]:
     return q
 
 
+def _smooth(meta: dict, kind: str, shape: tuple) -> int:
+    """The window over which a state's residual images are smoothed (1: none; states before format 5 have
+    none); ValueError when impossible for its data."""
+    smooth = meta.get("residual_smooth")
+    if smooth is None:
+        return 1
+    if not isinstance(smooth, int) or isinstance(smooth, bool) or smooth < 1 or smooth % 2 == 0 or (
+            smooth > 1 and (kind != "image" or smooth > min(shape[1:]))):
+        raise ValueError(f"residual_smooth {smooth!r} for {kind} rows of shape {shape}")
+    return smooth
+
+
 def _counts(meta: dict) -> tuple[int, list[int]]:
     """(members, [training scores, calibration scores]) a state announces; ValueError when impossible."""
     k = int(meta["n_members"])
@@ -779,4 +817,4 @@ def _counts(meta: dict) -> tuple[int, list[int]]:
 
 __all__ = ["Scorer", "Scores", "Preprocess", "JointStats", "DetectorState", "resolve_score", "load_state",
            "save_state", "fit_joint", "codes_and_residuals", "normalization", "weights_digest",
-           "kth_neighbor_distance"]
+           "kth_neighbor_distance", "smooth_residuals"]
