@@ -46,9 +46,10 @@ def run_graph(path: Path, feeds: dict) -> list[np.ndarray]:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)
 
 
-def family_scorer(digits, family: str, arch: str) -> scoring.Scorer:
+def family_scorer(digits, family: str, arch: str, smooth: int = 1) -> scoring.Scorer:
     """A tiny model of ``family`` trained one epoch on digits, as a Scorer with the joint score fitted on the
-    training images, a threshold and a calibration table from the validation images."""
+    training images (residual images smoothed over ``smooth``), a threshold and a calibration table from the
+    validation images."""
     opts = {"latent_dim": 4, "hidden": [16] if arch == "mlp" else [4, 8], "arch": arch}
     if family == "aae":
         opts["disc_hidden"] = [8]
@@ -57,17 +58,17 @@ def family_scorer(digits, family: str, arch: str) -> scoring.Scorer:
     model.eval()
     y_train = digits.y_train if model.capabilities.conditional else None
     y_val = digits.y_val if model.capabilities.conditional else None
-    joint = scoring.fit_joint([model], digits.x_train, "image", y_train)
-    sc = scoring.Scorer([model], kind="image", stats=None, score="joint", joint=joint)
+    joint = scoring.fit_joint([model], digits.x_train, "image", y_train, smooth=smooth)
+    sc = scoring.Scorer([model], kind="image", stats=None, score="joint", joint=joint, smooth=smooth)
     cal = np.sort(sc.score_model_units(digits.x_val, y_val))
     k = int(0.9 * len(cal))  # a threshold between two calibration scores: no row of the data ties with it
     return scoring.Scorer([model], kind="image", stats=None, score="joint", joint=joint,
                           threshold=(cal[k - 1] + cal[k]) / 2, calibration=cal, flag_rate=0.1,
-                          threshold_from="calibration")
+                          threshold_from="calibration", smooth=smooth)
 
 
-def check_family(digits, family, arch, tmp_path):
-    sc = family_scorer(digits, family, arch)
+def check_family(digits, family, arch, tmp_path, smooth: int = 1):
+    sc = family_scorer(digits, family, arch, smooth)
     info = export_onnx(sc, tmp_path / "out", model_name=family)
     assert {k: g["checked_with_onnxruntime"] for k, g in info["graphs"].items()} == dict.fromkeys(
         ("scorer", "encoder", "decoder"), True)
@@ -105,9 +106,9 @@ def _onnx(path):
     return onnx.load(str(path))
 
 
-@pytest.mark.parametrize("family, arch", [("cvae", "conv"), ("vae", "mlp")])
-def test_families_match_pytorch(digits, family, arch, tmp_path):
-    check_family(digits, family, arch, tmp_path)
+@pytest.mark.parametrize("family, arch, smooth", [("cvae", "conv", 1), ("vae", "mlp", 1), ("ae", "conv", 3)])
+def test_families_match_pytorch(digits, family, arch, smooth, tmp_path):
+    check_family(digits, family, arch, tmp_path, smooth)  # smooth 3: the residual images' window in the graph
 
 
 @pytest.mark.slow

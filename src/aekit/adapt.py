@@ -172,5 +172,5 @@ def fit_run(model: str, ds, out, contamination: float, train_options: dict, mode
     return det, result
 
 
-__all__ = ["CrossFit", "cross_fit", "fit_run", "fold_ids", "n_folds", "residual_rank", "residual_smooth", "table_latent", "n_distinct",
-           "robust_scale"]
+__all__ = ["CrossFit", "cross_fit", "fit_run", "fold_ids", "n_folds", "residual_rank", "residual_smooth",
+           "table_latent", "n_distinct", "robust_scale"]

@@ -292,20 +292,20 @@ class Detector(BaseEstimator):
         k = adapt.n_folds(self.folds, arr, kind)  # cross-fitting (aekit.adapt): k folds, k > 1
         neighbors = int(self.neighbors)
         rank = adapt.residual_rank(self.residual_rank, kind, math.prod(arr.shape[1:]))
-        smooth = adapt.residual_smooth(self.residual_smooth, kind, arr.shape[1:])
         seeds = [int(s) for s in rng.randint(0, 2**31 - 1, size=k * int(self.n_estimators) + 1)]
         rows, kept = arr, None
         for attempt in range(2 if self.robust else 1):
             ds = self._training_data(rows, kind, columns, seeds[0])
+            smooth = adapt.residual_smooth(self.residual_smooth, kind, tuple(ds.shape))  # (C, H, W) of images
             latent = self.latent_dim if self.latent_dim is not None or kind != "table" else \
                 adapt.table_latent(len(rows), ds.dim, k)
             stats = ds.spec.stats
             if k > 1:  # members trained on k-1 folds; statistics, normalization, training scores from the other
                 cf = adapt.cross_fit(rows, k, seeds[1:], seeds[0], lambda r, seed, stats=stats, latent=latent: (
                     self._train_member(self._training_data(r, kind, columns, seeds[0], stats), seed, latent)),
-                    lambda model, r, seen, ds=ds: self._held_out(model, _model_rows(r, kind, ds, model), kind, ds,
-                                                                 neighbors, _model_rows(seen, kind, ds, model), rank,
-                                                                 smooth))
+                    lambda model, r, seen, ds=ds, smooth=smooth: self._held_out(
+                        model, _model_rows(r, kind, ds, model), kind, ds, neighbors,
+                        _model_rows(seen, kind, ds, model), rank, smooth))
                 fitted, norm = cf.fitted, cf.normalization
                 models = [result.model for _, result in fitted]
                 score = scoring.resolve_score(self.anomaly_score, models[0])

@@ -690,7 +690,8 @@ def load_state(run: Run, where: torch.device | None = None) -> DetectorState:  #
                              seeds=[None, run.train.seed])
     meta, tensors, file = found
     try:
-        if meta["format"] not in (1, 2, 3, 4, STATE_FORMAT) or meta["kind"] != kind or tuple(meta["input_shape"]) != shape:
+        if meta["format"] not in range(1, STATE_FORMAT + 1) or meta["kind"] != kind \
+                or tuple(meta["input_shape"]) != shape:
             raise ValueError("its format, kind or input shape does not match config.json")
         k, counts = _counts(meta)
         if not isinstance(meta["params"], dict):
