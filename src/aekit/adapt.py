@@ -36,7 +36,7 @@ TABLE_LATENT = 16  # the largest code of a table chosen from the data
 ROWS_PER_CODE = 6  # latent_dim=None: at least this many rows of a fold per code dimension
 TABLE_RESIDUAL_RANK = 8  # residual_rank="auto": the joint score's residual model on a table (aekit.scoring)
 IMAGE_RESIDUAL_RANK = 0  # ... and on images (0: diagonal)
-IMAGE_RESIDUAL_SMOOTH = 1  # residual_smooth="auto": the joint score's residual images smoothed over this window ...
+IMAGE_RESIDUAL_SMOOTH = 3  # residual_smooth="auto": the joint score's residual images smoothed over this window ...
 SMOOTH_MIN_SIDE = 16  # ... on images whose sides have at least this many pixels (aekit.scoring.smooth_residuals)
 
 
