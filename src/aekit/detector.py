@@ -80,6 +80,12 @@ in RESULTS_fmnist_oneclass.md):
   model on images, as selection round 4 chose on fresh seeds (benchmarks/README.md; RESULTS_adbench_select4.md:
   held-out folds +2.43 AUROC points over IForest against +1.46 for the diagonal model, its largest gains on
   tables of at most 12 features).
+- ``residual_smooth="auto"``: on images whose sides have at least ``adapt.SMOOTH_MIN_SIDE`` = 16 pixels, each
+  member's residual image is smoothed over a 3 x 3 window (``adapt.IMAGE_RESIDUAL_SMOOTH``;
+  ``aekit.scoring.smooth_residuals``: the mean of the window within the image) before the joint score's
+  statistics are fitted and rows are scored, so an error spread over a region counts and an edge drawn one
+  pixel off averages out; chosen on validation images (benchmarks/README.md, "Selection for images, round 3").
+  Smaller images (digits' 8 x 8) and tables: 1, not smoothed.
 - ``n_estimators=1``: members per fold, trained from different seeds. With several members in all, each
   member's scores are normalized by the median and interquartile range of its scores of the rows it did not
   train on (with ``folds=1``: of its training rows), ``(s - median) / IQR``, and averaged (not ranks: a rank
