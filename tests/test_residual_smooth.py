@@ -119,3 +119,20 @@ def test_a_saved_window_round_trips_and_damage_is_one_run_error(tmp_path):
     save_file(load_file(tfile), tfile, metadata={"json": json.dumps(meta)})
     with pytest.raises(aekit.RunError, match="residual_smooth"):
         Detector.load(tpath)
+
+
+def test_the_command_line_scores_with_the_window(cli, tmp_path):
+    """`aekit train --contamination` on 16 x 16 images fits the window "auto" gives, saves it, and `aekit score`
+    gives the loaded Detector's scores."""
+    np.save(tmp_path / "train.npy", images(200))
+    np.save(tmp_path / "new.npy", images(30, seed=1))
+    code, _, err = cli("train", "ae", "--dataset", tmp_path / "train.npy", "--contamination", "0.05", "--epochs", "2",
+                       "--quiet", "--out", tmp_path / "run")
+    assert code == 0, err
+    det = Detector.load(tmp_path / "run")
+    assert det.residual_smooth_ == adapt.IMAGE_RESIDUAL_SMOOTH == 3 and det.input_shape_ == (1, 16, 16)
+    code, _, err = cli("score", tmp_path / "run", tmp_path / "new.npy", "--out", tmp_path / "s.csv")
+    assert code == 0, err
+    rows = (tmp_path / "s.csv").read_text().splitlines()[1:]
+    scores = np.array([float(r.split(",")[1]) for r in rows])
+    np.testing.assert_allclose(scores, det.decision_function(np.load(tmp_path / "new.npy")), rtol=1e-5, atol=1e-5)
