@@ -45,8 +45,9 @@ CANDIDATES = {  # name -> Detector parameters (fixed before the run: benchmarks/
 }
 SMOOTH_RULES = {"3 on sides >= 16": (3, 16)}  # a residual_smooth given by the image size: (window, smallest side)
 # round 4 (benchmarks/README.md, "Selection for images, round 4"): the default with half the optimizer steps
-STEPS = {"smooth3-750": 750}  # a candidate's detector.TARGET_STEPS (the others: the module's, 1500)
 CANDIDATES["smooth3-750"] = dict(CANDIDATES["smooth3"])
+# each candidate's detector.TARGET_STEPS: every candidate before round 5 ran with 1500 (round 5 made 750 the default)
+STEPS = {**dict.fromkeys(CANDIDATES, 1500), "smooth3-750": 750}
 
 
 def tasks(seed: int):

@@ -59,7 +59,8 @@ in RESULTS_fmnist_oneclass.md):
 - ``epochs=None``: tables: about ``TABLE_STEPS`` = 100 optimizer steps per member (``round(100 / steps_per_epoch)``
   epochs, at least 1), no early stopping, the weights of the best validation epoch kept; ADBench's tables are
   small and a short budget generalizes best there. Images: ``ceil(TARGET_STEPS / steps_per_epoch)`` epochs
-  capped at ``MAX_EPOCHS`` (about 1500 steps, at most 200 epochs), with early stopping after ``PATIENCE``
+  capped at ``MAX_EPOCHS`` (about 750 steps, at most 200 epochs; images round 5 of benchmarks/README.md halved
+  them), with early stopping after ``PATIENCE``
   epochs without improvement of the loss on the held-out ``val_fraction`` of X. An explicit ``epochs`` trains
   that many epochs (best validation weights kept). With fewer than ``1 / val_fraction`` rows there is no
   validation part.
@@ -139,7 +140,7 @@ from .errors import ConfigError, DataError, RunError
 from .run import Run
 from .scoring import Preprocess, Scorer
 
-TARGET_STEPS = 1500  # epochs=None: about this many optimizer steps ...
+TARGET_STEPS = 750  # epochs=None: about this many optimizer steps ...
 MAX_EPOCHS = 200  # ... but at most this many epochs
 PATIENCE = 10  # epochs=None: early stopping after this many epochs without a better validation loss
 PNG_IMAGES = 16  # explain(png=...) draws the first images only
@@ -176,7 +177,7 @@ class Detector(BaseEstimator):
     hidden : tuple of int or None, default None
         Hidden layer widths (conv: channel counts); None: (64, 64) for a table with an MLP, else the family's.
     epochs : int or None, default None
-        Training epochs; None: about 100 optimizer steps per member for a table, about 1500 steps (at most 200 epochs,
+        Training epochs; None: about 100 optimizer steps per member for a table, about 750 steps (at most 200 epochs,
         early stopping after 10 without improvement) for images. The best validation epoch is kept.
     batch_size : int, default 128
         Rows per optimizer step.
