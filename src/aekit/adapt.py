@@ -29,6 +29,7 @@ from collections.abc import Callable
 import numpy as np
 
 from .errors import ConfigError
+from .scoring import smooth_window
 
 FOLDS = 2  # folds="auto": this many folds on a table with enough distinct rows ...
 MIN_FOLD_ROWS = 10  # ... each fold holding at least this many distinct rows (fewer folds, down to 1, otherwise)
@@ -66,17 +67,13 @@ def residual_smooth(smooth, kind: str, shape: tuple) -> int:
     """The window over which the joint score's residual images are smoothed (``aekit.scoring.smooth_residuals``;
     1: not smoothed): an int as given; "auto": ``IMAGE_RESIDUAL_SMOOTH`` on images whose sides have at least
     ``SMOOTH_MIN_SIDE`` pixels, 1 otherwise (tables have no neighbouring values). ConfigError for a window
-    that cannot be: even, below 1, wider than the image, or above 1 on a table."""
+    that cannot be (``aekit.scoring.smooth_window`` says why)."""
     if smooth == "auto":
         return IMAGE_RESIDUAL_SMOOTH if kind == "image" and min(shape[1:]) >= SMOOTH_MIN_SIDE else 1
-    k = int(smooth)
-    if k != 1 and kind != "image":
-        raise ConfigError(f"Detector(residual_smooth={smooth!r}): a table has no neighbouring values to smooth "
-                          "residuals over; use 1 or 'auto'")
-    if k != 1 and k > min(shape[1:]):
-        raise ConfigError(f"Detector(residual_smooth={smooth!r}): wider than the {shape[1]} x {shape[2]} images; "
-                          f"use an odd window of at most {min(shape[1:])} pixels, or 'auto'")
-    return k
+    try:
+        return smooth_window(smooth, kind, shape)
+    except ValueError as e:
+        raise ConfigError(f"Detector(residual_smooth={smooth!r}): {e}, or 'auto'") from None
 
 
 def table_latent(n_rows: int, n_features: int, folds: int) -> int:

@@ -458,11 +458,6 @@ class Detector(BaseEstimator):
                                                  and self.residual_rank >= 0)):
             raise ConfigError(f"Detector(residual_rank={self.residual_rank!r}): expected 'auto' or an integer >= 0 "
                               "(0: a diagonal residual model)")
-        if not (self.residual_smooth == "auto" or (isinstance(self.residual_smooth, numbers.Integral)
-                                                   and not isinstance(self.residual_smooth, bool)
-                                                   and self.residual_smooth >= 1 and self.residual_smooth % 2)):
-            raise ConfigError(f"Detector(residual_smooth={self.residual_smooth!r}): expected 'auto' or an odd "
-                              "integer >= 1 (1: residuals not smoothed)")
         if not isinstance(self.robust, (bool, np.bool_)):
             raise ConfigError(f"Detector(robust={self.robust!r}): expected True or False")
         self._train_config(epochs=1, seed=0)  # batch_size, lr, device: TrainConfig's checks and messages

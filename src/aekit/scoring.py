@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -229,6 +230,20 @@ def smooth_residuals(r: Tensor, smooth: int) -> Tensor:
     return nn.functional.avg_pool2d(r, smooth, stride=1, padding=smooth // 2, count_include_pad=False)
 
 
+def smooth_window(smooth, kind: str, shape: tuple) -> int:
+    """``smooth`` as a window ``smooth_residuals`` can use on rows of ``kind`` and sample ``shape`` ((C, H, W)
+    for images); a ValueError saying why when it cannot: not an odd integer >= 1, above 1 on a table (no
+    neighbouring values), or wider than the images."""
+    if not isinstance(smooth, numbers.Integral) or isinstance(smooth, bool) or smooth < 1 or smooth % 2 == 0:
+        raise ValueError(f"{smooth!r} is not an odd integer >= 1 (1: residuals not smoothed)")
+    if smooth > 1 and kind != "image":
+        raise ValueError(f"{smooth}: a table has no neighbouring values to smooth residuals over; use 1")
+    if smooth > min(shape[1:], default=1):
+        raise ValueError(f"{smooth}: wider than the {shape[1]} x {shape[2]} images; use an odd window of at most "
+                         f"{min(shape[1:])} pixels")
+    return int(smooth)
+
+
 def codes_and_residuals(model, x: Tensor, y: Tensor | None = None, smooth: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """(codes (n, K), residuals x - reconstruction (n, values), smoothed by ``smooth_residuals``) of the
     model-unit rows x, float64 numpy."""
@@ -382,10 +397,10 @@ class Scorer(nn.Module):
         if neighbors and (references is None or len(references) != len(members)):
             raise ConfigError("neighbors > 0 needs the reference codes of every member")
         first = members[0]
-        smooth = int(smooth)
-        if smooth != 1 and (kind != "image" or smooth < 1 or smooth % 2 == 0):
-            raise ConfigError(f"smooth={smooth}: residuals are smoothed over an odd window (3, 5, ...) of images "
-                              "only; use 1 (not smoothed)")
+        try:
+            smooth = smooth_window(smooth, kind, tuple(first.config.input_shape))
+        except ValueError as e:
+            raise ConfigError(f"Scorer(smooth=...): {e}") from None
         self.smooth = smooth if score == "joint" else 1
         self.members = nn.ModuleList(members)
         self.neighbors = int(neighbors)
@@ -801,10 +816,10 @@ def _smooth(meta: dict, kind: str, shape: tuple) -> int:
     smooth = meta.get("residual_smooth")
     if smooth is None:
         return 1
-    if not isinstance(smooth, int) or isinstance(smooth, bool) or smooth < 1 or smooth % 2 == 0 or (
-            smooth > 1 and (kind != "image" or smooth > min(shape[1:]))):
-        raise ValueError(f"residual_smooth {smooth!r} for {kind} rows of shape {shape}")
-    return smooth
+    try:
+        return smooth_window(smooth, kind, shape)
+    except ValueError as e:
+        raise ValueError(f"residual_smooth {e}") from None
 
 
 def _counts(meta: dict) -> tuple[int, list[int]]:
@@ -818,4 +833,4 @@ def _counts(meta: dict) -> tuple[int, list[int]]:
 
 __all__ = ["Scorer", "Scores", "Preprocess", "JointStats", "DetectorState", "resolve_score", "load_state",
            "save_state", "fit_joint", "codes_and_residuals", "normalization", "weights_digest",
-           "kth_neighbor_distance", "smooth_residuals"]
+           "kth_neighbor_distance", "smooth_residuals", "smooth_window"]
