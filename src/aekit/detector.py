@@ -132,7 +132,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
-from . import adapt, metrics, plots, registry, scoring, trainer
+from . import adapt, metrics, registry, scoring, trainer
 from .arraylike import sample_rows
 from .config import TrainConfig, resolve_device
 from .datasets import DataConfig, check_arrays, from_arrays, preview, read_samples
@@ -760,6 +760,8 @@ class Detector(BaseEstimator):
                     "reconstruction": x_hat * std + mean, "feature_names": list(self.feature_names_)}
         maps = contributions.sum(axis=1)
         if png is not None:
+            from . import plots  # matplotlib: imported when a picture is asked for, not with the detector
+
             show = slice(0, PNG_IMAGES)
             peak = float(maps[show].max()) or 1.0
             heat = torch.from_numpy(maps[show] / peak).float()[:, None].expand(-1, x.shape[1], -1, -1)
