@@ -52,3 +52,11 @@ def test_public_names_are_lazy_and_listed():
         assert "no_such_name" in str(e)
     else:
         raise AssertionError("an unknown name must raise AttributeError")
+
+
+def test_detector_fit_and_score_import_no_plotting():
+    """matplotlib comes with explain(png=...) only: a table's fit and scores do not load it."""
+    r = _loaded_after("import numpy as np, aekit\n"
+                      "x = np.random.default_rng(0).normal(size=(60, 4)).astype('float32')\n"
+                      "aekit.Detector(random_state=0).fit(x).decision_function(x)")
+    assert r["loaded"]["torch"] and not r["loaded"]["matplotlib"], r["loaded"]
