@@ -57,9 +57,14 @@ CANDIDATES = {
     "rr8": ({"folds": 2, "residual_rank": 8}, 100),
     # round 5 (benchmarks/README.md): the residual model's rank from the input's width (see RANK_RULES)
     "rq4": ({"folds": 2, "residual_rank": "D//4 in [2, 32]"}, 100),
+    # round 6 (benchmarks/README.md): the rank also bounded by the rows of a fold (see ROWS_RANK_RULES)
+    "rr8-rows25": ({"folds": 2, "residual_rank": "8, rows of a fold // 25"}, 100),
 }
 # a residual_rank given by the input's width D: q = D // divisor, clipped to [low, high] (the Detector caps it at D - 1)
 RANK_RULES = {"D//4 in [2, 32]": (4, 2, 32)}
+# a residual_rank bounded by the rows a member's statistics come from (training rows / 2 folds): q = min(cap,
+# max(1, fold rows // rows per factor)) (the Detector caps it at D - 1)
+ROWS_RANK_RULES = {"8, rows of a fold // 25": (8, 25)}
 # a rule candidate: (features above which it is the first candidate, else the second); on each set it is the
 # same fit as one of them (the same seed and configuration), so its results are theirs
 RULES = {"wide12-knn10": (12, "knn10", "cf2-data-100"), "wide32-knn10": (32, "knn10", "cf2-data-100")}
@@ -167,6 +172,9 @@ def run_method(method: str, d: dict, seed: int) -> dict:
             if params.get("residual_rank") in RANK_RULES:
                 divisor, low, high = RANK_RULES[params["residual_rank"]]
                 params = {**params, "residual_rank": min(high, max(low, d["X_train"].shape[1] // divisor))}
+            if params.get("residual_rank") in ROWS_RANK_RULES:
+                cap, per = ROWS_RANK_RULES[params["residual_rank"]]
+                params = {**params, "residual_rank": min(cap, max(1, (len(d["X_train"]) // 2) // per))}
             detmod.TABLE_STEPS = steps
             try:
                 det = aekit.Detector(random_state=seed, **params).fit(d["X_train"])
