@@ -1,0 +1,52 @@
+"""benchmarks/adbench.py's summary of seconds: the first fit of a subprocess (which pays a fresh process's one-off
+costs) is kept apart from the later ones, and the later fits are compared with pyod AutoEncoder's set by set."""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+HERE = Path(__file__).resolve().parents[1] / "benchmarks" / "adbench.py"
+
+
+@pytest.fixture(scope="module")
+def adbench():
+    spec = importlib.util.spec_from_file_location("adbench_summary_under_test", HERE)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _runs(seconds, auroc=0.7):
+    return {"runs": [{"seed": i + 1, "auroc": auroc, "fit_seconds": s, "score_seconds": 0.0, "split": f"s{i}"}
+                     for i, s in enumerate(seconds)]}
+
+
+def test_later_fits_set_by_set(adbench):
+    results = {"a": {"aekit": _runs([2.0, 0.5, 0.7]), "iforest": _runs([0.1, 0.1, 0.1], 0.6),
+                     "pyod-ae": _runs([6.0, 1.0, 1.0], 0.65)},
+               "b": {"aekit": _runs([1.0, 3.0, 1.0]), "iforest": _runs([0.1, 0.1, 0.1], 0.6),
+                     "pyod-ae": _runs([9.0, 2.0, 2.0], 0.65)}}
+    s = adbench.summarize(results, ["aekit", "iforest", "pyod-ae"], ["a", "b"])
+    # later fits: the median of seeds 2..: a 0.6 s, b 2.0 s; pyod AutoEncoder 1.0 s and 2.0 s
+    assert s["later_seconds"]["aekit"] == pytest.approx((0.6 + 2.0) / 2)
+    median, (worst, where) = s["later_vs_pyod_ae"]["aekit"]
+    assert median == pytest.approx(np.median([0.6, 1.0])) and worst == pytest.approx(1.0) and where == "b"
+    assert s["later_vs_pyod_ae"]["pyod-ae"][0] == pytest.approx(1.0)
+    # the mean over every fit keeps the first ones
+    assert s["mean_seconds"]["aekit"] == pytest.approx(np.mean([2.0, 0.5, 0.7, 1.0, 3.0, 1.0]))
+    assert "| 1.30 | 0.80 (1.00, b) |" in adbench.render({"tables": s}, ["aekit", "iforest", "pyod-ae"], _meta())
+
+
+def test_one_seed_has_no_later_fits(adbench):
+    results = {"a": {"aekit": _runs([2.0]), "iforest": _runs([0.1], 0.6), "pyod-ae": _runs([6.0], 0.65)}}
+    s = adbench.summarize(results, ["aekit", "iforest", "pyod-ae"], ["a"])
+    assert np.isnan(s["later_seconds"]["aekit"]) and s["later_vs_pyod_ae"]["aekit"] is None
+    assert "| nan | - |" in adbench.render({"tables": s}, ["aekit", "iforest", "pyod-ae"], _meta())
+
+
+def _meta():
+    return {"seeds": [1, 2, 3], "command": "x", "date": "d", "wall_minutes": 1.0, "jobs": 1, "aekit_commit": "c",
+            "aekit_detector": "d", "pyod_versions": "p", "machine": "m", "python": "3", "load_start": "0",
+            "load_end": "0", "domains": [], "ran": [], "reused": {}}
