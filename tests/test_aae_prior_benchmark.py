@@ -1,6 +1,5 @@
 """benchmarks/aae_prior.py: its point syntax, the VAE curve it reads the AAE against, and a one-epoch run."""
 
-import importlib.util
 import math
 import subprocess
 import sys
@@ -8,16 +7,15 @@ from pathlib import Path
 
 import pytest
 
+import benchmark_scripts
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "aae_prior.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("aekit_aae_prior_benchmark", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return benchmark_scripts.load("aae_prior")
 
 
 def test_points_parse_to_a_family_and_typed_options(bench):

@@ -1,21 +1,15 @@
 """benchmarks/adbench.py's summary of seconds: the first fit of a subprocess (which pays a fresh process's one-off
 costs) is kept apart from the later ones, and the later fits are compared with pyod AutoEncoder's set by set."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-HERE = Path(__file__).resolve().parents[1] / "benchmarks" / "adbench.py"
+import benchmark_scripts
 
 
 @pytest.fixture(scope="module")
 def adbench():
-    spec = importlib.util.spec_from_file_location("adbench_summary_under_test", HERE)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return benchmark_scripts.load("adbench")
 
 
 def _runs(seconds, auroc=0.7):

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import benchmark_scripts
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu.py"
 
@@ -22,16 +24,7 @@ SCRIPT = ROOT / "benchmarks" / "gpu.py"
 @pytest.fixture(scope="module")
 def gpu():
     """benchmarks/gpu.py as a module, with sys.path and sys.modules as they were before its import."""
-    path, modules = list(sys.path), set(sys.modules)
-    spec = importlib.util.spec_from_file_location("aekit_gpu_benchmark", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    sys.path[:] = path
-    for name in set(sys.modules) - modules:
-        if name in ("run", "_common", "pythae_side"):
-            del sys.modules[name]
-    return mod
+    return benchmark_scripts.load("gpu")
 
 
 def bench(tmp_path, *args, timeout=240):
