@@ -12,6 +12,10 @@ of benchmarks/README.md ("Selection protocol") and measured in benchmarks/RESULT
   fold k, which it never saw. A new row is scored by every member (their normalized scores averaged); a
   training row by the member(s) that did not train on it, so the contamination threshold is set on scores
   of unseen rows. Duplicated rows (ADBench's resampling of small sets makes many) fall in one fold together.
+  On a small fold (at most ``INNER_MAX_DISTINCT`` distinct rows) a training row's score also takes its
+  statistics from the fold's other rows (``inner_folds``, ``out_of_fold``): statistics fitted on a few dozen
+  rows fit those rows better than new ones, and a threshold set on their in-sample scores flagged 10-25% of
+  unseen normal rows at contamination 0.05 (benchmarks/README.md, "Thresholds on small folds").
 - **A code sized from the data** (``latent_dim=None``): at most ``TABLE_LATENT``, at most half the number
   of features (a code as wide as the input copies it), and small enough for its covariance to be estimated
   on one fold (at least ``ROWS_PER_CODE`` rows per code dimension).
@@ -34,6 +38,8 @@ from .scoring import smooth_window
 FOLDS = 2  # folds="auto": this many folds on a table with enough distinct rows ...
 MIN_FOLD_ROWS = 10  # ... each fold holding at least this many distinct rows (fewer folds, down to 1, otherwise)
 TABLE_LATENT = 16  # the largest code of a table chosen from the data
+INNER_MAX_DISTINCT = 100  # a held-out fold of at most this many distinct rows scores its own rows with
+INNER_FOLDS = 10  # statistics fitted on its other inner folds, this many (leave-one-out below)
 ROWS_PER_CODE = 6  # latent_dim=None: at least this many rows of a fold per code dimension
 TABLE_RESIDUAL_RANK = 8  # residual_rank="auto": the joint score's residual model on a table (aekit.scoring)
 IMAGE_RESIDUAL_RANK = 0  # ... and on images (0: diagonal)
@@ -83,13 +89,37 @@ def table_latent(n_rows: int, n_features: int, folds: int) -> int:
     return int(max(1, min(TABLE_LATENT, n_features // 2, stat_rows // ROWS_PER_CODE)))
 
 
-def fold_ids(arr: np.ndarray, k: int, seed: int) -> np.ndarray:
+def distinct_ids(arr: np.ndarray) -> np.ndarray:
+    """(n,) the index of each row among the distinct rows of ``arr``, 0..distinct-1."""
+    return np.unique(arr.reshape(len(arr), -1), axis=0, return_inverse=True)[1].reshape(-1)
+
+
+def fold_ids(arr: np.ndarray, k: int, seed: int, ids: np.ndarray | None = None) -> np.ndarray:
     """(n,) fold of each row, 0..k-1: the distinct rows dealt at random into k folds of equal size (within
-    one), every copy of a row in the fold of its first copy."""
-    _, inverse = np.unique(arr.reshape(len(arr), -1), axis=0, return_inverse=True)
-    inverse = inverse.reshape(-1)
+    one), every copy of a row in the fold of its first copy (``ids``: ``distinct_ids(arr)``, if known)."""
+    inverse = distinct_ids(arr) if ids is None else ids
     order = np.random.RandomState(seed).permutation(inverse.max() + 1)
     return (order % k)[inverse]
+
+
+def inner_folds(distinct: int) -> int:
+    """The number of inner folds of a held-out fold of ``distinct`` distinct rows: min(distinct,
+    ``INNER_FOLDS``) on a fold of at most ``INNER_MAX_DISTINCT``, 1 (none) on a larger one, whose in-sample
+    statistics are those of new rows within noise."""
+    return min(distinct, INNER_FOLDS) if 2 <= distinct <= INNER_MAX_DISTINCT else 1
+
+
+def out_of_fold(arr: np.ndarray, k: int, fit_score: Callable[[np.ndarray, np.ndarray], np.ndarray],
+                seed: int = 0) -> np.ndarray:
+    """(n,) the score of each row of ``arr`` by statistics fitted without its fold (``fold_ids``: copies of a
+    row stay together): ``fit_score(train, test)`` fits on the rows of the boolean mask ``train`` and returns
+    the scores of the rows of ``test``."""
+    folds = fold_ids(arr, k, seed)
+    out = np.empty(len(arr))
+    for f in range(k):
+        test = folds == f
+        out[test] = fit_score(~test, test)
+    return out
 
 
 def robust_scale(raw: np.ndarray) -> tuple[float, float]:
@@ -103,17 +133,21 @@ class CrossFit:
     fitted: list  # (TrainConfig, FitResult) of each member, fold by fold
     stats: list  # each member's statistics (``held_out``'s first result), fitted on its held-out fold
     normalization: np.ndarray  # (raw rows, 2): median and IQR of each raw score row of its held-out fold
-    scores: np.ndarray  # (n,): each row's normalized score by the member(s) that did not train on it
+    scores: np.ndarray  # (n,): each row's normalized score by the member(s) that did not train on it (and, on a
+    # small fold, by statistics fitted without it: inner_folds)
     folds: np.ndarray  # (n,): the fold of each row
 
 
 def cross_fit(rows: np.ndarray, k: int, seeds: list[int], fold_seed: int,
-              train: Callable[[np.ndarray, int], tuple], held_out: Callable[[object, np.ndarray], tuple]) -> CrossFit:
+              train: Callable[[np.ndarray, int], tuple], held_out: Callable[..., tuple]) -> CrossFit:
     """Fit ``len(seeds) // k`` members per fold. ``train(rows, seed)`` -> (TrainConfig, FitResult);
-    ``held_out(model, rows, seen)`` -> (statistics, raw scores (n,) or (terms, n)) of rows the model did not
-    train on (``seen``: the rows it trained on). Each raw row is normalized by its own median and IQR; a row's
-    score is the mean over the fold's members and their terms."""
-    folds = fold_ids(rows, k, fold_seed)
+    ``held_out(model, rows, seen, inner)`` -> (statistics, raw scores (n,) or (terms, n), the same raw scores
+    with each row's statistics fitted on the other ones of ``inner`` inner folds (``inner_folds``; 1: None,
+    the raw scores)) of rows the model did not train on (``seen``: the rows it trained on). Each raw row is
+    normalized by its own median and IQR; a row's score is the mean over the fold's members and their terms
+    of the normalized out-of-sample raw scores."""
+    ids = distinct_ids(rows)
+    folds = fold_ids(rows, k, fold_seed, ids)
     per_fold = len(seeds) // k
     fitted, stats, norm = [], [], []
     scores = np.zeros(len(rows))
@@ -121,11 +155,13 @@ def cross_fit(rows: np.ndarray, k: int, seeds: list[int], fold_seed: int,
         out = folds == f
         for seed in seeds[f * per_fold:(f + 1) * per_fold]:
             cfg, result = train(rows[~out], seed)
-            member_stats, raw = held_out(result.model, rows[out], rows[~out])
+            inner = inner_folds(len(np.unique(ids[out])))
+            member_stats, raw, unseen = held_out(result.model, rows[out], rows[~out], inner)
             raw = np.atleast_2d(raw)
-            for term in raw:
-                median, iqr = robust_scale(term)
-                scores[out] += (term - median) / iqr / per_fold / len(raw)
+            unseen = raw if unseen is None else np.atleast_2d(unseen)
+            for term, term_unseen in zip(raw, unseen):
+                median, iqr = robust_scale(term)  # (the normalization of every row the member scores)
+                scores[out] += (term_unseen - median) / iqr / per_fold / len(raw)
                 norm.append((median, iqr))
             fitted.append((cfg, result))
             stats.append(member_stats)
@@ -169,5 +205,5 @@ def fit_run(model: str, ds, out, contamination: float, train_options: dict, mode
     return det, result
 
 
-__all__ = ["CrossFit", "cross_fit", "fit_run", "fold_ids", "n_folds", "residual_rank", "residual_smooth",
-           "table_latent", "n_distinct", "robust_scale"]
+__all__ = ["CrossFit", "cross_fit", "distinct_ids", "fit_run", "fold_ids", "inner_folds", "n_folds",
+           "out_of_fold", "residual_rank", "residual_smooth", "table_latent", "n_distinct", "robust_scale"]

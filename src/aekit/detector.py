@@ -310,9 +310,9 @@ class Detector(BaseEstimator):
             if k > 1:  # members trained on k-1 folds; statistics, normalization, training scores from the other
                 cf = adapt.cross_fit(rows, k, seeds[1:], seeds[0], lambda r, seed, stats=stats, latent=latent: (
                     self._train_member(self._training_data(r, kind, columns, seeds[0], stats), seed, latent)),
-                    lambda model, r, seen, ds=ds, smooth=smooth: self._held_out(
+                    lambda model, r, seen, inner, ds=ds, smooth=smooth: self._held_out(
                         model, _model_rows(r, kind, ds, model), kind, ds, neighbors,
-                        _model_rows(seen, kind, ds, model), rank, smooth))
+                        _model_rows(seen, kind, ds, model), rank, smooth, inner))
                 fitted, norm = cf.fitted, cf.normalization
                 models = [result.model for _, result in fitted]
                 score = scoring.resolve_score(self.anomaly_score, models[0])
@@ -479,16 +479,26 @@ class Detector(BaseEstimator):
                            stats=stats, feature_names=None if kind == "image" else columns)
 
     def _held_out(self, model, x: torch.Tensor, kind: str, ds, neighbors: int, seen: torch.Tensor, rank: int = 0,
-                  smooth: int = 1):
-        """A cross-fitted member's statistics ((joint statistics or None, reference codes or None)) and raw
-        scores ((1 or 2, n): the score, then the neighbour term), from rows x (model units) it did not train on;
-        ``seen``: the rows it trained on (model units), whose codes are the neighbour term's references."""
+                  smooth: int = 1, inner: int = 1):
+        """A cross-fitted member's statistics ((joint statistics or None, reference codes or None)), raw
+        scores ((1 or 2, n): the score, then the neighbour term) from rows x (model units) it did not train on,
+        and with ``inner`` > 1 inner folds (``adapt.inner_folds``: a small fold) the same raw scores with each
+        row's joint statistics fitted on the other inner folds (else None); ``seen``: the rows it trained on
+        (model units), whose codes are the neighbour term's references."""
         score = scoring.resolve_score(self.anomaly_score, model)
-        joint = scoring.fit_joint([model], x, kind, rank=rank, smooth=smooth) if score == "joint" else None
+        z_r = scoring.codes_and_residuals(model, x, smooth=smooth) if score == "joint" else None
+        joint = [scoring.joint_stats(*z_r, kind, rank)] if z_r else None
         ref = metrics.codes(model, seen).flatten(1).double().cpu().numpy() if neighbors else None
         scorer = Scorer([model], kind=kind, stats=ds.spec.stats, score=score, joint=joint, neighbors=neighbors,
                         references=None if ref is None else [ref], smooth=smooth)
-        return ((None if joint is None else joint[0]), ref), scorer.raw_model_units(x).cpu().numpy()
+        raw = scorer.raw_model_units(x).cpu().numpy()
+        if inner < 2 or z_r is None:
+            return (None if joint is None else joint[0], ref), raw, None
+        z, r = z_r
+        unseen = raw.copy()
+        unseen[0] = adapt.out_of_fold(x.flatten(1).cpu().numpy(), inner, lambda fit, test: scoring.joint_stats(
+            z[fit], r[fit], kind, rank).score(z[test], r[test]))
+        return (joint[0], ref), raw, unseen
 
     def _train_member(self, ds, seed: int, latent: int | None = None):
         """One autoencoder trained on ds from ``seed``: (its TrainConfig, the trainer's FitResult)."""

@@ -257,8 +257,12 @@ def fit_joint(models, x: Tensor, kind: str, y: Tensor | None = None, rank: int =
     """Each member's joint-score statistics fitted on the model-unit rows x (n, *shape) (and labels y, for a
     conditional family), with a residual model of ``rank`` factors (0: diagonal) of the residuals smoothed by
     ``smooth_residuals``."""
-    return [JointStats.fit(*codes_and_residuals(m, x, y, smooth), floor=JOINT_SIGMA_FLOOR[kind], rank=rank)
-            for m in models]
+    return [joint_stats(*codes_and_residuals(m, x, y, smooth), kind, rank) for m in models]
+
+
+def joint_stats(z: np.ndarray, r: np.ndarray, kind: str, rank: int = 0) -> JointStats:
+    """``JointStats.fit`` of codes z (n, K) and residuals r (n, D) with the residual floor of the data's kind."""
+    return JointStats.fit(z, r, floor=JOINT_SIGMA_FLOOR[kind], rank=rank)
 
 
 def kth_neighbor_distance(z: Tensor, ref: Tensor, k: int) -> Tensor:
@@ -832,5 +836,5 @@ def _counts(meta: dict) -> tuple[int, list[int]]:
 
 
 __all__ = ["Scorer", "Scores", "Preprocess", "JointStats", "DetectorState", "resolve_score", "load_state",
-           "save_state", "fit_joint", "codes_and_residuals", "normalization", "weights_digest",
+           "save_state", "fit_joint", "joint_stats", "codes_and_residuals", "normalization", "weights_digest",
            "kth_neighbor_distance", "smooth_residuals", "smooth_window"]
