@@ -431,6 +431,28 @@ def test_inner_folds_and_out_of_fold():
         assert rows[i, 0] not in rows[folds != folds[i], 0]
 
 
+def test_cross_fitting_from_ten_distinct_rows():
+    """folds="auto": 2 folds from 2 x MIN_FOLD_ROWS distinct rows (copies count once), 1 below; on 12 rows the
+    cross-fitted threshold flags far fewer unseen normal rows than one member's (which scores rows it trained on)."""
+    n_folds, least = aekit.adapt.n_folds, 2 * aekit.adapt.MIN_FOLD_ROWS
+    assert least == 10
+    rows = np.arange(30.0).reshape(-1, 1)
+    assert n_folds("auto", rows[:least], "table") == 2 and n_folds("auto", rows[:least - 1], "table") == 1
+    assert n_folds("auto", np.vstack([rows[:least - 1]] * 3), "table") == 1 and n_folds(3, rows[:2], "table") == 3
+    rng = np.random.default_rng(0)
+    mix = rng.normal(size=(4, 4))
+    flagged = {1: [], "auto": []}
+    for seed in range(6):
+        train, new = rng.normal(size=(12, 4)) @ mix, rng.normal(size=(1000, 4)) @ mix
+        for folds in flagged:
+            det = Detector(contamination=0.05, random_state=seed, folds=folds).fit(train)
+            assert len(det.models_) == (1 if folds == 1 else 2)
+            flagged[folds].append(det.predict(new).mean())
+    assert np.mean(flagged["auto"]) < 0.2 < 0.4 < np.mean(flagged[1]), flagged  # (0.13 and 0.46 here)
+    with pytest.warns(UserWarning, match=r"X has 9 distinct rows, too few to cross-fit .*Detector.calibrate"):
+        Detector(**{**FAST, "epochs": 1}).fit(np.vstack([train[:9], train[:3]]))  # (copies count once)
+
+
 def test_the_threshold_holds_on_unseen_rows_of_smaller_tables():
     """25-40 rows: with each training row's statistics fitted on the fold's other rows (adapt.inner_folds), the
     contamination threshold flags about the contamination of unseen normal rows; with in-sample statistics it

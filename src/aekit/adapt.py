@@ -14,8 +14,9 @@ of benchmarks/README.md ("Selection protocol") and measured in benchmarks/RESULT
   of unseen rows. Duplicated rows (ADBench's resampling of small sets makes many) fall in one fold together.
   On a small fold (at most ``INNER_MAX_DISTINCT`` distinct rows) a training row's score also takes its
   statistics from the fold's other rows (``inner_folds``, ``out_of_fold``): statistics fitted on a few dozen
-  rows fit those rows better than new ones, and a threshold set on their in-sample scores flagged 10-25% of
-  unseen normal rows at contamination 0.05 (benchmarks/README.md, "Thresholds on small folds").
+  rows fit those rows better than new ones, and a threshold set on their in-sample scores flags too many
+  unseen normal rows (benchmarks/README.md, "Thresholds on small folds"). Cross-fitting starts at
+  2 x ``MIN_FOLD_ROWS`` distinct rows (below, one member scores rows it trained on: a worse threshold still).
 - **A code sized from the data** (``latent_dim=None``): at most ``TABLE_LATENT``, at most half the number
   of features (a code as wide as the input copies it), and small enough for its covariance to be estimated
   on one fold (at least ``ROWS_PER_CODE`` rows per code dimension).
@@ -36,9 +37,9 @@ from .errors import ConfigError
 from .scoring import smooth_window
 
 FOLDS = 2  # folds="auto": this many folds on a table with enough distinct rows ...
-MIN_FOLD_ROWS = 10  # ... each fold holding at least this many distinct rows (fewer folds, down to 1, otherwise)
+MIN_FOLD_ROWS = 5  # ... each fold holding at least this many distinct rows (fewer folds, down to 1, otherwise)
 TABLE_LATENT = 16  # the largest code of a table chosen from the data
-INNER_MAX_DISTINCT = 100  # a held-out fold of at most this many distinct rows scores its own rows with
+INNER_MAX_DISTINCT = 50  # a held-out fold of at most this many distinct rows scores its own rows with
 INNER_FOLDS = 10  # statistics fitted on its other inner folds, this many (leave-one-out below)
 ROWS_PER_CODE = 6  # latent_dim=None: at least this many rows of a fold per code dimension
 TABLE_RESIDUAL_RANK = 8  # residual_rank="auto": the joint score's residual model on a table (aekit.scoring)

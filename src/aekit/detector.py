@@ -42,7 +42,7 @@ in RESULTS_fmnist_oneclass.md):
   ``encoder`` / ``decoder`` (with ``encoder_args`` / ``decoder_args``): custom networks, as ``aekit.build`` takes
   them (an import path 'package.module:Class', or an instance whose arguments can be recovered).
 - ``folds="auto"``: on a table, cross-fitting (``aekit.adapt``): the distinct rows are dealt into 2 folds
-  (1, no cross-fitting, below 20 distinct rows; images too, chosen by benchmarks/fmnist_select.py on
+  (1, no cross-fitting, below 10 distinct rows; images too, chosen by benchmarks/fmnist_select.py on
   validation data, RESULTS_fmnist_select.md); the ``n_estimators`` members of fold k train on the
   other folds, and their score statistics, normalization and the training scores of fold k's rows come from
   fold k, which they never saw, so the contamination threshold holds on unseen rows. An int sets K (1: every
@@ -122,6 +122,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -211,7 +212,7 @@ class Detector(BaseEstimator):
         JSON keyword arguments of the custom networks.
     folds : "auto" or int, default "auto"
         Cross-fitting (``aekit.adapt``): "auto" deals the distinct rows (of a table or of images) into 2 folds
-        (1 below 20 distinct rows); the members of fold k train on the other folds, and the score statistics,
+        (1 below 10 distinct rows); the members of fold k train on the other folds, and the score statistics,
         normalization and training scores of fold k's rows come from fold k, so the contamination threshold
         holds on unseen rows. 1: every member trains on every row, as before.
     neighbors : int, default 0
@@ -297,6 +298,13 @@ class Detector(BaseEstimator):
         check_arrays(arr, "X", copies=2)  # the members' training data and the rows scored
         rng = check_random_state(self.random_state)
         k = adapt.n_folds(self.folds, arr, kind)  # cross-fitting (aekit.adapt): k folds, k > 1
+        if k == 1 and self.folds == "auto":
+            warnings.warn(f"Detector: X has {adapt.n_distinct(arr)} distinct rows, too few to cross-fit (at least "
+                          f"{2 * adapt.MIN_FOLD_ROWS}): one member trains on all of them and the contamination "
+                          "threshold comes from rows it trained on, so it will flag more than the contamination "
+                          "of new normal rows; set the threshold on other normal rows (Detector.calibrate, or "
+                          "aekit calibrate RUN --normal FILE)",
+                          UserWarning, stacklevel=2)
         neighbors = int(self.neighbors)
         rank = adapt.residual_rank(self.residual_rank, kind, math.prod(arr.shape[1:]))
         seeds = [int(s) for s in rng.randint(0, 2**31 - 1, size=k * int(self.n_estimators) + 1)]
@@ -327,7 +335,7 @@ class Detector(BaseEstimator):
             else:
                 if neighbors:
                     raise ConfigError(f"Detector(neighbors={self.neighbors!r}): the code-space neighbour term needs "
-                                      "cross-fitting (folds >= 2 on a table of at least 20 distinct rows); use "
+                                      "cross-fitting (folds >= 2 on a table of at least 10 distinct rows); use "
                                       "neighbors=0 here")
                 references = None
                 fitted = [self._train_member(ds, seed, latent) for seed in seeds[1:]]  # (TrainConfig, FitResult)
