@@ -419,6 +419,17 @@ def test_on_a_small_fold_each_training_row_is_scored_by_statistics_fitted_withou
             assert det.decision_scores_[row] == pytest.approx(expected, rel=1e-6, abs=1e-6)
 
 
+def test_inner_folds_with_the_neighbour_term_and_robust_training():
+    """On small folds the out-of-sample joint term sits beside the neighbour term (unchanged: its references are
+    the member's training rows), and robust=True drops rows by those scores."""
+    X = table(40, 6)
+    for kw in ({"neighbors": 3}, {"robust": True, "contamination": 0.1}):
+        det = Detector(random_state=0, **{**FAST, "epochs": 2}, **kw).fit(X)
+        assert len(det.models_) == 2 and np.isfinite(det.decision_scores_).all() and np.isfinite(det.threshold_)
+        assert det.normalization_.shape == ((4 if "neighbors" in kw else 2), 2)
+        assert np.isfinite(det.decision_function(table(5, 7))).all()
+
+
 def test_inner_folds_and_out_of_fold():
     inner, top = aekit.adapt.inner_folds, aekit.adapt.INNER_MAX_DISTINCT
     assert [inner(1), inner(2), inner(7), inner(top), inner(top + 1)] == [1, 2, 7, aekit.adapt.INNER_FOLDS, 1]
