@@ -59,6 +59,9 @@ CANDIDATES = {
     "rq4": ({"folds": 2, "residual_rank": "D//4 in [2, 32]"}, 100),
     # round 6 (benchmarks/README.md): the rank also bounded by the rows of a fold (see ROWS_RANK_RULES)
     "rr8-rows25": ({"folds": 2, "residual_rank": "8, rows of a fold // 25"}, 100),
+    # round 7 (benchmarks/README.md): at most 20 / 10 epochs per table member (aekit.detector.TABLE_MAX_EPOCHS)
+    "e20": ({"folds": 2, "residual_rank": 8, "max_epochs": 20}, 100),
+    "e10": ({"folds": 2, "residual_rank": 8, "max_epochs": 10}, 100),
 }
 # a residual_rank given by the input's width D: q = D // divisor, clipped to [low, high] (the Detector caps it at D - 1)
 RANK_RULES = {"D//4 in [2, 32]": (4, 2, 32)}
@@ -175,11 +178,12 @@ def run_method(method: str, d: dict, seed: int) -> dict:
             if params.get("residual_rank") in ROWS_RANK_RULES:
                 cap, per = ROWS_RANK_RULES[params["residual_rank"]]
                 params = {**params, "residual_rank": min(cap, max(1, (len(d["X_train"]) // 2) // per))}
-            detmod.TABLE_STEPS = steps
+            params = dict(params)
+            detmod.TABLE_STEPS, detmod.TABLE_MAX_EPOCHS = steps, params.pop("max_epochs", None)
             try:
                 det = aekit.Detector(random_state=seed, **params).fit(d["X_train"])
             finally:
-                detmod.TABLE_STEPS = 100
+                detmod.TABLE_STEPS, detmod.TABLE_MAX_EPOCHS = 100, None
         scores = np.asarray(det.decision_function(d["X_test"]), dtype=np.float64)
     secs = time.perf_counter() - t0
     ok = np.isfinite(scores).all()

@@ -150,6 +150,7 @@ SCORES = ("auto", *scoring.SCORES)
 TABLE_LATENT = 16  # the largest code of a table (fit sizes a table's code with adapt.table_latent)
 TABLE_HIDDEN = (64, 64)  # hidden=None on a table with an MLP family
 TABLE_STEPS = 100  # epochs=None on a table: about this many optimizer steps per member, best validation epoch kept
+TABLE_MAX_EPOCHS = None  # ... in at most this many epochs (None: no cap; benchmarks/README.md, round 7)
 PREPROCESSING = ("standard", "minmax", "none")
 _SET_BY_DETECTOR = {"latent_dim": "Detector(latent_dim=...)", "hidden": "Detector(hidden=...)",
                     "input_shape": "the data", "num_classes": "the data (a detector has no labels)"}
@@ -529,6 +530,7 @@ class Detector(BaseEstimator):
         per_epoch = math.ceil(n_train / int(self.batch_size))
         if self.epochs is None and table:  # a short budget, the best validation epoch kept (benchmarks/adbench.py)
             epochs, patience = max(1, round(TABLE_STEPS / per_epoch)), 0
+            epochs = epochs if TABLE_MAX_EPOCHS is None else min(epochs, TABLE_MAX_EPOCHS)
         elif self.epochs is None:
             epochs = min(MAX_EPOCHS, max(1, math.ceil(TARGET_STEPS / per_epoch)))
             patience = PATIENCE if len(ds.x_val) else 0
