@@ -179,11 +179,12 @@ def run_method(method: str, d: dict, seed: int) -> dict:
                 cap, per = ROWS_RANK_RULES[params["residual_rank"]]
                 params = {**params, "residual_rank": min(cap, max(1, (len(d["X_train"]) // 2) // per))}
             params = dict(params)
+            steps_saved = detmod.TABLE_STEPS, detmod.TABLE_MAX_EPOCHS
             detmod.TABLE_STEPS, detmod.TABLE_MAX_EPOCHS = steps, params.pop("max_epochs", None)
             try:
                 det = aekit.Detector(random_state=seed, **params).fit(d["X_train"])
             finally:
-                detmod.TABLE_STEPS, detmod.TABLE_MAX_EPOCHS = 100, None
+                detmod.TABLE_STEPS, detmod.TABLE_MAX_EPOCHS = steps_saved
         scores = np.asarray(det.decision_function(d["X_test"]), dtype=np.float64)
     secs = time.perf_counter() - t0
     ok = np.isfinite(scores).all()

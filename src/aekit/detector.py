@@ -56,9 +56,10 @@ in RESULTS_fmnist_oneclass.md):
 - ``latent_dim=None``: for a table ``aekit.adapt.table_latent``: min(16, d // 2, rows of a fold // 6), at
   least 1; ``max(2, min(32, d // 4))`` for images of d values.
   ``hidden=None``: (64, 64) for a table with an MLP (``TABLE_HIDDEN``); the family's default for images.
-- ``epochs=None``: tables: about ``TABLE_STEPS`` = 100 optimizer steps per member (``round(100 / steps_per_epoch)``
-  epochs, at least 1), no early stopping, the weights of the best validation epoch kept; ADBench's tables are
-  small and a short budget generalizes best there. Images: ``ceil(TARGET_STEPS / steps_per_epoch)`` epochs
+- ``epochs=None``: tables: about ``TABLE_STEPS`` = 100 optimizer steps per member in at most ``TABLE_MAX_EPOCHS``
+  = 10 epochs (``min(10, round(100 / steps_per_epoch))`` epochs, at least 1: fewer steps on a member of fewer
+  than ~1200 rows; selection round 7 of benchmarks/README.md), no early stopping, the weights of the best
+  validation epoch kept; ADBench's tables are small and a short budget generalizes best there. Images: ``ceil(TARGET_STEPS / steps_per_epoch)`` epochs
   capped at ``MAX_EPOCHS`` (about 750 steps, at most 200 epochs; images round 5 of benchmarks/README.md halved
   them), with early stopping after ``PATIENCE``
   epochs without improvement of the loss on the held-out ``val_fraction`` of X. An explicit ``epochs`` trains
@@ -150,7 +151,7 @@ SCORES = ("auto", *scoring.SCORES)
 TABLE_LATENT = 16  # the largest code of a table (fit sizes a table's code with adapt.table_latent)
 TABLE_HIDDEN = (64, 64)  # hidden=None on a table with an MLP family
 TABLE_STEPS = 100  # epochs=None on a table: about this many optimizer steps per member, best validation epoch kept
-TABLE_MAX_EPOCHS = None  # ... in at most this many epochs (None: no cap; benchmarks/README.md, round 7)
+TABLE_MAX_EPOCHS = 10  # ... in at most this many epochs (None: no cap; benchmarks/README.md, round 7)
 PREPROCESSING = ("standard", "minmax", "none")
 _SET_BY_DETECTOR = {"latent_dim": "Detector(latent_dim=...)", "hidden": "Detector(hidden=...)",
                     "input_shape": "the data", "num_classes": "the data (a detector has no labels)"}
@@ -179,8 +180,9 @@ class Detector(BaseEstimator):
     hidden : tuple of int or None, default None
         Hidden layer widths (conv: channel counts); None: (64, 64) for a table with an MLP, else the family's.
     epochs : int or None, default None
-        Training epochs; None: about 100 optimizer steps per member for a table, about 750 steps (at most 200 epochs,
-        early stopping after 10 without improvement) for images. The best validation epoch is kept.
+        Training epochs; None: about 100 optimizer steps in at most 10 epochs per member for a table, about 750
+        steps (at most 200 epochs, early stopping after 10 without improvement) for images. The best validation
+        epoch is kept.
     batch_size : int, default 128
         Rows per optimizer step.
     lr : float, default 1e-3
