@@ -151,7 +151,8 @@ SCORES = ("auto", *scoring.SCORES)
 TABLE_LATENT = 16  # the largest code of a table (fit sizes a table's code with adapt.table_latent)
 TABLE_HIDDEN = (64, 64)  # hidden=None on a table with an MLP family
 TABLE_STEPS = 100  # epochs=None on a table: about this many optimizer steps per member, best validation epoch kept
-TABLE_MAX_EPOCHS = 10  # ... in at most this many epochs (None: no cap; benchmarks/README.md, round 7)
+TABLE_MAX_EPOCHS = 10  # ... in at most this many epochs (None: no cap; benchmarks/README.md, round 7) ...
+TABLE_CAP_FROM_BATCHES = 1  # ... where a member's training rows fill at least this many batches (round 8)
 PREPROCESSING = ("standard", "minmax", "none")
 _SET_BY_DETECTOR = {"latent_dim": "Detector(latent_dim=...)", "hidden": "Detector(hidden=...)",
                     "input_shape": "the data", "num_classes": "the data (a detector has no labels)"}
@@ -532,7 +533,8 @@ class Detector(BaseEstimator):
         per_epoch = math.ceil(n_train / int(self.batch_size))
         if self.epochs is None and table:  # a short budget, the best validation epoch kept (benchmarks/adbench.py)
             epochs, patience = max(1, round(TABLE_STEPS / per_epoch)), 0
-            epochs = epochs if TABLE_MAX_EPOCHS is None else min(epochs, TABLE_MAX_EPOCHS)
+            if TABLE_MAX_EPOCHS is not None and per_epoch >= TABLE_CAP_FROM_BATCHES:
+                epochs = min(epochs, TABLE_MAX_EPOCHS)
         elif self.epochs is None:
             epochs = min(MAX_EPOCHS, max(1, math.ceil(TARGET_STEPS / per_epoch)))
             patience = PATIENCE if len(ds.x_val) else 0
