@@ -58,11 +58,11 @@ in RESULTS_fmnist_oneclass.md):
   ``hidden=None``: (64, 64) for a table with an MLP (``TABLE_HIDDEN``); the family's default for images.
 - ``epochs=None``: tables: about ``TABLE_STEPS`` = 100 optimizer steps per member in at most ``TABLE_MAX_EPOCHS``
   = 10 epochs (``min(10, round(100 / steps_per_epoch))`` epochs, at least 1: fewer steps on a member of fewer
-  than ~1200 rows; selection round 7 of benchmarks/README.md), no early stopping, the weights of the best
-  validation epoch kept; ADBench's tables are small and a short budget generalizes best there. Images: ``ceil(TARGET_STEPS / steps_per_epoch)`` epochs
-  capped at ``MAX_EPOCHS`` (about 750 steps, at most 200 epochs; images round 5 of benchmarks/README.md halved
-  them), with early stopping after ``PATIENCE``
-  epochs without improvement of the loss on the held-out ``val_fraction`` of X. An explicit ``epochs`` trains
+  than ~1200 rows; selection rounds 7 and 8 of benchmarks/README.md), no early stopping, the weights of the
+  best validation epoch kept; ADBench's tables are small and a short budget generalizes best there. Images:
+  ``ceil(TARGET_STEPS / steps_per_epoch)`` epochs capped at ``MAX_EPOCHS`` (about 750 steps, at most 200
+  epochs; images round 5 of benchmarks/README.md halved them), with early stopping after ``PATIENCE`` epochs
+  without improvement of the loss on the held-out ``val_fraction`` of X. An explicit ``epochs`` trains
   that many epochs (best validation weights kept). With fewer than ``1 / val_fraction`` rows there is no
   validation part.
 - ``anomaly_score="auto"``: ``"joint"`` for every family (``aekit.scoring.JointStats``): with z = f(x) the code
@@ -152,7 +152,7 @@ TABLE_LATENT = 16  # the largest code of a table (fit sizes a table's code with 
 TABLE_HIDDEN = (64, 64)  # hidden=None on a table with an MLP family
 TABLE_STEPS = 100  # epochs=None on a table: about this many optimizer steps per member, best validation epoch kept
 TABLE_MAX_EPOCHS = 10  # ... in at most this many epochs (None: no cap; benchmarks/README.md, round 7) ...
-TABLE_CAP_FROM_BATCHES = 1  # ... where a member's training rows fill at least this many batches (round 8)
+TABLE_CAP_FROM_BATCHES = 1  # ... where a member's training rows fill at least this many batches (round 8: 1)
 PREPROCESSING = ("standard", "minmax", "none")
 _SET_BY_DETECTOR = {"latent_dim": "Detector(latent_dim=...)", "hidden": "Detector(hidden=...)",
                     "input_shape": "the data", "num_classes": "the data (a detector has no labels)"}
