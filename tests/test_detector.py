@@ -438,8 +438,8 @@ def test_inner_folds_and_out_of_fold():
     assert [inner(1), inner(2), inner(7), inner(top), inner(top + 1)] == [1, 2, 7, aekit.adapt.INNER_FOLDS, 1]
     rows = np.repeat(np.arange(12.0), 3)[:, None]  # 12 distinct rows, 3 copies each
     # fit on a mask, score the other rows: here the largest value fitted on, which never is a test row's copy
-    out = aekit.adapt.out_of_fold(rows, 4, lambda fit, test: np.full(test.sum(), rows[fit].max()))
     folds = aekit.adapt.fold_ids(rows, 4, 0)
+    out = aekit.adapt.out_of_fold(folds, lambda fit, test: np.full(test.sum(), rows[fit].max()))
     for i in range(len(rows)):
         assert out[i] == rows[folds != folds[i]].max()
         assert rows[i, 0] not in rows[folds != folds[i], 0]

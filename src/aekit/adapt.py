@@ -110,14 +110,20 @@ def inner_folds(distinct: int) -> int:
     return min(distinct, INNER_FOLDS) if 2 <= distinct <= INNER_MAX_DISTINCT else 1
 
 
-def out_of_fold(arr: np.ndarray, k: int, fit_score: Callable[[np.ndarray, np.ndarray], np.ndarray],
-                seed: int = 0) -> np.ndarray:
-    """(n,) the score of each row of ``arr`` by statistics fitted without its fold (``fold_ids``: copies of a
-    row stay together): ``fit_score(train, test)`` fits on the rows of the boolean mask ``train`` and returns
-    the scores of the rows of ``test``."""
-    folds = fold_ids(arr, k, seed)
-    out = np.empty(len(arr))
-    for f in range(k):
+def inner_fold_ids(ids: np.ndarray) -> np.ndarray | None:
+    """The inner fold of each row of a held-out fold whose rows have the distinct-row ids ``ids`` (copies of a row
+    together), ``inner_folds`` of them; None where it gets none."""
+    local = np.unique(ids, return_inverse=True)[1].reshape(-1)
+    k = inner_folds(int(local.max()) + 1 if len(local) else 0)
+    return None if k < 2 else fold_ids(local, k, 0, ids=local)
+
+
+def out_of_fold(folds: np.ndarray, fit_score: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
+    """(n,) the score of each row by statistics fitted without its fold (``folds``: the fold of each row, e.g.
+    ``fold_ids``): ``fit_score(train, test)`` fits on the rows of the boolean mask ``train`` and returns the
+    scores of the rows of ``test``."""
+    out = np.empty(len(folds))
+    for f in np.unique(folds):
         test = folds == f
         out[test] = fit_score(~test, test)
     return out
@@ -143,8 +149,8 @@ def cross_fit(rows: np.ndarray, k: int, seeds: list[int], fold_seed: int,
               train: Callable[[np.ndarray, int], tuple], held_out: Callable[..., tuple]) -> CrossFit:
     """Fit ``len(seeds) // k`` members per fold. ``train(rows, seed)`` -> (TrainConfig, FitResult);
     ``held_out(model, rows, seen, inner)`` -> (statistics, raw scores (n,) or (terms, n), the same raw scores
-    with each row's statistics fitted on the other ones of ``inner`` inner folds (``inner_folds``; 1: None,
-    the raw scores)) of rows the model did not train on (``seen``: the rows it trained on). Each raw row is
+    with each row's statistics fitted on the other inner folds ``inner`` (``inner_fold_ids``; where it is None,
+    None: the raw scores)) of rows the model did not train on (``seen``: the rows it trained on). Each raw row is
     normalized by its own median and IQR; a row's score is the mean over the fold's members and their terms
     of the normalized out-of-sample raw scores."""
     ids = distinct_ids(rows)
@@ -154,9 +160,9 @@ def cross_fit(rows: np.ndarray, k: int, seeds: list[int], fold_seed: int,
     scores = np.zeros(len(rows))
     for f in range(k):
         out = folds == f
+        inner = inner_fold_ids(ids[out])
         for seed in seeds[f * per_fold:(f + 1) * per_fold]:
             cfg, result = train(rows[~out], seed)
-            inner = inner_folds(len(np.unique(ids[out])))
             member_stats, raw, unseen = held_out(result.model, rows[out], rows[~out], inner)
             raw = np.atleast_2d(raw)
             unseen = raw if unseen is None else np.atleast_2d(unseen)
@@ -206,5 +212,5 @@ def fit_run(model: str, ds, out, contamination: float, train_options: dict, mode
     return det, result
 
 
-__all__ = ["CrossFit", "cross_fit", "distinct_ids", "fit_run", "fold_ids", "inner_folds", "n_folds",
+__all__ = ["CrossFit", "cross_fit", "distinct_ids", "fit_run", "fold_ids", "inner_fold_ids", "inner_folds", "n_folds",
            "out_of_fold", "residual_rank", "residual_smooth", "table_latent", "n_distinct", "robust_scale"]

@@ -491,11 +491,11 @@ class Detector(BaseEstimator):
                            stats=stats, feature_names=None if kind == "image" else columns)
 
     def _held_out(self, model, x: torch.Tensor, kind: str, ds, neighbors: int, seen: torch.Tensor, rank: int = 0,
-                  smooth: int = 1, inner: int = 1):
+                  smooth: int = 1, inner: np.ndarray | None = None):
         """A cross-fitted member's statistics ((joint statistics or None, reference codes or None)), raw
         scores ((1 or 2, n): the score, then the neighbour term) from rows x (model units) it did not train on,
-        and with ``inner`` > 1 inner folds (``adapt.inner_folds``: a small fold) the same raw scores with each
-        row's joint statistics fitted on the other inner folds (else None); ``seen``: the rows it trained on
+        and with ``inner`` (each row's inner fold, ``adapt.inner_fold_ids``: a small fold) the same raw scores
+        with each row's joint statistics fitted on the other inner folds (else None); ``seen``: the rows it trained on
         (model units), whose codes are the neighbour term's references."""
         score = scoring.resolve_score(self.anomaly_score, model)
         z_r = scoring.codes_and_residuals(model, x, smooth=smooth) if score == "joint" else None
@@ -504,12 +504,12 @@ class Detector(BaseEstimator):
         scorer = Scorer([model], kind=kind, stats=ds.spec.stats, score=score, joint=joint, neighbors=neighbors,
                         references=None if ref is None else [ref], smooth=smooth)
         raw = scorer.raw_model_units(x).cpu().numpy()
-        if inner < 2 or z_r is None:
+        if inner is None or z_r is None:
             return (None if joint is None else joint[0], ref), raw, None
         z, r = z_r
         unseen = raw.copy()
-        unseen[0] = adapt.out_of_fold(x.flatten(1).cpu().numpy(), inner, lambda fit, test: scoring.joint_stats(
-            z[fit], r[fit], kind, rank).score(z[test], r[test]))
+        unseen[0] = adapt.out_of_fold(inner, lambda fit, test: scoring.joint_stats(z[fit], r[fit], kind, rank).score(
+            z[test], r[test]))
         return (joint[0], ref), raw, unseen
 
     def _train_member(self, ds, seed: int, latent: int | None = None):
