@@ -445,6 +445,29 @@ def test_inner_folds_and_out_of_fold():
         assert rows[i, 0] not in rows[folds != folds[i], 0]
 
 
+def test_distinct_ids_are_np_uniques_inverse():
+    """adapt.distinct_ids (hashes, then a column-by-column sort of the tied rows) numbers rows as np.unique(axis=0)
+    does, so the folds are the same: ties over many columns, copies, -0.0 beside 0.0, float32 and float64, images;
+    anything else (integers, a non-finite value) goes to np.unique itself."""
+    rng = np.random.default_rng(0)
+
+    def ref(a):
+        return np.unique(a.reshape(len(a), -1), axis=0, return_inverse=True)[1].reshape(-1)
+
+    cases = []
+    for _ in range(60):
+        n, d = int(rng.integers(2, 80)), int(rng.integers(1, 14))
+        binary = (rng.random((n, d)) < rng.uniform(0.02, 0.5)).astype(rng.choice([np.float32, np.float64]))
+        binary[rng.random((n, d)) < 0.1] *= -0.0  # some -0.0: equal to 0.0
+        normal = rng.normal(size=(n, d))
+        cases += [binary, np.vstack([normal, normal[: n // 2], -0.0 * normal[:3]])[rng.permutation(n + n // 2 + 3)]]
+    cases += [rng.integers(0, 3, size=(40, 3)), np.array([[0.0, np.inf], [1.0, 2.0], [0.0, np.inf]]),
+              (rng.random((30, 1, 4, 4)) < 0.1).astype(np.float32), np.zeros((1, 3)), np.ones((5, 1))]
+    for a in cases:
+        assert (aekit.adapt.distinct_ids(a) == ref(a)).all(), a
+        assert aekit.adapt.n_distinct(a) == len(np.unique(a.reshape(len(a), -1), axis=0))
+
+
 def test_cross_fitting_from_ten_distinct_rows():
     """folds="auto": 2 folds from 2 x MIN_FOLD_ROWS distinct rows (copies count once), 1 below; on 12 rows the
     cross-fitted threshold flags far fewer unseen normal rows than one member's (which scores rows it trained on)."""

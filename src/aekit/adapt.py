@@ -49,16 +49,17 @@ SMOOTH_MIN_SIDE = 16  # ... on images whose sides have at least this many pixels
 
 
 def n_distinct(arr: np.ndarray) -> int:
-    return len(np.unique(arr.reshape(len(arr), -1), axis=0))
+    return int(distinct_ids(arr).max()) + 1 if len(arr) else 0
 
 
-def n_folds(folds, arr: np.ndarray, kind: str) -> int:
+def n_folds(folds, arr: np.ndarray, kind: str, distinct: int | None = None) -> int:
     """The number of folds ``Detector(folds=...)`` uses on ``arr``: an int as given (1: no cross-fitting);
     "auto": ``FOLDS`` on data (a table or images) whose distinct rows fill them with ``MIN_FOLD_ROWS`` each,
-    fewer folds where they do not (images: chosen on validation data by benchmarks/fmnist_select.py)."""
+    fewer folds where they do not (images: chosen on validation data by benchmarks/fmnist_select.py).
+    ``distinct``: the number of distinct rows of ``arr``, if known."""
     if folds != "auto":
         return int(folds)
-    distinct = n_distinct(arr)
+    distinct = n_distinct(arr) if distinct is None else int(distinct)
     return next((k for k in range(FOLDS, 1, -1) if distinct >= k * MIN_FOLD_ROWS), 1)
 
 
@@ -91,8 +92,74 @@ def table_latent(n_rows: int, n_features: int, folds: int) -> int:
 
 
 def distinct_ids(arr: np.ndarray) -> np.ndarray:
-    """(n,) the index of each row among the distinct rows of ``arr``, 0..distinct-1."""
-    return np.unique(arr.reshape(len(arr), -1), axis=0, return_inverse=True)[1].reshape(-1)
+    """(n,) the index of each row among the distinct rows of ``arr`` in lexicographic order, 0..distinct-1:
+    ``np.unique(arr, axis=0, return_inverse=True)``'s inverse (rows equal as numbers are one row, -0.0 and 0.0
+    included), found without its sort of whole rows (a row-by-row comparison, slow on wide rows): equal rows
+    are grouped by a hash of their values, each group checked value by value, and the groups' first rows put
+    in lexicographic order by sorting column after column only the rows still tied. Anything but finite
+    floats, or a hash shared by unequal rows, takes ``np.unique`` itself."""
+    flat = arr.reshape(len(arr), -1)
+    if len(flat) < 2 or flat.dtype.kind != "f" or not flat.shape[1]:
+        return np.unique(flat, axis=0, return_inverse=True)[1].reshape(-1)
+    first, inverse = _equal_rows(flat)
+    if first is None:
+        return np.unique(flat, axis=0, return_inverse=True)[1].reshape(-1)
+    return _lexicographic_ranks(flat[first])[inverse]
+
+
+_ROW_BLOCK_VALUES = 1 << 20  # distinct_ids works on blocks of rows of about this many values
+_REFINE_COLUMNS = 4  # ... and sorts the rows tied after this many columns by all the others at once
+
+
+def _row_blocks(flat: np.ndarray):
+    step = max(1, _ROW_BLOCK_VALUES // flat.shape[1])
+    for i in range(0, len(flat), step):
+        yield i, flat[i:i + step] + 0.0  # + 0.0: -0.0 becomes 0.0, equal as numbers and now as bits
+
+
+def _equal_rows(flat: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+    """(the index of the first row of each group of equal rows, each row's group) of the (n, D) finite
+    floats ``flat``; (None, None) when a value is not finite or two unequal rows share a hash."""
+    bits = np.dtype(f"u{flat.dtype.itemsize}")
+    weights = np.random.RandomState(0).randint(1, 2**62, size=flat.shape[1], dtype=np.int64).astype(np.uint64) * 2 + 1
+    hashes = np.empty(len(flat), np.uint64)
+    for i, block in _row_blocks(flat):
+        if not np.isfinite(block).all():
+            return None, None
+        hashes[i:i + len(block)] = block.view(bits).astype(np.uint64) @ weights  # wraps modulo 2**64
+    _, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    for i, block in _row_blocks(flat):
+        if not (block == flat[first[inverse[i:i + len(block)]]]).all():
+            return None, None
+    return first, inverse
+
+
+def _lexicographic_ranks(rows: np.ndarray) -> np.ndarray:
+    """(m,) the rank of each of the m distinct rows (m, D) in lexicographic order: the rows are sorted by
+    their first column, then the rows tied so far by the next, and so on until none is tied; rows still tied
+    after ``_REFINE_COLUMNS`` columns (sparse or binary tables) are sorted by all the remaining ones at once."""
+    m = len(rows)
+    start = np.zeros(m, np.int64)  # the first sorted position of each row's group of rows tied so far
+    active = np.arange(m)  # the rows in a group of two or more
+    for j in range(rows.shape[1]):
+        if not len(active):
+            break
+        col, group = rows[active, j], start[active]
+        last = j >= _REFINE_COLUMNS
+        order = np.lexsort((*rows[active, j:][:, ::-1].T, group) if last else (col, group))
+        g, c = group[order], col[order]
+        k = np.arange(len(order))
+        new_group = np.r_[True, g[1:] != g[:-1]]
+        if last:  # distinct rows: each its own place within its group
+            start[active[order]] = g + k - np.maximum.accumulate(np.where(new_group, k, 0))
+            break
+        new_sub = new_group | np.r_[True, c[1:] != c[:-1]]
+        moved = g + np.maximum.accumulate(np.where(new_sub, k, 0)) - np.maximum.accumulate(np.where(new_group, k, 0))
+        start[active[order]] = moved
+        tied = np.r_[moved[1:] == moved[:-1], False] | np.r_[False, moved[1:] == moved[:-1]]
+        active = active[order][tied]
+    return start
 
 
 def fold_ids(arr: np.ndarray, k: int, seed: int, ids: np.ndarray | None = None) -> np.ndarray:
@@ -146,14 +213,15 @@ class CrossFit:
 
 
 def cross_fit(rows: np.ndarray, k: int, seeds: list[int], fold_seed: int,
-              train: Callable[[np.ndarray, int], tuple], held_out: Callable[..., tuple]) -> CrossFit:
+              train: Callable[[np.ndarray, int], tuple], held_out: Callable[..., tuple],
+              ids: np.ndarray | None = None) -> CrossFit:
     """Fit ``len(seeds) // k`` members per fold. ``train(rows, seed)`` -> (TrainConfig, FitResult);
     ``held_out(model, rows, seen, inner)`` -> (statistics, raw scores (n,) or (terms, n), the same raw scores
     with each row's statistics fitted on the other inner folds ``inner`` (``inner_fold_ids``; where it is None,
     None: the raw scores)) of rows the model did not train on (``seen``: the rows it trained on). Each raw row is
     normalized by its own median and IQR; a row's score is the mean over the fold's members and their terms
-    of the normalized out-of-sample raw scores."""
-    ids = distinct_ids(rows)
+    of the normalized out-of-sample raw scores. ``ids``: ``distinct_ids(rows)``, if known."""
+    ids = distinct_ids(rows) if ids is None else ids
     folds = fold_ids(rows, k, fold_seed, ids)
     per_fold = len(seeds) // k
     fitted, stats, norm = [], [], []

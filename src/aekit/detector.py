@@ -301,9 +301,10 @@ class Detector(BaseEstimator):
         kind = _kind_of(arr)
         check_arrays(arr, "X", copies=2)  # the members' training data and the rows scored
         rng = check_random_state(self.random_state)
-        k = adapt.n_folds(self.folds, arr, kind)  # cross-fitting (aekit.adapt): k folds, k > 1
+        ids = adapt.distinct_ids(arr)  # copies of a row count once, and share a fold
+        k = adapt.n_folds(self.folds, arr, kind, distinct=int(ids.max()) + 1)  # cross-fitting (aekit.adapt), k > 1
         if k == 1 and self.folds == "auto":
-            warnings.warn(f"Detector: X has {adapt.n_distinct(arr)} distinct rows, too few to cross-fit (at least "
+            warnings.warn(f"Detector: X has {int(ids.max()) + 1} distinct rows, too few to cross-fit (at least "
                           f"{2 * adapt.MIN_FOLD_ROWS}): one member trains on all of them and the contamination "
                           "threshold comes from rows it trained on, so it will flag more than the contamination "
                           "of new normal rows; set the threshold on other normal rows (Detector.calibrate, or "
@@ -324,7 +325,8 @@ class Detector(BaseEstimator):
                     self._train_member(self._training_data(r, kind, columns, seeds[0], stats), seed, latent)),
                     lambda model, r, seen, inner, ds=ds, smooth=smooth: self._held_out(
                         model, _model_rows(r, kind, ds, model), kind, ds, neighbors,
-                        _model_rows(seen, kind, ds, model), rank, smooth, inner))
+                        _model_rows(seen, kind, ds, model), rank, smooth, inner),
+                    ids=ids if rows is arr else np.unique(ids[kept], return_inverse=True)[1].reshape(-1))
                 fitted, norm = cf.fitted, cf.normalization
                 models = [result.model for _, result in fitted]
                 score = scoring.resolve_score(self.anomaly_score, models[0])
