@@ -64,6 +64,8 @@ CANDIDATES = {
     "e10": ({"folds": 2, "residual_rank": 8, "max_epochs": 10}, 100),
     # round 8 (benchmarks/README.md): the cap only where a member's rows fill 3 batches or more
     "e10-3b": ({"folds": 2, "residual_rank": 8, "max_epochs": 10, "cap_from_batches": 3}, 100),
+    # round 9 (benchmarks/README.md), one-class tasks: ~250 optimizer steps per member, no epoch cap
+    "s250": ({"folds": 2, "residual_rank": 8}, 250),
 }
 # a residual_rank given by the input's width D: q = D // divisor, clipped to [low, high] (the Detector caps it at D - 1)
 RANK_RULES = {"D//4 in [2, 32]": (4, 2, 32)}
@@ -74,6 +76,12 @@ ROWS_RANK_RULES = {"8, rows of a fold // 25": (8, 25)}
 # same fit as one of them (the same seed and configuration), so its results are theirs
 RULES = {"wide12-knn10": (12, "knn10", "cf2-data-100"), "wide32-knn10": (32, "knn10", "cf2-data-100")}
 GROUPS = ["small", "lowdim", "highdim", "embeddings", "planted", "tiny"]
+# --one-class (round 9): every set above trained on the normal rows of its training split only, and a seventh
+# group: each table subsampled to at most ONE_CLASS_ROWS rows (anomaly share kept, at least 10 anomalies), split
+# 70/30 without resampling, ONE_CLASS_TRAIN normal rows of the training split the training set (the regime of
+# README's breast-cancer recipe)
+ONE_CLASS_GROUPS = GROUPS + ["n150"]
+ONE_CLASS_ROWS, ONE_CLASS_TRAIN = 1000, 150
 # the time budget, relative to the current default timed in the same run: in RESULTS_adbench.json (tables) pyod
 # AutoEncoder took 9.96 s and the current default 1.60 s per fit+score, so 1/4 of the former is 1.56x the latter
 BUDGET = 9.96 / 4 / 1.60
@@ -141,16 +149,43 @@ def pool() -> list[dict]:
     return sets
 
 
-def split(s: dict, seed: int) -> dict:
-    if s["resample"]:
-        return protocol_split(s["X"], s["y"], seed)
-    from sklearn.model_selection import train_test_split
-    from sklearn.preprocessing import MinMaxScaler
+def one_class_pool() -> list[dict]:
+    """--one-class: the sets of ``pool`` and the group ``n150`` (see ONE_CLASS_GROUPS)."""
+    sets = pool()
+    for f in sorted(TABLES.glob("*.npz")):
+        X, y = load_set(f)
+        rng = np.random.RandomState(9)
+        if len(y) > ONE_CLASS_ROWS:
+            n_a = min(int(y.sum()), max(10, int(round(ONE_CLASS_ROWS * y.mean()))))
+            idx = np.r_[rng.choice(np.flatnonzero(y == 0), ONE_CLASS_ROWS - n_a, replace=False),
+                        rng.choice(np.flatnonzero(y == 1), n_a, replace=False)]
+            X, y = X[idx], y[idx]
+        sets.append({"name": f"{f.stem}@n150", "group": "n150", "X": X, "y": y, "resample": False,
+                     "train_rows": ONE_CLASS_TRAIN})
+    return sets
 
-    _set_seed(seed)
-    X_train, X_test, _, y_test = train_test_split(s["X"], s["y"], test_size=TEST_SIZE, shuffle=True, stratify=s["y"])
-    scaler = MinMaxScaler().fit(X_train)
-    return {"X_train": scaler.transform(X_train), "X_test": scaler.transform(X_test), "y_test": y_test}
+
+def split(s: dict, seed: int, one_class: bool = False) -> dict:
+    """The protocol's split of set ``s``; ``one_class``: the training split's anomalies dropped (the labels read
+    for that alone, as `aekit train --normal-class` does), then at most ``s["train_rows"]`` of its normal rows."""
+    if s["resample"]:
+        d = protocol_split(s["X"], s["y"], seed)
+    else:
+        from sklearn.model_selection import train_test_split
+        from sklearn.preprocessing import MinMaxScaler
+
+        _set_seed(seed)
+        X_train, X_test, y_train, y_test = train_test_split(s["X"], s["y"], test_size=TEST_SIZE, shuffle=True,
+                                                            stratify=s["y"])
+        scaler = MinMaxScaler().fit(X_train)
+        d = {"X_train": scaler.transform(X_train), "X_test": scaler.transform(X_test), "y_test": y_test,
+             "y_train_true": y_train}
+    if one_class:
+        normal = d["X_train"][d["y_train_true"] == 0]
+        if len(normal) > s.get("train_rows", len(normal)):
+            normal = normal[np.random.RandomState(seed).choice(len(normal), s["train_rows"], replace=False)]
+        d = {**d, "X_train": normal}
+    return d
 
 
 # --------------------------------------------------------------------------------------------------
@@ -194,8 +229,9 @@ def run_method(method: str, d: dict, seed: int) -> dict:
     return {"auroc": float(roc_auc_score(d["y_test"], scores)) if ok else 0.5, "seconds": secs}
 
 
-def measure(sets, methods, seeds, log) -> dict:
-    """{set: {method: {seed: {auroc, seconds}}}}, cached per (method, set, seed)."""
+def measure(sets, methods, seeds, log, one_class: bool = False) -> dict:
+    """{set: {method: {seed: {auroc, seconds}}}}, cached per (method, set, seed) (and task: ``one_class``)."""
+    cache = CACHE / "one-class" if one_class else CACHE
     out = {}
     for s in sets:
         out[s["name"]] = {}
@@ -204,11 +240,11 @@ def measure(sets, methods, seeds, log) -> dict:
             for m in [m for m in methods if m not in RULES]:
                 if m == "mcd" and (s["X"].shape[1] > 40 or len(s["y"]) > N_MIN):
                     continue  # a reference only: pyod's MCD takes ~1 min on 7000 rows here, hours on 512 features
-                f = CACHE / m / f"{s['name']}__{seed}.json"
+                f = cache / m / f"{s['name']}__{seed}.json"
                 if f.exists():
                     r = json.loads(f.read_text())
                 else:
-                    d = d or split(s, seed)
+                    d = d or split(s, seed, one_class)
                     r = run_method(m, d, seed)
                     f.parent.mkdir(parents=True, exist_ok=True)
                     f.write_text(json.dumps(r))
@@ -265,9 +301,11 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", default="1")
     p.add_argument("--candidates", default=",".join(CANDIDATES))
-    p.add_argument("--groups", default=",".join(GROUPS))
+    p.add_argument("--groups", default="", help="comma-separated (default: all of the task's groups)")
     p.add_argument("--reference", default="current", help="the candidate the time budget is relative to")
     p.add_argument("--results", default="adbench_select", help="write benchmarks/RESULTS_<this>.md and .json")
+    p.add_argument("--one-class", action="store_true", help="one-class tasks: train on the normal rows of each "
+                   "training split, plus the group n150 (benchmarks/README.md, round 9)")
     args = p.parse_args(argv)
     out_md, out_json = HERE / f"RESULTS_{args.results}.md", HERE / f"RESULTS_{args.results}.json"
     import torch
@@ -275,11 +313,11 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     seeds = [int(s) for s in args.seeds.split(",")]
     cands = args.candidates.split(",")
-    groups = args.groups.split(",")
+    groups = args.groups.split(",") if args.groups else (ONE_CLASS_GROUPS if args.one_class else GROUPS)
     t0, load0 = time.perf_counter(), loadavg()
-    sets = [s for s in pool() if s["group"] in groups]
+    sets = [s for s in (one_class_pool() if args.one_class else pool()) if s["group"] in groups]
     bases = [b for m in cands if m in RULES for b in RULES[m][1:] if b not in cands]
-    res = measure(sets, ["iforest", "mcd", *bases, *cands], seeds, lambda m: print(m, flush=True))
+    res = measure(sets, ["iforest", "mcd", *bases, *cands], seeds, lambda m: print(m, flush=True), args.one_class)
     names = {g: [s["name"] for s in sets if s["group"] == g] for g in groups}
     by_group = {g: figures(names[g], res, cands, seeds) for g in groups}
     table_groups = [g for g in ("small", "lowdim", "highdim") if g in groups]
@@ -301,7 +339,7 @@ def main(argv=None) -> int:
                        + " ".join(sys.argv[1:] if argv is None else argv),
             "date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"), "seeds": seeds, "machine": cpu_model(),
             "load": f"{load0} -> {loadavg()}", "wall_minutes": (time.perf_counter() - t0) / 60,
-            "sets": {g: names[g] for g in groups}}
+            "sets": {g: names[g] for g in groups}, "one_class": args.one_class}
     out_json.write_text(json.dumps({"meta": meta, "candidates": {m: CANDIDATES[m] for m in cands},
                                     "by_group": by_group, "seconds_tables": secs, "in_budget": in_budget,
                                     "eligible": eligible, "rank_only_choice": rank_only,
@@ -314,7 +352,11 @@ def main(argv=None) -> int:
 
 def render(meta, cands, groups, by_group, secs, in_budget, eligible, rank_only, folds, final,
            reference: str = "current") -> str:
-    L = ["# Selection of aekit.Detector()'s defaults: leave-one-group-out over groups of sets", "",
+    L = ["# Selection of aekit.Detector()'s defaults: leave-one-group-out over groups of sets"
+         + (" (one-class tasks)" if meta.get("one_class") else ""), "",
+         *(["One-class tasks (`--one-class`): every method trains on the normal rows of the training split only "
+            "(the anomalies dropped by their labels, as `aekit train --normal-class` does); the group n150 trains "
+            "on at most 150 normal rows of a table split without resampling.", ""] if meta.get("one_class") else []),
          "Generated by `benchmarks/adbench_select.py`; the protocol is benchmarks/README.md's \"Selection protocol\". "
          f"Test AUROC x100, mean over seeds {meta['seeds']}; ranks among the candidates; fit+score seconds per "
          "(set, seed), one thread, in one process (the machine is shared).", "",
