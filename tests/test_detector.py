@@ -262,6 +262,7 @@ def test_bad_input_is_one_clear_error(planted):
     (dict(epochs=2.5), r"epochs=2.5\): expected an integer >= 1 or None"),
     (dict(lr=-1.0), "lr"),
     (dict(preprocessing="robust"), "choose one of 'standard', 'minmax', 'none'"),
+    (dict(novelty="yes"), r"novelty='yes'\): expected True or False"),
 ])
 def test_bad_parameters_are_refused_by_fit(params, match):
     det = Detector(**{**FAST, "epochs": 1, **params})
@@ -288,8 +289,13 @@ def test_default_budget_and_preprocessing():
     assert det.train_config_.epochs == 10 and det.train_config_.patience == 0
     cfg = det.models_[0].config
     assert len(det.history_) == 10 and (cfg.latent_dim, cfg.hidden) == (4, (64, 64))  # code: 8 features // 2
+    # novelty=True (rows known to be normal, round 9): ~250 steps, no epoch cap; the same rows otherwise
+    novel = Detector(random_state=0, novelty=True).fit(X)
+    assert novel.train_config_.epochs == 125 and len(novel.models_) == 2 and novel.get_params()["novelty"]
     mid = Detector(random_state=0, hidden=(8,)).fit(table(6000, 4))  # 2700 rows to train a member: 22 steps
     assert mid.train_config_.epochs == 5  # an epoch, round(100 / 22) < 10
+    assert Detector(random_state=0, hidden=(8,), novelty=True, **{"epochs": 3}).fit(
+        table(600, 4)).train_config_.epochs == 3  # an explicit epochs wins
     assert det.anomaly_score_ == "joint"
     big = Detector(random_state=0, hidden=(8,), latent_dim=2).fit(table(30000, 4))  # 211 steps per epoch
     assert big.train_config_.epochs == 1

@@ -58,7 +58,7 @@ def test_readme_recipe_on_breast_cancer(cli, tmp_path):
     after = flagged[is_new_benign].mean()
     print(f"breast cancer recipe: AUROC {auroc:.3f}, unseen benign flagged {before:.3f} before calibration, "
           f"{after:.3f} after")
-    # issue 18 asks for AUROC >= 0.95 (IForest: about 0.957). Not met: 0.934 here since selection round 7 capped a
-    # table member at 10 epochs (benchmarks/README.md; 10 steps on these 68 rows a member), 0.944 before it with
-    # ~100 steps; over 3 splits x 4 seeds 0.938 against 0.949. This bound keeps the recipe from falling further.
-    assert before <= 0.15 and after <= 0.12 and auroc >= 0.93, (auroc, before, after)
+    # issue 18's bounds. --normal-class makes the Detector's novelty=True (selection round 9 of benchmarks/README.md:
+    # ~250 steps a member on rows known to be normal): 0.957 here; with the contaminated default's 10 epochs 0.934.
+    # Over 3 splits x 4 seeds (Python API, 150 benign rows) 0.950 against 0.938, pyod IForest 0.953.
+    assert before <= 0.15 and after <= 0.12 and auroc >= 0.95, (auroc, before, after)

@@ -59,6 +59,18 @@ def test_train_with_contamination_sets_a_threshold_and_score_flags_the_outliers(
     assert sum(int(r["is_outlier"]) for r in rows[50:]) >= 8
 
 
+def test_normal_class_is_the_detectors_novelty(cli, workflow, tmp_path):
+    """--normal-class: the training rows are known to be normal, the Detector's novelty=True (its one-class
+    budget); without it the same file is a contaminated table, novelty=False."""
+    import aekit
+
+    assert aekit.Detector.load(workflow / "run").get_params()["novelty"] is True
+    code, out, err = cli("train", "ae", "--dataset", workflow / "train.csv", "--label-column", "kind", *FAST,
+                         "--contamination", "0.1", "--out", tmp_path / "all")
+    assert code == 0, err
+    assert aekit.Detector.load(tmp_path / "all").get_params()["novelty"] is False
+
+
 def test_calibrate_then_score_writes_p_values(cli, workflow, tmp_path):
     import shutil
 

@@ -245,6 +245,7 @@ def cross_fit(rows: np.ndarray, k: int, seeds: list[int], fold_seed: int,
 
 def fit_run(model: str, ds, out, contamination: float, train_options: dict, model_options: dict, seed: int = 0):
     """``aekit train MODEL --contamination C``: ``Detector(model=MODEL, contamination=C, random_state=seed)``
+    (``novelty=True`` when the dataset keeps one normal class for training: ``--normal-class``)
     with the command line's training and model options, fitted by ``Detector.fit`` on the dataset's training
     rows (in the user's units; the detector holds out its own validation and statistics rows) and saved as the
     run directory ``out`` (its data config is the command line's, so ``aekit score`` and ``aekit calibrate``
@@ -263,7 +264,7 @@ def fit_run(model: str, ds, out, contamination: float, train_options: dict, mode
     train = TrainConfig.from_dict(dict(train_options)).to_dict()
     params.update({k: train[k] for k in ("epochs", "batch_size", "lr", "device") if k in train_options})
     det = Detector(model=model, model_options=opts or None, contamination=contamination,
-                   random_state=seed, **params)
+                   random_state=seed, novelty=ds.spec.normal_class is not None, **params)
     # the training rows become one array in the user's units, and the Detector makes two datasets of it:
     # checked against the memory budget before anything is copied (a memory-mapped file stays on disk until then)
     check_arrays(types.SimpleNamespace(shape=tuple(ds.x_train.shape), dtype="float32"),

@@ -777,7 +777,8 @@ def build_parser():
     t.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.add_argument("--contamination", type=float, help="anomaly detection: the share of outliers expected in the "
-                   "training data; sets the threshold `aekit score` flags with (PyOD's rule)")
+                   "training data; sets the threshold `aekit score` flags with (PyOD's rule); fits aekit.Detector "
+                   "(with --normal-class: Detector(novelty=True), its budget for rows known to be normal)")
     tg = t.add_argument_group("training options")
     _add_config_options(tg, [TrainConfig], show_defaults=True)
     mg = t.add_argument_group("model options (each applies to the families that define it)")
