@@ -322,3 +322,28 @@ def test_checkpoint_and_logging_options_may_change_on_resume(cli, tmp_path):
                        "--quiet")
     assert code == 0, err
     assert Run.open(tmp_path / "r").train.checkpoint_every_epochs == 1
+
+
+def test_every_module_trains_in_training_mode_and_validates_in_eval_mode(digits):
+    """The trainer sets each module's flag itself (no Module.train recursion), so check what a module sees: every
+    module in training mode during the optimizer steps, in eval mode while the validation loss is computed; a
+    module with its own ``train`` gets it called."""
+    m = small(digits)
+    calls = []
+
+    class Counting(torch.nn.Identity):
+        def train(self, mode=True):
+            calls.append(mode)
+            return super().train(mode)
+
+    seen = []
+    first = next(x for x in m.modules() if isinstance(x, torch.nn.Linear))  # runs in every objective
+    first.register_forward_pre_hook(lambda mod, inp: seen.append((torch.is_grad_enabled(),
+                                                                   {x.training for x in m.modules()})))
+    trainer.fit(m, digits, TrainConfig(epochs=2), quiet=True)
+    assert {frozenset(f) for g, f in seen if g} == {frozenset({True})}
+    assert {frozenset(f) for g, f in seen if not g} == {frozenset({False})}
+    m2 = small(digits)
+    m2.extra = Counting()
+    trainer.fit(m2, digits, TrainConfig(epochs=2), quiet=True)
+    assert calls.count(True) >= 2 and calls.count(False) >= 2 and not m2.training

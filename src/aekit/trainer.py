@@ -317,6 +317,7 @@ class _Loop:
 
     def __init__(self, model: Autoencoder, ds, cfg: TrainConfig, run: Run | None, name: str, device):
         self.model, self.cfg, self.device = model, cfg, device
+        self.modules = tuple(model.modules())  # switched between training and eval mode twice an epoch
         gen = torch.Generator(device=device).manual_seed(cfg.seed)  # the same stream on every rank: permutations
         self.x_train, self.y_train, self.x_val, self.y_val = ds.x_train, ds.y_train, ds.x_val, ds.y_val
         if cfg.binarize == "static":
@@ -385,7 +386,7 @@ class _Loop:
         st = self.state
         st.epoch, st.step, st.seen, st.sums, st.record = epoch, 0, 0, {}, None
         self.model.set_progress(epoch, self.cfg.epochs)
-        self.model.train()
+        _set_training(self.model, True, self.modules)
         self.t0 = time.perf_counter()
         if st.world > 1:  # this rank's own noise stream for the epoch (see the module docstring)
             torch.manual_seed(distributed.rank_seed(self.cfg.seed, st.rank, epoch))
@@ -445,7 +446,8 @@ class _Loop:
         sums = _reduce_sums(st.sums) if st.world > 1 else st.sums  # the same numbers on every rank
         train = {k: v.item() / self.n for k, v in sums.items()}
         seconds = time.perf_counter() - self.t0
-        val = _loss(self.model, self.x_val, self.y_val, self.cfg.batch_size * 4) if st.has_val else dict(train)
+        val = (_loss(self.model, self.x_val, self.y_val, self.cfg.batch_size * 4, self.modules) if st.has_val
+               else dict(train))
         rec = {"epoch": st.epoch + 1, "train": train, "val": val, "seconds": seconds,
                "lr": next(iter(st.optimizers.values())).param_groups[0]["lr"]}
         if st.world > 1:  # the number of processes the epoch ran on (a resumed run may change it)
@@ -518,11 +520,27 @@ def _reduce_sums(sums: dict[str, Tensor]) -> dict[str, Tensor]:
     return dict(zip(keys, flat.unbind()))
 
 
+def _set_training(model: torch.nn.Module, training: bool, modules: tuple | None = None) -> None:
+    """``model.train(training)``: every module's ``training`` flag set directly, without ``Module.train``'s
+    recursion through ``named_children`` and ``Module.__setattr__`` (a table member of one batch switches
+    twice an epoch, for its validation loss, and Module.train took about a quarter of such a fit); a model with
+    a module that defines its own ``train`` gets ``Module.train`` itself, which calls it. ``modules``:
+    ``tuple(model.modules())``, if known."""
+    modules = tuple(model.modules()) if modules is None else modules
+    if any(type(m).train is not torch.nn.Module.train for m in modules):
+        model.train(training)
+        return
+    for m in modules:
+        object.__setattr__(m, "training", training)
+
+
 @torch.no_grad()
-def _loss_sums(model: Autoencoder, x: Tensor, y: Tensor | None, batch_size: int) -> dict[str, Tensor]:
-    """Sums over the rows of (x, y) of the model's objective and its terms, in eval mode (tensors)."""
+def _loss_sums(model: Autoencoder, x: Tensor, y: Tensor | None, batch_size: int,
+               modules: tuple | None = None) -> dict[str, Tensor]:
+    """Sums over the rows of (x, y) of the model's objective and its terms, in eval mode (tensors); ``modules``:
+    ``tuple(model.modules())``, if known."""
     was_training = model.training
-    model.eval()
+    _set_training(model, False, modules)
     sums: dict[str, Tensor] = {}
     for s in range(0, x.shape[0], batch_size):
         xb = x[s : s + batch_size]
@@ -531,28 +549,32 @@ def _loss_sums(model: Autoencoder, x: Tensor, y: Tensor | None, batch_size: int)
         _acc(sums, "loss", res.loss.detach().float() * xb.shape[0])
         for k, v in res.terms.items():
             _acc(sums, k, v.float() * xb.shape[0])
-    model.train(was_training)
+    _set_training(model, was_training, modules)
     return sums
 
 
-def evaluate_loss(model: Autoencoder, x: Tensor, y: Tensor | None, batch_size: int = 512) -> dict[str, float]:
-    """Mean of the model's objective and its terms over (x, y), in eval mode. Returns floats."""
-    return {k: v.item() / x.shape[0] for k, v in _loss_sums(model, x, y, batch_size).items()}
+def evaluate_loss(model: Autoencoder, x: Tensor, y: Tensor | None, batch_size: int = 512,
+                  modules: tuple | None = None) -> dict[str, float]:
+    """Mean of the model's objective and its terms over (x, y), in eval mode. Returns floats. ``modules``:
+    ``tuple(model.modules())``, if known (the trainer's, which switches modes every epoch)."""
+    return {k: v.item() / x.shape[0] for k, v in _loss_sums(model, x, y, batch_size, modules).items()}
 
 
-def _loss(model: Autoencoder, x: Tensor, y: Tensor | None, batch_size: int) -> dict[str, float]:
+def _loss(model: Autoencoder, x: Tensor, y: Tensor | None, batch_size: int,
+          modules: tuple | None = None) -> dict[str, float]:
     """``evaluate_loss`` in one process; with several ranks each scores a contiguous share of the rows (a
     rank without rows scores a stand-in row with weight 0) and the sums are added across ranks: the same
-    numbers on every rank."""
+    numbers on every rank. ``modules``: ``tuple(model.modules())``, if known."""
     world = distributed.world_size()
     if world == 1:
-        return evaluate_loss(model, x, y, batch_size)
+        return evaluate_loss(model, x, y, batch_size, modules)
     n, r = x.shape[0], distributed.rank()
     lo, hi = n * r // world, n * (r + 1) // world
     if hi > lo:
-        sums = _loss_sums(model, x[lo:hi], None if y is None else y[lo:hi], batch_size)
+        sums = _loss_sums(model, x[lo:hi], None if y is None else y[lo:hi], batch_size, modules)
     else:
-        sums = {k: v * 0 for k, v in _loss_sums(model, x[:1], None if y is None else y[:1], batch_size).items()}
+        sums = {k: v * 0 for k, v in _loss_sums(model, x[:1], None if y is None else y[:1], batch_size,
+                                                 modules).items()}
     return {k: v.item() / n for k, v in _reduce_sums(sums).items()}
 
 
