@@ -776,9 +776,10 @@ def build_parser():
     t.add_argument("--out", help="run directory to create (default: runs/MODEL-DATASET)")
     t.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
-    t.add_argument("--contamination", type=float, help="anomaly detection: the share of outliers expected in the "
-                   "training data; sets the threshold `aekit score` flags with (PyOD's rule); fits aekit.Detector "
-                   "(with --normal-class: Detector(novelty=True), its budget for rows known to be normal)")
+    t.add_argument("--contamination", type=float, help="anomaly detection: the share of the training rows the "
+                   "threshold `aekit score` flags with (PyOD's rule): the outliers expected in them, or with "
+                   "--normal-class the share of normal rows to flag; fits aekit.Detector (with --normal-class: "
+                   "Detector(novelty=True), its budget for rows known to be normal)")
     tg = t.add_argument_group("training options")
     _add_config_options(tg, [TrainConfig], show_defaults=True)
     mg = t.add_argument_group("model options (each applies to the families that define it)")
