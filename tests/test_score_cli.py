@@ -71,6 +71,28 @@ def test_normal_class_is_the_detectors_novelty(cli, workflow, tmp_path):
     assert aekit.Detector.load(tmp_path / "all").get_params()["novelty"] is False
 
 
+def test_the_command_line_fits_the_python_detector(cli, workflow, tmp_path):
+    """One detector whatever the door (issue 18): the run `aekit train --normal-class ... --contamination` writes
+    is Detector(novelty=True, contamination=...) fitted on the run's training rows, with the one-class budget
+    (no --epochs here), score for score (up to float rounding: the two fits may use other thread counts)."""
+    import aekit
+
+    code, out, err = cli("train", "ae", "--dataset", workflow / "train.csv", "--label-column", "kind",
+                         "--normal-class", "normal", "--latent-dim", "2", "--hidden", "16", "--quiet",
+                         "--contamination", "0.05", "--out", tmp_path / "run")
+    assert code == 0, err
+    ds = aekit.Run.open(tmp_path / "run").dataset()
+    rows = ds.to_user_units(ds.x_train).numpy()
+    theirs = aekit.Detector.load(tmp_path / "run")
+    new = np.loadtxt(workflow / "held_out.csv", delimiter=",", skiprows=1, dtype=np.float32)
+    got = theirs.decision_function(new)
+    for novelty in (True, False):
+        ours = aekit.Detector(contamination=0.05, random_state=0, novelty=novelty, latent_dim=2, hidden=(16,))
+        ours.fit(rows)
+        gap = np.abs(got - ours.decision_function(new)).max() / np.ptp(got)  # 2e-5 with novelty, 0.8 without
+        assert (gap < 1e-3) == novelty and (ours.threshold_ == pytest.approx(theirs.threshold_, rel=1e-3)) == novelty
+
+
 def test_calibrate_then_score_writes_p_values(cli, workflow, tmp_path):
     import shutil
 
