@@ -467,6 +467,7 @@ def test_distinct_ids_are_np_uniques_inverse():
         binary[rng.random((n, d)) < 0.1] *= -0.0  # some -0.0: equal to 0.0
         normal = rng.normal(size=(n, d))
         cases += [binary, np.vstack([normal, normal[: n // 2], -0.0 * normal[:3]])[rng.permutation(n + n // 2 + 3)]]
+    cases += [np.asfortranarray(cases[0]), cases[1][:, ::-1], cases[2].astype(np.float16)]  # views, half floats
     cases += [rng.integers(0, 3, size=(40, 3)), np.array([[0.0, np.inf], [1.0, 2.0], [0.0, np.inf]]),
               (rng.random((30, 1, 4, 4)) < 0.1).astype(np.float32), np.zeros((1, 3)), np.ones((5, 1))]
     for a in cases:
