@@ -69,9 +69,8 @@ in RESULTS_fmnist_oneclass.md):
   short budget above, which fits the outliers of a contaminated table less. ``novelty=True`` says X holds only
   normal rows (novelty detection, as scikit-learn's ``LocalOutlierFactor(novelty=True)``; ``aekit train
   --normal-class`` sets it): a table's members then train about ``NOVELTY_STEPS`` = 250 optimizer steps with no
-  epoch cap (selection round 9 of benchmarks/README.md, on one-class tasks: +5.9 AUROC over IForest on the
-  held-out groups, against the short budget's lower mean rank on every group). Nothing else changes; images
-  are unaffected.
+  epoch cap (chosen on one-class tasks by selection round 9 of benchmarks/README.md). Nothing else changes;
+  images are unaffected.
 - ``anomaly_score="auto"``: ``"joint"`` for every family (``aekit.scoring.JointStats``): with z = f(x) the code
   and r = x - g(f(x)) the residual in the model's units, ``(z - mu)' S^-1 (z - mu) + sum_d (r_d / sigma_d)^2``,
   i.e. -2 log p(x) + const under "code ~ N(mu, S), x | code ~ N(g(code), diag sigma^2)", its statistics fitted on the

@@ -523,8 +523,8 @@ def _reduce_sums(sums: dict[str, Tensor]) -> dict[str, Tensor]:
 def _set_training(model: torch.nn.Module, training: bool, modules: tuple | None = None) -> None:
     """``model.train(training)``: every module's ``training`` flag set directly, without ``Module.train``'s
     recursion through ``named_children`` and ``Module.__setattr__`` (a table member of one batch switches
-    twice an epoch, for its validation loss, and Module.train took about a quarter of such a fit); a model with
-    a module that defines its own ``train`` gets ``Module.train`` itself, which calls it. ``modules``:
+    twice an epoch, for its validation loss); a model with a module that defines its own ``train`` gets
+    ``Module.train`` itself, which calls it. ``modules``:
     ``tuple(model.modules())``, if known."""
     modules = tuple(model.modules()) if modules is None else modules
     if any(type(m).train is not torch.nn.Module.train for m in modules):
