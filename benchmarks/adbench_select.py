@@ -66,6 +66,9 @@ CANDIDATES = {
     "e10-3b": ({"folds": 2, "residual_rank": 8, "max_epochs": 10, "cap_from_batches": 3}, 100),
     # round 9 (benchmarks/README.md), one-class tasks: ~250 optimizer steps per member, no epoch cap
     "s250": ({"folds": 2, "residual_rank": 8}, 250),
+    # round 10 (benchmarks/README.md), one-class tasks: s250 with the joint statistics fitted once on every training
+    # row, not refitted on the 80% of lowest score (aekit.scoring.JOINT_REFITS = 0)
+    "s250-notrim": ({"folds": 2, "residual_rank": 8, "joint_refits": 0}, 250),
 }
 # a residual_rank given by the input's width D: q = D // divisor, clipped to [low, high] (the Detector caps it at D - 1)
 RANK_RULES = {"D//4 in [2, 32]": (4, 2, 32)}
@@ -216,13 +219,18 @@ def run_method(method: str, d: dict, seed: int) -> dict:
                 cap, per = ROWS_RANK_RULES[params["residual_rank"]]
                 params = {**params, "residual_rank": min(cap, max(1, (len(d["X_train"]) // 2) // per))}
             params = dict(params)
-            saved = detmod.TABLE_STEPS, detmod.TABLE_MAX_EPOCHS, detmod.TABLE_CAP_FROM_BATCHES
+            import aekit.scoring as scoremod
+
+            saved = (detmod.TABLE_STEPS, detmod.TABLE_MAX_EPOCHS, detmod.TABLE_CAP_FROM_BATCHES,
+                     scoremod.JOINT_REFITS)
             detmod.TABLE_STEPS, detmod.TABLE_MAX_EPOCHS = steps, params.pop("max_epochs", None)
             detmod.TABLE_CAP_FROM_BATCHES = params.pop("cap_from_batches", 1)
+            scoremod.JOINT_REFITS = params.pop("joint_refits", scoremod.JOINT_REFITS)
             try:
                 det = aekit.Detector(random_state=seed, **params).fit(d["X_train"])
             finally:
-                detmod.TABLE_STEPS, detmod.TABLE_MAX_EPOCHS, detmod.TABLE_CAP_FROM_BATCHES = saved
+                (detmod.TABLE_STEPS, detmod.TABLE_MAX_EPOCHS, detmod.TABLE_CAP_FROM_BATCHES,
+                 scoremod.JOINT_REFITS) = saved
         scores = np.asarray(det.decision_function(d["X_test"]), dtype=np.float64)
     secs = time.perf_counter() - t0
     ok = np.isfinite(scores).all()
