@@ -170,18 +170,21 @@ def fold_ids(arr: np.ndarray, k: int, seed: int, ids: np.ndarray | None = None) 
     return (order % k)[inverse]
 
 
-def inner_folds(distinct: int) -> int:
+def inner_folds(distinct: int, max_distinct: float | None = None) -> int:
     """The number of inner folds of a held-out fold of ``distinct`` distinct rows: min(distinct,
-    ``INNER_FOLDS``) on a fold of at most ``INNER_MAX_DISTINCT``, 1 (none) on a larger one, whose in-sample
-    statistics are those of new rows within noise."""
-    return min(distinct, INNER_FOLDS) if 2 <= distinct <= INNER_MAX_DISTINCT else 1
+    ``INNER_FOLDS``) on a fold of at most ``max_distinct`` (None: ``INNER_MAX_DISTINCT``), 1 (none) on a larger
+    one, whose in-sample statistics are those of new rows within noise (with the joint statistics' trimmed
+    refits: untrimmed statistics, ``Detector(novelty=True)``'s, fit their own rows' tails, and it asks for
+    inner folds on every fold)."""
+    top = INNER_MAX_DISTINCT if max_distinct is None else max_distinct
+    return min(distinct, INNER_FOLDS) if 2 <= distinct <= top else 1
 
 
-def inner_fold_ids(ids: np.ndarray) -> np.ndarray | None:
+def inner_fold_ids(ids: np.ndarray, max_distinct: float | None = None) -> np.ndarray | None:
     """The inner fold of each row of a held-out fold whose rows have the distinct-row ids ``ids`` (copies of a row
-    together), ``inner_folds`` of them; None where it gets none."""
+    together), ``inner_folds`` of them (``max_distinct``: as there); None where it gets none."""
     local = np.unique(ids, return_inverse=True)[1].reshape(-1)
-    k = inner_folds(int(local.max()) + 1 if len(local) else 0)
+    k = inner_folds(int(local.max()) + 1 if len(local) else 0, max_distinct)
     return None if k < 2 else fold_ids(local, k, 0, ids=local)
 
 
@@ -214,13 +217,14 @@ class CrossFit:
 
 def cross_fit(rows: np.ndarray, k: int, seeds: list[int], fold_seed: int,
               train: Callable[[np.ndarray, int], tuple], held_out: Callable[..., tuple],
-              ids: np.ndarray | None = None) -> CrossFit:
+              ids: np.ndarray | None = None, inner_max_distinct: float | None = None) -> CrossFit:
     """Fit ``len(seeds) // k`` members per fold. ``train(rows, seed)`` -> (TrainConfig, FitResult);
     ``held_out(model, rows, seen, inner)`` -> (statistics, raw scores (n,) or (terms, n), the same raw scores
     with each row's statistics fitted on the other inner folds ``inner`` (``inner_fold_ids``; where it is None,
     None: the raw scores)) of rows the model did not train on (``seen``: the rows it trained on). Each raw row is
     normalized by its own median and IQR; a row's score is the mean over the fold's members and their terms
-    of the normalized out-of-sample raw scores. ``ids``: ``distinct_ids(rows)``, if known."""
+    of the normalized out-of-sample raw scores. ``ids``: ``distinct_ids(rows)``, if known; ``inner_max_distinct``:
+    the largest held-out fold (in distinct rows) that gets inner folds (None: ``INNER_MAX_DISTINCT``)."""
     ids = distinct_ids(rows) if ids is None else ids
     folds = fold_ids(rows, k, fold_seed, ids)
     per_fold = len(seeds) // k
@@ -228,7 +232,7 @@ def cross_fit(rows: np.ndarray, k: int, seeds: list[int], fold_seed: int,
     scores = np.zeros(len(rows))
     for f in range(k):
         out = folds == f
-        inner = inner_fold_ids(ids[out])
+        inner = inner_fold_ids(ids[out], inner_max_distinct)
         for seed in seeds[f * per_fold:(f + 1) * per_fold]:
             cfg, result = train(rows[~out], seed)
             member_stats, raw, unseen = held_out(result.model, rows[out], rows[~out], inner)

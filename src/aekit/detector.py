@@ -69,8 +69,10 @@ in RESULTS_fmnist_oneclass.md):
   short budget above, which fits the outliers of a contaminated table less. ``novelty=True`` says X holds only
   normal rows (novelty detection, as scikit-learn's ``LocalOutlierFactor(novelty=True)``; ``aekit train
   --normal-class`` sets it): a table's members then train about ``NOVELTY_STEPS`` = 250 optimizer steps with no
-  epoch cap (chosen on one-class tasks by selection round 9 of benchmarks/README.md). Nothing else changes;
-  images are unaffected.
+  epoch cap, and the joint score's statistics are fitted once on all of a fold's rows instead of being refitted
+  on the 80% of lowest score (``NOVELTY_JOINT_REFITS`` = 0: the trimming guards against outliers that rows known
+  to be normal do not hold); chosen on one-class tasks by selection rounds 9 and 10 of benchmarks/README.md.
+  Nothing else changes; images are unaffected.
 - ``anomaly_score="auto"``: ``"joint"`` for every family (``aekit.scoring.JointStats``): with z = f(x) the code
   and r = x - g(f(x)) the residual in the model's units, ``(z - mu)' S^-1 (z - mu) + sum_d (r_d / sigma_d)^2``,
   i.e. -2 log p(x) + const under "code ~ N(mu, S), x | code ~ N(g(code), diag sigma^2)", its statistics fitted on the
@@ -159,7 +161,8 @@ TABLE_HIDDEN = (64, 64)  # hidden=None on a table with an MLP family
 TABLE_STEPS = 100  # epochs=None on a table: about this many optimizer steps per member, best validation epoch kept
 TABLE_MAX_EPOCHS = 10  # ... in at most this many epochs (None: no cap; benchmarks/README.md, round 7) ...
 TABLE_CAP_FROM_BATCHES = 1  # ... where a member's training rows fill at least this many batches (round 8: 1)
-NOVELTY_STEPS = 250  # novelty=True on a table: about this many optimizer steps per member, no cap (round 9)
+NOVELTY_STEPS = 250  # novelty=True on a table: about this many optimizer steps per member, no cap (round 9) ...
+NOVELTY_JOINT_REFITS = 0  # ... and the joint statistics fitted once on every row, not trimmed (round 10)
 PREPROCESSING = ("standard", "minmax", "none")
 _SET_BY_DETECTOR = {"latent_dim": "Detector(latent_dim=...)", "hidden": "Detector(hidden=...)",
                     "input_shape": "the data", "num_classes": "the data (a detector has no labels)"}
@@ -211,9 +214,10 @@ class Detector(BaseEstimator):
     robust : bool, default False
         Train twice: the second time without the rows above the (1 - contamination) training-score quantile.
     novelty : bool, default False
-        True: X holds only normal rows (novelty detection; ``aekit train --normal-class`` sets it), and a
-        table's members train the longer budget chosen on one-class tasks (about 250 optimizer steps, no
-        epoch cap) instead of the short one chosen on contaminated tables. The threshold rule is the same.
+        True: X holds only normal rows (novelty detection; ``aekit train --normal-class`` sets it): on a table
+        the members train the longer budget chosen on one-class tasks (about 250 optimizer steps, no epoch cap)
+        instead of the short one chosen on contaminated tables, and the joint statistics are not trimmed. The
+        threshold rule is the same.
     random_state : None, int or numpy.random.RandomState, default None
         Seeds of the members and the data split, drawn in ``fit`` (None: a new draw at every fit).
     device : str, default "auto"
@@ -338,7 +342,8 @@ class Detector(BaseEstimator):
                     lambda model, r, seen, inner, ds=ds, smooth=smooth: self._held_out(
                         model, _model_rows(r, kind, ds, model), kind, ds, neighbors,
                         _model_rows(seen, kind, ds, model), rank, smooth, inner),
-                    ids=ids if rows is arr else np.unique(ids[kept], return_inverse=True)[1].reshape(-1))
+                    ids=ids if rows is arr else np.unique(ids[kept], return_inverse=True)[1].reshape(-1),
+                    inner_max_distinct=math.inf if self._joint_refits(kind) == 0 else None)
                 fitted, norm = cf.fitted, cf.normalization
                 models = [result.model for _, result in fitted]
                 score = scoring.resolve_score(self.anomaly_score, models[0])
@@ -363,7 +368,8 @@ class Detector(BaseEstimator):
                 joint = None
                 if score == "joint":  # the statistics come from the rows the members trained on
                     on = x if rows is arr else _model_rows(rows, kind, ds, models[0])
-                    joint = scoring.fit_joint(models, on, kind, rank=rank, smooth=smooth)
+                    joint = scoring.fit_joint(models, on, kind, rank=rank, smooth=smooth,
+                                              refits=self._joint_refits(kind))
                 raw = Scorer(models, kind=kind, stats=stats, score=score, joint=joint,
                              smooth=smooth).raw_model_units(x)
                 norm = scoring.normalization(raw.cpu().numpy())
@@ -514,7 +520,8 @@ class Detector(BaseEstimator):
         (model units), whose codes are the neighbour term's references."""
         score = scoring.resolve_score(self.anomaly_score, model)
         z_r = scoring.codes_and_residuals(model, x, smooth=smooth) if score == "joint" else None
-        joint = [scoring.joint_stats(*z_r, kind, rank)] if z_r else None
+        refits = self._joint_refits(kind)
+        joint = [scoring.joint_stats(*z_r, kind, rank, refits)] if z_r else None
         ref = metrics.codes(model, seen).flatten(1).double().cpu().numpy() if neighbors else None
         scorer = Scorer([model], kind=kind, stats=ds.spec.stats, score=score, joint=joint, neighbors=neighbors,
                         references=None if ref is None else [ref], smooth=smooth)
@@ -523,9 +530,16 @@ class Detector(BaseEstimator):
             return (None if joint is None else joint[0], ref), raw, None
         z, r = z_r
         unseen = raw.copy()
-        unseen[0] = adapt.out_of_fold(inner, lambda fit, test: scoring.joint_stats(z[fit], r[fit], kind, rank).score(
-            z[test], r[test]))
+        unseen[0] = adapt.out_of_fold(inner, lambda fit, test: scoring.joint_stats(
+            z[fit], r[fit], kind, rank, refits).score(z[test], r[test]))
         return (joint[0], ref), raw, unseen
+
+    def _joint_refits(self, kind: str) -> int | None:
+        """The trimmed refits of the joint score's statistics (``aekit.scoring.JointStats.fit``): none on a table
+        known to be normal (``novelty=True``: selection round 10), scoring's default (None) otherwise. Untrimmed
+        statistics fit the tails of their own rows, so a held-out fold of any size then scores its own rows
+        (the threshold's) with statistics fitted on its other inner folds (``adapt.inner_folds``)."""
+        return NOVELTY_JOINT_REFITS if self.novelty and kind == "table" else None
 
     def _train_member(self, ds, seed: int, latent: int | None = None):
         """One autoencoder trained on ds from ``seed``: (its TrainConfig, the trainer's FitResult)."""

@@ -162,11 +162,13 @@ class JointStats:
         return JointStats(self.mu, self.prec, self.sigma, m, np.ascontiguousarray(basis), var, noise)
 
     @classmethod
-    def fit(cls, z: np.ndarray, r: np.ndarray, floor: float = JOINT_SIGMA_FLOOR["table"], rank: int = 0) -> JointStats:
-        """The diagonal model fitted and refitted (trimmed) as the class says; with ``rank`` > 0, the residual
-        model of that rank is then fitted once, on the rows the last refit kept."""
+    def fit(cls, z: np.ndarray, r: np.ndarray, floor: float = JOINT_SIGMA_FLOOR["table"], rank: int = 0,
+            refits: int | None = None) -> JointStats:
+        """The diagonal model fitted and refitted (trimmed) ``refits`` times (None: JOINT_REFITS; 0: fitted
+        once on every row, for rows known to be normal) as the class says; with ``rank`` > 0, the residual model
+        of that rank is then fitted once, on the rows the last refit kept."""
         stats, keep = cls.estimate(z, r, floor), slice(None)
-        for _ in range(JOINT_REFITS):
+        for _ in range(JOINT_REFITS if refits is None else int(refits)):
             s = stats.score(z, r)
             kept = s <= np.quantile(s, 1.0 - JOINT_TRIM)
             if kept.sum() >= 2:
@@ -253,16 +255,17 @@ def codes_and_residuals(model, x: Tensor, y: Tensor | None = None, smooth: int =
 
 
 def fit_joint(models, x: Tensor, kind: str, y: Tensor | None = None, rank: int = 0,
-              smooth: int = 1) -> list[JointStats]:
+              smooth: int = 1, refits: int | None = None) -> list[JointStats]:
     """Each member's joint-score statistics fitted on the model-unit rows x (n, *shape) (and labels y, for a
     conditional family), with a residual model of ``rank`` factors (0: diagonal) of the residuals smoothed by
     ``smooth_residuals``."""
-    return [joint_stats(*codes_and_residuals(m, x, y, smooth), kind, rank) for m in models]
+    return [joint_stats(*codes_and_residuals(m, x, y, smooth), kind, rank, refits) for m in models]
 
 
-def joint_stats(z: np.ndarray, r: np.ndarray, kind: str, rank: int = 0) -> JointStats:
-    """``JointStats.fit`` of codes z (n, K) and residuals r (n, D) with the residual floor of the data's kind."""
-    return JointStats.fit(z, r, floor=JOINT_SIGMA_FLOOR[kind], rank=rank)
+def joint_stats(z: np.ndarray, r: np.ndarray, kind: str, rank: int = 0, refits: int | None = None) -> JointStats:
+    """``JointStats.fit`` of codes z (n, K) and residuals r (n, D) with the residual floor of the data's kind
+    (``refits``: the trimmed refits, None: JOINT_REFITS)."""
+    return JointStats.fit(z, r, floor=JOINT_SIGMA_FLOOR[kind], rank=rank, refits=refits)
 
 
 def kth_neighbor_distance(z: Tensor, ref: Tensor, k: int) -> Tensor:
