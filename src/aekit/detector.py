@@ -318,9 +318,10 @@ class Detector(BaseEstimator):
         check_arrays(arr, "X", copies=2)  # the members' training data and the rows scored
         rng = check_random_state(self.random_state)
         ids = adapt.distinct_ids(arr)  # copies of a row count once, and share a fold
-        k = adapt.n_folds(self.folds, arr, kind, distinct=int(ids.max()) + 1)  # cross-fitting (aekit.adapt), k > 1
+        distinct = int(ids.max()) + 1
+        k = adapt.n_folds(self.folds, arr, kind, distinct=distinct)  # cross-fitting (aekit.adapt): k folds, k > 1
         if k == 1 and self.folds == "auto":
-            warnings.warn(f"Detector: X has {int(ids.max()) + 1} distinct rows, too few to cross-fit (at least "
+            warnings.warn(f"Detector: X has {distinct} distinct rows, too few to cross-fit (at least "
                           f"{2 * adapt.MIN_FOLD_ROWS}): one member trains on all of them and the contamination "
                           "threshold comes from rows it trained on, so it will flag more than the contamination "
                           "of new normal rows; set the threshold on other normal rows (Detector.calibrate, or "
