@@ -1,6 +1,6 @@
 """Measure aekit's hot-path choices against the code they replaced (or a proposed alternative), in-process.
 
-    python benchmarks/hotpath.py [bernoulli|cae|binarize|trainer|all] [--rounds 7]
+    python benchmarks/hotpath.py [bernoulli|cae|binarize|trainer|gaussian|eigh|all] [--rounds 7]
 
 Each comparison swaps one implementation by monkeypatching inside this process; the variants run in
 alternation (A B A B ...), in chunks of a few hundred milliseconds, with 2 threads, and the table gives
@@ -20,6 +20,12 @@ binarize   likelihoods.bernoulli_sample (u < p) against torch.bernoulli for dyna
            and inside a training step of the Exemplar-VAE net (784-300-300-40, batch 100).
 trainer    one epoch of aekit.fit against a bare loop (slice, forward, backward, fused Adam) over the same
            model and data: what the trainer adds per step; and aekit.fit with denormals flushed to zero.
+gaussian   likelihoods.Gaussian.log_prob with a fixed sigma (one autograd.Function, bit-identical) against
+           autograd's graph of the same expression, on training steps of the Detector's table MLP (D-64-64-16,
+           batch 128) for D = 19 and 512 (an embedding), 1 thread; and the trainer's batch rows by
+           index_select against advanced indexing.
+eigh       scoring's residual model: the q = 8 leading eigenpairs of a D x D covariance by scipy's subset
+           solver (driver "evr") against numpy's full eigh, 1 thread, D from 19 to 768 (EIGH_SUBSET_FROM).
 """
 
 from __future__ import annotations
@@ -269,13 +275,82 @@ def bench_trainer(rounds: int) -> None:
          "torch.set_flush_denormal(True)", times, "aekit.fit epoch", 100, "step")
 
 
+# --------------------------------------------------------------------------------------------------
+# The Gaussian likelihood's fixed-sigma path, and batch rows by index_select
+
+
+def gaussian_log_prob_graph(self, x, params):
+    """Gaussian.log_prob as autograd's graph of its expression (the path before the fixed-sigma Function)."""
+    from aekit.likelihoods import LOG_2PI
+
+    z = (x - params) * torch.exp(-self.log_sigma)
+    return (-0.5 * z * z - self.log_sigma - 0.5 * LOG_2PI).flatten(1).sum(1)
+
+
+def bench_gaussian(rounds: int) -> None:
+    import aekit
+    from aekit import likelihoods, optim
+
+    torch.set_num_threads(1)
+    fast = likelihoods.Gaussian.log_prob
+    for d in (19, 512):
+        x = torch.rand(2944, d)
+        model = aekit.build("ae", input_shape=[d], hidden=[64, 64], latent_dim=16, likelihood="gaussian")
+        opt = optim.Adam(model.parameters())
+        perm = torch.randperm(len(x))
+
+        def steps(variant, n=60, model=model, opt=opt, perm=perm):
+            likelihoods.Gaussian.log_prob, pick = variant
+            for s in range(n):
+                xb = pick(perm[(s % 23) * 128:(s % 23 + 1) * 128])
+                for p in model.parameters():
+                    p.grad = None
+                model(xb).loss.backward()
+                opt.step()
+            likelihoods.Gaussian.log_prob = fast
+
+        variants = {"fixed-sigma Function, index_select": (fast, lambda i, x=x: torch.index_select(x, 0, i)),
+                    "fixed-sigma Function, x[idx]": (fast, lambda i, x=x: x[i]),
+                    "autograd graph, x[idx] (before)": (gaussian_log_prob_graph, lambda i, x=x: x[i])}
+        show(f"training step of the table MLP {d}-64-64-16 (batch 128, 1 thread)",
+             alternate(variants, rounds, steps), "autograd graph, x[idx] (before)", 60, "step")
+    torch.set_num_threads(2)
+
+
+# --------------------------------------------------------------------------------------------------
+# The residual model's leading eigenpairs
+
+
+def bench_eigh(rounds: int) -> None:
+    import numpy as np
+    import scipy.linalg
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(0)
+    with threadpool_limits(1):
+        for d in (19, 64, 128, 256, 512, 768):
+            c = rng.standard_normal((max(2 * d, 200), d)) @ rng.standard_normal((d, d))
+            a = c.T @ c / (len(c) - 1)
+            variants = {"scipy subset (evr), q=8": lambda a=a, d=d: scipy.linalg.eigh(
+                            a, subset_by_index=[d - 8, d - 1], driver="evr"),
+                        "numpy full eigh": lambda a=a: np.linalg.eigh(a)}
+            reps = max(1, 2000 // d)
+
+            def chunk(fn, reps=reps):
+                for _ in range(reps):
+                    fn()
+            show(f"the 8 leading eigenpairs of a {d} x {d} covariance (1 thread)",
+                 alternate(variants, rounds, chunk), "numpy full eigh", reps, "matrix")
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("what", nargs="?", default="all", choices=("all", "bernoulli", "cae", "binarize", "trainer"))
+    p.add_argument("what", nargs="?", default="all", choices=("all", "bernoulli", "cae", "binarize", "trainer",
+                                                                   "gaussian", "eigh"))
     p.add_argument("--rounds", type=int, default=7)
     args = p.parse_args()
     for name, fn in (("bernoulli", bench_bernoulli), ("cae", bench_cae), ("binarize", bench_binarize),
-                     ("trainer", bench_trainer)):
+                     ("trainer", bench_trainer), ("gaussian", bench_gaussian), ("eigh", bench_eigh)):
         if args.what in ("all", name):
             fn(args.rounds)
 

@@ -473,6 +473,12 @@ def test_distinct_ids_are_np_uniques_inverse():
     for a in cases:
         assert (aekit.adapt.distinct_ids(a) == ref(a)).all(), a
         assert aekit.adapt.n_distinct(a) == len(np.unique(a.reshape(len(a), -1), axis=0))
+    # rows of 0s and 1s over many columns (InternetAds) share no hash, so they never take np.unique's slow path
+    wide = (rng.random((400, 300)) < 0.05).astype(np.float64)
+    wide = np.vstack([wide, wide[:50]])
+    for a in (wide, wide.astype(np.float32)):
+        assert aekit.adapt._equal_rows(a)[0] is not None
+        assert (aekit.adapt.distinct_ids(a) == ref(a)).all()
 
 
 def test_cross_fitting_from_ten_distinct_rows():

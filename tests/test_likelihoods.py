@@ -51,6 +51,49 @@ def test_gaussian_matches_torch_and_broadcasts(learn):
     torch.testing.assert_close(got, ref)
 
 
+def _gaussian_graph(lik, x, params):
+    """Gaussian.log_prob's expression as autograd's graph (the path taken for broadcast params)."""
+    z = (x - params) * torch.exp(-lik.log_sigma)
+    return (-0.5 * z * z - lik.log_sigma - 0.5 * math.log(2 * math.pi)).flatten(1).sum(1) if x.dim() > 1 else \
+        -0.5 * z * z - lik.log_sigma - 0.5 * math.log(2 * math.pi)
+
+
+@pytest.mark.parametrize("shape", [(), (37,), (1, 5, 4)])
+@pytest.mark.parametrize("sigma", [1.0, 0.7])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_gaussian_fixed_sigma_fast_path_is_bit_identical_to_the_graph(shape, sigma, dtype):
+    """The fixed-sigma path (one autograd.Function) gives autograd's values and gradients bit for bit: the
+    training loss, so the best epoch and every weight, stay those of the plain expression; bf16 params (autocast
+    decoders) against float32 x included."""
+    g = torch.Generator().manual_seed(3)
+    lik = Gaussian(shape, sigma=sigma)
+    x = torch.rand(64, *shape, generator=g, dtype=torch.float32 if dtype == torch.bfloat16 else dtype)
+    x[0] = -0.0
+    base = 3 * torch.randn(64, *shape, generator=g, dtype=torch.float64).to(dtype)
+    base[1] = x[1].to(dtype)  # a zero residual
+    upstream = torch.randn(64, generator=g, dtype=x.dtype)
+    got_p, ref_p = base.clone().requires_grad_(), base.clone().requires_grad_()
+    got, ref = lik.log_prob(x, got_p), _gaussian_graph(lik, x, ref_p)
+    assert got.grad_fn is not None and type(got.grad_fn).__name__ != type(ref.grad_fn).__name__  # the fast path
+    assert got.dtype == ref.dtype and torch.equal(got, ref)
+    (got * upstream).sum().backward()
+    (ref * upstream).sum().backward()
+    assert got_p.grad.dtype == ref_p.grad.dtype == dtype
+    assert torch.equal(got_p.grad, ref_p.grad)
+    with torch.no_grad():
+        assert torch.equal(lik.log_prob(x, base), ref.detach())
+
+
+def test_gaussian_fast_path_leaves_learned_sigma_and_gradients_of_x_to_autograd():
+    x, mu = torch.rand(5, 6), torch.randn(5, 6)
+    learned = Gaussian((6,), learn="shared")
+    assert type(learned.log_prob(x, mu).grad_fn).__name__ == "SumBackward1"
+    xg = x.clone().requires_grad_()
+    fixed = Gaussian((6,))
+    fixed.log_prob(xg, mu).sum().backward()
+    torch.testing.assert_close(xg.grad, -(xg - mu).detach())
+
+
 @pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
 def test_vae_log_likelihood_equals_an_independent_reference(likelihood):
     """log_likelihood (broadcasting path, one decoder call) = logsumexp of log p(x|z) p(z) / q(z|x) from

@@ -36,7 +36,8 @@ def ppca_covariance(c: np.ndarray, q: int) -> np.ndarray:
     return vq @ np.diag(w[:q]) @ vq.T + noise * (np.eye(d) - vq @ vq.T)
 
 
-@pytest.mark.parametrize("n,d,q", [(500, 6, 2), (300, 30, 8), (40, 100, 5)])  # the last: fewer rows than values
+@pytest.mark.parametrize("n,d,q", [(500, 6, 2), (300, 30, 8), (40, 100, 5),  # (40, 100): fewer rows than values
+                                   (400, 120, 8), (90, 200, 6)])  # matrices above EIGH_SUBSET_FROM: scipy's solver
 def test_the_residual_term_is_the_mahalanobis_distance_under_the_ppca_covariance(n, d, q):
     z, r = correlated(n, d)
     st = JointStats.estimate(z, r, 1e-3, q)
@@ -49,18 +50,19 @@ def test_the_residual_term_is_the_mahalanobis_distance_under_the_ppca_covariance
     np.testing.assert_allclose(st.score(z, r), st.code_distance(z) + want, rtol=1e-8)
 
 
-def test_directions_without_variance_beyond_the_noise_are_dropped():
+@pytest.mark.parametrize("distinct,copies,d", [(6, 5, 40), (8, 12, 150)])  # 96 rows: scipy's subset solver
+def test_directions_without_variance_beyond_the_noise_are_dropped(distinct, copies, d):
     """Duplicated rows (fewer distinct rows than values, the Gram path): the model keeps only the directions whose
     variance exceeds the noise, its basis stays orthonormal, and the term is still the explicit covariance's."""
-    z, r = correlated(6, 40, seed=5)
-    r, z = np.repeat(r, 5, axis=0), np.repeat(z, 5, axis=0)  # 30 rows, 6 distinct: rank 5 after centring
+    z, r = correlated(distinct, d, seed=5)
+    r, z = np.repeat(r, copies, axis=0), np.repeat(z, copies, axis=0)  # rank distinct - 1 after centring
     st = JointStats.estimate(z, r, 1e-3, 12)
-    assert 1 <= st.rank <= 5
+    assert 1 <= st.rank <= distinct - 1
     np.testing.assert_allclose(st.basis.T @ st.basis, np.eye(st.rank), atol=1e-10)
     assert np.all(st.lam > st.noise)
     c = r / st.sigma - st.rmean
     v = st.basis
-    cov = v @ np.diag(st.lam) @ v.T + st.noise * (np.eye(40) - v @ v.T)
+    cov = v @ np.diag(st.lam) @ v.T + st.noise * (np.eye(d) - v @ v.T)
     x = c[:4] + 0.1
     np.testing.assert_allclose(st.residual_terms(r[:4] + 0.1 * st.sigma).sum(1),
                                np.einsum("ij,jk,ik->i", x, np.linalg.inv(cov), x), rtol=1e-8)

@@ -347,3 +347,26 @@ def test_every_module_trains_in_training_mode_and_validates_in_eval_mode(digits)
     m2.extra = Counting()
     trainer.fit(m2, digits, TrainConfig(epochs=2), quiet=True)
     assert calls.count(True) >= 2 and calls.count(False) >= 2 and not m2.training
+
+
+@pytest.mark.parametrize("family,options", [("ae", {"tied": True}), ("aae", {}), ("vae", {"learn_sigma": "shared"})])
+def test_state_copy_into_a_copy_equals_a_fresh_state_dict(family, options):
+    """state_copy(model, into=...) (every epoch: the best and the last good weights) writes exactly the model's
+    state dict into the earlier copy, in place: tied weights under two names, a buffer outside the state dict
+    (the aae's centers) and a learned sigma included; a copy of other shapes is replaced, not written."""
+    from aekit.callbacks import state_copy
+
+    torch.manual_seed(0)
+    model = aekit.build(family, input_shape=[6], hidden=[8], latent_dim=2, likelihood="gaussian", **options)
+    into = state_copy(model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+    tensors = dict(into)
+    got = state_copy(model, into=into)
+    want = model.state_dict()
+    assert got is into and got.keys() == want.keys()
+    assert all(got[k] is tensors[k] and torch.equal(got[k], want[k]) and got[k] is not want[k] for k in want)
+    other = aekit.build(family, input_shape=[7], hidden=[8], latent_dim=2, likelihood="gaussian", **options)
+    fresh = state_copy(other, into=into)
+    assert fresh is not into and all(torch.equal(fresh[k], v) for k, v in other.state_dict().items())

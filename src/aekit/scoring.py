@@ -68,6 +68,7 @@ JOINT_TRIM = 0.2  # refitted on the (1 - JOINT_TRIM) share of the training rows 
 JOINT_REFITS = 3  # ... this many times
 JOINT_RIDGE = 1e-3  # added to the code covariance: this times its mean variance
 JOINT_NOISE_FLOOR = 1e-3  # the residual model's smallest variance (of residuals scaled to unit variance)
+EIGH_SUBSET_FROM = 64  # the residual model's eigenpairs: scipy's subset solver on matrices larger than this
 # the smallest residual standard deviation of a value (model units): standardized table columns; image pixels in
 # [0, 1], where pixels that never vary in training (a border) would otherwise dominate the score
 JOINT_SIGMA_FLOOR = {"table": 1e-3, "image": 0.1}
@@ -90,6 +91,21 @@ def resolve_score(score: str, model, *, fitted: bool = True) -> str:
         raise ConfigError(f"Detector(anomaly_score='neg_elbo') needs a probabilistic model (vae, iwae); model "
                           f"{model.name} has no ELBO: use anomaly_score='recon_error' or 'auto'")
     return score
+
+
+def _leading_eigh(a: np.ndarray, q: int) -> tuple[np.ndarray, np.ndarray]:
+    """The q largest eigenvalues of the symmetric matrix a, largest first, and their eigenvectors (columns).
+    Above EIGH_SUBSET_FROM rows, LAPACK's MRRR solver for those q pairs only (scipy's ``subset_by_index``), which
+    skips the back-transformation of the other eigenvectors; below, numpy's full ``eigh``, the faster of the two
+    on small matrices (``python benchmarks/hotpath.py eigh``). The pairs agree to rounding."""
+    m = a.shape[0]
+    if m > EIGH_SUBSET_FROM:
+        from scipy.linalg import eigh
+
+        var, vec = eigh(a, subset_by_index=[m - q, m - 1], driver="evr")
+    else:
+        var, vec = np.linalg.eigh(a)
+    return var[::-1][:q], vec[:, ::-1][:, :q]
 
 
 class JointStats:
@@ -147,11 +163,9 @@ class JointStats:
         m = c.mean(axis=0)
         c = c - m
         if n < d:  # the q leading principal directions from the (n, n) Gram matrix, else the (D, D) covariance
-            var, u = np.linalg.eigh(c @ c.T / (n - 1))
-            var, u = var[::-1][:q], u[:, ::-1][:, :q]
+            var, u = _leading_eigh(c @ c.T / (n - 1), q)
         else:
-            var, v = np.linalg.eigh(c.T @ c / (n - 1))
-            var, v = var[::-1][:q], v[:, ::-1][:, :q]
+            var, v = _leading_eigh(c.T @ c / (n - 1), q)
         total = float((c * c).sum()) / (n - 1)
         noise = max((total - float(np.maximum(var, 0).sum())) / (d - q), JOINT_NOISE_FLOOR)
         keep = var > noise

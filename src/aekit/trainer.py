@@ -42,7 +42,7 @@ import math
 import statistics
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -318,6 +318,7 @@ class _Loop:
     def __init__(self, model: Autoencoder, ds, cfg: TrainConfig, run: Run | None, name: str, device):
         self.model, self.cfg, self.device = model, cfg, device
         self.modules = tuple(model.modules())  # switched between training and eval mode twice an epoch
+        self.params = tuple(model.parameters())  # their gradients cleared before every update phase
         gen = torch.Generator(device=device).manual_seed(cfg.seed)  # the same stream on every rank: permutations
         self.x_train, self.y_train, self.x_val, self.y_val = ds.x_train, ds.y_train, ds.x_val, ds.y_val
         if cfg.binarize == "static":
@@ -398,6 +399,7 @@ class _Loop:
         st, bs, gen = self.state, self.cfg.batch_size, self.state.generator
         dynamic, world = self.cfg.binarize == "dynamic", st.world
         perm = torch.randperm(self.n, generator=gen, device=self.device)
+        rows_of = _row_picker(self.x_train)
         for s in range(st.steps_per_epoch):
             batch = perm[s * bs : (s + 1) * bs]  # the global batch
             idx, rows = batch, batch.shape[0]
@@ -406,10 +408,10 @@ class _Loop:
             share = idx.shape[0]
             idx = idx if share else batch[:1]
             if dynamic and world > 1:  # drawn for the global batch: the shared generator stays in step,
-                xg = bernoulli_sample(self.x_train[batch], gen)  # and the draw is the 1-rank one
+                xg = bernoulli_sample(rows_of(batch), gen)  # and the draw is the 1-rank one
                 xb = xg[st.rank::world] if share else xg[:1]
             else:
-                xb = bernoulli_sample(self.x_train[idx], gen) if dynamic else self.x_train[idx]
+                xb = bernoulli_sample(rows_of(idx), gen) if dynamic else rows_of(idx)
             yield xb, None if self.y_train is None else self.y_train[idx], share, rows
 
     def update(self, xb: Tensor, yb: Tensor | None, share: int, rows: int) -> None:
@@ -423,7 +425,8 @@ class _Loop:
                     pg["lr"] = lr * self.scales[g]
         for i, (group, objective) in enumerate(self.phases):
             opt = st.optimizers[group]
-            self.model.zero_grad(set_to_none=True)  # no gradient leaks from one phase into the next
+            for p in self.params:  # no gradient leaks from one phase into the next (Module.zero_grad's work)
+                p.grad = None
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
                 res = objective(xb, yb)
             self.scaler.scale(res.loss).backward()
@@ -454,6 +457,14 @@ class _Loop:
             rec["ranks"] = st.world
         st.record = rec
         st.history.append(rec)
+
+
+def _row_picker(x) -> Callable[[Tensor], Tensor]:
+    """x[idx] for a 1-D index of rows: ``index_select`` on a tensor (the same copy, a fraction of advanced
+    indexing's cost on a CPU), x's own indexing on a store (``aekit.datasets.storage``)."""
+    if type(x) is Tensor:
+        return lambda idx: torch.index_select(x, 0, idx)
+    return x.__getitem__
 
 
 def _emit(hooks, state: TrainState) -> None:
