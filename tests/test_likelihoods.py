@@ -84,10 +84,19 @@ def test_gaussian_fixed_sigma_fast_path_is_bit_identical_to_the_graph(shape, sig
         assert torch.equal(lik.log_prob(x, base), ref.detach())
 
 
-def test_gaussian_fast_path_leaves_learned_sigma_and_gradients_of_x_to_autograd():
-    x, mu = torch.rand(5, 6), torch.randn(5, 6)
+def test_gaussian_fast_path_leaves_learned_sigma_gradients_of_x_and_tracing_to_autograd(monkeypatch):
+    """A learned sigma, an x that needs a gradient, and torch.compile / export (which trace the expression and fuse
+    it themselves) take autograd's graph."""
+    import aekit.likelihoods
+
+    x, mu = torch.rand(5, 6), torch.randn(5, 6, requires_grad=True)
     learned = Gaussian((6,), learn="shared")
     assert type(learned.log_prob(x, mu).grad_fn).__name__ == "SumBackward1"
+    assert type(Gaussian((6,)).log_prob(x, mu).grad_fn).__name__ == "_FixedGaussianLogProbBackward"
+    monkeypatch.setattr(aekit.likelihoods, "_compiling", lambda: True)
+    assert type(Gaussian((6,)).log_prob(x, mu).grad_fn).__name__ == "SumBackward1"
+    monkeypatch.undo()
+    mu = mu.detach()
     xg = x.clone().requires_grad_()
     fixed = Gaussian((6,))
     fixed.log_prob(xg, mu).sum().backward()

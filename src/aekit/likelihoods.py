@@ -24,6 +24,7 @@ __all__ = ["LOG_2PI", "bernoulli_sample", "binarize_static", "Likelihood", "Bern
            "bits_per_dim", "binarizer"]
 
 LOG_2PI = math.log(2 * math.pi)
+_compiling = getattr(torch.compiler, "is_compiling", lambda: False)  # torch.compile / export trace the expression
 
 
 def bernoulli_sample(p: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -105,8 +106,8 @@ class Gaussian(Likelihood):
             self.log_sigma = nn.Parameter(init)
 
     def log_prob(self, x: Tensor, params: Tensor) -> Tensor:
-        if params.shape == x.shape and not (x.requires_grad or self.log_sigma.requires_grad):
-            return _FixedGaussianLogProb.apply(x, params, self.log_sigma)  # training and validation
+        if params.shape == x.shape and not (x.requires_grad or self.log_sigma.requires_grad or _compiling()):
+            return _FixedGaussianLogProb.apply(x, params, self.log_sigma)  # eager training and validation
         z = (x - params) * torch.exp(-self.log_sigma)
         lp = -0.5 * z * z - self.log_sigma - 0.5 * LOG_2PI
         return _sum_sample_dims(lp, x)
