@@ -370,3 +370,34 @@ def test_state_copy_into_a_copy_equals_a_fresh_state_dict(family, options):
     other = aekit.build(family, input_shape=[7], hidden=[8], latent_dim=2, likelihood="gaussian", **options)
     fresh = state_copy(other, into=into)
     assert fresh is not into and all(torch.equal(fresh[k], v) for k, v in other.state_dict().items())
+
+
+def test_state_copier_copies_what_state_copy_copies_even_after_the_model_changes():
+    """StateCopier (the callbacks' copies, twice an epoch) finds the tensors once, yet every copy equals a fresh
+    state dict: after training steps, after a parameter or a buffer is replaced by another tensor, and after a
+    tensor changes shape (a fresh copy then)."""
+    from aekit.callbacks import StateCopier
+
+    torch.manual_seed(0)
+    model = aekit.build("ae", input_shape=[6], hidden=[8], latent_dim=2, likelihood="gaussian")
+    copier = StateCopier(model)
+    into = copier()
+
+    def same(copy):
+        want = model.state_dict()
+        return copy.keys() == want.keys() and all(torch.equal(copy[k], v) for k, v in want.items())
+
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    assert copier(into) is into and same(into) and copier.spots
+    layer = model.encoder.mlp.layers[0]
+    layer.weight = torch.nn.Parameter(torch.randn_like(layer.weight))  # replaced, not written in place
+    model.likelihood.log_sigma = torch.full((), 0.25)  # a buffer replaced
+    assert copier(into) is into and same(into)
+    layer.weight = torch.nn.Parameter(torch.randn(layer.weight.shape[0], 7))  # resized
+    fresh = copier(into)
+    assert fresh is not into and same(fresh)
+    with torch.no_grad():
+        layer.weight.add_(1.0)
+    assert copier(fresh) is fresh and same(fresh) and copier.spots  # its tensors found again

@@ -41,7 +41,7 @@ EXPLODED = 10.0  # a loss this many times its own scale above the untrained mode
 STILL_FALLING = 0.01  # relative drop of the validation loss per epoch, over the last epochs, worth a warning
 
 __all__ = ["Callback", "Divergence", "EarlyStopping", "Checkpoints", "ProgressBar", "still_improving", "summary",
-           "overrides", "state_copy", "exploded"]
+           "overrides", "state_copy", "StateCopier", "exploded"]
 
 
 class Callback:
@@ -93,13 +93,64 @@ def state_copy(model: torch.nn.Module, into: dict[str, Tensor] | None = None) ->
     return into
 
 
+class StateCopier:
+    """``state_copy`` of one model again and again (twice an epoch of a fit: its best and its last good weights)
+    without building a state dict each time: the model's tensors are found once by their state-dict names, and
+    a copy into an earlier copy first checks that each name still holds that very tensor, of the copy's shape
+    (a replaced or resized tensor: the tensors are found again and ``state_copy`` does the copy)."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+        self.spots: tuple | None = None  # (key, module, attribute, tensor) of each entry; () when not found so
+
+    def __call__(self, into: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+        if into is not None:
+            if self.spots is None:
+                self.spots = _state_spots(self.model)
+            if self._copy_into(into):
+                return into
+            if self.spots:  # the model changed since: find its tensors again, next time
+                self.spots = None
+        return state_copy(self.model, into)
+
+    def _copy_into(self, into: dict[str, Tensor]) -> bool:
+        if not self.spots or len(self.spots) != len(into):
+            return False
+        pairs = []
+        for key, module, name, tensor in self.spots:
+            dst = into.get(key)
+            if dst is None or getattr(module, name, None) is not tensor or dst.shape != tensor.shape:
+                return False
+            pairs.append((dst, tensor))
+        with torch.no_grad():
+            for dst, src in pairs:
+                dst.copy_(src)
+        return True
+
+
+def _state_spots(model: torch.nn.Module) -> tuple:
+    """(key, module, attribute, tensor) of each entry of the model's state dict, or () when an entry is not a
+    tensor attribute of the module its key names (extra state, a state-dict hook's own tensors)."""
+    spots = []
+    for key, value in model.state_dict(keep_vars=True).items():
+        path, _, name = key.rpartition(".")
+        try:
+            module = model.get_submodule(path)
+        except AttributeError:
+            return ()
+        if not isinstance(value, Tensor) or getattr(module, name, None) is not value:
+            return ()
+        spots.append((key, module, name, value))
+    return tuple(spots)
+
+
 class Divergence(Callback):
     """Ends a run whose training loss turns NaN/Inf (checked every ``CHECK_EVERY`` steps and at each epoch's
     end) or whose loss explodes far above the loss before training (``exploded``), and gives the model the
     weights of the last good epoch back."""
 
     def on_fit_start(self, state: TrainState) -> None:
-        self.last_good = state_copy(state.model)
+        self.last_good = state.copy_weights()
 
     def on_batch_end(self, state: TrainState) -> None:
         if (state.step + 1) % CHECK_EVERY == 0 and not _finite_everywhere(state.sums["loss"], state.world):
@@ -114,7 +165,7 @@ class Divergence(Callback):
             what = "validation" if state.has_val else "training"
             raise self._diverged(state, f"the {what} loss exploded to {loss:.4g} (it was {state.initial_loss:.4g} "
                                         "before training)")
-        self.last_good = state_copy(state.model, into=self.last_good)
+        self.last_good = state.copy_weights(into=self.last_good)
 
     def on_fit_end(self, state: TrainState) -> None:
         if state.stopped == "diverged":
@@ -135,7 +186,7 @@ class EarlyStopping(Callback):
         loss = state.record["val"]["loss"]
         if loss < state.best_val:
             state.best_val, state.best_epoch, state.bad_epochs = loss, state.record["epoch"], 0
-            state.best_state = state_copy(state.model, into=state.best_state)
+            state.best_state = state.copy_weights(into=state.best_state)
             return
         state.bad_epochs += 1
         if state.config.patience and state.bad_epochs >= state.config.patience:

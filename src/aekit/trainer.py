@@ -56,6 +56,7 @@ from .callbacks import (
     Divergence,
     EarlyStopping,
     ProgressBar,
+    StateCopier,
     overrides,
     state_copy,
     still_improving,
@@ -129,6 +130,7 @@ class TrainState:
     initial_loss : the validation loss before training (the divergence reference; None for 0.1.0 runs).
     stopped : how training ended (set when it ends). ``stop_reason``: a stop asked for by a callback.
     note : a warning for the user, set when training ends.
+    copier : the ``StateCopier`` behind ``copy_weights`` (made on first use).
     """
 
     model: Autoencoder
@@ -156,6 +158,14 @@ class TrainState:
     stopped: str = "completed"
     stop_reason: str | None = None
     note: str | None = None
+    copier: StateCopier | None = field(default=None, repr=False)
+
+    def copy_weights(self, into: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+        """``callbacks.state_copy(model, into)`` (a copy of the model's state dict, written into ``into`` in place
+        when it fits) by one ``StateCopier`` of the fit: what the callbacks call every epoch."""
+        if self.copier is None or self.copier.model is not self.model:
+            self.copier = StateCopier(self.model)
+        return self.copier(into)
 
     def request_stop(self, reason: str = "stopped") -> None:
         """End training after the current epoch; ``reason`` becomes ``stopped`` (the first reason given wins)."""
