@@ -19,7 +19,8 @@ cae        regularizers.gram (W1 W1^T with a one-matmul backward) against plain 
 binarize   likelihoods.bernoulli_sample (u < p) against torch.bernoulli for dynamic binarization, alone
            and inside a training step of the Exemplar-VAE net (784-300-300-40, batch 100).
 trainer    one epoch of aekit.fit against a bare loop (slice, forward, backward, fused Adam) over the same
-           model and data: what the trainer adds per step; and aekit.fit with denormals flushed to zero.
+           model and data: what the trainer adds per step; and aekit.fit with denormals flushed to zero; and a
+           Detector member's whole fit on a small table (30 steps, 10 validation losses) against a bare loop.
 gaussian   likelihoods.Gaussian.log_prob with a fixed sigma (one autograd.Function, bit-identical) against
            autograd's graph of the same expression, on training steps of the Detector's table MLP (D-64-64-16,
            batch 128) for D = 19 and 512 (an embedding), 1 thread; and the trainer's batch rows by
@@ -273,6 +274,46 @@ def bench_trainer(rounds: int) -> None:
         times["aekit.fit, flush denormals"].append(fit_chunk.seconds)
     show("VAE epoch of 100 steps: aekit.fit (trainer's own seconds) vs a bare loop, and with "
          "torch.set_flush_denormal(True)", times, "aekit.fit epoch", 100, "step")
+    bench_trainer_table(rounds)
+
+
+def bench_trainer_table(rounds: int) -> None:
+    """A Detector member's fit on a small table (19-64-64-16, 315 training rows, 10 epochs of 3 steps, the best
+    validation epoch kept), whole: aekit.fit against a bare loop of the same steps and validation losses, 1 thread.
+    What is left of the trainer's own cost (callbacks, weight copies, records) shows on such fits."""
+    import numpy as np
+
+    import aekit
+    from aekit import optim
+
+    torch.set_num_threads(1)
+    x = np.random.RandomState(0).rand(350, 19).astype(np.float32)
+    ds = aekit.datasets.from_arrays(x, kind="table", val_fraction=0.1, test_fraction=0.0)
+
+    def fit(_):
+        m = aekit.build("ae", dataset=ds, hidden=[64, 64], latent_dim=16, seed=0)
+        aekit.fit(m, ds, aekit.TrainConfig(epochs=10, batch_size=128), quiet=True)
+
+    def bare(_):
+        m = aekit.build("ae", dataset=ds, hidden=[64, 64], latent_dim=16, seed=0)
+        opt, params, n = optim.Adam(m.parameters(), lr=1e-3), list(m.parameters()), len(ds.x_train)
+        gen = torch.Generator().manual_seed(0)
+        for _ in range(10):
+            perm = torch.randperm(n, generator=gen)
+            for s in range(math.ceil(n / 128)):
+                for p in params:
+                    p.grad = None
+                m(torch.index_select(ds.x_train, 0, perm[s * 128:(s + 1) * 128])).loss.backward()
+                opt.step()
+            with torch.no_grad():
+                m(ds.x_val)
+
+    def chunk(fn):
+        for _ in range(10):
+            fn(None)
+    show("a small table member's whole fit (build included): aekit.fit vs a bare loop, 1 thread",
+         alternate({"aekit.fit": fit, "bare loop": bare}, rounds, chunk), "aekit.fit", 10, "fit")
+    torch.set_num_threads(2)
 
 
 # --------------------------------------------------------------------------------------------------
