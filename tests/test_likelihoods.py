@@ -82,6 +82,13 @@ def test_gaussian_fixed_sigma_fast_path_is_bit_identical_to_the_graph(shape, sig
     assert torch.equal(got_p.grad, ref_p.grad)
     with torch.no_grad():
         assert torch.equal(lik.log_prob(x, base), ref.detach())
+    if x.dim() == 2:  # x in the other memory layout (the sum's order follows it, in both paths alike)
+        xt = x.t().contiguous().t()
+        got_p, ref_p = base.clone().requires_grad_(), base.clone().requires_grad_()
+        got, ref = lik.log_prob(xt, got_p), _gaussian_graph(lik, xt, ref_p)
+        (got * upstream).sum().backward()
+        (ref * upstream).sum().backward()
+        assert torch.equal(got, ref) and torch.equal(got_p.grad, ref_p.grad)
 
 
 def test_gaussian_fast_path_leaves_learned_sigma_gradients_of_x_and_tracing_to_autograd(monkeypatch):
