@@ -60,3 +60,15 @@ def test_a_subsample_too_poor_in_anomalies_to_stratify_is_drawn_again(adbench):
         kept = y[np.random.choice(np.arange(len(y)), adbench.N_MAX, replace=False)].sum()
         redrawn += kept < 2
     assert redrawn >= 1  # (the case this covers occurs among these seeds)
+
+
+def test_method_timeouts_are_read_and_bad_ones_refused(adbench):
+    """--method-timeout mcd=90 (the README command's: MCD does not finish on 512+ columns) limits that method only;
+    an unknown method or a missing, zero or non-numeric limit is a one-line error that says how to write it."""
+    assert adbench.method_timeouts("") == {}
+    assert adbench.method_timeouts("mcd=90, lof=2.5") == {"mcd": 90.0, "lof": 2.5}
+    for bad, says in [("mcd", "positive number of seconds"), ("mcd=0", "positive"), ("mcd=soon", "mcd=90"),
+                      ("mdc=90", "is not a method"), ("mcd=nan", "positive"), ("mcd=inf", "positive")]:
+        with pytest.raises(ValueError, match=says) as e:
+            adbench.method_timeouts(bad)
+        assert "\n" not in str(e.value)
