@@ -327,7 +327,7 @@ class _Loop:
 
     def __init__(self, model: Autoencoder, ds, cfg: TrainConfig, run: Run | None, name: str, device):
         self.model, self.cfg, self.device = model, cfg, device
-        self.modules = tuple(model.modules())  # switched between training and eval mode twice an epoch
+        self.modules = _flaggable(model)  # switched between training and eval mode twice an epoch
         self.params = tuple(model.parameters())  # their gradients cleared before every update phase
         gen = torch.Generator(device=device).manual_seed(cfg.seed)  # the same stream on every rank: permutations
         self.x_train, self.y_train, self.x_val, self.y_val = ds.x_train, ds.y_train, ds.x_val, ds.y_val
@@ -541,14 +541,18 @@ def _reduce_sums(sums: dict[str, Tensor]) -> dict[str, Tensor]:
     return dict(zip(keys, flat.unbind()))
 
 
+def _flaggable(model: torch.nn.Module) -> tuple | None:
+    """The model's modules when none defines its own ``train`` (their ``training`` flags can then be set
+    directly: ``_set_training``), else None (``Module.train`` must run, to call theirs)."""
+    modules = tuple(model.modules())
+    return None if any(type(m).train is not torch.nn.Module.train for m in modules) else modules
+
+
 def _set_training(model: torch.nn.Module, training: bool, modules: tuple | None = None) -> None:
-    """``model.train(training)``: every module's ``training`` flag set directly, without ``Module.train``'s
-    recursion through ``named_children`` and ``Module.__setattr__`` (a table member of one batch switches
-    twice an epoch, for its validation loss); a model with a module that defines its own ``train`` gets
-    ``Module.train`` itself, which calls it. ``modules``:
-    ``tuple(model.modules())``, if known."""
-    modules = tuple(model.modules()) if modules is None else modules
-    if any(type(m).train is not torch.nn.Module.train for m in modules):
+    """``model.train(training)``; with ``modules`` (``_flaggable(model)``, made once) each module's flag set
+    directly, without ``Module.train``'s recursion through ``named_children`` and ``Module.__setattr__`` (a table
+    member of one batch switches twice an epoch, for its validation loss)."""
+    if modules is None:
         model.train(training)
         return
     for m in modules:
@@ -559,7 +563,7 @@ def _set_training(model: torch.nn.Module, training: bool, modules: tuple | None 
 def _loss_sums(model: Autoencoder, x: Tensor, y: Tensor | None, batch_size: int,
                modules: tuple | None = None) -> dict[str, Tensor]:
     """Sums over the rows of (x, y) of the model's objective and its terms, in eval mode (tensors); ``modules``:
-    ``tuple(model.modules())``, if known."""
+    ``_flaggable(model)``, if known."""
     was_training = model.training
     _set_training(model, False, modules)
     sums: dict[str, Tensor] = {}
@@ -577,7 +581,7 @@ def _loss_sums(model: Autoencoder, x: Tensor, y: Tensor | None, batch_size: int,
 def evaluate_loss(model: Autoencoder, x: Tensor, y: Tensor | None, batch_size: int = 512,
                   modules: tuple | None = None) -> dict[str, float]:
     """Mean of the model's objective and its terms over (x, y), in eval mode. Returns floats. ``modules``:
-    ``tuple(model.modules())``, if known (the trainer's, which switches modes every epoch)."""
+    ``_flaggable(model)``, if known (the trainer's, which switches modes every epoch)."""
     return {k: v.item() / x.shape[0] for k, v in _loss_sums(model, x, y, batch_size, modules).items()}
 
 
@@ -585,7 +589,7 @@ def _loss(model: Autoencoder, x: Tensor, y: Tensor | None, batch_size: int,
           modules: tuple | None = None) -> dict[str, float]:
     """``evaluate_loss`` in one process; with several ranks each scores a contiguous share of the rows (a
     rank without rows scores a stand-in row with weight 0) and the sums are added across ranks: the same
-    numbers on every rank. ``modules``: ``tuple(model.modules())``, if known."""
+    numbers on every rank. ``modules``: ``_flaggable(model)``, if known."""
     world = distributed.world_size()
     if world == 1:
         return evaluate_loss(model, x, y, batch_size, modules)
