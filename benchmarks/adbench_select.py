@@ -69,6 +69,9 @@ CANDIDATES = {
     # round 10 (benchmarks/README.md), one-class tasks: s250 with the joint statistics fitted once on every training
     # row, not refitted on the 80% of lowest score (aekit.scoring.JOINT_REFITS = 0)
     "s250-notrim": ({"folds": 2, "residual_rank": 8, "joint_refits": 0}, 250),
+    # round 11 (benchmarks/README.md): e10 with the residual model's mean regressed on the code
+    # (aekit.scoring.JOINT_CODE_REGRESSION)
+    "e10-reg": ({"folds": 2, "residual_rank": 8, "max_epochs": 10, "code_regression": True}, 100),
 }
 # a residual_rank given by the input's width D: q = D // divisor, clipped to [low, high] (the Detector caps it at D - 1)
 RANK_RULES = {"D//4 in [2, 32]": (4, 2, 32)}
@@ -222,15 +225,16 @@ def run_method(method: str, d: dict, seed: int) -> dict:
             import aekit.scoring as scoremod
 
             saved = (detmod.TABLE_STEPS, detmod.TABLE_MAX_EPOCHS, detmod.TABLE_CAP_FROM_BATCHES,
-                     scoremod.JOINT_REFITS)
+                     scoremod.JOINT_REFITS, scoremod.JOINT_CODE_REGRESSION)
             detmod.TABLE_STEPS, detmod.TABLE_MAX_EPOCHS = steps, params.pop("max_epochs", None)
             detmod.TABLE_CAP_FROM_BATCHES = params.pop("cap_from_batches", 1)
             scoremod.JOINT_REFITS = params.pop("joint_refits", scoremod.JOINT_REFITS)
+            scoremod.JOINT_CODE_REGRESSION = params.pop("code_regression", False)
             try:
                 det = aekit.Detector(random_state=seed, **params).fit(d["X_train"])
             finally:
                 (detmod.TABLE_STEPS, detmod.TABLE_MAX_EPOCHS, detmod.TABLE_CAP_FROM_BATCHES,
-                 scoremod.JOINT_REFITS) = saved
+                 scoremod.JOINT_REFITS, scoremod.JOINT_CODE_REGRESSION) = saved
         scores = np.asarray(det.decision_function(d["X_test"]), dtype=np.float64)
     secs = time.perf_counter() - t0
     ok = np.isfinite(scores).all()

@@ -799,9 +799,9 @@ class Detector(BaseEstimator):
             smooth = getattr(self, "residual_smooth_", 1)
             flat = np.stack([scoring.smooth_residuals(x - rec, smooth).flatten(1).double().cpu().numpy()
                              for rec in recs])
-            parts = np.mean([stats.residual_terms(flat[j]) for j, stats in enumerate(self.joint_)], axis=0)
-            out["code_distance"] = np.mean([stats.code_distance(metrics.codes(m, x).flatten(1).double().cpu().numpy())
-                                            for m, stats in zip(self.models_, self.joint_)], axis=0)
+            codes = [metrics.codes(m, x).flatten(1).double().cpu().numpy() for m in self.models_]
+            parts = np.mean([stats.residual_terms(flat[j], codes[j]) for j, stats in enumerate(self.joint_)], axis=0)
+            out["code_distance"] = np.mean([stats.code_distance(z) for z, stats in zip(codes, self.joint_)], axis=0)
             contributions = parts.reshape(err2.shape[1:])
         else:
             contributions = err2.mean(0)

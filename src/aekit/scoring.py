@@ -13,7 +13,7 @@
    as the data readers do).
 2. The members (``n_estimators`` autoencoders; a plain run has one) and each member's raw score:
    ``"joint"``: with z = f(x) the code and r = x - g(f(x)) the residual, ``(z - mu)' S^-1 (z - mu) + c' C^-1 c``
-   with c = r / sigma - m and C the member's residual model (``JointStats``: the identity, i.e. ``sum_d
+   with c = r / sigma - m (- (z - mu) A with the code regression) and C the member's residual model (``JointStats``: the identity, i.e. ``sum_d
    (r_d / sigma_d)^2``, or a PPCA of rank q) (float64); ``"recon_error"``: the sum of squared
    errors of the reconstruction; ``"neg_elbo"``: -ELBO in nats from ``MC_SAMPLES`` posterior samples of a
    fixed seed (``metrics.anomaly_scores``; the only score with random draws: not in exported graphs).
@@ -69,11 +69,13 @@ JOINT_REFITS = 3  # ... this many times
 JOINT_RIDGE = 1e-3  # added to the code covariance: this times its mean variance
 JOINT_NOISE_FLOOR = 1e-3  # the residual model's smallest variance (of residuals scaled to unit variance)
 EIGH_SUBSET_FROM = 64  # the residual model's eigenpairs: scipy's subset solver on matrices larger than this
+JOINT_CODE_REGRESSION = False  # the residual model's mean depends linearly on the code (JointStats.coef) ...
+JOINT_REGRESSION_FLOOR = 1e-3  # ... and a value's sigma is then at least this share of the diagonal model's
 # the smallest residual standard deviation of a value (model units): standardized table columns; image pixels in
 # [0, 1], where pixels that never vary in training (a border) would otherwise dominate the score
 JOINT_SIGMA_FLOOR = {"table": 1e-3, "image": 0.1}
-STATE_FORMAT = 5  # the detector state's format (1: detector.json + detector.safetensors, read only; 3: neighbors;
-# 4: the joint score's residual model, residual_ranks; 5: residual_smooth)
+STATE_FORMAT = 6  # the detector state's format (1: detector.json + detector.safetensors, read only; 3: neighbors;
+# 4: the joint score's residual model, residual_ranks; 5: residual_smooth; 6: residual_regressions, joint{j}/coef)
 NEIGHBOR_BLOCK = 2**22  # distances of the neighbour term computed at once (rows x reference rows, float64)
 
 
@@ -129,17 +131,23 @@ class JointStats:
     """
 
     def __init__(self, mu: np.ndarray, prec: np.ndarray, sigma: np.ndarray, rmean: np.ndarray | None = None,
-                 basis: np.ndarray | None = None, lam: np.ndarray | None = None, noise: float = 1.0):
+                 basis: np.ndarray | None = None, lam: np.ndarray | None = None, noise: float = 1.0,
+                 coef: np.ndarray | None = None):
         self.mu, self.prec, self.sigma = mu, prec, sigma
         d = len(sigma)
         self.rmean = np.zeros(d) if rmean is None else rmean
         self.basis = np.zeros((d, 0)) if basis is None else basis
         self.lam = np.zeros(0) if lam is None else lam
         self.noise = float(noise)
+        self.coef = coef  # (K, D) or None: the residual model's mean moves with the code (code regression)
 
     @property
     def rank(self) -> int:
         return self.basis.shape[1]
+
+    @property
+    def regression(self) -> bool:
+        return self.coef is not None
 
     @classmethod
     def estimate(cls, z: np.ndarray, r: np.ndarray, floor: float, rank: int = 0) -> JointStats:
@@ -150,16 +158,34 @@ class JointStats:
         stats = cls(mu, np.linalg.pinv(cov, hermitian=True), np.maximum(r.std(axis=0), floor))
         return stats.with_residual_model(r, rank) if rank else stats
 
-    def with_residual_model(self, r: np.ndarray, rank: int) -> JointStats:
+    def with_residual_model(self, r: np.ndarray, rank: int, z: np.ndarray | None = None) -> JointStats:
         """These statistics with a residual model of at most ``rank`` factors fitted on the residuals r (n, D):
         the maximum-likelihood PPCA of r / sigma. A direction whose variance is not above the noise adds nothing
         to the isotropic part (its lam would be the noise) and is dropped; with none left (one distinct row),
-        the diagonal model."""
+        the diagonal model. With the codes z (n, K) of the same rows (the code regression), the scaled
+        residuals are first regressed on the centred codes by least squares (with an intercept) and the PPCA is
+        that of the regression's residuals: x | code ~ N(g(code) + sigma (m + A'(code - mu)), diag(sigma) C
+        diag(sigma)), A = ``coef`` (K, D), sigma then each value's standard deviation about the regression (at
+        least JOINT_REGRESSION_FLOOR times the diagonal model's). What the code predicts of the residual, which a briefly
+        trained decoder has left in it, is then not counted as error, and a row whose residual breaks that
+        relation is."""
         d, n = r.shape[1], len(r)
         q = min(int(rank), d - 1, n - 2)
         if q < 1:
             return self
-        c = r / self.sigma
+        sigma, coef = self.sigma, None
+        if z is not None and n > z.shape[1] + 1:
+            dz = z - self.mu
+            c0 = r / sigma
+            design = np.concatenate([dz, np.ones((n, 1))], axis=1)
+            b = np.linalg.lstsq(design, c0, rcond=None)[0]
+            spread = (c0 - design @ b).std(axis=0)
+            new = sigma * np.maximum(spread, JOINT_REGRESSION_FLOOR)
+            coef = b[:-1] * (sigma / new)  # in units of the new sigma
+            sigma = new
+        c = r / sigma
+        if coef is not None:
+            c = c - (z - self.mu) @ coef
         m = c.mean(axis=0)
         c = c - m
         if n < d:  # the q leading principal directions from the (n, n) Gram matrix, else the (D, D) covariance
@@ -173,35 +199,44 @@ class JointStats:
             return self
         var = var[keep]
         basis = c.T @ u[:, keep] / np.sqrt(var * (n - 1)) if n < d else v[:, keep]
-        return JointStats(self.mu, self.prec, self.sigma, m, np.ascontiguousarray(basis), var, noise)
+        return JointStats(self.mu, self.prec, sigma, m, np.ascontiguousarray(basis), var, noise, coef)
 
     @classmethod
     def fit(cls, z: np.ndarray, r: np.ndarray, floor: float = JOINT_SIGMA_FLOOR["table"], rank: int = 0,
-            refits: int | None = None) -> JointStats:
+            refits: int | None = None, regression: bool | None = None) -> JointStats:
         """The diagonal model fitted and refitted (trimmed) ``refits`` times (None: JOINT_REFITS; 0: fitted
         once on every row, for rows known to be normal) as the class says; with ``rank`` > 0, the residual model
-        of that rank is then fitted once, on the rows the last refit kept."""
+        of that rank is then fitted once, on the rows the last refit kept, with the code regression when
+        ``regression`` (None: JOINT_CODE_REGRESSION)."""
         stats, keep = cls.estimate(z, r, floor), slice(None)
         for _ in range(JOINT_REFITS if refits is None else int(refits)):
             s = stats.score(z, r)
             kept = s <= np.quantile(s, 1.0 - JOINT_TRIM)
             if kept.sum() >= 2:
                 stats, keep = cls.estimate(z[kept], r[kept], floor), kept
-        return stats.with_residual_model(r[keep], rank) if rank else stats
+        if not rank:
+            return stats
+        regress = JOINT_CODE_REGRESSION if regression is None else regression
+        return stats.with_residual_model(r[keep], rank, z[keep] if regress else None)
 
     def score(self, z: np.ndarray, r: np.ndarray) -> np.ndarray:
-        return self.code_distance(z) + self.residual_terms(r).sum(axis=1)
+        return self.code_distance(z) + self.residual_terms(r, z).sum(axis=1)
 
     def code_distance(self, z: np.ndarray) -> np.ndarray:
         d = z - self.mu
         return np.einsum("ij,jk,ik->i", d, self.prec, d)
 
-    def residual_terms(self, r: np.ndarray) -> np.ndarray:
+    def residual_terms(self, r: np.ndarray, z: np.ndarray | None = None) -> np.ndarray:
         """(n, D): each value's part of the residual term, c_d (C^-1 c)_d; (r_d / sigma_d)^2 for rank 0. They
-        sum to c' C^-1 c (a part may be negative where values move together)."""
+        sum to c' C^-1 c (a part may be negative where values move together). The code regression needs the
+        codes z of the same rows."""
         c = r / self.sigma
         if not self.rank:
             return c**2
+        if self.regression:
+            if z is None:
+                raise ValueError("these statistics' residual model moves with the code: pass the codes z")
+            c = c - (z - self.mu) @ self.coef
         c = c - self.rmean
         p = c @ self.basis
         return c * ((c - p @ self.basis.T) / self.noise + (p / self.lam) @ self.basis.T)
@@ -212,16 +247,23 @@ class JointStats:
                for name in names}
         if self.rank:
             out[f"{prefix}noise"] = torch.tensor([self.noise], dtype=torch.float64)
+        if self.regression:
+            out[f"{prefix}coef"] = torch.from_numpy(np.ascontiguousarray(self.coef, dtype=np.float64))
         return out
 
     @classmethod
-    def from_tensors(cls, tensors: dict, prefix: str, k: int, d: int, rank: int = 0) -> JointStats:
-        """The statistics saved by ``tensors`` (a residual model of ``rank``); a ValueError when one is missing
-        or of the wrong shape."""
+    def from_tensors(cls, tensors: dict, prefix: str, k: int, d: int, rank: int = 0,
+                     regression: bool = False) -> JointStats:
+        """The statistics saved by ``tensors`` (a residual model of ``rank``, with the code regression); a
+        ValueError when one is missing or of the wrong shape."""
         got = {}
         shapes = (("mu", (k,)), ("prec", (k, k)), ("sigma", (d,)))
         if rank:
             shapes += (("rmean", (d,)), ("basis", (d, rank)), ("lam", (rank,)), ("noise", (1,)))
+        if regression:
+            if not rank:
+                raise ValueError(f"{prefix}: a code regression without a residual model")
+            shapes += (("coef", (k, d)),)
         for name, shape in shapes:
             t = tensors.get(prefix + name)
             if t is None or tuple(t.shape) != shape:
@@ -433,11 +475,14 @@ class Scorer(nn.Module):
         self.preprocess = Preprocess(kind, self.input_shape, stats, first.dtype)
         f64 = dict(dtype=torch.float64)
         self.ranks = [st.rank for st in joint] if score == "joint" else []  # each member's residual model
+        self.regressions = [st.regression for st in joint] if score == "joint" else []  # ... with a code regression
         for j, st in enumerate(joint or []) if score == "joint" else ():
             for name in ("mu", "prec", "sigma") + (("rmean", "basis", "lam") if st.rank else ()):
                 self.register_buffer(f"{name}{j}", torch.as_tensor(np.asarray(getattr(st, name)), **f64))
             if st.rank:
                 self.register_buffer(f"noise{j}", torch.tensor(st.noise, **f64))
+            if st.regression:
+                self.register_buffer(f"coef{j}", torch.as_tensor(np.asarray(st.coef), **f64))
         for j, ref in enumerate(references or []) if self.neighbors else ():
             self.register_buffer(f"ref{j}", torch.as_tensor(np.asarray(ref), **f64).reshape(len(ref), -1))
         norm = np.zeros((0, 2)) if normalization is None else np.asarray(normalization, dtype=np.float64)
@@ -495,6 +540,8 @@ class Scorer(nn.Module):
                 d = z.flatten(1).to(torch.float64) - getattr(self, f"mu{j}")
                 code = ((d @ getattr(self, f"prec{j}")) * d).sum(1)
                 if self.ranks[j]:  # JointStats.residual_terms: sum_i (v_i'c)^2 / lam_i + |c - V V'c|^2 / s2
+                    if self.regressions[j]:
+                        c = c - d @ getattr(self, f"coef{j}")
                     c = c - getattr(self, f"rmean{j}")
                     basis = getattr(self, f"basis{j}")
                     p = c @ basis
@@ -685,6 +732,7 @@ def save_state(run: Run, state: DetectorState) -> None:
         "score_seed": SCORE_SEED, "n_members": len(members), "seeds": state.seeds, "neighbors": state.neighbors,
         "n_references": [len(r) for r in state.references] if state.neighbors else None,
         "residual_ranks": [st.rank for st in state.joint] if state.joint else None,
+        "residual_regressions": [st.regression for st in state.joint] if state.joint else None,
         "residual_smooth": state.smooth,
         "normalization": None if state.normalization is None else np.asarray(state.normalization).tolist(),
         "threshold": state.threshold, "flag_rate": state.flag_rate, "threshold_from": state.threshold_from,
@@ -710,7 +758,8 @@ def load_state(run: Run, where: torch.device | None = None) -> DetectorState:  #
 
     def bound(meta: dict) -> int:
         k, counts = _counts(meta)
-        joint_bytes = k * 8 * (code + code * code + d) + 8 * sum((d + 1) * (q + 1) for q in _ranks(meta, k, d))
+        joint_bytes = k * 8 * (code + code * code + d) + 8 * sum((d + 1) * (q + 1) for q in _ranks(meta, k, d)) \
+            + 8 * code * d * sum(_regressions(meta, k))
         return (k - 1) * member_bytes + 8 * sum(counts) + joint_bytes + 8 * code * sum(_references(meta, k))
 
     found = run.detector_state(bound)
@@ -773,8 +822,8 @@ def load_state(run: Run, where: torch.device | None = None) -> DetectorState:  #
     joint = None
     if score == "joint":
         try:
-            joint = [JointStats.from_tensors(tensors, f"joint{j}/", code, d, q)
-                     for j, q in enumerate(_ranks(meta, k, d))]
+            joint = [JointStats.from_tensors(tensors, f"joint{j}/", code, d, q, g)
+                     for j, (q, g) in enumerate(zip(_ranks(meta, k, d), _regressions(meta, k)))]
         except ValueError as e:
             raise RunError(f"{file}: the joint score's statistics do not match the model ({e}); the run "
                            "directory may be damaged") from None
@@ -829,6 +878,17 @@ def _ranks(meta: dict, k: int, d: int) -> list[int]:
     if len(q) != k or min(q) < 0 or max(q) >= max(d, 1):
         raise ValueError(f"residual_ranks {ranks!r} for {k} member(s) of {d} values")
     return q
+
+
+def _regressions(meta: dict, k: int) -> list[bool]:
+    """Whether each of the k members' residual model has the code regression (states before format 6: none);
+    ValueError when the list does not fit."""
+    flags = meta.get("residual_regressions")
+    if flags is None:
+        return [False] * k
+    if not isinstance(flags, list) or len(flags) != k or any(not isinstance(v, bool) for v in flags):
+        raise ValueError(f"residual_regressions {flags!r} for {k} member(s)")
+    return list(flags)
 
 
 def _smooth(meta: dict, kind: str, shape: tuple) -> int:
