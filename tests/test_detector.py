@@ -339,7 +339,7 @@ def test_cross_fitting_scores_each_training_row_with_the_member_that_did_not_tra
         z = aekit.metrics.codes(model, x).double().numpy()
         r = (x - aekit.metrics.reconstructions(model, x)).double().numpy()
         d = z - js.mu  # the residual model's own term is checked in tests/test_residual_model.py
-        raw = np.einsum("ij,jk,ik->i", d, js.prec, d) + js.residual_terms(r).sum(1)
+        raw = np.einsum("ij,jk,ik->i", d, js.prec, d) + js.residual_terms(r, z).sum(1)
         member.append((raw - det.normalization_[k, 0]) / det.normalization_[k, 1])
         # the training rows of fold k are scored by member k alone, with statistics fitted on fold k
         np.testing.assert_allclose(det.decision_scores_[folds == k], member[k][folds == k], rtol=1e-5, atol=1e-6)
@@ -365,7 +365,7 @@ def test_the_neighbour_term_against_scikit_learn(tmp_path):
         z = aekit.metrics.codes(model, x).double().numpy()
         r = (x - aekit.metrics.reconstructions(model, x)).double().numpy()
         d = z - js.mu
-        joint = np.einsum("ij,jk,ik->i", d, js.prec, d) + js.residual_terms(r).sum(1)
+        joint = np.einsum("ij,jk,ik->i", d, js.prec, d) + js.residual_terms(r, z).sum(1)
         seen = folds != k
         np.testing.assert_allclose(det.references_[k], z[seen], rtol=1e-6, atol=1e-7)
         knn = NearestNeighbors(n_neighbors=7).fit(z[seen]).kneighbors(z)[0][:, -1]
@@ -673,9 +673,10 @@ def test_a_damaged_detector_state_is_one_run_error(tmp_path):
 
 
 def test_joint_score_is_minus_two_log_likelihood(planted):
-    """score(x) = -2 log p(x) + const under code ~ N(mu, S), x | code ~ N(g(code) + sigma * m, Sigma) with
-    Sigma = diag(sigma) C diag(sigma), C the residual model (rank q: V diag(lam) V' + noise (I - V V'); q = 0:
-    the identity): checked against scipy's densities with the fitted statistics, for the default and q = 0."""
+    """score(x) = -2 log p(x) + const under code ~ N(mu, S), x | code ~ N(g(code) + sigma * (m + A'(code - mu)),
+    Sigma) with Sigma = diag(sigma) C diag(sigma), C the residual model (rank q: V diag(lam) V' + noise (I - V V');
+    q = 0: the identity, and no code regression A): checked against scipy's densities with the fitted statistics,
+    for the default and q = 0."""
     from scipy.stats import multivariate_normal
 
     from aekit.scoring import codes_and_residuals
@@ -688,11 +689,13 @@ def test_joint_score_is_minus_two_log_likelihood(planted):
         v = stats.basis
         c = v @ np.diag(stats.lam) @ v.T + stats.noise * (np.eye(len(stats.sigma)) - v @ v.T)
         cov = np.diag(stats.sigma) @ c @ np.diag(stats.sigma)
+        shift = stats.sigma * ((z - stats.mu) @ stats.coef) if stats.regression else 0.0
         logp = multivariate_normal(stats.mu, np.linalg.pinv(stats.prec), allow_singular=True).logpdf(z) + \
-            multivariate_normal(stats.sigma * stats.rmean, cov).logpdf(r)
+            multivariate_normal(stats.sigma * stats.rmean, cov).logpdf(r - shift)
         scores = d.decision_function(X[:40])
         np.testing.assert_allclose(scores - scores[0], -2.0 * (logp - logp[0]), rtol=1e-6, atol=1e-6)
     assert det.joint_[0].rank == 7 and flat.joint_[0].rank == 0  # the default on 8 features: min(8, D - 1)
+    assert det.joint_[0].regression and not flat.joint_[0].regression
 
 
 def test_joint_statistics_resist_contamination():

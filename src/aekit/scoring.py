@@ -69,7 +69,7 @@ JOINT_REFITS = 3  # ... this many times
 JOINT_RIDGE = 1e-3  # added to the code covariance: this times its mean variance
 JOINT_NOISE_FLOOR = 1e-3  # the residual model's smallest variance (of residuals scaled to unit variance)
 EIGH_SUBSET_FROM = 64  # the residual model's eigenpairs: scipy's subset solver on matrices larger than this
-JOINT_CODE_REGRESSION = False  # the residual model's mean depends linearly on the code (JointStats.coef) ...
+JOINT_CODE_REGRESSION = True  # the residual model's mean depends linearly on the code (JointStats.coef; round 11) ...
 JOINT_REGRESSION_FLOOR = 1e-3  # ... and a value's sigma is then at least this share of the diagonal model's
 # the smallest residual standard deviation of a value (model units): standardized table columns; image pixels in
 # [0, 1], where pixels that never vary in training (a border) would otherwise dominate the score

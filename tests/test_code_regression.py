@@ -1,0 +1,145 @@
+"""The joint score's code regression (scoring.JointStats with ``coef``): the residual model's mean moves linearly
+with the code. Checked against the closed form (the Mahalanobis distance of the codes and residuals together
+under their sample covariance), through the Scorer's graph, explain, a saved state and ONNX."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+import aekit
+import aekit.scoring as scoring
+from aekit import Detector
+from aekit.scoring import JointStats, codes_and_residuals
+
+FAST = dict(epochs=15, hidden=(32,), batch_size=64)
+
+
+def linked(n: int, k: int, d: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Codes (n, k) and residuals (n, d) that the codes partly predict, with correlated noise."""
+    rng = np.random.RandomState(seed)
+    z = rng.randn(n, k) @ rng.randn(k, k) + rng.randn(k)
+    r = z @ rng.randn(k, d) + rng.randn(n, 2) @ rng.randn(2, d) + 0.3 * rng.randn(n, d) + rng.randn(d)
+    return z, r
+
+
+def joint_mahalanobis(z: np.ndarray, r: np.ndarray, at_z: np.ndarray, at_r: np.ndarray) -> np.ndarray:
+    """The Mahalanobis distance of (z, r) rows under the sample mean and covariance of the training pairs."""
+    f = np.concatenate([z, r], axis=1)
+    g = np.concatenate([at_z, at_r], axis=1) - f.mean(0)
+    return np.einsum("ij,jk,ik->i", g, np.linalg.inv(np.cov(f, rowvar=False)), g)
+
+
+@pytest.mark.parametrize("n,k,d", [(600, 3, 6), (400, 2, 12)])
+def test_with_every_factor_the_score_is_the_joint_mahalanobis_distance(monkeypatch, n, k, d):
+    monkeypatch.setattr(scoring, "JOINT_RIDGE", 0.0)  # the code covariance as estimated
+    z, r = linked(n, k, d)
+    zt, rt = linked(50, k, d, seed=1)  # other rows (the same relation would not matter: any rows)
+    st = JointStats.fit(z, r, rank=d - 1, refits=0, regression=True)
+    assert st.regression and st.coef.shape == (k, d) and st.rank == d - 1
+    want = joint_mahalanobis(z, r, zt, rt)
+    np.testing.assert_allclose(st.score(zt, rt), want, rtol=1e-8)
+    # without the regression the code and the residual count as independent: not the joint distance
+    plain = JointStats.fit(z, r, rank=d - 1, refits=0, regression=False)
+    assert not plain.regression
+    assert np.abs(plain.score(zt, rt) - want).max() > 0.1 * np.abs(want).max()
+
+
+def test_the_regression_is_the_default_and_needs_a_residual_model_and_rows():
+    z, r = linked(500, 3, 8)
+    assert scoring.JOINT_CODE_REGRESSION  # selection round 11 (benchmarks/README.md)
+    assert JointStats.fit(z, r, rank=4).regression and not JointStats.fit(z, r, rank=4, regression=False).regression
+    st = JointStats.fit(z, r, rank=4, regression=True)
+    assert st.regression and np.all(st.sigma > 0)
+    # rank 0 (the diagonal model) has no residual model, so no regression; nor does a fold of too few rows
+    assert not JointStats.fit(z, r, rank=0, regression=True).regression
+    assert not JointStats.fit(z[:4], r[:4], rank=2, regression=True).regression
+    # the residual term needs the codes when it regresses on them
+    with pytest.raises(ValueError, match="codes"):
+        st.residual_terms(r)
+    # a residual that the code predicts exactly: sigma about the regression is floored, the scores finite
+    exact = z @ np.ones((3, 8))
+    st = JointStats.fit(z, exact + 1e-12 * np.random.RandomState(0).randn(500, 8), rank=3, regression=True)
+    assert np.isfinite(st.score(z, exact)).all()
+
+
+def fitted(monkeypatch, X, **kw):
+    monkeypatch.setattr(scoring, "JOINT_CODE_REGRESSION", True)
+    return Detector(random_state=0, **{**FAST, **kw}).fit(X)
+
+
+def test_the_scorer_graph_the_numpy_statistics_and_explain_agree(monkeypatch):
+    X = linked(300, 3, 10, seed=2)[1]
+    det = fitted(monkeypatch, X, folds=1, residual_rank=4)
+    st = det.joint_[0]
+    assert st.regression and st.rank == 4
+    z, r = codes_and_residuals(det.models_[0], det.scorer().model_input(X[:40]))
+    np.testing.assert_allclose(det.decision_function(X[:40]), st.score(z, r), rtol=1e-9)
+    out = det.explain(X[:40])
+    np.testing.assert_allclose(out["contributions"].sum(1) + out["code_distance"], det.decision_function(X[:40]),
+                               rtol=1e-6)
+    cross = fitted(monkeypatch, X, epochs=2)  # the default: cross-fitted, every member's statistics regressed
+    assert [st.regression for st in cross.joint_] == [True, True]
+
+
+def test_a_saved_regression_round_trips_and_damage_is_one_run_error(monkeypatch, tmp_path):
+    X = linked(200, 3, 10, seed=4)[1]
+    det = fitted(monkeypatch, X, epochs=2, residual_rank=3)
+    path = det.save(tmp_path / "det")
+    back = Detector.load(path)
+    assert [st.regression for st in back.joint_] == [True, True]
+    np.testing.assert_array_equal(back.decision_function(X[:25]), det.decision_function(X[:25]))
+    file = path / "detector.safetensors"
+    good = file.read_bytes()
+    tensors = load_file(file)
+
+    def rewrite(change=None, damaged=None):
+        file.write_bytes(good)
+        with safe_open(file, "pt") as f:
+            meta = json.loads(f.metadata()["json"])
+        meta["detector"].update(change or {})
+        save_file(tensors if damaged is None else damaged, file, metadata={"json": json.dumps(meta)})
+
+    for change, damaged in (({"residual_regressions": [True]}, None), ({"residual_regressions": [1, 1]}, None),
+                            ({"residual_regressions": "yes"}, None),
+                            ({"residual_ranks": [0, 0], "residual_regressions": [True, True]}, None),
+                            (None, {k: v for k, v in tensors.items() if k != "joint1/coef"}),
+                            (None, {**tensors, "joint0/coef": tensors["joint0/coef"][:, :4].contiguous()}),
+                            (None, {**tensors, "joint0/coef": tensors["joint0/coef"] * float("nan")})):
+        rewrite(change, damaged)
+        with pytest.raises(aekit.RunError, match="detector"):
+            Detector.load(path)
+    # a state written before the regression (format 5, no residual_regressions) is read without it
+    monkeypatch.setattr(scoring, "JOINT_CODE_REGRESSION", False)
+    plain = Detector(random_state=0, residual_rank=3, **{**FAST, "epochs": 2}).fit(X)
+    old = plain.save(tmp_path / "old")
+    file = old / "detector.safetensors"
+    with safe_open(file, "pt") as f:
+        meta = json.loads(f.metadata()["json"])
+    meta["detector"]["format"] = 5
+    del meta["detector"]["residual_regressions"]
+    save_file(load_file(file), file, metadata={"json": json.dumps(meta)})
+    back = Detector.load(old)
+    assert [st.regression for st in back.joint_] == [False, False]
+    np.testing.assert_array_equal(back.decision_function(X[:25]), plain.decision_function(X[:25]))
+
+
+def test_the_exported_scorer_keeps_the_regression(monkeypatch, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    X = linked(300, 3, 8, seed=5)[1]
+    det = fitted(monkeypatch, X, epochs=3)
+    assert all(st.regression for st in det.joint_)
+    det.export(tmp_path / "exp")
+    sess = ort.InferenceSession(str(tmp_path / "exp" / "scorer.onnx"), providers=["CPUExecutionProvider"])
+    x = np.vstack([X[:50], X[:10] + 3.0])
+    score = sess.run(None, {"x": x})[0]
+    np.testing.assert_allclose(score, det.decision_function(x), rtol=1e-5, atol=1e-8)
+    with torch.no_grad():  # the graph and the numpy statistics agree on the same member
+        z, r = codes_and_residuals(det.models_[0], det.scorer().model_input(x))
+    assert np.isfinite(det.joint_[0].score(z, r)).all()
