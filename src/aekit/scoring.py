@@ -13,10 +13,11 @@
    as the data readers do).
 2. The members (``n_estimators`` autoencoders; a plain run has one) and each member's raw score:
    ``"joint"``: with z = f(x) the code and r = x - g(f(x)) the residual, ``(z - mu)' S^-1 (z - mu) + c' C^-1 c``
-   with c = r / sigma - m (- (z - mu) A with the code regression) and C the member's residual model (``JointStats``: the identity, i.e. ``sum_d
-   (r_d / sigma_d)^2``, or a PPCA of rank q) (float64); ``"recon_error"``: the sum of squared
-   errors of the reconstruction; ``"neg_elbo"``: -ELBO in nats from ``MC_SAMPLES`` posterior samples of a
-   fixed seed (``metrics.anomaly_scores``; the only score with random draws: not in exported graphs).
+   with c = r / sigma - m - (z - mu) A (A: the code regression, or none) and C the member's residual model
+   (``JointStats``: the identity, i.e. ``sum_d (r_d / sigma_d)^2``, or a PPCA of rank q) (float64);
+   ``"recon_error"``: the sum of squared errors of the reconstruction; ``"neg_elbo"``: -ELBO in nats from
+   ``MC_SAMPLES`` posterior samples of a fixed seed (``metrics.anomaly_scores``; the only score with random
+   draws: not in exported graphs).
    With ``neighbors`` = k > 0 (a cross-fitted table detector), each member has a second raw score, the
    code-space neighbour term: the Euclidean distance of the row's code to its k-th nearest code among the
    rows that member trained on (``references``). Raw scores are then (members x 2) rows: member 0's score,
@@ -166,9 +167,9 @@ class JointStats:
         residuals are first regressed on the centred codes by least squares (with an intercept) and the PPCA is
         that of the regression's residuals: x | code ~ N(g(code) + sigma (m + A'(code - mu)), diag(sigma) C
         diag(sigma)), A = ``coef`` (K, D), sigma then each value's standard deviation about the regression (at
-        least JOINT_REGRESSION_FLOOR times the diagonal model's). What the code predicts of the residual, which a briefly
-        trained decoder has left in it, is then not counted as error, and a row whose residual breaks that
-        relation is."""
+        least JOINT_REGRESSION_FLOOR times the diagonal model's). What the code predicts of the residual, which a
+        briefly trained decoder has left in it, is then not counted as error, and a row whose residual breaks
+        that relation is."""
         d, n = r.shape[1], len(r)
         q = min(int(rank), d - 1, n - 2)
         if q < 1:
