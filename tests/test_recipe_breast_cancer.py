@@ -59,7 +59,5 @@ def test_readme_recipe_on_breast_cancer(cli, tmp_path):
     print(f"breast cancer recipe: AUROC {auroc:.3f}, unseen benign flagged {before:.3f} before calibration, "
           f"{after:.3f} after")
     # issue 18's bounds. --normal-class makes the Detector's novelty=True (selection rounds 9 and 10 of
-    # benchmarks/README.md: ~250 steps a member, untrimmed statistics): 0.964 here, 2.8% / 8.3% flagged; with the
-    # contaminated default 0.934. Over 3 splits x 4 seeds (Python API, 150 benign rows) 0.959 against 0.938, pyod
-    # IForest 0.953.
+    # benchmarks/README.md: ~250 steps a member, untrimmed statistics); the figures are README's.
     assert before <= 0.15 and after <= 0.12 and auroc >= 0.95, (auroc, before, after)
