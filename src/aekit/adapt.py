@@ -44,6 +44,8 @@ INNER_FOLDS = 10  # statistics fitted on its other inner folds, this many (leave
 ROWS_PER_CODE = 6  # latent_dim=None: at least this many rows of a fold per code dimension
 TABLE_RESIDUAL_RANK = 8  # residual_rank="auto": the joint score's residual model on a table (aekit.scoring)
 IMAGE_RESIDUAL_RANK = 0  # ... and on images (0: diagonal)
+REGRESSION_ROWS_PER_COEF = 0  # the code regression (aekit.scoring.JointStats) only on rows of at least this many
+# distinct rows per coefficient of a value (code + intercept); 0: wherever it can be fitted (selection round 12)
 IMAGE_RESIDUAL_SMOOTH = 3  # residual_smooth="auto": the joint score's residual images smoothed over this window ...
 SMOOTH_MIN_SIDE = 16  # ... on images whose sides have at least this many pixels (aekit.scoring.smooth_residuals)
 
@@ -69,6 +71,20 @@ def residual_rank(rank, kind: str, n_values: int) -> int:
     large as the number of values leaves no noise to estimate)."""
     q = (TABLE_RESIDUAL_RANK if kind == "table" else IMAGE_RESIDUAL_RANK) if rank == "auto" else int(rank)
     return max(0, min(q, n_values - 1))
+
+
+def code_regression(rows: np.ndarray, code: int) -> bool:
+    """Whether the joint statistics fitted on ``rows`` (n, ...) of a member with a code of ``code`` values
+    regress the residuals on the code (``aekit.scoring.JointStats``): when they hold at least
+    ``REGRESSION_ROWS_PER_COEF`` distinct rows per coefficient (code + 1), with the regression on
+    (``aekit.scoring.JOINT_CODE_REGRESSION``)."""
+    from . import scoring
+
+    if not scoring.JOINT_CODE_REGRESSION:
+        return False
+    if not REGRESSION_ROWS_PER_COEF:
+        return True
+    return n_distinct(np.asarray(rows).reshape(len(rows), -1)) >= REGRESSION_ROWS_PER_COEF * (int(code) + 1)
 
 
 def residual_smooth(smooth, kind: str, shape: tuple) -> int:

@@ -369,8 +369,9 @@ class Detector(BaseEstimator):
                 joint = None
                 if score == "joint":  # the statistics come from the rows the members trained on
                     on = x if rows is arr else _model_rows(rows, kind, ds, models[0])
+                    regress = adapt.code_regression(on.cpu().numpy(), int(models[0].latent_dim))
                     joint = scoring.fit_joint(models, on, kind, rank=rank, smooth=smooth,
-                                              refits=self._joint_refits(kind))
+                                              refits=self._joint_refits(kind), regression=regress)
                 raw = Scorer(models, kind=kind, stats=stats, score=score, joint=joint,
                              smooth=smooth).raw_model_units(x)
                 norm = scoring.normalization(raw.cpu().numpy())
@@ -437,7 +438,9 @@ class Detector(BaseEstimator):
             smooth = adapt.residual_smooth(self.residual_smooth, self.kind_, self.input_shape_)
             self.joint_ = scoring.fit_joint(self.models_, x, self.kind_,
                                             rank=adapt.residual_rank(self.residual_rank, self.kind_,
-                                                                     self.n_features_in_), smooth=smooth)
+                                                                     self.n_features_in_), smooth=smooth,
+                                            regression=adapt.code_regression(x.cpu().numpy(),
+                                                                             int(self.models_[0].latent_dim)))
             self.residual_rank_, self.residual_smooth_ = _rank_of(self.joint_), smooth
             self.anomaly_score_ = "joint"
             self.__dict__.pop("calibration_scores_", None)
@@ -522,7 +525,8 @@ class Detector(BaseEstimator):
         score = scoring.resolve_score(self.anomaly_score, model)
         z_r = scoring.codes_and_residuals(model, x, smooth=smooth) if score == "joint" else None
         refits = self._joint_refits(kind)
-        joint = [scoring.joint_stats(*z_r, kind, rank, refits)] if z_r else None
+        regress = adapt.code_regression(x.cpu().numpy(), z_r[0].shape[1]) if z_r else False
+        joint = [scoring.joint_stats(*z_r, kind, rank, refits, regress)] if z_r else None
         ref = metrics.codes(model, seen).flatten(1).double().cpu().numpy() if neighbors else None
         scorer = Scorer([model], kind=kind, stats=ds.spec.stats, score=score, joint=joint, neighbors=neighbors,
                         references=None if ref is None else [ref], smooth=smooth)
@@ -532,7 +536,7 @@ class Detector(BaseEstimator):
         z, r = z_r
         unseen = raw.copy()
         unseen[0] = adapt.out_of_fold(inner, lambda fit, test: scoring.joint_stats(
-            z[fit], r[fit], kind, rank, refits).score(z[test], r[test]))
+            z[fit], r[fit], kind, rank, refits, regress).score(z[test], r[test]))
         return (joint[0], ref), raw, unseen
 
     def _joint_refits(self, kind: str) -> int | None:

@@ -312,17 +312,19 @@ def codes_and_residuals(model, x: Tensor, y: Tensor | None = None, smooth: int =
 
 
 def fit_joint(models, x: Tensor, kind: str, y: Tensor | None = None, rank: int = 0,
-              smooth: int = 1, refits: int | None = None) -> list[JointStats]:
+              smooth: int = 1, refits: int | None = None, regression: bool | None = None) -> list[JointStats]:
     """Each member's joint-score statistics fitted on the model-unit rows x (n, *shape) (and labels y, for a
     conditional family), with a residual model of ``rank`` factors (0: diagonal) of the residuals smoothed by
-    ``smooth_residuals``."""
-    return [joint_stats(*codes_and_residuals(m, x, y, smooth), kind, rank, refits) for m in models]
+    ``smooth_residuals`` (``regression``: as ``JointStats.fit``)."""
+    return [joint_stats(*codes_and_residuals(m, x, y, smooth), kind, rank, refits, regression) for m in models]
 
 
-def joint_stats(z: np.ndarray, r: np.ndarray, kind: str, rank: int = 0, refits: int | None = None) -> JointStats:
+def joint_stats(z: np.ndarray, r: np.ndarray, kind: str, rank: int = 0, refits: int | None = None,
+                regression: bool | None = None) -> JointStats:
     """``JointStats.fit`` of codes z (n, K) and residuals r (n, D) with the residual floor of the data's kind
-    (``refits``: the trimmed refits, None: JOINT_REFITS)."""
-    return JointStats.fit(z, r, floor=JOINT_SIGMA_FLOOR[kind], rank=rank, refits=refits)
+    (``refits``: the trimmed refits, None: JOINT_REFITS; ``regression``: the code regression, None:
+    JOINT_CODE_REGRESSION)."""
+    return JointStats.fit(z, r, floor=JOINT_SIGMA_FLOOR[kind], rank=rank, refits=refits, regression=regression)
 
 
 def kth_neighbor_distance(z: Tensor, ref: Tensor, k: int) -> Tensor:
