@@ -143,3 +143,26 @@ def test_the_exported_scorer_keeps_the_regression(monkeypatch, tmp_path):
     with torch.no_grad():  # the graph and the numpy statistics agree on the same member
         z, r = codes_and_residuals(det.models_[0], det.scorer().model_input(x))
     assert np.isfinite(det.joint_[0].score(z, r)).all()
+
+
+def test_the_rows_rule_counts_distinct_rows_per_coefficient(monkeypatch):
+    from aekit import adapt
+
+    rows = np.repeat(np.arange(20.0)[:, None], 3, axis=1)
+    copies = np.vstack([rows] * 10)  # 200 rows, 20 distinct
+    monkeypatch.setattr(adapt, "REGRESSION_ROWS_PER_COEF", 5)
+    assert adapt.code_regression(rows, 3) and not adapt.code_regression(rows, 4)  # 20 >= 5 * 4, 20 < 5 * 5
+    assert not adapt.code_regression(copies, 4)  # copies of a row count once
+    monkeypatch.setattr(adapt, "REGRESSION_ROWS_PER_COEF", 0)
+    assert adapt.code_regression(rows[:2], 16)  # 0: wherever JointStats can fit it
+    monkeypatch.setattr(scoring, "JOINT_CODE_REGRESSION", False)
+    assert not adapt.code_regression(copies, 1)
+    # a detector whose folds are too small for the rule fits its members' statistics without the regression
+    monkeypatch.setattr(scoring, "JOINT_CODE_REGRESSION", True)
+    monkeypatch.setattr(adapt, "REGRESSION_ROWS_PER_COEF", 5)
+    X = linked(60, 3, 10, seed=6)[1]
+    small = Detector(random_state=0, latent_dim=4, **{**FAST, "epochs": 2}).fit(X)
+    assert [st.regression for st in small.joint_] == [True, True]  # 30 >= 5 * (4 + 1)
+    tiny = Detector(random_state=0, latent_dim=8, **{**FAST, "epochs": 2}).fit(X)  # 30 < 5 * 9
+    assert [st.regression for st in tiny.joint_] == [False, False]
+    assert np.isfinite(tiny.decision_scores_).all()
