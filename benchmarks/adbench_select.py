@@ -72,6 +72,10 @@ CANDIDATES = {
     # round 11 (benchmarks/README.md): e10 with the residual model's mean regressed on the code
     # (aekit.scoring.JOINT_CODE_REGRESSION)
     "e10-reg": ({"folds": 2, "residual_rank": 8, "max_epochs": 10, "code_regression": True}, 100),
+    # round 12 (benchmarks/README.md): e10-reg with the regression only on folds of at least 5 distinct rows per
+    # coefficient (aekit.adapt.REGRESSION_ROWS_PER_COEF)
+    "e10-reg-r5": ({"folds": 2, "residual_rank": 8, "max_epochs": 10, "code_regression": True,
+                    "regression_rows": 5}, 100),
 }
 # a residual_rank given by the input's width D: q = D // divisor, clipped to [low, high] (the Detector caps it at D - 1)
 RANK_RULES = {"D//4 in [2, 32]": (4, 2, 32)}
@@ -222,19 +226,21 @@ def run_method(method: str, d: dict, seed: int) -> dict:
                 cap, per = ROWS_RANK_RULES[params["residual_rank"]]
                 params = {**params, "residual_rank": min(cap, max(1, (len(d["X_train"]) // 2) // per))}
             params = dict(params)
+            import aekit.adapt as adaptmod
             import aekit.scoring as scoremod
 
             saved = (detmod.TABLE_STEPS, detmod.TABLE_MAX_EPOCHS, detmod.TABLE_CAP_FROM_BATCHES,
-                     scoremod.JOINT_REFITS, scoremod.JOINT_CODE_REGRESSION)
+                     scoremod.JOINT_REFITS, scoremod.JOINT_CODE_REGRESSION, adaptmod.REGRESSION_ROWS_PER_COEF)
             detmod.TABLE_STEPS, detmod.TABLE_MAX_EPOCHS = steps, params.pop("max_epochs", None)
             detmod.TABLE_CAP_FROM_BATCHES = params.pop("cap_from_batches", 1)
             scoremod.JOINT_REFITS = params.pop("joint_refits", scoremod.JOINT_REFITS)
             scoremod.JOINT_CODE_REGRESSION = params.pop("code_regression", False)
+            adaptmod.REGRESSION_ROWS_PER_COEF = params.pop("regression_rows", 0)
             try:
                 det = aekit.Detector(random_state=seed, **params).fit(d["X_train"])
             finally:
                 (detmod.TABLE_STEPS, detmod.TABLE_MAX_EPOCHS, detmod.TABLE_CAP_FROM_BATCHES,
-                 scoremod.JOINT_REFITS, scoremod.JOINT_CODE_REGRESSION) = saved
+                 scoremod.JOINT_REFITS, scoremod.JOINT_CODE_REGRESSION, adaptmod.REGRESSION_ROWS_PER_COEF) = saved
         scores = np.asarray(det.decision_function(d["X_test"]), dtype=np.float64)
     secs = time.perf_counter() - t0
     ok = np.isfinite(scores).all()
