@@ -423,7 +423,8 @@ def test_on_a_small_fold_each_training_row_is_scored_by_statistics_fitted_withou
         assert abs(np.median(js.score(z, r)) - med) < 1e-6 * max(1.0, abs(med))  # the whole fold's statistics
         for i, row in enumerate(fold):
             without = ids[fold] != ids[row]
-            loo = aekit.scoring.JointStats.fit(z[without], r[without], floor=1e-3, rank=det.residual_rank_)
+            loo = aekit.scoring.JointStats.fit(z[without], r[without], floor=1e-3, rank=det.residual_rank_,
+                                               regression=js.regression)  # the fold's own decision
             expected = (loo.score(z[i:i + 1], r[i:i + 1])[0] - med) / iqr
             assert det.decision_scores_[row] == pytest.approx(expected, rel=1e-6, abs=1e-6)
 

@@ -44,7 +44,7 @@ INNER_FOLDS = 10  # statistics fitted on its other inner folds, this many (leave
 ROWS_PER_CODE = 6  # latent_dim=None: at least this many rows of a fold per code dimension
 TABLE_RESIDUAL_RANK = 8  # residual_rank="auto": the joint score's residual model on a table (aekit.scoring)
 IMAGE_RESIDUAL_RANK = 0  # ... and on images (0: diagonal)
-REGRESSION_ROWS_PER_COEF = 0  # the code regression (aekit.scoring.JointStats) only on rows of at least this many
+REGRESSION_ROWS_PER_COEF = 5  # the code regression (aekit.scoring.JointStats) only on rows of at least this many
 # distinct rows per coefficient of a value (code + intercept); 0: wherever it can be fitted (selection round 12)
 IMAGE_RESIDUAL_SMOOTH = 3  # residual_smooth="auto": the joint score's residual images smoothed over this window ...
 SMOOTH_MIN_SIDE = 16  # ... on images whose sides have at least this many pixels (aekit.scoring.smooth_residuals)
