@@ -310,4 +310,5 @@ def fit_run(model: str, ds, out, contamination: float, train_options: dict, mode
 
 
 __all__ = ["CrossFit", "cross_fit", "distinct_ids", "fit_run", "fold_ids", "inner_fold_ids", "inner_folds", "n_folds",
-           "out_of_fold", "residual_rank", "residual_smooth", "table_latent", "n_distinct", "robust_scale"]
+           "out_of_fold", "residual_rank", "residual_smooth", "table_latent", "n_distinct", "robust_scale",
+           "code_regression"]
