@@ -4,18 +4,16 @@ under their sample covariance), through the Scorer's graph, explain, a saved sta
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 import aekit
 import aekit.scoring as scoring
 from aekit import Detector
 from aekit.scoring import JointStats, codes_and_residuals
+from detector_state import rewrite_state
 
 FAST = dict(epochs=15, hidden=(32,), batch_size=64)
 
@@ -97,33 +95,21 @@ def test_a_saved_regression_round_trips_and_damage_is_one_run_error(monkeypatch,
     file = path / "detector.safetensors"
     good = file.read_bytes()
     tensors = load_file(file)
-
-    def rewrite(change=None, damaged=None):
-        file.write_bytes(good)
-        with safe_open(file, "pt") as f:
-            meta = json.loads(f.metadata()["json"])
-        meta["detector"].update(change or {})
-        save_file(tensors if damaged is None else damaged, file, metadata={"json": json.dumps(meta)})
-
     for change, damaged in (({"residual_regressions": [True]}, None), ({"residual_regressions": [1, 1]}, None),
                             ({"residual_regressions": "yes"}, None),
                             ({"residual_ranks": [0, 0], "residual_regressions": [True, True]}, None),
                             (None, {k: v for k, v in tensors.items() if k != "joint1/coef"}),
                             (None, {**tensors, "joint0/coef": tensors["joint0/coef"][:, :4].contiguous()}),
                             (None, {**tensors, "joint0/coef": tensors["joint0/coef"] * float("nan")})):
-        rewrite(change, damaged)
+        file.write_bytes(good)
+        rewrite_state(path, change, damaged)
         with pytest.raises(aekit.RunError, match="detector"):
             Detector.load(path)
     # a state written before the regression (format 5, no residual_regressions) is read without it
     monkeypatch.setattr(scoring, "JOINT_CODE_REGRESSION", False)
     plain = Detector(random_state=0, residual_rank=3, **{**FAST, "epochs": 2}).fit(X)
     old = plain.save(tmp_path / "old")
-    file = old / "detector.safetensors"
-    with safe_open(file, "pt") as f:
-        meta = json.loads(f.metadata()["json"])
-    meta["detector"]["format"] = 5
-    del meta["detector"]["residual_regressions"]
-    save_file(load_file(file), file, metadata={"json": json.dumps(meta)})
+    rewrite_state(old, {"format": 5}, remove=("residual_regressions",))
     back = Detector.load(old)
     assert [st.regression for st in back.joint_] == [False, False]
     np.testing.assert_array_equal(back.decision_function(X[:25]), plain.decision_function(X[:25]))
@@ -151,12 +137,13 @@ def test_the_rows_rule_counts_distinct_rows_per_coefficient(monkeypatch):
     rows = np.repeat(np.arange(20.0)[:, None], 3, axis=1)
     copies = np.vstack([rows] * 10)  # 200 rows, 20 distinct
     monkeypatch.setattr(adapt, "REGRESSION_ROWS_PER_COEF", 5)
-    assert adapt.code_regression(rows, 3) and not adapt.code_regression(rows, 4)  # 20 >= 5 * 4, 20 < 5 * 5
-    assert not adapt.code_regression(copies, 4)  # copies of a row count once
+    assert adapt.code_regression(rows, 3, 2) and not adapt.code_regression(rows, 4, 2)  # 20 >= 5 * 4, 20 < 5 * 5
+    assert not adapt.code_regression(copies, 4, 2)  # copies of a row count once
     monkeypatch.setattr(adapt, "REGRESSION_ROWS_PER_COEF", 0)
-    assert adapt.code_regression(rows[:2], 16)  # 0: wherever JointStats can fit it
+    assert adapt.code_regression(rows[:2], 16, 2)  # 0: wherever JointStats can fit it
+    assert not adapt.code_regression(rows, 1, 0)  # a diagonal model (rank 0) has no regression
     monkeypatch.setattr(scoring, "JOINT_CODE_REGRESSION", False)
-    assert not adapt.code_regression(copies, 1)
+    assert not adapt.code_regression(copies, 1, 2)
     # a detector whose folds are too small for the rule fits its members' statistics without the regression
     monkeypatch.setattr(scoring, "JOINT_CODE_REGRESSION", True)
     monkeypatch.setattr(adapt, "REGRESSION_ROWS_PER_COEF", 5)

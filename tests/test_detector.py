@@ -22,6 +22,7 @@ from sklearn.preprocessing import StandardScaler
 import aekit
 from aekit import DataError, Detector
 from aekit.detector import NotCalibratedError
+from detector_state import rewrite_state
 
 FAST = dict(epochs=15, hidden=(32,), batch_size=64)
 
@@ -625,21 +626,6 @@ def test_load_a_plain_run_of_aekit_train(tmp_path, cli):
         det.save(tmp_path / "run")
 
 
-def _rewrite_state(path, change=None, tensors=None):
-    """Rewrite the detector state file of the run ``path``: its JSON updated with ``change``, its tensors
-    replaced by ``tensors`` (as a damaged or hand-edited file would be)."""
-    import json
-
-    from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
-
-    file = path / "detector.safetensors"
-    with safe_open(file, "pt") as f:
-        meta = json.loads(f.metadata()["json"])
-    meta["detector"].update(change or {})
-    save_file(load_file(file) if tensors is None else tensors, file, metadata={"json": json.dumps(meta)})
-
-
 def test_a_damaged_detector_state_is_one_run_error(tmp_path):
     det = Detector(n_estimators=2, random_state=0, **{**FAST, "epochs": 1}).fit(table(100, 9))
     path = det.save(tmp_path / "det")
@@ -650,7 +636,7 @@ def test_a_damaged_detector_state_is_one_run_error(tmp_path):
                    {"neighbors": 3}, {"neighbors": -1, "n_references": [5, 5, 5, 5]},
                    {"neighbors": 3, "n_references": [10**15] * 4}):
         (path / "detector.safetensors").write_bytes(good)
-        _rewrite_state(path, change)
+        rewrite_state(path, change)
         with pytest.raises(aekit.RunError, match="detector"):
             Detector.load(path)
     # the neighbour term: reference codes that do not match what the state announces
@@ -665,7 +651,7 @@ def test_a_damaged_detector_state_is_one_run_error(tmp_path):
                             (None, {k: v for k, v in tensors.items() if k != "reference0"}),
                             (None, {**tensors, "reference0": tensors["reference0"] * float("nan")})):
         (path / "detector.safetensors").write_bytes(good)
-        _rewrite_state(path, change, damaged)
+        rewrite_state(path, change, damaged)
         with pytest.raises(aekit.RunError, match="reference codes"):
             Detector.load(path)
 
@@ -724,7 +710,7 @@ def test_damaged_joint_statistics_are_one_run_error(planted, tmp_path):
         bad = {k: v for k, v in tensors.items() if k != name}
         if value is not None:
             bad[name] = value
-        _rewrite_state(path, tensors=bad)
+        rewrite_state(path, tensors=bad)
         with pytest.raises(aekit.RunError, match="joint score's statistics"):
             Detector.load(path)
 

@@ -4,17 +4,14 @@ numpy, explain, the saved state and its damage, the parameter's checks and its "
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 
 import aekit
 from aekit import Detector, adapt, metrics
 from aekit.scoring import smooth_residuals
+from detector_state import rewrite_state
 
 FAST = dict(epochs=2, batch_size=64, latent_dim=4)
 
@@ -93,30 +90,20 @@ def test_a_saved_window_round_trips_and_damage_is_one_run_error(tmp_path):
     assert back.residual_smooth_ == 3 and back.scorer().smooth == 3
     np.testing.assert_array_equal(back.decision_function(X[:25]), det.decision_function(X[:25]))
     file = path / "detector.safetensors"
-    good, tensors = file.read_bytes(), load_file(file)
-
-    def rewrite(change):
-        file.write_bytes(good)
-        with safe_open(file, "pt") as f:
-            meta = json.loads(f.metadata()["json"])
-        meta["detector"].update(change)
-        save_file(tensors, file, metadata={"json": json.dumps(meta)})
-
+    good = file.read_bytes()
     for bad in (2, 0, -1, 17, "3", True, 3.0):
-        rewrite({"residual_smooth": bad})
+        file.write_bytes(good)
+        rewrite_state(path, {"residual_smooth": bad})
         with pytest.raises(aekit.RunError, match="residual_smooth"):
             Detector.load(path)
     # a state written before the window (format 4, no residual_smooth) scores its residuals as they are
-    rewrite({"format": 4, "residual_smooth": None})
+    file.write_bytes(good)
+    rewrite_state(path, {"format": 4, "residual_smooth": None})
     assert Detector.load(path).residual_smooth_ == 1
     # a table's state may not announce a window
     table = Detector(random_state=0, **FAST).fit(np.random.RandomState(0).rand(80, 6))
     tpath = table.save(tmp_path / "table")
-    tfile = tpath / "detector.safetensors"
-    with safe_open(tfile, "pt") as f:
-        meta = json.loads(f.metadata()["json"])
-    meta["detector"]["residual_smooth"] = 3
-    save_file(load_file(tfile), tfile, metadata={"json": json.dumps(meta)})
+    rewrite_state(tpath, {"residual_smooth": 3})
     with pytest.raises(aekit.RunError, match="residual_smooth"):
         Detector.load(tpath)
 

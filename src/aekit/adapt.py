@@ -33,6 +33,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from . import scoring
 from .errors import ConfigError
 from .scoring import smooth_window
 
@@ -73,14 +74,12 @@ def residual_rank(rank, kind: str, n_values: int) -> int:
     return max(0, min(q, n_values - 1))
 
 
-def code_regression(rows: np.ndarray, code: int) -> bool:
-    """Whether the joint statistics fitted on ``rows`` (n, ...) of a member with a code of ``code`` values
-    regress the residuals on the code (``aekit.scoring.JointStats``): when they hold at least
-    ``REGRESSION_ROWS_PER_COEF`` distinct rows per coefficient (code + 1), with the regression on
-    (``aekit.scoring.JOINT_CODE_REGRESSION``)."""
-    from . import scoring
-
-    if not scoring.JOINT_CODE_REGRESSION:
+def code_regression(rows: np.ndarray, code: int, rank: int) -> bool:
+    """Whether the joint statistics fitted on ``rows`` (n, ...) of a member with a code of ``code`` values and a
+    residual model of ``rank`` factors regress the residuals on the code (``aekit.scoring.JointStats``; a
+    diagonal model, rank 0, has none): when they hold at least ``REGRESSION_ROWS_PER_COEF`` distinct rows per
+    coefficient (code + 1), with the regression on (``aekit.scoring.JOINT_CODE_REGRESSION``)."""
+    if rank < 1 or not scoring.JOINT_CODE_REGRESSION:
         return False
     if not REGRESSION_ROWS_PER_COEF:
         return True

@@ -369,7 +369,7 @@ class Detector(BaseEstimator):
                 joint = None
                 if score == "joint":  # the statistics come from the rows the members trained on
                     on = x if rows is arr else _model_rows(rows, kind, ds, models[0])
-                    regress = adapt.code_regression(on.cpu().numpy(), int(models[0].latent_dim))
+                    regress = adapt.code_regression(on.cpu().numpy(), int(models[0].latent_dim), rank)
                     joint = scoring.fit_joint(models, on, kind, rank=rank, smooth=smooth,
                                               refits=self._joint_refits(kind), regression=regress)
                 raw = Scorer(models, kind=kind, stats=stats, score=score, joint=joint,
@@ -436,11 +436,10 @@ class Detector(BaseEstimator):
         if self.joint_ is None and self.anomaly_score in ("auto", "joint"):
             x = self._model_input(X_train)
             smooth = adapt.residual_smooth(self.residual_smooth, self.kind_, self.input_shape_)
-            self.joint_ = scoring.fit_joint(self.models_, x, self.kind_,
-                                            rank=adapt.residual_rank(self.residual_rank, self.kind_,
-                                                                     self.n_features_in_), smooth=smooth,
-                                            regression=adapt.code_regression(x.cpu().numpy(),
-                                                                             int(self.models_[0].latent_dim)))
+            rank = adapt.residual_rank(self.residual_rank, self.kind_, self.n_features_in_)
+            regress = adapt.code_regression(x.cpu().numpy(), int(self.models_[0].latent_dim), rank)
+            self.joint_ = scoring.fit_joint(self.models_, x, self.kind_, rank=rank, smooth=smooth,
+                                            regression=regress)
             self.residual_rank_, self.residual_smooth_ = _rank_of(self.joint_), smooth
             self.anomaly_score_ = "joint"
             self.__dict__.pop("calibration_scores_", None)
@@ -525,7 +524,7 @@ class Detector(BaseEstimator):
         score = scoring.resolve_score(self.anomaly_score, model)
         z_r = scoring.codes_and_residuals(model, x, smooth=smooth) if score == "joint" else None
         refits = self._joint_refits(kind)
-        regress = adapt.code_regression(x.cpu().numpy(), z_r[0].shape[1]) if z_r else False
+        regress = adapt.code_regression(x.cpu().numpy(), z_r[0].shape[1], rank) if z_r else False
         joint = [scoring.joint_stats(*z_r, kind, rank, refits, regress)] if z_r else None
         ref = metrics.codes(model, seen).flatten(1).double().cpu().numpy() if neighbors else None
         scorer = Scorer([model], kind=kind, stats=ds.spec.stats, score=score, joint=joint, neighbors=neighbors,

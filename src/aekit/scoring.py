@@ -174,19 +174,17 @@ class JointStats:
         q = min(int(rank), d - 1, n - 2)
         if q < 1:
             return self
-        sigma, coef = self.sigma, None
+        sigma = self.sigma
+        c, coef = r / sigma, None
         if z is not None and n > z.shape[1] + 1:
             dz = z - self.mu
-            c0 = r / sigma
             design = np.concatenate([dz, np.ones((n, 1))], axis=1)
-            b = np.linalg.lstsq(design, c0, rcond=None)[0]
-            spread = (c0 - design @ b).std(axis=0)
+            b = np.linalg.lstsq(design, c, rcond=None)[0]
+            spread = (c - design @ b).std(axis=0)
             new = sigma * np.maximum(spread, JOINT_REGRESSION_FLOOR)
             coef = b[:-1] * (sigma / new)  # in units of the new sigma
             sigma = new
-        c = r / sigma
-        if coef is not None:
-            c = c - (z - self.mu) @ coef
+            c = r / sigma - dz @ coef
         m = c.mean(axis=0)
         c = c - m
         if n < d:  # the q leading principal directions from the (n, n) Gram matrix, else the (D, D) covariance
