@@ -68,7 +68,8 @@ RESULT_PREFIX = "BENCH_RESULT "
 TORCH_PIN = "torch==2.13.0"
 PYOD_VENV = "pyod-adbench"
 # pyod's deep detectors import tqdm without declaring it
-PYOD_REQS = ["pyod==3.6.7", "tqdm"]
+PYOD_REQS = ["pyod==3.6.7", "tqdm", "safetensors>=0.4"]  # safetensors: aekit itself, which adbench_select.py and
+# novelty_seconds.py import from src/ in this environment (PYTHONPATH=src) beside pyod
 SEEDS = (1, 2, 3)
 N_MIN, N_MAX, TEST_SIZE = 1000, 10000, 0.3
 
