@@ -76,6 +76,10 @@ CANDIDATES = {
     # coefficient (aekit.adapt.REGRESSION_ROWS_PER_COEF)
     "e10-reg-r5": ({"folds": 2, "residual_rank": 8, "max_epochs": 10, "code_regression": True,
                     "regression_rows": 5}, 100),
+    # round 13 (benchmarks/README.md): e10-reg-r5 with the code term from per-value histograms of the codes
+    # (aekit.scoring.JOINT_CODE_HISTOGRAM)
+    "e10-reg-r5-hist": ({"folds": 2, "residual_rank": 8, "max_epochs": 10, "code_regression": True,
+                         "regression_rows": 5, "code_histogram": True}, 100),
 }
 # a residual_rank given by the input's width D: q = D // divisor, clipped to [low, high] (the Detector caps it at D - 1)
 RANK_RULES = {"D//4 in [2, 32]": (4, 2, 32)}
@@ -230,17 +234,20 @@ def run_method(method: str, d: dict, seed: int) -> dict:
             import aekit.scoring as scoremod
 
             saved = (detmod.TABLE_STEPS, detmod.TABLE_MAX_EPOCHS, detmod.TABLE_CAP_FROM_BATCHES,
-                     scoremod.JOINT_REFITS, scoremod.JOINT_CODE_REGRESSION, adaptmod.REGRESSION_ROWS_PER_COEF)
+                     scoremod.JOINT_REFITS, scoremod.JOINT_CODE_REGRESSION, adaptmod.REGRESSION_ROWS_PER_COEF,
+                     scoremod.JOINT_CODE_HISTOGRAM)
             detmod.TABLE_STEPS, detmod.TABLE_MAX_EPOCHS = steps, params.pop("max_epochs", None)
             detmod.TABLE_CAP_FROM_BATCHES = params.pop("cap_from_batches", 1)
             scoremod.JOINT_REFITS = params.pop("joint_refits", scoremod.JOINT_REFITS)
             scoremod.JOINT_CODE_REGRESSION = params.pop("code_regression", False)
             adaptmod.REGRESSION_ROWS_PER_COEF = params.pop("regression_rows", 0)
+            scoremod.JOINT_CODE_HISTOGRAM = params.pop("code_histogram", False)
             try:
                 det = aekit.Detector(random_state=seed, **params).fit(d["X_train"])
             finally:
                 (detmod.TABLE_STEPS, detmod.TABLE_MAX_EPOCHS, detmod.TABLE_CAP_FROM_BATCHES,
-                 scoremod.JOINT_REFITS, scoremod.JOINT_CODE_REGRESSION, adaptmod.REGRESSION_ROWS_PER_COEF) = saved
+                 scoremod.JOINT_REFITS, scoremod.JOINT_CODE_REGRESSION, adaptmod.REGRESSION_ROWS_PER_COEF,
+                 scoremod.JOINT_CODE_HISTOGRAM) = saved
         scores = np.asarray(det.decision_function(d["X_test"]), dtype=np.float64)
     secs = time.perf_counter() - t0
     ok = np.isfinite(scores).all()

@@ -72,11 +72,14 @@ JOINT_NOISE_FLOOR = 1e-3  # the residual model's smallest variance (of residuals
 EIGH_SUBSET_FROM = 64  # the residual model's eigenpairs: scipy's subset solver on matrices larger than this
 JOINT_CODE_REGRESSION = True  # the residual model's mean depends linearly on the code (JointStats.coef; round 11) ...
 JOINT_REGRESSION_FLOOR = 1e-3  # ... and a value's sigma is then at least this share of the diagonal model's
+JOINT_CODE_HISTOGRAM = False  # tables: the code term from per-value histograms of the codes (JointStats.edges) ...
+HISTOGRAM_MIN_BINS = 5  # ... of max(this, sqrt(rows)) equal bins per code value
 # the smallest residual standard deviation of a value (model units): standardized table columns; image pixels in
 # [0, 1], where pixels that never vary in training (a border) would otherwise dominate the score
 JOINT_SIGMA_FLOOR = {"table": 1e-3, "image": 0.1}
-STATE_FORMAT = 6  # the detector state's format (1: detector.json + detector.safetensors, read only; 3: neighbors;
-# 4: the joint score's residual model, residual_ranks; 5: residual_smooth; 6: residual_regressions, joint{j}/coef)
+STATE_FORMAT = 7  # the detector state's format (1: detector.json + detector.safetensors, read only; 3: neighbors;
+# 4: the joint score's residual model, residual_ranks; 5: residual_smooth; 6: residual_regressions, joint{j}/coef;
+# 7: code_histograms, joint{j}/edges and joint{j}/logdens)
 NEIGHBOR_BLOCK = 2**22  # distances of the neighbour term computed at once (rows x reference rows, float64)
 
 
@@ -129,11 +132,17 @@ class JointStats:
     on the training rows, then refits them JOINT_REFITS times on the (1 - JOINT_TRIM) share of the rows with
     the lowest score, so that the anomalies of a contaminated training set do not widen them (the trimming is
     the diagonal model's; the residual model is fitted once, on the rows it kept). float64 numpy.
+
+    With a code histogram (``edges`` (K, B + 1), ``logdens`` (K, B)), the code's term is not the Mahalanobis
+    distance but -2 sum_k log h_k(z_k): h_k the histogram density of code value k over every row the statistics
+    were fitted on (B equal bins over their range, each count + 1 over rows + B), so that codes of several
+    clusters, or of heavy tails, are not forced into one ellipsoid (``with_code_histogram``).
     """
 
     def __init__(self, mu: np.ndarray, prec: np.ndarray, sigma: np.ndarray, rmean: np.ndarray | None = None,
                  basis: np.ndarray | None = None, lam: np.ndarray | None = None, noise: float = 1.0,
-                 coef: np.ndarray | None = None):
+                 coef: np.ndarray | None = None, edges: np.ndarray | None = None,
+                 logdens: np.ndarray | None = None):
         self.mu, self.prec, self.sigma = mu, prec, sigma
         d = len(sigma)
         self.rmean = np.zeros(d) if rmean is None else rmean
@@ -141,6 +150,7 @@ class JointStats:
         self.lam = np.zeros(0) if lam is None else lam
         self.noise = float(noise)
         self.coef = coef  # (K, D) or None: the residual model's mean moves with the code (code regression)
+        self.edges, self.logdens = edges, logdens  # (K, B + 1), (K, B) or None: the code histogram
 
     @property
     def rank(self) -> int:
@@ -149,6 +159,26 @@ class JointStats:
     @property
     def regression(self) -> bool:
         return self.coef is not None
+
+    @property
+    def histogram(self) -> bool:
+        return self.edges is not None
+
+    def with_code_histogram(self, z: np.ndarray) -> JointStats:
+        """These statistics with the code term of a histogram of the codes z (n, K) (see the class): for each
+        code value, B = max(HISTOGRAM_MIN_BINS, floor(sqrt(n))) equal bins over its range (a range of at least
+        1e-3 of the codes' mean standard deviation) and log density log((count + 1) / (n + B) / width)."""
+        n, k = z.shape
+        bins = max(HISTOGRAM_MIN_BINS, math.isqrt(n))
+        lo, hi = z.min(axis=0), z.max(axis=0)
+        span = np.maximum(hi - lo, 1e-3 * float(z.std(axis=0).mean()) + 1e-12)
+        edges = lo[:, None] + span[:, None] * np.linspace(0.0, 1.0, bins + 1)[None, :]
+        idx = np.clip(np.floor((z - lo) / span * bins).astype(np.int64), 0, bins - 1)
+        counts = np.stack([np.bincount(idx[:, j], minlength=bins) for j in range(k)])
+        logdens = np.log((counts + 1.0) / (n + bins)) - np.log(span / bins)[:, None]
+        out = JointStats(self.mu, self.prec, self.sigma, self.rmean, self.basis, self.lam, self.noise, self.coef,
+                         edges, logdens)
+        return out
 
     @classmethod
     def estimate(cls, z: np.ndarray, r: np.ndarray, floor: float, rank: int = 0) -> JointStats:
@@ -202,26 +232,33 @@ class JointStats:
 
     @classmethod
     def fit(cls, z: np.ndarray, r: np.ndarray, floor: float = JOINT_SIGMA_FLOOR["table"], rank: int = 0,
-            refits: int | None = None, regression: bool | None = None) -> JointStats:
+            refits: int | None = None, regression: bool | None = None,
+            histogram: bool | None = None) -> JointStats:
         """The diagonal model fitted and refitted (trimmed) ``refits`` times (None: JOINT_REFITS; 0: fitted
         once on every row, for rows known to be normal) as the class says; with ``rank`` > 0, the residual model
         of that rank is then fitted once, on the rows the last refit kept, with the code regression when
-        ``regression`` (None: JOINT_CODE_REGRESSION)."""
+        ``regression`` (None: JOINT_CODE_REGRESSION); with ``histogram`` (None: JOINT_CODE_HISTOGRAM) the code
+        term is then a histogram of the codes of every row (``with_code_histogram``; the trimming's scores are
+        the Mahalanobis code term's)."""
         stats, keep = cls.estimate(z, r, floor), slice(None)
         for _ in range(JOINT_REFITS if refits is None else int(refits)):
             s = stats.score(z, r)
             kept = s <= np.quantile(s, 1.0 - JOINT_TRIM)
             if kept.sum() >= 2:
                 stats, keep = cls.estimate(z[kept], r[kept], floor), kept
-        if not rank:
-            return stats
         regress = JOINT_CODE_REGRESSION if regression is None else regression
-        return stats.with_residual_model(r[keep], rank, z[keep] if regress else None)
+        if rank:
+            stats = stats.with_residual_model(r[keep], rank, z[keep] if regress else None)
+        return stats.with_code_histogram(z) if (JOINT_CODE_HISTOGRAM if histogram is None else histogram) else stats
 
     def score(self, z: np.ndarray, r: np.ndarray) -> np.ndarray:
         return self.code_distance(z) + self.residual_terms(r, z).sum(axis=1)
 
     def code_distance(self, z: np.ndarray) -> np.ndarray:
+        """(n,): the code's term, the Mahalanobis distance (z - mu)' S^-1 (z - mu) or, with a code histogram,
+        -2 sum_k log h_k(z_k) (``histogram_terms``)."""
+        if self.histogram:
+            return histogram_terms(z, self.edges, self.logdens)
         d = z - self.mu
         return np.einsum("ij,jk,ik->i", d, self.prec, d)
 
@@ -248,13 +285,16 @@ class JointStats:
             out[f"{prefix}noise"] = torch.tensor([self.noise], dtype=torch.float64)
         if self.regression:
             out[f"{prefix}coef"] = torch.from_numpy(np.ascontiguousarray(self.coef, dtype=np.float64))
+        if self.histogram:
+            for name in ("edges", "logdens"):
+                out[f"{prefix}{name}"] = torch.from_numpy(np.ascontiguousarray(getattr(self, name), dtype=np.float64))
         return out
 
     @classmethod
     def from_tensors(cls, tensors: dict, prefix: str, k: int, d: int, rank: int = 0,
-                     regression: bool = False) -> JointStats:
-        """The statistics saved by ``tensors`` (a residual model of ``rank``, with the code regression); a
-        ValueError when one is missing or of the wrong shape."""
+                     regression: bool = False, histogram: bool = False) -> JointStats:
+        """The statistics saved by ``tensors`` (a residual model of ``rank``, with the code regression, with the
+        code histogram); a ValueError when one is missing or of the wrong shape."""
         got = {}
         shapes = (("mu", (k,)), ("prec", (k, k)), ("sigma", (d,)))
         if rank:
@@ -263,6 +303,12 @@ class JointStats:
             if not rank:
                 raise ValueError(f"{prefix}: a code regression without a residual model")
             shapes += (("coef", (k, d)),)
+        if histogram:
+            edges = tensors.get(prefix + "edges")
+            bins = int(edges.shape[1]) - 1 if edges is not None and edges.dim() == 2 else 0
+            if bins < 1:
+                raise ValueError(f"{prefix}edges is missing or not of shape ({k}, bins + 1)")
+            shapes += (("edges", (k, bins + 1)), ("logdens", (k, bins)))
         for name, shape in shapes:
             t = tensors.get(prefix + name)
             if t is None or tuple(t.shape) != shape:
@@ -272,9 +318,31 @@ class JointStats:
                 raise ValueError(f"{prefix}{name}: non-finite statistics")
         if not (got["sigma"] > 0).all() or (rank and not ((got["lam"] > 0).all() and got["noise"][0] > 0)):
             raise ValueError(f"{prefix}: a residual standard deviation or variance <= 0")
+        if histogram and not (np.diff(got["edges"], axis=1) > 0).all():
+            raise ValueError(f"{prefix}edges: the histogram's bin edges do not increase")
         if rank:
             got["noise"] = float(got["noise"][0])
         return cls(**got)
+
+
+def histogram_terms(z, edges, logdens):
+    """(n,): -2 sum_k log h_k(z_k), the code histogram's term (``JointStats``) of codes z (n, K), with
+    ``edges`` (K, B + 1) and ``logdens`` (K, B); numpy arrays or tensors alike (the Scorer's graph computes it
+    with the same operations). A value outside its histogram's range gets half the density of its emptiest bin
+    times a Gaussian tail in units of a bin's width: -2 log(min h_k / 2) + (distance to the range / width)^2."""
+    lib = torch if isinstance(z, Tensor) else np
+    bins = logdens.shape[1]
+    lo, hi = edges[:, 0], edges[:, -1]
+    width = (hi - lo) / bins
+    pos = (z - lo) / width
+    idx = lib.clip(lib.floor(pos), 0, bins - 1)
+    idx = idx.long() if lib is torch else idx.astype(np.int64)
+    offsets = lib.arange(logdens.shape[0]) * bins  # each code value's bins in the flattened (K * B) densities
+    inside = logdens.reshape(-1)[idx + (offsets.to(idx.device) if lib is torch else offsets)]
+    low = (logdens.min(dim=1).values if lib is torch else logdens.min(axis=1)) - math.log(2.0)
+    beyond = lib.maximum(lo - z, z - hi) / width
+    out = lib.where(beyond > 0, -2.0 * low + beyond * beyond, -2.0 * inside)
+    return out.sum(1)
 
 
 def smooth_residuals(r: Tensor, smooth: int) -> Tensor:
@@ -321,8 +389,9 @@ def joint_stats(z: np.ndarray, r: np.ndarray, kind: str, rank: int = 0, refits: 
                 regression: bool | None = None) -> JointStats:
     """``JointStats.fit`` of codes z (n, K) and residuals r (n, D) with the residual floor of the data's kind
     (``refits``: the trimmed refits, None: JOINT_REFITS; ``regression``: the code regression, None:
-    JOINT_CODE_REGRESSION)."""
-    return JointStats.fit(z, r, floor=JOINT_SIGMA_FLOOR[kind], rank=rank, refits=refits, regression=regression)
+    JOINT_CODE_REGRESSION; the code histogram on tables when JOINT_CODE_HISTOGRAM, never on images)."""
+    return JointStats.fit(z, r, floor=JOINT_SIGMA_FLOOR[kind], rank=rank, refits=refits, regression=regression,
+                          histogram=None if kind == "table" else False)
 
 
 def kth_neighbor_distance(z: Tensor, ref: Tensor, k: int) -> Tensor:
@@ -477,6 +546,7 @@ class Scorer(nn.Module):
         f64 = dict(dtype=torch.float64)
         self.ranks = [st.rank for st in joint] if score == "joint" else []  # each member's residual model
         self.regressions = [st.regression for st in joint] if score == "joint" else []  # ... with a code regression
+        self.histograms = [st.histogram for st in joint] if score == "joint" else []  # the code term's histogram
         for j, st in enumerate(joint or []) if score == "joint" else ():
             for name in ("mu", "prec", "sigma") + (("rmean", "basis", "lam") if st.rank else ()):
                 self.register_buffer(f"{name}{j}", torch.as_tensor(np.asarray(getattr(st, name)), **f64))
@@ -484,6 +554,9 @@ class Scorer(nn.Module):
                 self.register_buffer(f"noise{j}", torch.tensor(st.noise, **f64))
             if st.regression:
                 self.register_buffer(f"coef{j}", torch.as_tensor(np.asarray(st.coef), **f64))
+            if st.histogram:
+                self.register_buffer(f"edges{j}", torch.as_tensor(np.asarray(st.edges), **f64))
+                self.register_buffer(f"logdens{j}", torch.as_tensor(np.asarray(st.logdens), **f64))
         for j, ref in enumerate(references or []) if self.neighbors else ():
             self.register_buffer(f"ref{j}", torch.as_tensor(np.asarray(ref), **f64).reshape(len(ref), -1))
         norm = np.zeros((0, 2)) if normalization is None else np.asarray(normalization, dtype=np.float64)
@@ -539,7 +612,11 @@ class Scorer(nn.Module):
             else:
                 c = smooth_residuals(x - rec, self.smooth).flatten(1).to(torch.float64) / getattr(self, f"sigma{j}")
                 d = z.flatten(1).to(torch.float64) - getattr(self, f"mu{j}")
-                code = ((d @ getattr(self, f"prec{j}")) * d).sum(1)
+                if self.histograms[j]:
+                    code = histogram_terms(z.flatten(1).to(torch.float64), getattr(self, f"edges{j}"),
+                                           getattr(self, f"logdens{j}"))
+                else:
+                    code = ((d @ getattr(self, f"prec{j}")) * d).sum(1)
                 if self.ranks[j]:  # JointStats.residual_terms: sum_i (v_i'c)^2 / lam_i + |c - V V'c|^2 / s2
                     if self.regressions[j]:
                         c = c - d @ getattr(self, f"coef{j}")
@@ -734,6 +811,8 @@ def save_state(run: Run, state: DetectorState) -> None:
         "n_references": [len(r) for r in state.references] if state.neighbors else None,
         "residual_ranks": [st.rank for st in state.joint] if state.joint else None,
         "residual_regressions": [st.regression for st in state.joint] if state.joint else None,
+        "code_histograms": [int(st.logdens.shape[1]) if st.histogram else 0 for st in state.joint]
+        if state.joint else None,
         "residual_smooth": state.smooth,
         "normalization": None if state.normalization is None else np.asarray(state.normalization).tolist(),
         "threshold": state.threshold, "flag_rate": state.flag_rate, "threshold_from": state.threshold_from,
@@ -760,7 +839,7 @@ def load_state(run: Run, where: torch.device | None = None) -> DetectorState:  #
     def bound(meta: dict) -> int:
         k, counts = _counts(meta)
         joint_bytes = k * 8 * (code + code * code + d) + 8 * sum((d + 1) * (q + 1) for q in _ranks(meta, k, d)) \
-            + 8 * code * d * sum(_regressions(meta, k))
+            + 8 * code * d * sum(_regressions(meta, k)) + 16 * code * sum(_histograms(meta, k))
         return (k - 1) * member_bytes + 8 * sum(counts) + joint_bytes + 8 * code * sum(_references(meta, k))
 
     found = run.detector_state(bound)
@@ -823,8 +902,11 @@ def load_state(run: Run, where: torch.device | None = None) -> DetectorState:  #
     joint = None
     if score == "joint":
         try:
-            joint = [JointStats.from_tensors(tensors, f"joint{j}/", code, d, q, g)
-                     for j, (q, g) in enumerate(zip(_ranks(meta, k, d), _regressions(meta, k)))]
+            joint = [JointStats.from_tensors(tensors, f"joint{j}/", code, d, q, g, b)
+                     for j, (q, g, b) in enumerate(zip(_ranks(meta, k, d), _regressions(meta, k),
+                                                       _histograms(meta, k)))]
+            if any(b and st.logdens.shape[1] != b for st, b in zip(joint, _histograms(meta, k))):
+                raise ValueError("a code histogram's bins differ from code_histograms")
         except ValueError as e:
             raise RunError(f"{file}: the joint score's statistics do not match the model ({e}); the run "
                            "directory may be damaged") from None
@@ -890,6 +972,17 @@ def _regressions(meta: dict, k: int) -> list[bool]:
     if not isinstance(flags, list) or len(flags) != k or any(not isinstance(v, bool) for v in flags):
         raise ValueError(f"residual_regressions {flags!r} for {k} member(s)")
     return list(flags)
+
+
+def _histograms(meta: dict, k: int) -> list[int]:
+    """The bins of each of the k members' code histogram, 0 for none (states before format 7: none); ValueError
+    when the list does not fit."""
+    bins = meta.get("code_histograms")
+    if bins is None:
+        return [0] * k
+    if not isinstance(bins, list) or len(bins) != k or any(type(b) is not int or b < 0 for b in bins):
+        raise ValueError(f"code_histograms {bins!r} for {k} member(s)")
+    return list(bins)
 
 
 def _smooth(meta: dict, kind: str, shape: tuple) -> int:
