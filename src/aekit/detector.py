@@ -783,7 +783,8 @@ class Detector(BaseEstimator):
             ``contributions`` (n, *shape): each value's part of the score. For the ``joint`` score, (r_d /
             sigma_d)^2, the squared reconstruction error of value d in units of its typical error (with a residual
             model, c_d (C^-1 c)_d; on images, of the residual smoothed over ``residual_smooth_``), and
-            ``code_distance`` (n,), the code's Mahalanobis term: together they sum to the score of one member.
+            ``code_distance`` (n,), the code's term (its Mahalanobis distance, or the code histogram's term where
+            ``aekit.scoring.JOINT_CODE_HISTOGRAM`` is on): together they sum to the score of one member.
             For ``recon_error`` and ``neg_elbo``, the squared reconstruction error of each value in the
             model's (scaled) units (it sums to ``recon_error``). Tables also get ``contributions_user_units``
             (n, D), the squared error in the user's units, ((x - x_hat) * std)^2; ``reconstruction`` (n, D) in

@@ -1008,4 +1008,5 @@ def _counts(meta: dict) -> tuple[int, list[int]]:
 
 __all__ = ["Scorer", "Scores", "Preprocess", "JointStats", "DetectorState", "resolve_score", "load_state",
            "save_state", "fit_joint", "joint_stats", "codes_and_residuals", "normalization", "weights_digest",
-           "kth_neighbor_distance", "smooth_residuals", "smooth_window"]
+           "kth_neighbor_distance", "smooth_residuals", "smooth_window",
+           "histogram_terms"]
