@@ -176,9 +176,8 @@ class JointStats:
         idx = np.clip(np.floor((z - lo) / span * bins).astype(np.int64), 0, bins - 1)
         counts = np.stack([np.bincount(idx[:, j], minlength=bins) for j in range(k)])
         logdens = np.log((counts + 1.0) / (n + bins)) - np.log(span / bins)[:, None]
-        out = JointStats(self.mu, self.prec, self.sigma, self.rmean, self.basis, self.lam, self.noise, self.coef,
-                         edges, logdens)
-        return out
+        return JointStats(self.mu, self.prec, self.sigma, self.rmean, self.basis, self.lam, self.noise, self.coef,
+                          edges, logdens)
 
     @classmethod
     def estimate(cls, z: np.ndarray, r: np.ndarray, floor: float, rank: int = 0) -> JointStats:
