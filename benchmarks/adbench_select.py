@@ -89,6 +89,15 @@ ROWS_RANK_RULES = {"8, rows of a fold // 25": (8, 25)}
 # a rule candidate: (features above which it is the first candidate, else the second); on each set it is the
 # same fit as one of them (the same seed and configuration), so its results are theirs
 RULES = {"wide12-knn10": (12, "knn10", "cf2-data-100"), "wide32-knn10": (32, "knn10", "cf2-data-100")}
+# the module constants a candidate's parameters set for its fit, put back after it: (module, constant, parameter,
+# value where the candidate does not give the parameter; KEEP: the module's own)
+KEEP = object()
+KNOBS = [("aekit.detector", "TABLE_MAX_EPOCHS", "max_epochs", None),
+         ("aekit.detector", "TABLE_CAP_FROM_BATCHES", "cap_from_batches", 1),
+         ("aekit.scoring", "JOINT_REFITS", "joint_refits", KEEP),
+         ("aekit.scoring", "JOINT_CODE_REGRESSION", "code_regression", False),
+         ("aekit.adapt", "REGRESSION_ROWS_PER_COEF", "regression_rows", 0),
+         ("aekit.scoring", "JOINT_CODE_HISTOGRAM", "code_histogram", False)]
 GROUPS = ["small", "lowdim", "highdim", "embeddings", "planted", "tiny"]
 # --one-class (round 9): every set above trained on the normal rows of its training split only, and a seventh
 # group: each table subsampled to at most ONE_CLASS_ROWS rows (anomaly share kept, at least 10 anomalies), split
@@ -230,24 +239,19 @@ def run_method(method: str, d: dict, seed: int) -> dict:
                 cap, per = ROWS_RANK_RULES[params["residual_rank"]]
                 params = {**params, "residual_rank": min(cap, max(1, (len(d["X_train"]) // 2) // per))}
             params = dict(params)
-            import aekit.adapt as adaptmod
-            import aekit.scoring as scoremod
+            import importlib
 
-            saved = (detmod.TABLE_STEPS, detmod.TABLE_MAX_EPOCHS, detmod.TABLE_CAP_FROM_BATCHES,
-                     scoremod.JOINT_REFITS, scoremod.JOINT_CODE_REGRESSION, adaptmod.REGRESSION_ROWS_PER_COEF,
-                     scoremod.JOINT_CODE_HISTOGRAM)
-            detmod.TABLE_STEPS, detmod.TABLE_MAX_EPOCHS = steps, params.pop("max_epochs", None)
-            detmod.TABLE_CAP_FROM_BATCHES = params.pop("cap_from_batches", 1)
-            scoremod.JOINT_REFITS = params.pop("joint_refits", scoremod.JOINT_REFITS)
-            scoremod.JOINT_CODE_REGRESSION = params.pop("code_regression", False)
-            adaptmod.REGRESSION_ROWS_PER_COEF = params.pop("regression_rows", 0)
-            scoremod.JOINT_CODE_HISTOGRAM = params.pop("code_histogram", False)
+            knobs = [(importlib.import_module(module), name, params.pop(param, default))
+                     for module, name, param, default in KNOBS]
+            knobs.append((detmod, "TABLE_STEPS", steps))
+            saved = [(module, name, getattr(module, name)) for module, name, _ in knobs]
+            for module, name, value in knobs:
+                setattr(module, name, getattr(module, name) if value is KEEP else value)
             try:
                 det = aekit.Detector(random_state=seed, **params).fit(d["X_train"])
             finally:
-                (detmod.TABLE_STEPS, detmod.TABLE_MAX_EPOCHS, detmod.TABLE_CAP_FROM_BATCHES,
-                 scoremod.JOINT_REFITS, scoremod.JOINT_CODE_REGRESSION, adaptmod.REGRESSION_ROWS_PER_COEF,
-                 scoremod.JOINT_CODE_HISTOGRAM) = saved
+                for module, name, value in saved:
+                    setattr(module, name, value)
         scores = np.asarray(det.decision_function(d["X_test"]), dtype=np.float64)
     secs = time.perf_counter() - t0
     ok = np.isfinite(scores).all()

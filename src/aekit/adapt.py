@@ -74,16 +74,20 @@ def residual_rank(rank, kind: str, n_values: int) -> int:
     return max(0, min(q, n_values - 1))
 
 
-def code_regression(rows: np.ndarray, code: int, rank: int) -> bool:
+def code_regression(rows: np.ndarray, code: int, rank: int, distinct: int | None = None) -> bool:
     """Whether the joint statistics fitted on ``rows`` (n, ...) of a member with a code of ``code`` values and a
     residual model of ``rank`` factors regress the residuals on the code (``aekit.scoring.JointStats``; a
     diagonal model, rank 0, has none): when they hold at least ``REGRESSION_ROWS_PER_COEF`` distinct rows per
-    coefficient (code + 1), with the regression on (``aekit.scoring.JOINT_CODE_REGRESSION``)."""
+    coefficient (code + 1), with the regression on (``aekit.scoring.JOINT_CODE_REGRESSION``). ``distinct``: the
+    number of distinct rows of ``rows``, if known (else they are counted)."""
     if rank < 1 or not scoring.JOINT_CODE_REGRESSION:
         return False
     if not REGRESSION_ROWS_PER_COEF:
         return True
-    return n_distinct(np.asarray(rows).reshape(len(rows), -1)) >= REGRESSION_ROWS_PER_COEF * (int(code) + 1)
+    need = REGRESSION_ROWS_PER_COEF * (int(code) + 1)
+    if distinct is None:
+        distinct = 0 if len(rows) < need else n_distinct(np.asarray(rows).reshape(len(rows), -1))
+    return distinct >= need
 
 
 def residual_smooth(smooth, kind: str, shape: tuple) -> int:
@@ -242,9 +246,10 @@ def cross_fit(rows: np.ndarray, k: int, seeds: list[int], fold_seed: int,
               train: Callable[[np.ndarray, int], tuple], held_out: Callable[..., tuple],
               ids: np.ndarray | None = None, inner_max_distinct: float | None = None) -> CrossFit:
     """Fit ``len(seeds) // k`` members per fold. ``train(rows, seed)`` -> (TrainConfig, FitResult);
-    ``held_out(model, rows, seen, inner)`` -> (statistics, raw scores (n,) or (terms, n), the same raw scores
-    with each row's statistics fitted on the other inner folds ``inner`` (``inner_fold_ids``; where it is None,
-    None: the raw scores)) of rows the model did not train on (``seen``: the rows it trained on). Each raw row is
+    ``held_out(model, rows, seen, inner, distinct)`` -> (statistics, raw scores (n,) or (terms, n), the same raw
+    scores with each row's statistics fitted on the other inner folds ``inner`` (``inner_fold_ids``; where it is
+    None, None: the raw scores)) of rows the model did not train on (``seen``: the rows it trained on;
+    ``distinct``: how many distinct rows ``rows`` holds). Each raw row is
     normalized by its own median and IQR; a row's score is the mean over the fold's members and their terms
     of the normalized out-of-sample raw scores. ``ids``: ``distinct_ids(rows)``, if known; ``inner_max_distinct``:
     the largest held-out fold (in distinct rows) that gets inner folds (None: ``INNER_MAX_DISTINCT``)."""
@@ -256,9 +261,10 @@ def cross_fit(rows: np.ndarray, k: int, seeds: list[int], fold_seed: int,
     for f in range(k):
         out = folds == f
         inner = inner_fold_ids(ids[out], inner_max_distinct)
+        distinct = len(np.unique(ids[out]))
         for seed in seeds[f * per_fold:(f + 1) * per_fold]:
             cfg, result = train(rows[~out], seed)
-            member_stats, raw, unseen = held_out(result.model, rows[out], rows[~out], inner)
+            member_stats, raw, unseen = held_out(result.model, rows[out], rows[~out], inner, distinct)
             raw = np.atleast_2d(raw)
             unseen = raw if unseen is None else np.atleast_2d(unseen)
             for term, term_unseen in zip(raw, unseen):

@@ -340,9 +340,9 @@ class Detector(BaseEstimator):
             if k > 1:  # members trained on k-1 folds; statistics, normalization, training scores from the other
                 cf = adapt.cross_fit(rows, k, seeds[1:], seeds[0], lambda r, seed, stats=stats, latent=latent: (
                     self._train_member(self._training_data(r, kind, columns, seeds[0], stats), seed, latent)),
-                    lambda model, r, seen, inner, ds=ds, smooth=smooth: self._held_out(
+                    lambda model, r, seen, inner, distinct, ds=ds, smooth=smooth: self._held_out(
                         model, _model_rows(r, kind, ds, model), kind, ds, neighbors,
-                        _model_rows(seen, kind, ds, model), rank, smooth, inner),
+                        _model_rows(seen, kind, ds, model), rank, smooth, inner, distinct),
                     ids=ids if rows is arr else np.unique(ids[kept], return_inverse=True)[1].reshape(-1),
                     inner_max_distinct=math.inf if self._joint_refits(kind) == 0 else None)
                 fitted, norm = cf.fitted, cf.normalization
@@ -369,7 +369,8 @@ class Detector(BaseEstimator):
                 joint = None
                 if score == "joint":  # the statistics come from the rows the members trained on
                     on = x if rows is arr else _model_rows(rows, kind, ds, models[0])
-                    regress = adapt.code_regression(on.cpu().numpy(), int(models[0].latent_dim), rank)
+                    regress = adapt.code_regression(on.cpu().numpy(), int(models[0].latent_dim), rank,
+                                                    distinct if rows is arr else None)
                     joint = scoring.fit_joint(models, on, kind, rank=rank, smooth=smooth,
                                               refits=self._joint_refits(kind), regression=regress)
                 raw = Scorer(models, kind=kind, stats=stats, score=score, joint=joint,
@@ -515,16 +516,17 @@ class Detector(BaseEstimator):
                            stats=stats, feature_names=None if kind == "image" else columns)
 
     def _held_out(self, model, x: torch.Tensor, kind: str, ds, neighbors: int, seen: torch.Tensor, rank: int = 0,
-                  smooth: int = 1, inner: np.ndarray | None = None):
+                  smooth: int = 1, inner: np.ndarray | None = None, distinct: int | None = None):
         """A cross-fitted member's statistics ((joint statistics or None, reference codes or None)), raw
         scores ((1 or 2, n): the score, then the neighbour term) from rows x (model units) it did not train on,
         and with ``inner`` (each row's inner fold, ``adapt.inner_fold_ids``: a small fold) the same raw scores
         with each row's joint statistics fitted on the other inner folds (else None); ``seen``: the rows it trained on
-        (model units), whose codes are the neighbour term's references."""
+        (model units), whose codes are the neighbour term's references; ``distinct``: how many distinct rows x holds,
+        if known."""
         score = scoring.resolve_score(self.anomaly_score, model)
         z_r = scoring.codes_and_residuals(model, x, smooth=smooth) if score == "joint" else None
         refits = self._joint_refits(kind)
-        regress = adapt.code_regression(x.cpu().numpy(), z_r[0].shape[1], rank) if z_r else False
+        regress = adapt.code_regression(x.cpu().numpy(), z_r[0].shape[1], rank, distinct) if z_r else False
         joint = [scoring.joint_stats(*z_r, kind, rank, refits, regress)] if z_r else None
         ref = metrics.codes(model, seen).flatten(1).double().cpu().numpy() if neighbors else None
         scorer = Scorer([model], kind=kind, stats=ds.spec.stats, score=score, joint=joint, neighbors=neighbors,

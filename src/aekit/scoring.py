@@ -901,7 +901,7 @@ def load_state(run: Run, where: torch.device | None = None) -> DetectorState:  #
     joint = None
     if score == "joint":
         try:
-            joint = [JointStats.from_tensors(tensors, f"joint{j}/", code, d, q, g, b)
+            joint = [JointStats.from_tensors(tensors, f"joint{j}/", code, d, q, g, b > 0)
                      for j, (q, g, b) in enumerate(zip(_ranks(meta, k, d), _regressions(meta, k),
                                                        _histograms(meta, k)))]
             if any(b and st.logdens.shape[1] != b for st, b in zip(joint, _histograms(meta, k))):
