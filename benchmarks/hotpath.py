@@ -26,7 +26,10 @@ gaussian   likelihoods.Gaussian.log_prob with a fixed sigma (one autograd.Functi
            batch 128) for D = 19 and 512 (an embedding), 1 thread; and the trainer's batch rows by
            index_select against advanced indexing.
 eigh       scoring's residual model: the q = 8 leading eigenpairs of a D x D covariance by scipy's subset
-           solver (driver "evr") against numpy's full eigh, 1 thread, D from 19 to 768 (EIGH_SUBSET_FROM).
+           solver (driver "evr") against numpy's full eigh, 1 thread, D from 19 to 768 (EIGH_SUBSET_FROM);
+           and the code regression's least squares (n rows of K = 16 centred codes and an intercept against
+           D scaled residuals) by scoring.least_squares (a QR factorization) against numpy's lstsq (an SVD),
+           n = 2 x D and at least 350 (a fold of the protocol's tables).
 """
 
 from __future__ import annotations
@@ -382,6 +385,22 @@ def bench_eigh(rounds: int) -> None:
                     fn()
             show(f"the 8 leading eigenpairs of a {d} x {d} covariance (1 thread)",
                  alternate(variants, rounds, chunk), "numpy full eigh", reps, "matrix")
+        for d in (9, 64, 512, 768):
+            n = max(2 * d, 350)
+            design = np.concatenate([rng.standard_normal((n, 16)) @ rng.standard_normal((16, 16)),
+                                     np.ones((n, 1))], axis=1)
+            c = design @ rng.standard_normal((17, d)) + rng.standard_normal((n, d))
+            from aekit.scoring import least_squares
+
+            variants = {"QR (least_squares)": lambda design=design, c=c: least_squares(design, c),
+                        "numpy lstsq": lambda design=design, c=c: np.linalg.lstsq(design, c, rcond=None)[0]}
+            reps = max(1, 4000 // d)
+
+            def chunk(fn, reps=reps):
+                for _ in range(reps):
+                    fn()
+            show(f"the code regression's least squares, {n} x 17 against {n} x {d} (1 thread)",
+                 alternate(variants, rounds, chunk), "numpy lstsq", reps, "fit")
 
 
 def main() -> None:

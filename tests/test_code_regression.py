@@ -144,3 +144,28 @@ def test_the_rows_rule_counts_distinct_rows_per_coefficient(monkeypatch):
     tiny = Detector(random_state=0, latent_dim=8, **{**FAST, "epochs": 2}).fit(X)  # 30 < 5 * 9
     assert [st.regression for st in tiny.joint_] == [False, False]
     assert np.isfinite(tiny.decision_scores_).all()
+
+
+@pytest.mark.parametrize("n,p,m", [(350, 17, 9), (1000, 17, 512), (20, 20, 3)])
+def test_least_squares_is_numpys_on_a_full_rank_design(n, p, m):
+    """The QR path (a full-rank design, as the centred codes and an intercept are) gives lstsq's solution."""
+    rng = np.random.RandomState(n)
+    a = np.concatenate([rng.randn(n, p - 1) @ rng.randn(p - 1, p - 1), np.ones((n, 1))], axis=1)
+    b = a @ rng.randn(p, m) + rng.randn(n, m)
+    np.testing.assert_allclose(scoring.least_squares(a, b), np.linalg.lstsq(a, b, rcond=None)[0],
+                               rtol=1e-9, atol=1e-11)
+
+
+def test_least_squares_falls_back_to_the_minimum_norm_solution_on_a_rank_deficient_design():
+    """A code value constant over the rows (a zero column once centred) or two equal code values: the QR cannot
+    solve, and the minimum-norm solution (lstsq's) is taken, whose regression stays finite."""
+    rng = np.random.RandomState(3)
+    z = rng.randn(200, 4)
+    z[:, 1] = 0.5  # constant: centred, a zero column
+    z[:, 3] = z[:, 2]  # two equal values
+    a = np.concatenate([z - z.mean(0), np.ones((200, 1))], axis=1)
+    b = rng.randn(200, 7)
+    np.testing.assert_allclose(scoring.least_squares(a, b), np.linalg.lstsq(a, b, rcond=None)[0], atol=1e-12)
+    r = z[:, :1] @ rng.randn(1, 7) + 0.1 * rng.randn(200, 7)
+    st = JointStats.fit(z, r, rank=3, refits=0, regression=True)
+    assert st.regression and np.isfinite(st.coef).all() and np.isfinite(st.score(z, r)).all()

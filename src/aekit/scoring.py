@@ -114,6 +114,20 @@ def _leading_eigh(a: np.ndarray, q: int) -> tuple[np.ndarray, np.ndarray]:
     return var[::-1][:q], vec[:, ::-1][:, :q]
 
 
+def least_squares(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The least-squares solution x (p, m) of a x = b, a (n, p) with n >= p, b (n, m): by a reduced QR
+    factorization of a when a has full column rank (every |R_ii| above 1e-8 of the largest), else numpy's
+    ``lstsq`` (an SVD; the minimum-norm solution). The QR is the faster for the code regression's few columns
+    (``python benchmarks/hotpath.py eigh``); the two agree to rounding on a full-rank a."""
+    from scipy.linalg import solve_triangular
+
+    q, r = np.linalg.qr(a)
+    diag = np.abs(np.diag(r))
+    if diag.size and diag.min() > 1e-8 * diag.max():
+        return solve_triangular(r, q.T @ b)
+    return np.linalg.lstsq(a, b, rcond=None)[0]
+
+
 class JointStats:
     """The joint score's statistics of one member: -2 log p(x) up to a constant under "code ~ N(mu, S),
     x | code ~ N(g(code), Sigma)", i.e. with z = f(x) the code and r = x - g(f(x)) the residual (model units),
@@ -208,7 +222,7 @@ class JointStats:
         if z is not None and n > z.shape[1] + 1:
             dz = z - self.mu
             design = np.concatenate([dz, np.ones((n, 1))], axis=1)
-            b = np.linalg.lstsq(design, c, rcond=None)[0]
+            b = least_squares(design, c)
             spread = (c - design @ b).std(axis=0)
             new = sigma * np.maximum(spread, JOINT_REGRESSION_FLOOR)
             coef = b[:-1] * (sigma / new)  # in units of the new sigma
@@ -216,17 +230,16 @@ class JointStats:
             c = r / sigma - dz @ coef
         m = c.mean(axis=0)
         c = c - m
-        if n < d:  # the q leading principal directions from the (n, n) Gram matrix, else the (D, D) covariance
-            var, u = _leading_eigh(c @ c.T / (n - 1), q)
-        else:
-            var, v = _leading_eigh(c.T @ c / (n - 1), q)
-        total = float((c * c).sum()) / (n - 1)
+        # the q leading principal directions from the (n, n) Gram matrix, else the (D, D) covariance
+        gram = c @ c.T / (n - 1) if n < d else c.T @ c / (n - 1)
+        var, vecs = _leading_eigh(gram, q)
+        total = float(np.trace(gram))  # the total variance
         noise = max((total - float(np.maximum(var, 0).sum())) / (d - q), JOINT_NOISE_FLOOR)
         keep = var > noise
         if not keep.any():
             return self
         var = var[keep]
-        basis = c.T @ u[:, keep] / np.sqrt(var * (n - 1)) if n < d else v[:, keep]
+        basis = c.T @ vecs[:, keep] / np.sqrt(var * (n - 1)) if n < d else vecs[:, keep]
         return JointStats(self.mu, self.prec, sigma, m, np.ascontiguousarray(basis), var, noise, coef)
 
     @classmethod
@@ -546,16 +559,17 @@ class Scorer(nn.Module):
         self.ranks = [st.rank for st in joint] if score == "joint" else []  # each member's residual model
         self.regressions = [st.regression for st in joint] if score == "joint" else []  # ... with a code regression
         self.histograms = [st.histogram for st in joint] if score == "joint" else []  # the code term's histogram
+        # the statistics in C order, as a loaded state holds them: a fitted and a loaded scorer compute alike
         for j, st in enumerate(joint or []) if score == "joint" else ():
             for name in ("mu", "prec", "sigma") + (("rmean", "basis", "lam") if st.rank else ()):
-                self.register_buffer(f"{name}{j}", torch.as_tensor(np.asarray(getattr(st, name)), **f64))
+                self.register_buffer(f"{name}{j}", torch.as_tensor(np.ascontiguousarray(getattr(st, name)), **f64))
             if st.rank:
                 self.register_buffer(f"noise{j}", torch.tensor(st.noise, **f64))
             if st.regression:
-                self.register_buffer(f"coef{j}", torch.as_tensor(np.asarray(st.coef), **f64))
+                self.register_buffer(f"coef{j}", torch.as_tensor(np.ascontiguousarray(st.coef), **f64))
             if st.histogram:
-                self.register_buffer(f"edges{j}", torch.as_tensor(np.asarray(st.edges), **f64))
-                self.register_buffer(f"logdens{j}", torch.as_tensor(np.asarray(st.logdens), **f64))
+                self.register_buffer(f"edges{j}", torch.as_tensor(np.ascontiguousarray(st.edges), **f64))
+                self.register_buffer(f"logdens{j}", torch.as_tensor(np.ascontiguousarray(st.logdens), **f64))
         for j, ref in enumerate(references or []) if self.neighbors else ():
             self.register_buffer(f"ref{j}", torch.as_tensor(np.asarray(ref), **f64).reshape(len(ref), -1))
         norm = np.zeros((0, 2)) if normalization is None else np.asarray(normalization, dtype=np.float64)
@@ -1008,4 +1022,4 @@ def _counts(meta: dict) -> tuple[int, list[int]]:
 __all__ = ["Scorer", "Scores", "Preprocess", "JointStats", "DetectorState", "resolve_score", "load_state",
            "save_state", "fit_joint", "joint_stats", "codes_and_residuals", "normalization", "weights_digest",
            "kth_neighbor_distance", "smooth_residuals", "smooth_window",
-           "histogram_terms"]
+           "histogram_terms", "least_squares"]
