@@ -370,37 +370,32 @@ def bench_eigh(rounds: int) -> None:
     import scipy.linalg
     from threadpoolctl import threadpool_limits
 
+    from aekit.scoring import least_squares
+
+    def compare(title: str, variants: dict, base: str, reps: int, unit: str) -> None:
+        def chunk(fn):
+            for _ in range(reps):
+                fn()
+        show(title, alternate(variants, rounds, chunk), base, reps, unit)
+
     rng = np.random.default_rng(0)
     with threadpool_limits(1):
         for d in (19, 64, 128, 256, 512, 768):
             c = rng.standard_normal((max(2 * d, 200), d)) @ rng.standard_normal((d, d))
             a = c.T @ c / (len(c) - 1)
-            variants = {"scipy subset (evr), q=8": lambda a=a, d=d: scipy.linalg.eigh(
-                            a, subset_by_index=[d - 8, d - 1], driver="evr"),
-                        "numpy full eigh": lambda a=a: np.linalg.eigh(a)}
-            reps = max(1, 2000 // d)
-
-            def chunk(fn, reps=reps):
-                for _ in range(reps):
-                    fn()
-            show(f"the 8 leading eigenpairs of a {d} x {d} covariance (1 thread)",
-                 alternate(variants, rounds, chunk), "numpy full eigh", reps, "matrix")
+            compare(f"the 8 leading eigenpairs of a {d} x {d} covariance (1 thread)",
+                    {"scipy subset (evr), q=8": lambda a=a, d=d: scipy.linalg.eigh(
+                        a, subset_by_index=[d - 8, d - 1], driver="evr"),
+                     "numpy full eigh": lambda a=a: np.linalg.eigh(a)}, "numpy full eigh", max(1, 2000 // d), "matrix")
         for d in (9, 64, 512, 768):
             n = max(2 * d, 350)
             design = np.concatenate([rng.standard_normal((n, 16)) @ rng.standard_normal((16, 16)),
                                      np.ones((n, 1))], axis=1)
             c = design @ rng.standard_normal((17, d)) + rng.standard_normal((n, d))
-            from aekit.scoring import least_squares
-
-            variants = {"QR (least_squares)": lambda design=design, c=c: least_squares(design, c),
-                        "numpy lstsq": lambda design=design, c=c: np.linalg.lstsq(design, c, rcond=None)[0]}
-            reps = max(1, 4000 // d)
-
-            def chunk(fn, reps=reps):
-                for _ in range(reps):
-                    fn()
-            show(f"the code regression's least squares, {n} x 17 against {n} x {d} (1 thread)",
-                 alternate(variants, rounds, chunk), "numpy lstsq", reps, "fit")
+            compare(f"the code regression's least squares, {n} x 17 against {n} x {d} (1 thread)",
+                    {"QR (least_squares)": lambda design=design, c=c: least_squares(design, c),
+                     "numpy lstsq": lambda design=design, c=c: np.linalg.lstsq(design, c, rcond=None)[0]},
+                    "numpy lstsq", max(1, 4000 // d), "fit")
 
 
 def main() -> None:
