@@ -264,6 +264,8 @@ def test_bad_input_is_one_clear_error(planted):
     (dict(lr=-1.0), "lr"),
     (dict(preprocessing="robust"), "choose one of 'standard', 'minmax', 'none'"),
     (dict(novelty="yes"), r"novelty='yes'\): expected True or False"),
+    (dict(folds=9), r"folds=9\): X has 40 distinct rows, too few for 9 folds .* or folds <= 8"),
+    (dict(folds=10**9), r"too few for 1000000000 folds"),  # refused before a seed per member is drawn
 ])
 def test_bad_parameters_are_refused_by_fit(params, match):
     det = Detector(**{**FAST, "epochs": 1, **params})

@@ -233,7 +233,8 @@ class Detector(BaseEstimator):
         Cross-fitting (``aekit.adapt``): "auto" deals the distinct rows (of a table or of images) into 2 folds
         (1 below 10 distinct rows); the members of fold k train on the other folds, and the score statistics,
         normalization and training scores of fold k's rows come from fold k, so the contamination threshold
-        holds on unseen rows. 1: every member trains on every row, as before.
+        holds on unseen rows. 1: every member trains on every row, as before. An int k > 1 needs at least 5 k
+        distinct rows (5 per fold, ``adapt.MIN_FOLD_ROWS``; a ConfigError otherwise).
     neighbors : int, default 0
         k > 0: each cross-fitted member's code-space neighbour term (above).
     residual_rank : "auto" or int, default "auto"
@@ -320,6 +321,11 @@ class Detector(BaseEstimator):
         ids = adapt.distinct_ids(arr)  # copies of a row count once, and share a fold
         distinct = int(ids.max()) + 1
         k = adapt.n_folds(self.folds, arr, kind, distinct=distinct)  # cross-fitting (aekit.adapt): k folds, k > 1
+        if k > 1 and distinct < k * adapt.MIN_FOLD_ROWS:  # an int given: each fold's statistics need rows
+            raise ConfigError(f"Detector(folds={self.folds!r}): X has {distinct} distinct rows, too few for {k} folds "
+                              f"of at least {adapt.MIN_FOLD_ROWS} distinct rows each (each fold's score statistics "
+                              f"come from its own rows); use folds='auto' or folds <= "
+                              f"{max(1, distinct // adapt.MIN_FOLD_ROWS)}")
         if k == 1 and self.folds == "auto":
             warnings.warn(f"Detector: X has {distinct} distinct rows, too few to cross-fit (at least "
                           f"{2 * adapt.MIN_FOLD_ROWS}): one member trains on all of them and the contamination "

@@ -68,7 +68,8 @@ def check_output(path, *, inputs: Iterable = (), overwrite: bool | None = False,
                           "(nothing was written)")
     run = Run.enclosing(p, itself=folder)
     if run is not None:
-        raise ConfigError(f"{where}: lies inside the aekit run {run}, whose files only aekit writes (nothing is "
+        what = "is" if _same(p, run) else "lies inside"
+        raise ConfigError(f"{where}: {what} the aekit run {run}, whose files only aekit writes (nothing is "
                           "written there, whatever --overwrite says); choose a path outside the run")
     for i in inputs:
         if i is None:

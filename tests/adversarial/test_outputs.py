@@ -139,7 +139,7 @@ def test_no_command_writes_into_a_run_folder(cli, vae, table, tmp_path, target):
 
 def test_another_runs_folder_is_refused_too(cli, vae, table):
     before = digest(table)
-    one_line(*cli("plot", vae, "--out", table)[::2], "inside the aekit run")
+    one_line(*cli("plot", vae, "--out", table)[::2], "is the aekit run")
     one_line(*cli("plot", vae, "--out", table / FIGURES)[::2], "inside the aekit run")
     assert digest(table) == before
 
@@ -157,6 +157,7 @@ def test_train_compare_and_save_never_create_a_run_inside_a_run(cli, vae, digits
 
     before = digest(vae)
     one_line(*cli("train", "ae", *FAST, "--limit", "300", "--out", vae / "inner")[::2], "inside the aekit run")
+    one_line(*cli("train", "ae", *FAST, "--limit", "300", "--out", vae)[::2], "is the aekit run")  # the run itself
     one_line(*cli("compare", "--models", "ae", "--epochs", "1", "--out", vae / "cmp")[::2], "inside the aekit run")
     with pytest.raises(RunError, match="inside the aekit run"):
         aekit.save(aekit.build("ae", dataset=digits, latent_dim=2), vae / "inner")
