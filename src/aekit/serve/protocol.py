@@ -69,8 +69,12 @@ def _tensor(model: ServedModel, spec) -> np.ndarray:
     params = spec.get("parameters") or {}
     if not isinstance(params, dict) or "binary_data_size" in params:
         raise Rejected(400, "binary tensor data is not supported; send the input's values as JSON \"data\"")
+    if isinstance(shape, list) and shape and shape[0] == -1:  # the metadata's -1 copied into a request
+        raise Rejected(400, f"input {name!r}: \"shape\" {_short(shape)} has -1 rows; send the number of rows the "
+                            "data holds (the metadata's -1 means any number)")
     if not (isinstance(shape, list) and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape)):
-        raise Rejected(400, f"input {name!r}: \"shape\" must be a list of sizes, got {_short(shape)}")
+        raise Rejected(400, f"input {name!r}: \"shape\" must be a list of sizes (whole numbers >= 0), got "
+                            f"{_short(shape)}")
     if len(shape) != len(want_shape) or shape[1:] != want_shape[1:] or shape[0] < 1:
         raise Rejected(400, f"input {name!r} has shape {shape}; model {model.name} takes shape {want_shape} "
                             "(n >= 1 rows)")
@@ -96,9 +100,18 @@ def _tensor(model: ServedModel, spec) -> np.ndarray:
         if arr.dtype.kind == "f" or arr.min() < 0 or arr.max() > 255:
             raise Rejected(400, f"input {name!r}: datatype UINT8 needs whole numbers from 0 to 255")
     elif not np.isfinite(arr).all():
-        row = int(np.argmax(~np.isfinite(arr.reshape(len(arr), -1)).all(axis=1)))
-        raise Rejected(400, f"input {name!r}: row {row} holds NaN or an infinite value; send finite numbers")
-    return arr.astype(_DTYPES[dtype], copy=False)
+        raise Rejected(400, f"input {name!r}: row {_first_bad_row(arr)} holds NaN or an infinite value; send finite "
+                            "numbers")
+    out = arr.astype(_DTYPES[dtype], copy=False)
+    if dtype == "FP32" and not np.isfinite(out).all():  # finite as sent, beyond float32's range once cast
+        raise Rejected(400, f"input {name!r}: row {_first_bad_row(out)} holds a value beyond FP32's range "
+                            f"(magnitude above {float(np.finfo(np.float32).max):.3g}); send it as FP64 or rescale it")
+    return out
+
+
+def _first_bad_row(arr: np.ndarray) -> int:
+    """The first row of arr (n, ...) holding a non-finite value."""
+    return int(np.argmax(~np.isfinite(arr.reshape(len(arr), -1)).all(axis=1)))
 
 
 def _outputs(model: ServedModel, spec) -> list[str] | None:
