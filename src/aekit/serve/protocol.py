@@ -102,7 +102,8 @@ def _tensor(model: ServedModel, spec) -> np.ndarray:
     elif not np.isfinite(arr).all():
         raise Rejected(400, f"input {name!r}: row {_first_bad_row(arr)} holds NaN or an infinite value; send finite "
                             "numbers")
-    out = arr.astype(_DTYPES[dtype], copy=False)
+    with np.errstate(over="ignore"):  # a value beyond FP32's range becomes inf, refused just below
+        out = arr.astype(_DTYPES[dtype], copy=False)
     if dtype == "FP32" and not np.isfinite(out).all():  # finite as sent, beyond float32's range once cast
         raise Rejected(400, f"input {name!r}: row {_first_bad_row(out)} holds a value beyond FP32's range "
                             f"(magnitude above {float(np.finfo(np.float32).max):.3g}); send it as FP64 or rescale it")
