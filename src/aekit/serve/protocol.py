@@ -99,20 +99,16 @@ def _tensor(model: ServedModel, spec) -> np.ndarray:
     if dtype == "UINT8":
         if arr.dtype.kind == "f" or arr.min() < 0 or arr.max() > 255:
             raise Rejected(400, f"input {name!r}: datatype UINT8 needs whole numbers from 0 to 255")
-    elif not np.isfinite(arr).all():
-        raise Rejected(400, f"input {name!r}: row {_first_bad_row(arr)} holds NaN or an infinite value; send finite "
-                            "numbers")
+        return arr.astype(np.uint8, copy=False)
     with np.errstate(over="ignore"):  # a value beyond FP32's range becomes inf, refused just below
         out = arr.astype(_DTYPES[dtype], copy=False)
-    if dtype == "FP32" and not np.isfinite(out).all():  # finite as sent, beyond float32's range once cast
-        raise Rejected(400, f"input {name!r}: row {_first_bad_row(out)} holds a value beyond FP32's range "
-                            f"(magnitude above {float(np.finfo(np.float32).max):.3g}); send it as FP64 or rescale it")
+    if not np.isfinite(out).all():  # one pass on the values as cast; the row's own values tell why
+        row = int(np.argmax(~np.isfinite(out.reshape(len(out), -1)).all(axis=1)))
+        if np.isfinite(arr[row]).all():  # finite as sent, beyond float32's range once cast
+            raise Rejected(400, f"input {name!r}: row {row} holds a value beyond FP32's range (magnitude above "
+                                f"{float(np.finfo(np.float32).max):.3g}); send it as FP64 or rescale it")
+        raise Rejected(400, f"input {name!r}: row {row} holds NaN or an infinite value; send finite numbers")
     return out
-
-
-def _first_bad_row(arr: np.ndarray) -> int:
-    """The first row of arr (n, ...) holding a non-finite value."""
-    return int(np.argmax(~np.isfinite(arr.reshape(len(arr), -1)).all(axis=1)))
 
 
 def _outputs(model: ServedModel, spec) -> list[str] | None:
